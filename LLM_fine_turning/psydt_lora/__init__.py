@@ -1,0 +1,14 @@
+"""PsyDT-LoRA: fine-tune Qwen3 with LoRA on PsyDTCorpus and talk to the result.
+
+Modules, by what they hold:
+    errors    -- the one exception type users see, and the CLI edge that prints it
+    files     -- atomic writes
+    hub       -- fetching the model and the PsyDTCorpus files (modelscope / huggingface)
+    dialogues -- reading and validating dialogue files, picking eval/test items
+    prompt    -- the one prompt rendering shared by training and inference
+    samples   -- dialogues -> token ids + labels (assistant-only loss), truncation
+    models    -- loading tokenizer / base model / adapter
+    training  -- LoRA + Trainer + SwanLab + outputs
+    chat      -- the interactive terminal chat
+    batch_test-- the batch test on the test split
+"""

@@ -1,0 +1,231 @@
+"""Reading and validating PsyDTCorpus-style dialogue files.
+
+A file is a JSON array (or JSON Lines) of records
+    {"id": ..., "normalizedTag": ..., "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+
+Rules for oddities that are not errors (counted in `ReadStats`):
+  * trailing user turns (a dialogue that ends with the client speaking) are dropped: no reply to learn;
+  * an assistant reply that is empty or only whitespace is kept as context but is never a target;
+  * a `<think>...</think>` block inside an assistant reply is removed (the corpus has none; Qwen3 drops
+    them from history anyway, and we train the non-thinking mode).
+Everything else that is malformed stops with a PsyDTError naming the file, the record and the field.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PsyDTError
+from .prompt import strip_think
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Dialogue:
+    index: int  # position of the record in its file (0-based)
+    id: object  # the record's "id", as given (may be None)
+    tag: str | None  # the record's "normalizedTag"
+    messages: list[dict]  # [{"role", "content"}], validated and cleaned
+
+    def targets(self) -> list[int]:
+        """Indices of the assistant messages that are training targets."""
+        seen_user = False
+        out = []
+        for i, m in enumerate(self.messages):
+            if m["role"] == "user":
+                seen_user = True
+            elif m["role"] == "assistant" and seen_user and m["content"].strip():
+                out.append(i)
+        return out
+
+
+@dataclass
+class ReadStats:
+    records: int = 0
+    dropped_trailing_user_turns: int = 0
+    empty_replies: int = 0
+    think_blocks_removed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "records": self.records,
+            "dropped_trailing_user_turns": self.dropped_trailing_user_turns,
+            "empty_replies_not_trained": self.empty_replies,
+            "think_blocks_removed": self.think_blocks_removed,
+        }
+
+
+def _where(path, index, record=None) -> str:
+    rid = ""
+    if isinstance(record, dict) and "id" in record:
+        rid = f"（id={record['id']!r}）"
+    return f"文件 {path} 第 {index} 条记录{rid}"
+
+
+def _load_records(path: Path) -> list:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PsyDTError(f"找不到数据文件 {path}。") from None
+    except OSError as err:
+        raise PsyDTError(f"无法读取数据文件 {path}：{err.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise PsyDTError(
+            f"数据文件 {path} 不是 UTF-8 编码（第 {err.start} 个字节处无法解码）。请把文件另存为 UTF-8。"
+        ) from None
+    stripped = text.lstrip()
+    if not stripped:
+        raise PsyDTError(f"数据文件 {path} 是空的。")
+    if stripped[0] == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PsyDTError(
+                f"数据文件 {path} 不是合法的 JSON（第 {err.lineno} 行第 {err.colno} 列：{err.msg}），"
+                "文件可能下载不完整或被截断。"
+            ) from None
+        return data
+    if stripped[0] == "{":
+        # JSON Lines: one record per non-empty line. A whole-file single object is not a dataset.
+        records = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise PsyDTError(
+                    f"数据文件 {path} 第 {lineno} 行不是合法的 JSON（第 {err.colno} 列：{err.msg}）。"
+                    "JSON Lines 文件每行必须是一条完整的记录。"
+                ) from None
+        return records
+    raise PsyDTError(
+        f"数据文件 {path} 的顶层必须是 JSON 数组 [...] 或 JSON Lines（每行一个 {{...}}），"
+        f"而文件以 {stripped[:1]!r} 开头。"
+    )
+
+
+def _validate(path, index, record, stats: ReadStats) -> Dialogue:
+    where = _where(path, index, record)
+    if not isinstance(record, dict):
+        raise PsyDTError(f"{where}：记录必须是 JSON 对象，实际是 {type(record).__name__}。")
+    if "messages" not in record:
+        raise PsyDTError(f"{where}：缺少字段 \"messages\"。")
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise PsyDTError(f"{where}：字段 \"messages\" 必须是列表，实际是 {type(messages).__name__}。")
+    tag = record.get("normalizedTag")
+    if tag is not None and not isinstance(tag, str):
+        raise PsyDTError(f"{where}：字段 \"normalizedTag\" 必须是字符串。")
+    clean = []
+    for j, m in enumerate(messages):
+        field_name = f"messages[{j}]"
+        if not isinstance(m, dict):
+            raise PsyDTError(f"{where}：{field_name} 必须是 {{\"role\", \"content\"}} 对象。")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise PsyDTError(
+                f"{where}：{field_name}.role 是 {role!r}，只允许 system / user / assistant。"
+            )
+        if not isinstance(content, str):
+            what = "缺失" if "content" not in m else f"类型是 {type(content).__name__}"
+            raise PsyDTError(f"{where}：{field_name}.content 必须是字符串（{what}）。")
+        if role == "system" and j != 0:
+            raise PsyDTError(f"{where}：{field_name} 是 system 消息，但 system 只能是第一条消息。")
+        if role == "assistant":
+            cleaned = strip_think(content)
+            if cleaned != content:
+                stats.think_blocks_removed += 1
+            content = cleaned
+        clean.append({"role": role, "content": content})
+    while clean and clean[-1]["role"] == "user":
+        clean.pop()
+        stats.dropped_trailing_user_turns += 1
+    dialogue = Dialogue(index=index, id=record.get("id"), tag=tag, messages=clean)
+    seen_user = False
+    for m in clean:
+        seen_user = seen_user or m["role"] == "user"
+        if seen_user and m["role"] == "assistant" and not m["content"].strip():
+            stats.empty_replies += 1
+    if not dialogue.targets():
+        raise PsyDTError(
+            f"{where}：没有可以学习的回复——需要至少一条出现在 user 消息之后、内容非空的 assistant 消息。"
+        )
+    return dialogue
+
+
+def read_dialogues(path, limit: int | None = None) -> tuple[list[Dialogue], ReadStats]:
+    """Read and validate a dialogue file; `limit` (>0) keeps the first N records."""
+    path = Path(path)
+    records = _load_records(path)
+    if not isinstance(records, list):
+        raise PsyDTError(f"数据文件 {path} 的顶层必须是记录列表。")
+    if not records:
+        raise PsyDTError(f"数据文件 {path} 不含任何记录。")
+    if limit is not None and limit > 0:
+        records = records[:limit]
+    stats = ReadStats(records=len(records))
+    dialogues = [_validate(path, i, r, stats) for i, r in enumerate(records)]
+    return dialogues, stats
+
+
+def group_prefix_items(items: list[Dialogue]) -> list[list[int]]:
+    """Group single-turn-split items into dialogues: consecutive items where each one's
+    messages extend the previous one's belong to the same dialogue. Returns lists of positions."""
+    groups: list[list[int]] = []
+    prev = None
+    for pos, item in enumerate(items):
+        msgs = item.messages
+        if (
+            prev is not None
+            and len(msgs) > len(prev.messages)
+            and msgs[: len(prev.messages)] == prev.messages
+            and item.id == prev.id
+        ):
+            groups[-1].append(pos)
+        else:
+            groups.append([pos])
+        prev = item
+    return groups
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k indices out of range(n), evenly spread and deterministic (k <= n)."""
+    if k <= 0:
+        return []
+    if k == 1:
+        return [n // 2]
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
+def select_spread(items: list[Dialogue], n: int | None) -> list[Dialogue]:
+    """Pick n items of a single-turn-split file spread over as many distinct dialogues as possible.
+
+    n <= 0 or None keeps everything. With n <= number of dialogues, n evenly spaced dialogues each
+    give their middle item; otherwise every dialogue gives floor/ceil(n / dialogues) evenly spaced items.
+    The result keeps file order.
+    """
+    if n is None or n <= 0 or n >= len(items):
+        return list(items)
+    groups = group_prefix_items(items)
+    picked: list[int] = []
+    if n <= len(groups):
+        for g in _spread(len(groups), n):
+            members = groups[g]
+            picked.append(members[len(members) // 2])
+    else:
+        base, extra = divmod(n, len(groups))
+        bonus = set(_spread(len(groups), extra))
+        leftover = 0
+        for gi, members in enumerate(groups):
+            want = base + (1 if gi in bonus else 0) + leftover
+            take = min(want, len(members))
+            leftover = want - take  # short dialogues hand their quota to the next ones
+            picked.extend(members[i] for i in _spread(len(members), take))
+        if leftover:  # still short: fill from the remaining items in file order
+            rest = [p for p in range(len(items)) if p not in set(picked)]
+            picked.extend(rest[:leftover])
+    return [items[p] for p in sorted(set(picked))]

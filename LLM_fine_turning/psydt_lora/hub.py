@@ -1,0 +1,195 @@
+"""Fetching the base model and the PsyDTCorpus files, from ModelScope (default) or Hugging Face.
+
+Nothing is downloaded when the files are already in place: ModelScope never falls back to local
+files by itself and takes ~20 s to fail offline, so presence is checked here first.
+"""
+import hashlib
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+from .errors import PsyDTError
+from .files import temp_dir_beside
+
+TRAIN_FILE = "PsyDTCorpus_train_mulit_turn_packing.json"  # sic: the dataset's own spelling
+TEST_FILE = "PsyDTCorpus_test_single_turn_split.json"
+# Known good files: (size in bytes, sha256), to tell a partial or corrupt download.
+KNOWN_FILES = {
+    TRAIN_FILE: (50_092_559, "517fabb22502b84de72ff1d62c7efea0bd16f41cf0939d2cd1d52d285c396345"),
+    TEST_FILE: (29_182_406, "5b4eeb46721acbf5e9807fcf46902487855cbcd1ed45770b92f27ab1be95207d"),
+}
+HUBS = ("modelscope", "huggingface")
+HUB_SITES = {"modelscope": "https://modelscope.cn", "huggingface": "https://huggingface.co"}
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "original/*")
+
+
+# -- checking what is there --------------------------------------------------------------------------
+def safetensors_complete(path: Path) -> bool:
+    """True when a .safetensors file is as long as its own header says (catches truncated downloads)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len <= 0 or 8 + header_len > size:
+                return False
+            header = json.loads(f.read(header_len))
+    except (OSError, struct.error, ValueError):
+        return False
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return size >= 8 + header_len + end
+
+
+def tokenizer_present(folder) -> bool:
+    folder = Path(folder)
+    files = (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
+    return files and (folder / "tokenizer_config.json").is_file()
+
+
+def model_problems(folder) -> list[str]:
+    """What is missing for `folder` to be a loadable model (empty list = usable)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ["文件夹不存在"]
+    problems = []
+    if not (folder / "config.json").is_file():
+        problems.append("缺少 config.json")
+    if not tokenizer_present(folder):
+        problems.append("缺少分词器文件（tokenizer_config.json 和 tokenizer.json 或 vocab.json + merges.txt）")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text("utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, OSError):
+            return problems + ["model.safetensors.index.json 损坏"]
+    elif (folder / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        pickles = [p.name for p in folder.glob("*.bin")]
+        hint = f"（只有不安全的 pickle 权重 {pickles[0]}，本工具只加载 safetensors）" if pickles else ""
+        return problems + [f"缺少 safetensors 权重{hint}"]
+    for shard in shards:
+        if not safetensors_complete(folder / shard):
+            problems.append(f"权重文件 {shard} 缺失或不完整")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dataset_file_problem(path: Path) -> str | None:
+    """None when the file is usable; otherwise why it must be fetched again."""
+    if not path.is_file():
+        return "文件不存在"
+    known = KNOWN_FILES.get(path.name)
+    if known and path.stat().st_size == known[0] and _sha256(path) == known[1]:
+        return None
+    # Not the known version: accept any complete JSON/JSON Lines file (the user may have edited
+    # it, or upstream may have updated it); a truncated download does not parse.
+    try:
+        text = path.read_text("utf-8-sig")
+        if text.lstrip().startswith("["):
+            json.loads(text)
+        else:
+            for line in text.splitlines():
+                if line.strip():
+                    json.loads(line)
+    except (ValueError, OSError):
+        size = path.stat().st_size
+        expected = f"，应为 {known[0]:,} 字节" if known else ""
+        return f"文件不完整或已损坏（{size:,} 字节{expected}）"
+    return None
+
+
+# -- downloading ---------------------------------------------------------------------------------
+def _manual_hint(hub: str, repo: str, target, what: str) -> str:
+    return (
+        f"请检查网络，或在能上网的机器上从 {HUB_SITES[hub]} 下载 {repo} 的{what}，"
+        f"手动放到 {target}（也可以用 --hub {'huggingface' if hub == 'modelscope' else 'modelscope'} 换一个来源）。"
+    )
+
+
+def ensure_model(repo: str, local_dir, hub: str = "modelscope") -> Path:
+    """Make sure `local_dir` holds a usable model; download `repo` into exactly that folder if not."""
+    local_dir = Path(local_dir)
+    problems = model_problems(local_dir)
+    if not problems:
+        return local_dir
+    print(f"[下载] 模型 {local_dir} 不可用（{'；'.join(problems)}），从 {hub} 下载 {repo} ...", flush=True)
+    try:
+        if hub == "modelscope":
+            from modelscope import snapshot_download
+
+            snapshot_download(model_id=repo, local_dir=str(local_dir), ignore_patterns=list(PICKLE_WEIGHTS))
+        elif hub == "huggingface":
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(repo_id=repo, local_dir=str(local_dir), ignore_patterns=list(PICKLE_WEIGHTS))
+        else:
+            raise PsyDTError(f"未知的 --hub {hub!r}，可选：{', '.join(HUBS)}")
+    except PsyDTError:
+        raise
+    except Exception as err:  # any network / hub failure: stop with what to do by hand
+        raise PsyDTError(
+            f"从 {hub} 下载模型 {repo} 到 {local_dir} 失败：{type(err).__name__}: {err}。"
+            + _manual_hint(hub, repo, local_dir, "全部文件（config.json、*.safetensors、分词器文件）")
+        ) from None
+    problems = model_problems(local_dir)
+    if problems:
+        raise PsyDTError(
+            f"下载后模型文件夹 {local_dir} 仍不可用：{'；'.join(problems)}。"
+            + _manual_hint(hub, repo, local_dir, "全部文件")
+        )
+    return local_dir
+
+
+def ensure_dataset_file(repo: str, dataset_dir, filename: str, hub: str = "modelscope") -> Path:
+    """Make sure `dataset_dir/filename` is a complete file; download just that file if not.
+    A bad existing file is kept beside as `<name>.bad` rather than overwritten."""
+    dataset_dir = Path(dataset_dir)
+    target = dataset_dir / filename
+    problem = dataset_file_problem(target)
+    if problem is None:
+        return target
+    print(f"[下载] 数据文件 {target}：{problem}，从 {hub} 下载 {repo}/{filename} ...", flush=True)
+    tmp = temp_dir_beside(target)
+    try:
+        if hub == "modelscope":
+            from modelscope.hub.file_download import dataset_file_download
+
+            got = dataset_file_download(dataset_id=repo, file_path=filename, local_dir=str(tmp))
+        elif hub == "huggingface":
+            from huggingface_hub import hf_hub_download
+
+            got = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", local_dir=str(tmp))
+        else:
+            raise PsyDTError(f"未知的 --hub {hub!r}，可选：{', '.join(HUBS)}")
+        got = Path(got)
+        if not got.is_file():
+            got = tmp / filename
+        new_problem = dataset_file_problem(got)
+        if new_problem is not None:
+            raise PsyDTError(
+                f"从 {hub} 下载的 {repo}/{filename} {new_problem}。" + _manual_hint(hub, repo, target, filename)
+            )
+        if target.exists():
+            os.replace(target, target.with_name(target.name + ".bad"))
+        os.replace(got, target)
+    except PsyDTError:
+        raise
+    except Exception as err:
+        raise PsyDTError(
+            f"从 {hub} 下载数据集 {repo} 的文件 {filename} 到 {dataset_dir} 失败：{type(err).__name__}: {err}。"
+            + _manual_hint(hub, repo, target, f"文件 {filename}")
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

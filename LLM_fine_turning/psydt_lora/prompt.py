@@ -1,0 +1,98 @@
+"""The one prompt rendering shared by training and inference.
+
+The model's own chat template is the only source of the prompt format: a context is
+`apply_chat_template(history, add_generation_prompt=True, enable_thinking=False)`. For Qwen3 that is
+the ChatML history (earlier replies without think blocks) followed by
+`<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n` -- the empty think block belongs to the context
+and is never a training target. A reply ends with the tokenizer's end-of-turn token (`<|im_end|>`).
+"""
+import hashlib
+import re
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+
+
+def strip_think(text: str) -> str:
+    """Remove `<think>...</think>` blocks; an unterminated `<think>` drops everything after it.
+    A lone `</think>` (the opening tag was part of the prompt) drops everything before it."""
+    text = _THINK_BLOCK.sub("", text)
+    if "</think>" in text:
+        text = text.split("</think>")[-1]
+    if "<think>" in text:
+        text = text.split("<think>")[0]
+    return text.strip()
+
+
+def _template_kwargs(tokenizer) -> dict:
+    # What `apply_chat_template` passes to the template besides the messages.
+    return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+
+
+def render(tokenizer, messages, add_generation_prompt: bool, enable_thinking: bool = False) -> str:
+    """Render `messages` with the tokenizer's chat template (same result as `apply_chat_template`,
+    without its per-call overhead, which matters for 85k contexts)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    template = tokenizer.get_chat_template()
+    rendered, _ = render_jinja_template(
+        conversations=[messages],
+        chat_template=template,
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=enable_thinking,
+        **_template_kwargs(tokenizer),
+    )
+    return rendered[0]
+
+
+def clean_history(messages) -> list[dict]:
+    """History as the model should see it: think blocks removed from earlier replies."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if m["role"] == "assistant":
+            content = strip_think(content)
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def render_prompt(tokenizer, messages, enable_thinking: bool = False) -> str:
+    """The context the model answers: history (ending with a user turn) + generation prompt."""
+    return render(tokenizer, clean_history(messages), add_generation_prompt=True, enable_thinking=enable_thinking)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tokenizer, messages, enable_thinking: bool = False) -> list[int]:
+    return encode(tokenizer, render_prompt(tokenizer, messages, enable_thinking))
+
+
+def generation_prompt(tokenizer, enable_thinking: bool = False) -> str:
+    """The text the template appends for `add_generation_prompt` (Qwen3, thinking off:
+    `<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n`)."""
+    probe = [{"role": "user", "content": "x"}]
+    with_prompt = render(tokenizer, probe, True, enable_thinking)
+    without = render(tokenizer, probe, False, enable_thinking)
+    if not with_prompt.startswith(without) or with_prompt == without:
+        raise ValueError("chat template: add_generation_prompt does not append a suffix")
+    return with_prompt[len(without):]
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that closes a reply (Qwen3: <|im_end|>, which is also its eos_token)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no eos_token; cannot tell where a reply ends")
+    return tokenizer.eos_token_id
+
+
+def prompt_format(tokenizer, enable_thinking: bool = False) -> dict:
+    """A description of the prompt format, saved with the adapter and checked by inference."""
+    template = tokenizer.get_chat_template()
+    return {
+        "renderer": "tokenizer.chat_template",
+        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+        "enable_thinking": enable_thinking,
+        "generation_prompt": generation_prompt(tokenizer, enable_thinking),
+        "end_of_turn": tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)),
+    }

@@ -1,0 +1,238 @@
+"""LoRA on the base model, the Hugging Face Trainer, SwanLab, checkpoints and the saved outputs."""
+import json
+import os
+import platform
+import shutil
+import signal
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import PsyDTError
+from .files import atomic_write_bytes, atomic_write_json, replace_dir, temp_dir_beside
+from .hub import safetensors_complete
+from .models import RUN_FILE, base_model_signature
+
+ADAPTER_DIR = "lora_adapter"
+METRICS_FILE = "metrics.json"
+LOSS_PLOT = "loss_curve.png"
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# -- model ----------------------------------------------------------------------------------------
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in target_modules if m not in present]
+    if missing:
+        raise PsyDTError(
+            f"--target_modules 中的 {', '.join(missing)} 在模型里不存在；可用的线性层名如 "
+            f"{', '.join(sorted(m for m in present if m.endswith('_proj')))}。"
+        )
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
+    )
+    return get_peft_model(model, config)
+
+
+class SampleDataset:
+    """A list of samples as the Trainer wants them (dicts of token id lists)."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        return {"input_ids": s.input_ids, "labels": s.labels}
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def checkpoint_complete(path: Path) -> bool:
+    """A Trainer checkpoint is usable when every file it writes is there; trainer_state.json is
+    written last, so a checkpoint cut short by a kill lacks it or has it truncated."""
+    try:
+        json.loads((path / "trainer_state.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    needed = ("optimizer.pt", "scheduler.pt")
+    if not all((path / n).is_file() and (path / n).stat().st_size > 0 for n in needed):
+        return False
+    return safetensors_complete(path / "adapter_model.safetensors")
+
+
+def find_checkpoint(output_dir, requested: str) -> str | None:
+    """`requested`: 'auto' (latest complete checkpoint in output_dir, if any), 'none', or a path."""
+    if requested == "none":
+        return None
+    if requested != "auto":
+        path = Path(requested)
+        if not checkpoint_complete(path):
+            raise PsyDTError(f"--resume_from_checkpoint {path} 不是完整的检查点（缺少文件或文件不完整）。")
+        return str(path)
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    found = []
+    for p in out.glob("checkpoint-*"):
+        try:
+            found.append((int(p.name.split("-")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    for _, p in sorted(found, reverse=True):
+        if checkpoint_complete(p):
+            return str(p)
+        print(f"[续训] 跳过不完整的检查点 {p}", flush=True)
+    return None
+
+
+def make_stop_callback():
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop cleanly.
+    A second Ctrl-C interrupts at once."""
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        def __init__(self):
+            self.requested = None
+
+        def install(self):
+            def handler(signum, frame):
+                self.requested = signal.Signals(signum).name
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                print(f"\n[中断] 收到 {self.requested}，保存检查点后退出（再按一次 Ctrl-C 立即退出）...", flush=True)
+
+            signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGTERM, handler)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopOnSignal()
+
+
+# -- SwanLab ----------------------------------------------------------------------------------------
+def resolve_swanlab_mode(requested: str) -> str:
+    if requested in ("cloud", "online"):
+        return "online"
+    if requested != "auto":
+        return requested
+    try:
+        import swanlab
+
+        logged_in = bool(swanlab.Settings().api_key)
+    except Exception:
+        logged_in = False
+    return "online" if logged_in else "local"
+
+
+def make_swanlab_callback(project: str, run_name: str | None, mode: str, log_dir: Path, config: dict):
+    """SwanLab's own Trainer callback (transformers' built-in reporter crashes with swanlab 0.10).
+    Only numbers and settings are logged -- never dialogue text."""
+    try:
+        from swanlab.integration.transformers import SwanLabCallback
+    except ImportError:
+        raise PsyDTError("没有安装 swanlab：pip install 'swanlab[dashboard]'，或用 --report_to none 关闭记录。") from None
+    if mode == "local":
+        print(f"[SwanLab] 未登录，使用本地模式；查看：swanlab watch {log_dir}（登录后自动改为云端：swanlab login）", flush=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return SwanLabCallback(
+        project=project, experiment_name=run_name, mode=mode, logdir=str(log_dir), config=config
+    )
+
+
+# -- outputs ----------------------------------------------------------------------------------------
+def loss_history(log_history) -> dict:
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    return {"train": train, "eval": evals}
+
+
+def plot_losses(history: dict, path: Path, title: str) -> bool:
+    if not history["train"] and not history["eval"]:
+        return False
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if history["train"]:
+        ax.plot(*zip(*history["train"]), label="train loss", marker="." if len(history["train"]) < 30 else None)
+    if history["eval"]:
+        ax.plot(*zip(*history["eval"]), label="eval loss", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "datasets", "swanlab", "modelscope"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def most_common_system_prompt(dialogues) -> str | None:
+    counts = Counter(d.messages[0]["content"] for d in dialogues if d.messages and d.messages[0]["role"] == "system")
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def save_adapter(model, tokenizer, adapter_dir: Path, run_info: dict, extra_files=()) -> None:
+    """Adapter (safetensors) + tokenizer/chat template + run JSON, written to a temp folder and
+    renamed into place, so `adapter_dir` is never half-written."""
+    tmp = temp_dir_beside(adapter_dir)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / RUN_FILE, run_info)
+        for f in extra_files:
+            if Path(f).is_file():
+                shutil.copy2(f, tmp / Path(f).name)
+        replace_dir(tmp, adapter_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_info(args, base_config, prompt_fmt: dict, system_prompt, data_stats: dict) -> dict:
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "args": {k: v for k, v in vars(args).items()},
+        "base_model": {"path": str(args.model_local_dir), "repo": args.model_repo, "signature": base_model_signature(base_config)},
+        "prompt_format": prompt_fmt,
+        "system_prompt": system_prompt,
+        "data": data_stats,
+        "versions": library_versions(),
+        "host": platform.node(),
+        "time": time.time(),
+    }

@@ -1,0 +1,299 @@
+"""Fine-tune Qwen3 with LoRA on PsyDTCorpus (multi-turn Chinese counselling dialogues).
+
+    # the whole job: fetch Qwen/Qwen3-1.7B and PsyDTCorpus via ModelScope when missing, train, save
+    python LLM_fine_turning/train_psydt_lora.py
+
+    # look at the data first: tokenise, print statistics, write every sample, load no weights
+    python LLM_fine_turning/train_psydt_lora.py --dry_run --dump_samples samples.jsonl
+
+    # all 4,760 dialogues, no eval, no SwanLab
+    python LLM_fine_turning/train_psydt_lora.py --max_train_items 0 --no-do_eval --report_to none
+
+The adapter lands in <output_dir>/lora_adapter; talk to it with inference_psydt_lora.py.
+Run again with the same command after an interruption and it resumes from the last checkpoint.
+"""
+import argparse
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from psydt_lora.errors import PsyDTError, run_cli  # noqa: E402
+from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE  # noqa: E402
+
+DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="用 LoRA 在 PsyDTCorpus 上微调 Qwen3（默认 Qwen3-1.7B）。",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("模型与数据")
+    g.add_argument("--model_repo", default="Qwen/Qwen3-1.7B", help="model id on the hub")
+    g.add_argument("--model_local_dir", default="./Qwen/Qwen3-1.7B", help="local model folder; downloaded here when incomplete")
+    g.add_argument("--hub", choices=HUBS, default="modelscope", help="where to download missing model/data from")
+    g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="dataset id on the hub")
+    g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="folder for the PsyDTCorpus files")
+    g.add_argument("--train_file", default=None, help=f"training dialogues (JSON/JSONL); default <dataset_dir>/{TRAIN_FILE}")
+    g.add_argument("--eval_file", default=None, help=f"eval items, single-turn split; default <dataset_dir>/{TEST_FILE}")
+    g.add_argument("--max_train_items", type=int, default=300, help="first N training dialogues; 0 or -1 = all")
+    g.add_argument("--max_eval_items", type=int, default=20, help="N eval items spread over distinct dialogues; 0 or -1 = all")
+    g.add_argument("--max_length", type=int, default=2048, help="max tokens per sample (older rounds are dropped beyond)")
+    g.add_argument("--trust_remote_code", action="store_true", help="allow the model folder to run its own Python code")
+
+    g = p.add_argument_group("训练")
+    g.add_argument("--output_dir", default="./output/qwen3-1_7b-psydt-lora", help="checkpoints, adapter, metrics, plots")
+    g.add_argument("--per_device_train_batch_size", type=int, default=1, help="samples per GPU per step")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=1, help="eval samples per GPU per step")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=4, help="micro-batches per optimizer step")
+    g.add_argument("--num_train_epochs", type=float, default=2, help="passes over the training samples")
+    g.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: use epochs)")
+    g.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate")
+    g.add_argument("--lr_scheduler_type", default="linear", help="Trainer scheduler (linear, cosine, ...)")
+    g.add_argument("--warmup_steps", type=float, default=0, help="warmup: steps, or a fraction of all steps when < 1")
+    g.add_argument("--save_steps", type=int, default=400, help="save a checkpoint every N optimizer steps")
+    g.add_argument("--save_total_limit", type=int, default=None, help="keep at most N checkpoints (default: all)")
+    g.add_argument("--logging_steps", type=int, default=10, help="log the loss every N optimizer steps")
+    g.add_argument("--eval_steps", type=int, default=200, help="evaluate every N optimizer steps")
+    g.add_argument("--do_eval", action=argparse.BooleanOptionalAction, default=True, help="evaluate on the eval items")
+    g.add_argument("--seed", type=int, default=42, help="random seed (data order, LoRA init, dropout)")
+    g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto: bf16 on CUDA when supported, else fp32")
+    g.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations to save memory")
+    g.add_argument("--group_by_length", action="store_true", help="batch samples of similar length (less padding)")
+    g.add_argument("--resume_from_checkpoint", default="auto", help="'auto' (latest complete checkpoint in output_dir), 'none', or a checkpoint path")
+
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
+    g.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha (scale = alpha / r)")
+    g.add_argument("--lora_dropout", type=float, default=0.1, help="dropout on the LoRA input")
+    g.add_argument("--target_modules", default=DEFAULT_TARGETS, help="comma-separated linear layers that get LoRA")
+
+    g = p.add_argument_group("记录")
+    g.add_argument("--report_to", default="swanlab", help="swanlab, none, or other Trainer reporters (comma-separated)")
+    g.add_argument("--swanlab_project", default="qwen3-psydt-lora", help="SwanLab project")
+    g.add_argument("--swanlab_run_name", default=None, help="SwanLab experiment name")
+    g.add_argument("--swanlab_mode", choices=("auto", "cloud", "online", "local", "offline", "disabled"), default="auto",
+                   help="auto: cloud when logged in (swanlab login), else local")
+
+    g = p.add_argument_group("检查数据")
+    g.add_argument("--dry_run", action="store_true", help="read and tokenise the data, print statistics, exit without loading weights")
+    g.add_argument("--dump_samples", default=None, metavar="PATH", help="write every training sample as JSON Lines")
+    return p
+
+
+def check_args(args) -> None:
+    positive = ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "save_steps", "logging_steps", "eval_steps", "lora_r", "lora_alpha")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise PsyDTError(f"--{name} 必须是正数，收到 {getattr(args, name)}。")
+    if args.num_train_epochs <= 0 and args.max_steps <= 0:
+        raise PsyDTError("--num_train_epochs 必须大于 0（或给出 --max_steps）。")
+    if not 0 <= args.lora_dropout < 1:
+        raise PsyDTError(f"--lora_dropout 必须在 [0, 1) 之间，收到 {args.lora_dropout}。")
+    if args.learning_rate <= 0:
+        raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
+
+
+def data_files(args) -> tuple[Path, Path | None]:
+    """The train and eval files, downloading the PsyDTCorpus ones into dataset_dir when missing."""
+    from psydt_lora.hub import ensure_dataset_file
+
+    def resolve(given, default_name, flag):
+        if given:
+            path = Path(given)
+            if not path.is_file():
+                raise PsyDTError(f"{flag} {path} 不存在。")
+            return path
+        return ensure_dataset_file(args.dataset_repo, args.dataset_dir, default_name, args.hub)
+
+    train = resolve(args.train_file, TRAIN_FILE, "--train_file")
+    evalf = resolve(args.eval_file, TEST_FILE, "--eval_file") if args.do_eval else None
+    return train, evalf
+
+
+def preflight(output_dir: Path, need_bytes: int) -> None:
+    """Fail before loading weights for reasons knowable now: unwritable or full output folder."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise PsyDTError(f"输出目录 {output_dir} 不可写：{err.strerror}。请换一个 --output_dir。") from None
+    free = shutil.disk_usage(output_dir).free
+    if free < need_bytes:
+        raise PsyDTError(
+            f"输出目录 {output_dir} 所在磁盘只剩 {free / 2**20:.0f} MiB，估计需要 {need_bytes / 2**20:.0f} MiB"
+            "（检查点 + adapter）。请清理磁盘、换 --output_dir 或设置 --save_total_limit。"
+        )
+
+
+def print_stats(title, read_stats, sample_stats) -> None:
+    s = sample_stats
+    print(f"[{title}] 对话 {s.dialogues}，样本 {s.samples}，token {s.tokens:,}，其中监督 token {s.supervised_tokens:,}"
+          f"（{100 * s.supervised_tokens / max(s.tokens, 1):.1f}%），最长样本 {s.max_sample_tokens}，平均 {s.as_dict()['mean_sample_tokens']}")
+    if s.truncated_history_samples or s.truncated_reply_samples or s.dropped_too_long_samples:
+        print(f"[{title}] 超长截断：{s.truncated_history_samples} 个样本丢弃了最早的 {s.dropped_rounds} 轮历史，"
+              f"{s.truncated_reply_samples} 个样本截断了回复结尾，{s.dropped_too_long_samples} 个样本因上下文本身超长被丢弃")
+    r = read_stats.as_dict()
+    if r["dropped_trailing_user_turns"] or r["empty_replies_not_trained"] or r["think_blocks_removed"]:
+        print(f"[{title}] 数据整理：去掉结尾的 user 消息 {r['dropped_trailing_user_turns']} 条，"
+              f"空回复（不训练）{r['empty_replies_not_trained']} 条，去掉 think 块 {r['think_blocks_removed']} 处")
+    for note in s.notes:
+        print(f"[{title}] 注意：{note}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from psydt_lora import hub
+    from psydt_lora.dialogues import read_dialogues, select_spread
+    from psydt_lora.models import load_tokenizer
+    from psydt_lora.prompt import prompt_format
+    from psydt_lora.samples import build_samples, dump_samples
+
+    # 1. fetch what is missing
+    model_dir = Path(args.model_local_dir)
+    if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
+        hub.ensure_model(args.model_repo, model_dir, args.hub)
+    train_file, eval_file = data_files(args)
+
+    # 2. read dialogues, build samples
+    tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
+    limit = args.max_train_items if args.max_train_items > 0 else None
+    train_dialogues, train_read = read_dialogues(train_file, limit=limit)
+    train_samples, train_stats = build_samples(train_dialogues, tokenizer, args.max_length, progress=True)
+    print_stats("训练", train_read, train_stats)
+    if not train_samples:
+        raise PsyDTError(f"{train_file} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
+    eval_samples, data_stats = [], {"train": {"file": str(train_file), **train_read.as_dict(), **train_stats.as_dict()}}
+    if eval_file is not None:
+        eval_items, eval_read = read_dialogues(eval_file)
+        eval_items = select_spread(eval_items, args.max_eval_items)
+        eval_read.records = len(eval_items)
+        eval_samples, eval_stats = build_samples(eval_items, tokenizer, args.max_length, last_reply_only=True)
+        print_stats("验证", eval_read, eval_stats)
+        data_stats["eval"] = {"file": str(eval_file), **eval_read.as_dict(), **eval_stats.as_dict()}
+    if args.dump_samples:
+        dump_samples(train_samples, args.dump_samples)
+        print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
+    if args.dry_run:
+        return 0
+
+    # 3. model + LoRA + Trainer
+    output_dir = Path(args.output_dir)
+    steps = math.ceil(len(train_samples) / (args.per_device_train_batch_size * args.gradient_accumulation_steps) * args.num_train_epochs)
+    n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
+    preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
+    return train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_format(tokenizer))
+
+
+def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_fmt) -> int:
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    from psydt_lora import training as T
+    from psydt_lora.models import load_base_model, pick_dtype, pick_device
+
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    device = pick_device("auto")
+    dtype = pick_dtype(args.dtype, device)
+    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code)
+    base_config = model.config
+    targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+    model = T.add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing)
+    if T.is_main_process():
+        model.print_trainable_parameters()
+
+    reporters = [r.strip() for r in args.report_to.split(",") if r.strip() and r.strip() != "none"]
+    callbacks = []
+    run_config = {k: v for k, v in vars(args).items()}
+    run_config["data"] = {k: {kk: vv for kk, vv in v.items() if kk != "notes"} for k, v in data_stats.items()}
+    if "swanlab" in reporters:
+        reporters.remove("swanlab")
+        if T.is_main_process():
+            mode = T.resolve_swanlab_mode(args.swanlab_mode)
+            callbacks.append(T.make_swanlab_callback(args.swanlab_project, args.swanlab_run_name, mode, output_dir / "swanlog", run_config))
+    stop = T.make_stop_callback()
+    callbacks.append(stop)
+
+    do_eval = bool(eval_samples)
+    targs = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps,
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        eval_strategy="steps" if do_eval else "no",
+        eval_steps=args.eval_steps if do_eval else None,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        seed=args.seed,
+        report_to=reporters or "none",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+        dataloader_pin_memory=device == "cuda",
+        use_cpu=device == "cpu",
+        ddp_find_unused_parameters=False,
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
+                                      pad_to_multiple_of=8 if device == "cuda" else None)
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=T.SampleDataset(train_samples),
+        eval_dataset=T.SampleDataset(eval_samples) if do_eval else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+    # 4. train (resuming when a checkpoint is there)
+    resume = T.find_checkpoint(output_dir, args.resume_from_checkpoint)
+    if resume:
+        print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
+    if T.is_main_process():
+        stop.install()
+    result = trainer.train(resume_from_checkpoint=resume)
+    if stop.requested:
+        if trainer.is_world_process_zero():
+            print(f"[中断] 已保存检查点到 {output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
+        return 130
+
+    # 5. save: adapter + run JSON, metrics, loss curve
+    metrics = {"train": result.metrics}
+    if do_eval:
+        metrics["eval"] = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        history = T.loss_history(trainer.state.log_history)
+        metrics["loss_history"] = history
+        metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
+        metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
+        T.atomic_write_json(output_dir / T.METRICS_FILE, metrics)
+        plot = output_dir / T.LOSS_PLOT
+        T.plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
+        info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
+        info["metrics"] = {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")}
+        adapter_dir = output_dir / T.ADAPTER_DIR
+        T.save_adapter(trainer.model, tokenizer, adapter_dir, info, extra_files=[plot])
+        print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / T.METRICS_FILE}；损失曲线 {plot}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

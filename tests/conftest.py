@@ -1,0 +1,167 @@
+"""Shared fixtures: a tiny random Qwen3 with a small character-level tokenizer whose chat template
+behaves like Qwen3's (ChatML, empty think block in the generation prompt when thinking is off),
+and the real Qwen3 tokenizer / PsyDTCorpus samples from ../shared/assets when present."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "LLM_fine_turning"))
+ASSETS = ROOT.parent / "shared" / "assets"
+REAL_TOKENIZER = ASSETS / "qwen3-tokenizer"
+REAL_SAMPLE = ASSETS / "psydt-sample" / "train.json"
+SHAPED_TRAIN = ASSETS / "psydt-shaped" / "train.json"
+SHAPED_TEST = ASSETS / "psydt-shaped" / "test.json"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+QWEN3_LIKE_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' %}{{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{%- set content = message.content %}"
+    "{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+SYSTEM = "你是一位温和、专业的心理咨询师。"
+DIALOGUES = [
+    {
+        "id": "d0",
+        "normalizedTag": "情绪",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "我最近睡不好，总是很焦虑。"},
+            {"role": "assistant", "content": "听起来你最近压力很大，能说说是什么让你焦虑吗？"},
+            {"role": "user", "content": "工作上的事情太多了。"},
+            {"role": "assistant", "content": "工作量大确实让人紧张，我们一起看看哪些事情最重要。"},
+        ],
+    },
+    {
+        "id": "d1",
+        "normalizedTag": "婚恋",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "我和男朋友吵架了。"},
+            {"role": "assistant", "content": "吵架之后你现在感觉怎么样？"},
+            {"role": "user", "content": "很难过，也很生气。"},
+            {"role": "assistant", "content": "难过和生气都是可以理解的情绪，你愿意多讲讲吗？"},
+        ],
+    },
+]
+
+
+def single_turn_split(dialogues):
+    """The test-file shape: one item per assistant reply, holding the history up to that reply."""
+    items = []
+    for d in dialogues:
+        for i, m in enumerate(d["messages"]):
+            if m["role"] == "assistant":
+                items.append({"id": d["id"], "normalizedTag": d["normalizedTag"], "messages": d["messages"][: i + 1]})
+    return items
+
+
+def _charset():
+    chars = set("\n \t")
+    chars.update(chr(c) for c in range(33, 127))
+    chars.update("，。？！：；、“”‘’（）《》…—")
+    for d in DIALOGUES:
+        for m in d["messages"]:
+            chars.update(m["content"])
+    # everyday characters used by the chat/safety tests
+    chars.update("你好我想死了不活没意思谢谢再见今天心情很差有点累帮助热线哪里生气难过开心")
+    return sorted(chars)
+
+
+def build_tiny_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + ["<unk>"] + _charset())}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
+    )
+    tok.chat_template = QWEN3_LIKE_TEMPLATE
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def build_tiny_model(folder: Path, layers: int = 2, hidden: int = 64, seed: int = 0):
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tok = build_tiny_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    if not (REAL_TOKENIZER / "vocab.json").is_file():
+        pytest.skip("../shared/assets/qwen3-tokenizer is not present (only in the developers' checkout and CI)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(REAL_TOKENIZER))
+
+
+def require(path: Path) -> Path:
+    if not path.is_file():
+        pytest.skip(f"{path} is not present (only in the developers' checkout and CI)")
+    return path
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    train = tmp_path / "train.json"
+    test = tmp_path / "test.json"
+    train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")
+    test.write_text(json.dumps(single_turn_split(DIALOGUES), ensure_ascii=False), "utf-8")
+    return train, test
