@@ -82,7 +82,7 @@ def _charset():
         for m in d["messages"]:
             chars.update(m["content"])
     # everyday characters used by the chat/safety tests
-    chars.update("你好我想死了不活没意思谢谢再见今天心情很差有点累帮助热线哪里生气难过开心")
+    chars.update("你好我想死了不活没意思谢谢再见今天心情很差有点累帮助热线哪里生气难过开心第轮回复告诉慢说聊什么")
     return sorted(chars)
 
 

@@ -90,6 +90,12 @@ def _load_records(path: Path) -> list:
         return data
     if stripped[0] == "{":
         # JSON Lines: one record per non-empty line. A whole-file single object is not a dataset.
+        if stripped.count("\n") > 0 and not stripped.splitlines()[0].rstrip().endswith("}"):
+            try:
+                json.loads(text)
+                raise PsyDTError(f"数据文件 {path} 的顶层必须是记录列表 [...]，而它是单个 JSON 对象。")
+            except json.JSONDecodeError:
+                pass
         records = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -135,11 +141,9 @@ def _validate(path, index, record, stats: ReadStats) -> Dialogue:
             raise PsyDTError(f"{where}：{field_name}.content 必须是字符串（{what}）。")
         if role == "system" and j != 0:
             raise PsyDTError(f"{where}：{field_name} 是 system 消息，但 system 只能是第一条消息。")
-        if role == "assistant":
-            cleaned = strip_think(content)
-            if cleaned != content:
-                stats.think_blocks_removed += 1
-            content = cleaned
+        if role == "assistant" and ("<think>" in content or "</think>" in content):
+            content = strip_think(content)
+            stats.think_blocks_removed += 1
         clean.append({"role": role, "content": content})
     while clean and clean[-1]["role"] == "user":
         clean.pop()

@@ -1,0 +1,71 @@
+"""Round trip: train the tiny model until it memorises two dialogues, save the adapter, reload base +
+adapter fresh, render a training context with the shared prompt code and decode greedily. Proves masking,
+template parity, save and load together."""
+import json
+
+import pytest
+
+from conftest import DIALOGUES
+
+import train_psydt_lora
+from psydt_lora.prompt import render_prompt, strip_think
+
+
+def memorise(model_dir, train_file, out_dir, extra=()):
+    argv = [
+        "--model_local_dir", str(model_dir), "--train_file", str(train_file), "--no-do_eval",
+        "--output_dir", str(out_dir), "--report_to", "none", "--max_steps", "120",
+        "--learning_rate", "1e-2", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+        "--logging_steps", "20", "--save_steps", "1000", "--no-gradient_checkpointing", *extra,
+    ]
+    assert train_psydt_lora.main(argv) == 0
+    return out_dir / "lora_adapter"
+
+
+def greedy_reply(model, tokenizer, history):
+    import torch
+
+    text = render_prompt(tokenizer, history)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=60, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    return strip_think(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
+@pytest.fixture(scope="module")
+def memorised(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("roundtrip")
+    train = tmp / "train.json"
+    train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")
+    return memorise(tiny_model_dir, train, tmp / "out")
+
+
+def test_adapter_reproduces_every_trained_reply(memorised, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(memorised))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(memorised)).eval()
+    for d in DIALOGUES:
+        msgs = d["messages"]
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                assert greedy_reply(model, tokenizer, msgs[:i]) == m["content"]
+    # and the base model alone does not say these things: the adapter carries what was learned
+    with model.disable_adapter():
+        assert greedy_reply(model, tokenizer, DIALOGUES[0]["messages"][:2]) != DIALOGUES[0]["messages"][2]["content"]
+
+
+def test_adapter_folder_holds_safetensors_tokenizer_and_run_json(memorised):
+    names = {p.name for p in memorised.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json", "psydt_run.json"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    info = json.loads((memorised / "psydt_run.json").read_text("utf-8"))
+    assert info["prompt_format"]["enable_thinking"] is False
+    assert info["prompt_format"]["generation_prompt"] == "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert info["system_prompt"] == DIALOGUES[0]["messages"][0]["content"]
+    assert info["data"]["train"]["samples"] == 4
+    assert info["base_model"]["signature"]["num_hidden_layers"] == 2

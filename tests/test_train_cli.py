@@ -1,0 +1,143 @@
+"""The training CLI end to end on the tiny model, offline."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REAL_TOKENIZER, ROOT, SHAPED_TRAIN, require
+from psydt_lora.samples import IGNORE_INDEX
+import train_psydt_lora
+
+SCRIPT = ROOT / "LLM_fine_turning" / "train_psydt_lora.py"
+
+TUTORIAL_FLAGS = {
+    "--model_repo": "Qwen/Qwen3-1.7B", "--model_local_dir": "./Qwen/Qwen3-1.7B", "--train_file": None,
+    "--eval_file": None, "--dataset_repo": "YIRONGCHEN/PsyDTCorpus", "--dataset_dir": "./data/PsyDTCorpus",
+    "--output_dir": "./output/qwen3-1_7b-psydt-lora", "--max_length": 2048, "--per_device_train_batch_size": 1,
+    "--per_device_eval_batch_size": 1, "--gradient_accumulation_steps": 4, "--num_train_epochs": 2,
+    "--learning_rate": 1e-4, "--save_steps": 400, "--logging_steps": 10, "--eval_steps": 200,
+    "--do_eval": True, "--max_train_items": 300, "--max_eval_items": 20, "--lora_r": 8, "--lora_alpha": 32,
+    "--lora_dropout": 0.1, "--target_modules": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+}
+EXTRA_FLAGS = ["--swanlab_project", "--swanlab_run_name", "--seed", "--hub", "--report_to", "--swanlab_mode",
+               "--resume_from_checkpoint", "--dry_run", "--dump_samples", "--no-do_eval"]
+
+
+def run(args, **kw):
+    env = {**os.environ, "PYTHONPATH": ""}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, **kw)
+
+
+def test_help_lists_every_flag_with_the_tutorial_defaults_and_imports_no_torch():
+    out = run(["--help"]).stdout
+    for flag in [*TUTORIAL_FLAGS, *EXTRA_FLAGS]:
+        assert flag in out, flag
+    args = train_psydt_lora.build_parser().parse_args([])
+    for flag, default in TUTORIAL_FLAGS.items():
+        assert getattr(args, flag[2:]) == default, flag
+    assert train_psydt_lora.build_parser().parse_args(["--no-do_eval"]).do_eval is False
+    probe = "import sys; sys.argv=['x','--help']; import train_psydt_lora as t\ntry: t.main()\nexcept SystemExit: pass\nprint(sorted(m for m in ('torch','transformers','peft') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=SCRIPT.parent)
+    assert res.stdout.strip().endswith("[]")
+
+
+def test_dry_run_dump_matches_independent_rendering_on_real_data(tmp_path):
+    train = require(SHAPED_TRAIN)
+    require(REAL_TOKENIZER / "vocab.json")
+    dump = tmp_path / "samples.jsonl"
+    res = run(["--model_local_dir", str(REAL_TOKENIZER), "--train_file", str(train), "--no-do_eval", "--dry_run",
+               "--dump_samples", str(dump), "--max_train_items", "0", "--output_dir", str(tmp_path / "out")])
+    assert res.returncode == 0, res.stderr
+    assert "样本 273" in res.stdout
+    assert not (tmp_path / "out").exists()  # a dry run writes no outputs
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(REAL_TOKENIZER))
+    records = json.loads(train.read_text("utf-8"))
+    lines = [json.loads(line) for line in dump.read_text("utf-8").splitlines()]
+    assert len(lines) == 273
+    for s in lines:
+        assert set(s) >= {"dialogue_index", "turn_index", "input_ids", "labels"}
+        msgs = records[s["dialogue_index"]]["messages"]
+        k = s["message_index"]
+        ctx = tok.apply_chat_template(msgs[:k], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        ctx_ids = tok(ctx, add_special_tokens=False)["input_ids"]
+        reply_ids = tok(msgs[k]["content"], add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+        assert s["input_ids"] == ctx_ids + reply_ids
+        assert s["labels"] == [IGNORE_INDEX] * len(ctx_ids) + reply_ids
+
+
+def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(tiny_model_dir, data_files, tmp_path):
+    train, test = data_files
+    out = tmp_path / "out"
+    argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--eval_file", str(test),
+            "--output_dir", str(out), "--report_to", "none", "--max_steps", "4", "--save_steps", "2",
+            "--eval_steps", "2", "--logging_steps", "1", "--gradient_accumulation_steps", "1"]
+    assert train_psydt_lora.main(argv) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    metrics = json.loads((out / "metrics.json").read_text("utf-8"))
+    assert [step for step, _ in metrics["loss_history"]["eval"]][:2] == [2, 4]
+    assert metrics["final_eval_loss"] > 0 and metrics["final_train_loss"] > 0
+    png = (out / "loss_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    adapter = out / "lora_adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "loss_curve.png").is_file()
+    info = json.loads((adapter / "psydt_run.json").read_text("utf-8"))
+    assert info["args"]["max_steps"] == 4 and info["data"]["eval"]["samples"] == 4
+    assert info["versions"]["transformers"]
+    cfg = json.loads((adapter / "adapter_config.json").read_text("utf-8"))
+    assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 32, 0.1)
+    assert sorted(cfg["target_modules"]) == sorted(TUTORIAL_FLAGS["--target_modules"].split(","))
+
+
+def test_swanlab_local_mode_logs_settings_but_no_dialogue_text(tiny_model_dir, data_files, tmp_path):
+    train, _ = data_files
+    out = tmp_path / "out"
+    res = run(["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval",
+               "--output_dir", str(out), "--swanlab_mode", "local", "--max_steps", "2", "--logging_steps", "1"],
+              stdin=subprocess.DEVNULL, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = out / "swanlog"
+    assert logs.is_dir() and any(logs.rglob("*"))
+    blob = b"".join(p.read_bytes() for p in logs.rglob("*") if p.is_file())
+    assert "我最近睡不好".encode() not in blob and "心理咨询师".encode() not in blob
+
+
+def test_no_do_eval_needs_no_eval_file_and_no_network(tiny_model_dir, data_files, tmp_path):
+    train, _ = data_files
+    argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval", "--dry_run",
+            "--dataset_dir", str(tmp_path / "nothing-here")]
+    assert train_psydt_lora.main(argv) == 0
+    assert not (tmp_path / "nothing-here").exists()
+
+
+@pytest.mark.parametrize(
+    "content, args, pattern",
+    [
+        ('[{"id": 3, "messages": [{"role": "user", "content": 1}]}]', [], r"第 0 条记录（id=3）：messages\[0\]\.content"),
+        ('[{"id": 1, "messages": [', [], r"不是合法的 JSON"),
+        (None, ["--max_length", "-5"], r"--max_length 必须是正数"),
+        (None, ["--max_length", "20"], r"没有生成任何训练样本"),
+        (None, ["--target_modules", "nonexistent_proj"], r"nonexistent_proj.*不存在"),
+    ],
+)
+def test_bad_input_stops_with_exit_2_and_no_traceback(tiny_model_dir, data_files, tmp_path, content, args, pattern):
+    import re
+
+    train, _ = data_files
+    if content is not None:
+        train.write_text(content, "utf-8")
+    out = tmp_path / "out"
+    res = run(["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval",
+               "--output_dir", str(out), "--report_to", "none", *args])
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert re.search(pattern, res.stderr), res.stderr
+    assert not (out / "lora_adapter").exists()
+
+
+def test_missing_train_file_is_named(tiny_model_dir, tmp_path):
+    res = run(["--model_local_dir", str(tiny_model_dir), "--train_file", str(tmp_path / "nope.json"), "--no-do_eval"])
+    assert res.returncode == 2 and "nope.json 不存在" in res.stderr
