@@ -17,9 +17,11 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
 from psydt_lora.errors import PsyDTError, run_cli  # noqa: E402
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE  # noqa: E402

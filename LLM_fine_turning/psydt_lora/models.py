@@ -82,3 +82,77 @@ def base_model_signature(config) -> dict:
     )
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return {k: d.get(k) for k in keys}
+
+
+def load_for_inference(model_path, adapter_path=None, *, merge=False, device="auto", dtype="auto",
+                       trust_remote_code=False):
+    """Base model (+ LoRA adapter) ready for generation. Returns (model, tokenizer, run_info, device).
+
+    The tokenizer (and so the chat template) comes from the adapter folder when it has one, since that
+    is the template the adapter was trained with. An adapter made for a different base model is refused.
+    """
+    model_path = Path(model_path)
+    if not (model_path / "config.json").is_file():
+        raise PsyDTError(
+            f"找不到基础模型 {model_path}（缺少 config.json）。先运行 python LLM_fine_turning/train_psydt_lora.py"
+            "（会自动下载 Qwen/Qwen3-1.7B），或用 --model_path 指向模型文件夹。"
+        )
+    info = {}
+    if adapter_path is not None:
+        adapter_path = Path(adapter_path)
+        if not (adapter_path / "adapter_config.json").is_file():
+            raise PsyDTError(
+                f"找不到 LoRA adapter {adapter_path}（缺少 adapter_config.json）。先训练："
+                "python LLM_fine_turning/train_psydt_lora.py；或用 --adapter_path 指定，或加 --no_adapter 直接和基础模型对话。"
+            )
+        if not (adapter_path / "adapter_model.safetensors").is_file():
+            raise PsyDTError(f"{adapter_path} 里没有 adapter_model.safetensors（只加载 safetensors 格式的 adapter）。")
+        info = read_run_info(adapter_path)
+    from transformers import AutoConfig
+
+    base_config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    trained_on = info.get("base_model", {}).get("signature")
+    if trained_on:
+        here = base_model_signature(base_config)
+        diff = [f"{k}: 训练时 {trained_on[k]} / 现在 {here.get(k)}" for k in trained_on if trained_on[k] != here.get(k)]
+        if diff:
+            raise PsyDTError(
+                f"adapter {adapter_path} 是在另一个基础模型（{info['base_model'].get('path')}）上训练的，"
+                f"与 --model_path {model_path} 不一致：{'；'.join(diff)}。请换用对应的基础模型。"
+            )
+    tok_source = adapter_path if adapter_path is not None and (adapter_path / "tokenizer_config.json").is_file() else model_path
+    tokenizer = load_tokenizer(tok_source, trust_remote_code)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    model = load_base_model(model_path, torch_dtype, trust_remote_code=trust_remote_code)
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise PsyDTError(
+                f"adapter {adapter_path} 与基础模型 {model_path} 不匹配（形状或层名不同）：{str(err).splitlines()[0][:300]}"
+            ) from None
+        if merge:
+            model = model.merge_and_unload()
+    model.to(device)
+    model.eval()
+    return model, tokenizer, info, device
+
+
+def save_merged(model, tokenizer, folder) -> None:
+    """A standalone model (safetensors + tokenizer + chat template) that plain transformers loads."""
+    import shutil
+
+    from .files import replace_dir, temp_dir_beside
+
+    folder = Path(folder)
+    tmp = temp_dir_beside(folder)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -68,6 +68,33 @@ def prompt_ids(tokenizer, messages, enable_thinking: bool = False) -> list[int]:
     return encode(tokenizer, render_prompt(tokenizer, messages, enable_thinking))
 
 
+def round_starts(messages) -> list[int]:
+    """Where each round (a user turn and the replies after it) starts, after an optional system prompt."""
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    starts = [i for i in range(first, len(messages)) if messages[i]["role"] == "user"]
+    if not starts or starts[0] != first:
+        starts.insert(0, first)
+    return starts
+
+
+def fit_history(tokenizer, messages, budget: int, enable_thinking: bool = False, first_round: int = 0):
+    """Context ids for `messages` (history ending with a user turn) in at most `budget` tokens:
+    keep the system prompt, drop the oldest whole rounds. The most recent round always stays.
+    Returns (ids, kept_messages, dropped_rounds); the ids may exceed `budget` when even the last
+    round alone does not fit -- the caller decides what to do then."""
+    has_sys = bool(messages) and messages[0]["role"] == "system"
+    sys_msgs = messages[:1] if has_sys else []
+    starts = round_starts(messages)
+    for dropped, start in enumerate(starts):
+        if dropped < first_round and start != starts[-1]:
+            continue
+        kept = sys_msgs + messages[start:]
+        ids = prompt_ids(tokenizer, kept, enable_thinking)
+        if len(ids) <= budget or start == starts[-1]:
+            return ids, kept, dropped
+    raise AssertionError("unreachable")
+
+
 def generation_prompt(tokenizer, enable_thinking: bool = False) -> str:
     """The text the template appends for `add_generation_prompt` (Qwen3, thinking off:
     `<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n`)."""

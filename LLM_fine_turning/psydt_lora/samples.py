@@ -22,7 +22,7 @@ that does not fit, the reply's end is cut; if the context alone does not fit, th
 import json
 from dataclasses import asdict, dataclass, field
 
-from .prompt import encode, end_of_turn_id, generation_prompt, prompt_ids, render
+from .prompt import encode, end_of_turn_id, fit_history, generation_prompt, prompt_ids, render, round_starts
 
 IGNORE_INDEX = -100
 SELF_CHECK_DIALOGUES = 3
@@ -71,25 +71,12 @@ class _Builder:
         self.fast_ok = True
 
     # -- exact path -------------------------------------------------------------------------------
-    def exact_context(self, messages, a: int, reply_len: int, first_start: int = 0):
+    def exact_context(self, messages, a: int, reply_len: int, first_round: int = 0):
         """Context ids for the reply at message `a`, rendered exactly, truncated by whole rounds.
         Returns (ids, dropped_rounds, reply_room) or None when even the last round does not fit."""
-        has_sys = bool(messages) and messages[0]["role"] == "system"
-        sys_msgs = messages[:1] if has_sys else []
-        body = messages[len(sys_msgs):a]
-        starts = [0] + [i for i, m in enumerate(body) if m["role"] == "user" and i > 0]
-        for n_dropped, s in enumerate(starts):
-            if s < first_start:
-                continue
-            ids = prompt_ids(self.tok, sys_msgs + body[s:], self.enable_thinking)
-            if len(ids) + reply_len <= self.max_length:
-                return ids, n_dropped, reply_len
-            if s == starts[-1]:
-                room = self.max_length - len(ids)
-                if room <= 0:
-                    return None
-                return ids, n_dropped, room
-        return None
+        ids, _, dropped = fit_history(self.tok, messages[:a], self.max_length - reply_len, self.enable_thinking, first_round)
+        room = min(reply_len, self.max_length - len(ids))
+        return None if room <= 0 else (ids, dropped, room)
 
     # -- one dialogue -----------------------------------------------------------------------------
     def dialogue_samples(self, d, targets, ctx_ids, reply_ids, check: bool):
@@ -118,19 +105,16 @@ class _Builder:
                         )
                         context = None
                 if context is not None and len(context) + len(reply) > self.max_length:
-                    # Skip rounds we already know are too long (span arithmetic), then render exactly.
-                    first = 0
+                    # Skip the rounds the token spans already show to be too long, then render exactly.
                     sys_len = starts[1] if has_sys else 0
-                    body_first = 1 if has_sys else 0
-                    for i in range(body_first, a):
-                        if msgs[i]["role"] != "user" or i == body_first:
-                            continue
-                        est = sys_len + starts[a] - starts[i] + len(self.gen_ids)
-                        first = i - body_first
-                        if est + len(reply) <= self.max_length:
+                    rounds = round_starts(msgs[:a])
+                    first = len(rounds) - 1
+                    for r, i in enumerate(rounds):
+                        if sys_len + starts[a] - starts[i] + len(self.gen_ids) + len(reply) <= self.max_length:
+                            first = r
                             break
                     context = None
-                    result = self.exact_context(msgs, a, len(reply), first_start=first)
+                    result = self.exact_context(msgs, a, len(reply), first_round=first)
                     self.stats.exact_path_samples += 1
                     if result is None:
                         self.stats.dropped_too_long_samples += 1

@@ -1,0 +1,167 @@
+"""Talk to Qwen3 + the PsyDTCorpus LoRA adapter, or test it on the PsyDTCorpus test split.
+
+    # chat in the terminal (streaming; /help lists the commands)
+    python LLM_fine_turning/inference_psydt_lora.py
+
+    # batch test on 50 items spread over the test dialogues, greedy, 8 at a time
+    python LLM_fine_turning/inference_psydt_lora.py --mode test --max_test_items 50 --no-do_sample --batch_size 8
+
+    # your own questions, each as a fresh conversation
+    python LLM_fine_turning/inference_psydt_lora.py --mode test --questions_file questions.txt
+
+    # merge the adapter into the base model and save a standalone model
+    python LLM_fine_turning/inference_psydt_lora.py --save_merged ./output/qwen3-1_7b-psydt-merged
+"""
+import argparse
+import sys
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
+
+from psydt_lora.errors import PsyDTError, run_cli  # noqa: E402
+from psydt_lora.hub import HUBS, TEST_FILE  # noqa: E402
+
+DEFAULT_SYSTEM = "你是一位专业、温暖的心理咨询师，善于倾听，能够共情来访者并给予支持和引导。"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="与 LoRA 微调后的 Qwen3 心理咨询模型对话，或在 PsyDTCorpus 测试集上批量测试。",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("模型")
+    g.add_argument("--model_path", default="./Qwen/Qwen3-1.7B", help="base model folder")
+    g.add_argument("--adapter_path", default="./output/qwen3-1_7b-psydt-lora/lora_adapter", help="LoRA adapter folder")
+    g.add_argument("--no_adapter", action="store_true", help="talk to the base model alone")
+    g.add_argument("--merge_lora", action="store_true", help="merge the adapter into the weights in memory (faster generation)")
+    g.add_argument("--save_merged", default=None, metavar="DIR", help="write base+adapter as one standalone model to DIR, then exit")
+    g.add_argument("--device", default="auto", help="auto, cuda, cuda:1, cpu, mps")
+    g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto: bf16 on CUDA when supported, else fp32")
+    g.add_argument("--trust_remote_code", action="store_true", help="allow the model folder to run its own Python code")
+
+    g = p.add_argument_group("对话与生成")
+    g.add_argument("--mode", choices=("interactive", "test"), default="interactive", help="terminal chat, or batch test")
+    g.add_argument("--system_prompt", default=None, help="system prompt; default: the one the adapter was trained with")
+    g.add_argument("--history_turns", type=int, default=6, help="rounds of history kept in chat (0 = none)")
+    g.add_argument("--max_new_tokens", type=int, default=512, help="max tokens per reply")
+    g.add_argument("--do_sample", action=argparse.BooleanOptionalAction, default=True, help="sample (or --no-do_sample: greedy)")
+    g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    g.add_argument("--top_p", type=float, default=0.8, help="nucleus sampling threshold")
+    g.add_argument("--repetition_penalty", type=float, default=1.05, help="> 1 discourages repeating")
+    g.add_argument("--enable_thinking", action="store_true", help="let Qwen3 think first (off, as in training)")
+    g.add_argument("--max_context", type=int, default=None, help="context window in tokens (default: the model's)")
+    g.add_argument("--seed", type=int, default=42, help="random seed for sampling")
+
+    g = p.add_argument_group("批量测试（--mode test）")
+    g.add_argument("--test_file", default=None, help=f"single-turn-split test file; default <dataset_dir>/{TEST_FILE}")
+    g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="dataset id on the hub (for the default test file)")
+    g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="folder of the PsyDTCorpus files")
+    g.add_argument("--hub", choices=HUBS, default="modelscope", help="where to download the test file from when missing")
+    g.add_argument("--max_test_items", type=int, default=0, help="N items spread over distinct dialogues; 0 = all")
+    g.add_argument("--batch_size", type=int, default=8, help="items generated together (left padding)")
+    g.add_argument("--questions_file", default=None, help="questions (JSON list or one per line), each a fresh conversation")
+    g.add_argument("--test_output_file", default="psydt_results.json", help="where the test results go (JSON)")
+    return p
+
+
+def check_args(args) -> None:
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise PsyDTError(f"--{name} 必须是正数，收到 {getattr(args, name)}。")
+    if args.history_turns < 0:
+        raise PsyDTError(f"--history_turns 不能是负数，收到 {args.history_turns}。")
+    if args.do_sample and args.temperature <= 0:
+        raise PsyDTError("--temperature 必须大于 0（想要确定性输出请用 --no-do_sample）。")
+    if not 0 < args.top_p <= 1:
+        raise PsyDTError(f"--top_p 必须在 (0, 1] 之间，收到 {args.top_p}。")
+    if args.no_adapter and (args.merge_lora or args.save_merged):
+        raise PsyDTError("--no_adapter 不能和 --merge_lora / --save_merged 一起用。")
+
+
+def test_items(args, system):
+    from psydt_lora.batch_test import questions_as_items, read_questions
+    from psydt_lora.dialogues import read_dialogues, select_spread
+    from psydt_lora.hub import ensure_dataset_file
+
+    if args.questions_file:
+        return questions_as_items(read_questions(args.questions_file), system), str(args.questions_file)
+    if args.test_file:
+        path = Path(args.test_file)
+        if not path.is_file():
+            raise PsyDTError(f"--test_file {path} 不存在。")
+    else:
+        path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
+    items, _ = read_dialogues(path)
+    return select_spread(items, args.max_test_items), str(path)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from psydt_lora.generation import GenerationSettings, context_limit
+    from psydt_lora.models import load_for_inference, read_run_info, save_merged
+
+    settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
+                                  args.repetition_penalty, args.enable_thinking)
+    adapter = None if args.no_adapter else args.adapter_path
+    trained_system = read_run_info(adapter).get("system_prompt") if adapter else None
+    system = args.system_prompt if args.system_prompt is not None else (trained_system or DEFAULT_SYSTEM)
+    where = "--system_prompt" if args.system_prompt is not None else ("训练数据" if trained_system else "内置默认")
+    # read the test data before loading weights, so a bad file fails in a second, not after a minute
+    items = source = None
+    if args.mode == "test" and not args.save_merged:
+        items, source = test_items(args, system)
+    model, tokenizer, info, device = load_for_inference(
+        args.model_path, adapter, merge=args.merge_lora or bool(args.save_merged), device=args.device,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+
+    if args.save_merged:
+        save_merged(model, tokenizer, args.save_merged)
+        print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {args.save_merged}（safetensors，可直接用 transformers 加载）")
+        return 0
+
+    limit = context_limit(model, args.max_context)
+    fmt = info.get("prompt_format", {})
+    if fmt and fmt.get("enable_thinking", False) != args.enable_thinking:
+        print(f"[提示] adapter 训练时 enable_thinking={fmt.get('enable_thinking')}，现在是 {args.enable_thinking}。")
+
+    if args.mode == "interactive":
+        from psydt_lora.chat import DISCLAIMER, Chat
+
+        print(f"模型：{args.model_path}\nLoRA：{'（不加载）' if adapter is None else args.adapter_path}"
+              f"{'（已合并）' if args.merge_lora else ''}\n设备：{device}\n系统提示词来自：{where}\n{DISCLAIMER}\n输入 /help 查看命令。")
+        from transformers import set_seed
+
+        set_seed(args.seed)
+        chat = Chat(model, tokenizer, settings, system=system, history_turns=args.history_turns, context_limit=limit,
+                    can_compare=adapter is not None and not args.merge_lora)
+        chat.loop()
+        return 0
+
+    from psydt_lora.batch_test import run_test
+
+    meta = {
+        "model": str(args.model_path),
+        "adapter": None if adapter is None else str(adapter),
+        "merged": args.merge_lora,
+        "test_file": source,
+        "max_test_items": args.max_test_items,
+        "system_prompt": "questions_file" if args.questions_file else ("override" if args.system_prompt is not None else "from each item"),
+        "seed": args.seed,
+        "device": device,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    override = args.system_prompt if not args.questions_file else None
+    report = run_test(model, tokenizer, items, settings, output_file=args.test_output_file, batch_size=args.batch_size,
+                      context_limit=limit, meta=meta, system_override=override)
+    m = report["meta"]
+    print(f"[完成] {m['items']} 条结果写入 {args.test_output_file}（本次生成 {m['generated_this_run']} 条，"
+          f"{m['seconds_this_run']} 秒，{m['tokens_per_second']} token/s）")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

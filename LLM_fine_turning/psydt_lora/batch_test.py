@@ -1,0 +1,178 @@
+"""The batch test: generate a reply for every test item, batched, resumable, written atomically.
+
+Each finished batch is appended to `<output>.partial.jsonl`; a run killed halfway and started again
+with the same command skips what is done. The final JSON appears only when every item is there.
+"""
+import hashlib
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .dialogues import Dialogue
+from .errors import PsyDTError
+from .files import atomic_write_json
+from .generation import generate_batch, prepare_context
+
+
+def read_questions(path) -> list[str]:
+    """A questions file: JSON list of strings, or plain text with one question per line."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8-sig")
+    except FileNotFoundError:
+        raise PsyDTError(f"找不到问题文件 {path}。") from None
+    except UnicodeDecodeError:
+        raise PsyDTError(f"问题文件 {path} 不是 UTF-8 编码。") from None
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PsyDTError(f"问题文件 {path} 不是合法的 JSON（第 {err.lineno} 行）。") from None
+        bad = [i for i, q in enumerate(data) if not isinstance(q, str) or not q.strip()]
+        if bad:
+            raise PsyDTError(f"问题文件 {path} 第 {bad[0]} 项必须是非空字符串。")
+        questions = [q.strip() for q in data]
+    else:
+        questions = [line.strip() for line in text.splitlines() if line.strip()]
+    if not questions:
+        raise PsyDTError(f"问题文件 {path} 里没有问题。")
+    return questions
+
+
+def questions_as_items(questions, system) -> list[Dialogue]:
+    """Every question is its own fresh conversation (no chaining of earlier answers)."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [Dialogue(index=i, id=i, tag=None, messages=head + [{"role": "user", "content": q}]) for i, q in enumerate(questions)]
+
+
+def _context_messages(item: Dialogue, system_override):
+    msgs = item.messages
+    reference = None
+    if msgs and msgs[-1]["role"] == "assistant":
+        reference, msgs = msgs[-1]["content"], msgs[:-1]
+    if system_override is not None:
+        msgs = [m for m in msgs if m["role"] != "system"]
+        msgs = ([{"role": "system", "content": system_override}] if system_override else []) + msgs
+    return msgs, reference
+
+
+def _fingerprint(meta: dict, items) -> str:
+    stable = {k: v for k, v in meta.items() if k not in ("started", "device")}
+    key = json.dumps({"meta": stable, "items": [(i.index, i.id) for i in items]}, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def _load_partial(path: Path, fingerprint: str) -> dict:
+    """Finished entries from an earlier, interrupted run with the same settings."""
+    if not path.is_file():
+        return {}
+    done = {}
+    lines = path.read_text("utf-8").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("fingerprint") != fingerprint:
+        stale = path.with_name(path.name + ".stale")
+        os.replace(path, stale)
+        print(f"[续跑] {path} 来自设置不同的一次运行，已改名为 {stale.name}，从头开始。")
+        return {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            continue
+        done[entry["position"]] = entry
+    return done
+
+
+def run_test(model, tokenizer, items, settings, *, output_file, batch_size, context_limit, meta,
+             system_override=None, safety=None, progress=True, after_batch=None):
+    """Generate for `items`; returns the final report dict (also written to `output_file`)."""
+    from transformers import set_seed
+
+    output_file = Path(output_file)
+    partial = output_file.with_name(output_file.name + ".partial.jsonl")
+    fingerprint = _fingerprint({**meta, "system_override": system_override}, items)
+    done = _load_partial(partial, fingerprint)
+    if done:
+        print(f"[续跑] 已完成 {len(done)}/{len(items)} 条，继续剩下的。")
+    if not partial.is_file():
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", "utf-8")
+
+    todo = []
+    for pos, item in enumerate(items):
+        if pos in done:
+            continue
+        msgs, reference = _context_messages(item, system_override)
+        if not msgs or msgs[-1]["role"] != "user":
+            raise PsyDTError(f"测试条目 {item.index}（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
+        ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, context_limit, settings.enable_thinking)
+        todo.append((pos, item, msgs, reference, ids, dropped))
+    # longest first: similar lengths share a batch (less padding), and memory trouble shows up at once
+    todo.sort(key=lambda t: -len(t[4]))
+
+    set_seed(meta.get("seed", 42))
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    bar = None
+    if progress and batches:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="批量测试", unit="条")
+    started = time.time()
+    new_tokens = 0
+    with open(partial, "a", encoding="utf-8") as sink:
+        for batch in batches:
+            texts, counts = generate_batch(model, tokenizer, [t[4] for t in batch], settings)
+            new_tokens += sum(counts)
+            for (pos, item, msgs, reference, ids, dropped), text, n in zip(batch, texts, counts):
+                entry = {
+                    "position": pos,
+                    "index": item.index,
+                    "id": item.id,
+                    "normalizedTag": item.tag,
+                    "history_turns": sum(1 for m in msgs if m["role"] == "user") - 1,
+                    "dropped_rounds": dropped,
+                    "prompt_tokens": len(ids),
+                    "response_tokens": n,
+                    "response": text,
+                    "reference": reference,
+                }
+                if safety is not None:
+                    entry.update(safety.annotate(msgs[-1]["content"], text))
+                sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                done[pos] = entry
+            sink.flush()
+            os.fsync(sink.fileno())
+            if bar is not None:
+                bar.update(len(batch))
+            if after_batch is not None:
+                after_batch(len(done))
+    if bar is not None:
+        bar.close()
+    elapsed = time.time() - started
+    results = [done[p] for p in range(len(items))]
+    for r in results:
+        r.pop("position", None)
+    report = {
+        "meta": {
+            **meta,
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "items": len(results),
+            "generated_this_run": len(todo),
+            "seconds_this_run": round(elapsed, 2),
+            "new_tokens_this_run": new_tokens,
+            "tokens_per_second": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
+            "generation": settings.as_dict(),
+            "batch_size": batch_size,
+        },
+        "results": results,
+    }
+    if safety is not None:
+        report["meta"]["safety"] = safety.summary(results)
+    atomic_write_json(output_file, report)
+    partial.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,189 @@
+"""The interactive terminal chat: streaming replies, a history window, slash commands.
+
+Works the same on a terminal and with piped stdin (so it can be scripted and tested).
+"""
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .files import atomic_write_text
+from .generation import prepare_context, stream_reply
+
+DISCLAIMER = (
+    "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
+    "如果你正处于危机中，请立即拨打 全国心理援助热线 12356、希望24热线 400-161-9995，紧急情况拨打 110 / 120。"
+)
+HELP = """命令：
+  /help           显示本帮助
+  /reset          清空对话历史
+  /system 文本    设置系统提示词（不带文本则显示当前的）
+  /history        显示对话历史
+  /save 文件名    把对话保存为 JSON（仅本人可读）
+  /compare        用基础模型（不加 LoRA）重新回答上一句，对比两个回复
+  /exit, /quit    退出（也可以输入 exit / quit，或按 Ctrl-D）
+回复生成时按 Ctrl-C 只会打断这次回复。"""
+
+
+@dataclass
+class ChatState:
+    system: str | None
+    history_turns: int
+    rounds: list = field(default_factory=list)  # [(user, assistant)]
+
+    def messages_for(self, user_text: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        window = self.rounds[-self.history_turns:] if self.history_turns > 0 else []
+        for u, a in window:
+            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        return msgs + [{"role": "user", "content": user_text}]
+
+
+class Chat:
+    def __init__(self, model, tokenizer, settings, *, system, history_turns, context_limit,
+                 safety=None, can_compare=False, out=None, input_fn=None):
+        self.model, self.tok, self.settings = model, tokenizer, settings
+        self.state = ChatState(system, history_turns)
+        self.limit = context_limit
+        self.safety = safety
+        self.can_compare = can_compare
+        self.out = out or sys.stdout
+        self.input_fn = input_fn or input
+        self.last_user = None
+
+    def say(self, text="", end="\n"):
+        self.out.write(text + end)
+        self.out.flush()
+
+    # -- one reply ------------------------------------------------------------------------------------
+    def generate(self, user_text, label="助手", adapter=True):
+        msgs = self.state.messages_for(user_text)
+        extra = None
+        if self.safety is not None:
+            extra = self.safety.guidance_for(user_text)
+            if extra:
+                msgs = self.safety.with_guidance(msgs, extra)
+        ids, dropped = prepare_context(self.tok, msgs, self.settings.max_new_tokens, self.limit,
+                                       self.settings.enable_thinking)
+        if dropped:
+            self.say(f"[历史过长，本轮省略了最早的 {dropped} 轮对话]")
+        self.say(f"{label}：", end="")
+        stop = threading.Event()
+        screen = self.safety.stream_screen() if self.safety is not None else None
+
+        def show(piece):
+            if screen is None or screen.feed(piece):
+                self.out.write(piece)
+                self.out.flush()
+
+        import contextlib
+
+        ctx = contextlib.nullcontext()
+        if not adapter:
+            ctx = self.model.disable_adapter()
+        with ctx:
+            reply, interrupted = stream_reply(self.model, self.tok, ids, self.settings, show, stop)
+        self.say()
+        if screen is not None and screen.blocked(reply):
+            self.say(self.safety.screened_message())
+            reply = self.safety.safe_reply()
+        return reply, interrupted
+
+    def reply(self, user_text):
+        if self.safety is not None:
+            notice = self.safety.notice_for(user_text)
+            if notice:
+                self.say(notice)
+        reply, interrupted = self.generate(user_text)
+        if interrupted:
+            self.say("[已中断：这一轮不计入历史]")
+            return
+        self.state.rounds.append((user_text, reply))
+        self.last_user = user_text
+
+    # -- commands -------------------------------------------------------------------------------------
+    def command(self, line) -> bool:
+        """Handle a command line; False means exit."""
+        name, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if name in ("/exit", "/quit", "exit", "quit"):
+            return False
+        if name == "/help":
+            self.say(HELP)
+        elif name == "/reset":
+            self.state.rounds.clear()
+            self.last_user = None
+            self.say("[已清空对话历史]")
+        elif name == "/system":
+            if rest:
+                self.state.system = rest
+                self.say("[已设置系统提示词]")
+            else:
+                self.say(f"[当前系统提示词] {self.state.system or '（无）'}")
+        elif name == "/history":
+            if not self.state.rounds:
+                self.say("[还没有对话]")
+            for i, (u, a) in enumerate(self.state.rounds, 1):
+                self.say(f"[{i}] 你：{u}\n    助手：{a}")
+        elif name == "/save":
+            if not rest:
+                self.say("用法：/save 文件名.json")
+            else:
+                self.save(rest)
+        elif name == "/compare":
+            self.compare()
+        else:
+            self.say(f"未知命令 {name}，输入 /help 查看命令。")
+        return True
+
+    def save(self, path):
+        transcript = {
+            "saved": datetime.now().isoformat(timespec="seconds"),
+            "system": self.state.system,
+            "generation": self.settings.as_dict(),
+            "rounds": [{"user": u, "assistant": a} for u, a in self.state.rounds],
+        }
+        try:
+            atomic_write_text(path, json.dumps(transcript, ensure_ascii=False, indent=2) + "\n", mode=0o600)
+        except OSError as err:
+            self.say(f"[保存失败] {path}：{err.strerror}")
+            return
+        self.say(f"[已保存 {len(self.state.rounds)} 轮对话到 {os.path.abspath(path)}]")
+
+    def compare(self):
+        if not self.can_compare:
+            self.say("[/compare 需要加载了 LoRA 且未合并的模型（不要用 --merge_lora / --no_adapter）]")
+            return
+        if not self.state.rounds:
+            self.say("[还没有可以对比的回复]")
+            return
+        user_text, lora_reply = self.state.rounds[-1]
+        saved = self.state.rounds.pop()  # the base model answers the same history
+        try:
+            self.say(f"[LoRA] {lora_reply}")
+            self.generate(user_text, label="[基础模型]", adapter=False)
+        finally:
+            self.state.rounds.append(saved)  # the base reply is not added to the history
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def loop(self):
+        while True:
+            try:
+                line = self.input_fn("\n你：")
+            except EOFError:
+                self.say("\n[再见]")
+                return
+            except KeyboardInterrupt:
+                self.say("\n（输入 /exit 退出）")
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/") or line in ("exit", "quit"):
+                if not self.command(line):
+                    self.say("[再见]")
+                    return
+                continue
+            self.reply(line)

@@ -1,0 +1,169 @@
+"""Generating replies: settings, batched greedy/sampled generation, and streaming one reply."""
+import threading
+from dataclasses import asdict, dataclass
+
+from .prompt import end_of_turn_id, fit_history, strip_think
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 512
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.8
+    repetition_penalty: float = 1.05
+    enable_thinking: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def kwargs(self, tokenizer, model) -> dict:
+        kw = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+            "eos_token_id": stop_ids(tokenizer, model),
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p)
+        else:  # greedy: unset the sampling knobs a model's generation_config may carry
+            kw.update(temperature=None, top_p=None, top_k=None)
+        return kw
+
+
+def stop_ids(tokenizer, model) -> list[int]:
+    """Generation stops at the end-of-turn token (<|im_end|>) and the model's own eos tokens."""
+    ids = [end_of_turn_id(tokenizer)]
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for e in eos if isinstance(eos, list) else [eos]:
+        if e is not None and e not in ids:
+            ids.append(e)
+    return ids
+
+
+def context_limit(model, override: int | None = None) -> int:
+    if override:
+        return override
+    return int(getattr(model.config, "max_position_embeddings", 0) or 32768)
+
+
+def prepare_context(tokenizer, messages, max_new_tokens: int, limit: int, enable_thinking=False):
+    """Context ids that leave room for `max_new_tokens` within the model's context: the oldest rounds
+    are dropped (the system prompt stays). Returns (ids, dropped_rounds)."""
+    ids, _, dropped = fit_history(tokenizer, messages, limit - max_new_tokens, enable_thinking)
+    return ids, dropped
+
+
+def generate_batch(model, tokenizer, contexts: list[list[int]], settings: GenerationSettings):
+    """Generate one reply per context, batched with left padding. Returns (texts, new_token_counts)."""
+    import torch
+
+    pad = tokenizer.pad_token_id
+    width = max(len(c) for c in contexts)
+    input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(contexts), width), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        input_ids[i, width - len(c):] = torch.tensor(c)
+        attention[i, width - len(c):] = 1
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                             **settings.kwargs(tokenizer, model))
+    stops = set(stop_ids(tokenizer, model))
+    texts, counts = [], []
+    for row in out[:, width:].tolist():
+        n = next((i for i, t in enumerate(row) if t in stops), len(row))
+        counts.append(n)
+        texts.append(strip_think(tokenizer.decode(row[:n], skip_special_tokens=True)))
+    return texts, counts
+
+
+class ThinkFilter:
+    """Hides `<think>...</think>` from a stream of text pieces (tags may be split across pieces)."""
+
+    def __init__(self):
+        self.buffer = ""
+        self.inside = False
+
+    def feed(self, piece: str) -> str:
+        self.buffer += piece
+        shown = []
+        while True:
+            tag = "</think>" if self.inside else "<think>"
+            pos = self.buffer.find(tag)
+            if pos >= 0:
+                if not self.inside:
+                    shown.append(self.buffer[:pos])
+                self.buffer = self.buffer[pos + len(tag):]
+                self.inside = not self.inside
+                if not self.inside:
+                    self.buffer = self.buffer.lstrip("\n")
+                continue
+            # keep a possible partial tag at the end for the next piece
+            keep = next((k for k in range(len(tag) - 1, 0, -1) if self.buffer.endswith(tag[:k])), 0)
+            if not self.inside:
+                shown.append(self.buffer[: len(self.buffer) - keep])
+            self.buffer = self.buffer[len(self.buffer) - keep:]
+            return "".join(shown)
+
+    def flush(self) -> str:
+        rest, self.buffer = ("" if self.inside else self.buffer), ""
+        return rest
+
+
+def stream_reply(model, tokenizer, context: list[int], settings: GenerationSettings, on_text, stop_event):
+    """Generate one reply in a background thread, calling `on_text(piece)` for each visible piece.
+    Setting `stop_event` (or Ctrl-C here) ends generation early.
+    Returns (reply without think blocks, interrupted)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    class StopOnEvent(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            return stop_event.is_set()
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
+    device = next(model.parameters()).device
+    ids = torch.tensor([context], device=device)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                  stopping_criteria=StoppingCriteriaList([StopOnEvent()]), **settings.kwargs(tokenizer, model))
+    errors = []
+
+    def work():
+        try:
+            with torch.no_grad():
+                model.generate(**kwargs)
+        except BaseException as err:  # surfaced in the caller's thread
+            errors.append(err)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    filt = ThinkFilter()
+    raw = []
+    interrupted = False
+    pieces = iter(streamer)
+    while True:
+        try:
+            piece = next(pieces)
+        except StopIteration:
+            break
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the program
+            interrupted = True
+            stop_event.set()
+            continue
+        if not piece or interrupted:  # the streamer yields empty strings while it waits for a word boundary
+            continue
+        raw.append(piece)
+        visible = filt.feed(piece)
+        if visible:
+            on_text(visible)
+    if not interrupted:
+        tail = filt.flush()
+        if tail:
+            on_text(tail)
+    thread.join()
+    if errors:
+        raise errors[0]
+    return strip_think("".join(raw)), interrupted or stop_event.is_set()
