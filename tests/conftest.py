@@ -98,8 +98,9 @@ def build_tiny_tokenizer(folder: Path):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
+        additional_special_tokens=["<|im_start|>"],
     )
+    tok.add_tokens(["<think>", "</think>"])  # like Qwen3: added tokens, but not "special" (decode keeps them)
     tok.chat_template = QWEN3_LIKE_TEMPLATE
     tok.save_pretrained(str(folder))
     return tok
@@ -165,3 +166,26 @@ def data_files(tmp_path):
     train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")
     test.write_text(json.dumps(single_turn_split(DIALOGUES), ensure_ascii=False), "utf-8")
     return train, test
+
+
+def memorise(model_dir, train_file, out_dir, extra=()):
+    """Train the tiny model until it reproduces every reply of `train_file` greedily (~10 s)."""
+    import train_psydt_lora
+
+    argv = [
+        "--model_local_dir", str(model_dir), "--train_file", str(train_file), "--no-do_eval",
+        "--output_dir", str(out_dir), "--report_to", "none", "--max_steps", "120",
+        "--learning_rate", "1e-2", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+        "--logging_steps", "20", "--save_steps", "1000", "--no-gradient_checkpointing", *extra,
+    ]
+    assert train_psydt_lora.main(argv) == 0
+    return out_dir / "lora_adapter"
+
+
+@pytest.fixture(scope="session")
+def memorised_adapter(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("memorised")
+    train = tmp / "train.json"
+    train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")
+    return memorise(tiny_model_dir, train, tmp / "out")

@@ -7,20 +7,7 @@ import pytest
 
 from conftest import DIALOGUES
 
-import train_psydt_lora
 from psydt_lora.prompt import render_prompt, strip_think
-
-
-def memorise(model_dir, train_file, out_dir, extra=()):
-    argv = [
-        "--model_local_dir", str(model_dir), "--train_file", str(train_file), "--no-do_eval",
-        "--output_dir", str(out_dir), "--report_to", "none", "--max_steps", "120",
-        "--learning_rate", "1e-2", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0",
-        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-        "--logging_steps", "20", "--save_steps", "1000", "--no-gradient_checkpointing", *extra,
-    ]
-    assert train_psydt_lora.main(argv) == 0
-    return out_dir / "lora_adapter"
 
 
 def greedy_reply(model, tokenizer, history):
@@ -34,11 +21,8 @@ def greedy_reply(model, tokenizer, history):
 
 
 @pytest.fixture(scope="module")
-def memorised(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("roundtrip")
-    train = tmp / "train.json"
-    train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")
-    return memorise(tiny_model_dir, train, tmp / "out")
+def memorised(memorised_adapter):
+    return memorised_adapter
 
 
 def test_adapter_reproduces_every_trained_reply(memorised, tiny_model_dir):

@@ -85,10 +85,14 @@ class ThinkFilter:
     def __init__(self):
         self.buffer = ""
         self.inside = False
+        self.after_block = False  # newlines right after </think> are not shown
 
     def feed(self, piece: str) -> str:
         self.buffer += piece
         shown = []
+        if self.after_block:
+            self.buffer = self.buffer.lstrip("\n")
+            self.after_block = not self.buffer
         while True:
             tag = "</think>" if self.inside else "<think>"
             pos = self.buffer.find(tag)
@@ -99,6 +103,7 @@ class ThinkFilter:
                 self.inside = not self.inside
                 if not self.inside:
                     self.buffer = self.buffer.lstrip("\n")
+                    self.after_block = not self.buffer
                 continue
             # keep a possible partial tag at the end for the next piece
             keep = next((k for k in range(len(tag) - 1, 0, -1) if self.buffer.endswith(tag[:k])), 0)

@@ -1,0 +1,238 @@
+"""The inference CLI: chat through piped stdin and a pseudo-terminal, batch test, merge and export."""
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DIALOGUES, ROOT, SHAPED_TEST, build_tiny_model, require
+import inference_psydt_lora
+from psydt_lora.chat import Chat
+from psydt_lora.errors import PsyDTError
+from psydt_lora.generation import GenerationSettings, ThinkFilter, prepare_context
+from psydt_lora.models import load_for_inference
+from psydt_lora.prompt import strip_think
+
+SCRIPT = ROOT / "LLM_fine_turning" / "inference_psydt_lora.py"
+GREEDY = GenerationSettings(max_new_tokens=40, do_sample=False)
+D0 = DIALOGUES[0]["messages"]
+
+
+def cli(args, **kw):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ""}, **kw)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir, memorised_adapter):
+    return load_for_inference(tiny_model_dir, memorised_adapter, device="cpu")
+
+
+def make_chat(loaded, lines, **kw):
+    model, tok, info, _ = loaded
+    out = io.StringIO()
+    feed = iter(lines)
+
+    def input_fn(prompt):
+        out.write(prompt)
+        try:
+            return next(feed)
+        except StopIteration:
+            raise EOFError from None
+
+    opts = dict(system=info["system_prompt"], history_turns=6, context_limit=4096, can_compare=True)
+    opts.update(kw)
+    return Chat(model, tok, GREEDY, out=out, input_fn=input_fn, **opts), out
+
+
+def test_chat_reproduces_the_memorised_dialogue_and_commands_work(loaded, tmp_path):
+    transcript = tmp_path / "chat.json"
+    chat, out = make_chat(loaded, [D0[1]["content"], D0[3]["content"], "/history", f"/save {transcript}",
+                                   "/system 新的提示", "/system", "/reset", "/history", "/nope", "/help", "/exit"])
+    chat.loop()
+    text = out.getvalue()
+    assert f"助手：{D0[2]['content']}" in text and f"助手：{D0[4]['content']}" in text
+    assert "[1] 你：" in text and "[2] 你：" in text
+    saved = json.loads(transcript.read_text("utf-8"))
+    assert [r["assistant"] for r in saved["rounds"]] == [D0[2]["content"], D0[4]["content"]]
+    assert stat.S_IMODE(transcript.stat().st_mode) == 0o600  # transcripts are private
+    assert "[当前系统提示词] 新的提示" in text and "[还没有对话]" in text
+    assert "未知命令 /nope" in text and "/compare" in text and text.rstrip().endswith("[再见]")
+
+
+def test_history_window_keeps_the_last_rounds_and_the_system_prompt(loaded):
+    chat, _ = make_chat(loaded, [], history_turns=1)
+    chat.state.rounds = [("一", "甲"), ("二", "乙"), ("三", "丙")]
+    msgs = chat.state.messages_for("四")
+    assert [m["content"] for m in msgs] == [chat.state.system, "三", "丙", "四"]
+    chat.state.history_turns = 0
+    assert [m["content"] for m in chat.state.messages_for("四")] == [chat.state.system, "四"]
+
+
+def test_history_never_exceeds_the_context(loaded):
+    model, tok, _, _ = loaded
+    msgs = [{"role": "system", "content": "帮助"}]
+    for i in range(30):
+        msgs += [{"role": "user", "content": "我今天心情很差" * 3}, {"role": "assistant", "content": "谢谢你告诉我" * 3}]
+    msgs.append({"role": "user", "content": "你好"})
+    ids, dropped = prepare_context(tok, msgs, max_new_tokens=100, limit=400)
+    assert len(ids) + 100 <= 400 and dropped > 0
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\n帮助") and text.count("<|im_start|>user") >= 1
+    chat, out = make_chat(loaded, ["我今天心情很差"] * 6, context_limit=160, history_turns=6)
+    chat.loop()
+    assert "省略了最早的" in out.getvalue()
+
+
+def test_compare_shows_both_replies_and_keeps_the_base_reply_out_of_history(loaded):
+    chat, out = make_chat(loaded, [D0[1]["content"], "/compare"])
+    chat.loop()
+    text = out.getvalue()
+    assert f"[LoRA] {D0[2]['content']}" in text and "[基础模型]：" in text
+    assert chat.state.rounds == [(D0[1]["content"], D0[2]["content"])]
+
+
+@pytest.mark.parametrize("text", ["<think>\n想一想\n</think>\n\n你好，我在。", "你好，我在。"])
+def test_think_blocks_are_hidden_from_the_stream_whatever_the_split(text):
+    for cut in range(len(text) + 1):
+        for cut2 in range(cut, len(text) + 1, 3):
+            f = ThinkFilter()
+            shown = f.feed(text[:cut]) + f.feed(text[cut:cut2]) + f.feed(text[cut2:]) + f.flush()
+            assert shown == "你好，我在。", (cut, cut2)
+    assert strip_think(text) == "你好，我在。"
+    assert strip_think("<think>还没想完") == "" and strip_think("想法</think>回答") == "回答"
+
+
+def test_piped_stdin_session(tiny_model_dir, memorised_adapter):
+    res = cli(["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+               "--max_new_tokens", "40"], input=f"{D0[1]['content']}\n/history\n", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert D0[2]["content"] in res.stdout and "不能替代专业心理咨询" in res.stdout and "12356" in res.stdout
+    assert "设备：cpu" in res.stdout and str(memorised_adapter) in res.stdout
+    assert res.stdout.rstrip().endswith("[再见]")  # Ctrl-D / end of input exits cleanly
+
+
+def test_pseudo_terminal_session(tiny_model_dir, memorised_adapter):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, [str(SCRIPT), "--model_path", str(tiny_model_dir), "--adapter_path",
+                                           str(memorised_adapter), "--no-do_sample", "--max_new_tokens", "40"],
+                          env={**os.environ, "PYTHONPATH": ""}, encoding="utf-8", timeout=120)
+    child.expect("你：")
+    child.sendline(D0[1]["content"])
+    child.expect(D0[2]["content"])
+    child.expect("你：")
+    child.sendintr()  # Ctrl-C at the prompt does not kill the chat
+    child.expect("输入 /exit 退出")
+    child.sendline("/reset")
+    child.expect("已清空")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def run_test_mode(tiny_model_dir, adapter, test_file, out, *extra):
+    argv = ["--model_path", str(tiny_model_dir), "--mode", "test", "--test_file", str(test_file),
+            "--test_output_file", str(out), "--no-do_sample", "--max_new_tokens", "40", *extra]
+    if adapter is None:
+        argv.append("--no_adapter")
+    else:
+        argv += ["--adapter_path", str(adapter)]
+    assert inference_psydt_lora.main(argv) == 0
+    return json.loads(out.read_text("utf-8"))
+
+
+def test_test_mode_reproduces_memorised_replies_batched_equal_sequential(tiny_model_dir, memorised_adapter, data_files, tmp_path):
+    _, test = data_files
+    batched = run_test_mode(tiny_model_dir, memorised_adapter, test, tmp_path / "b.json", "--batch_size", "4")
+    one = run_test_mode(tiny_model_dir, memorised_adapter, test, tmp_path / "s.json", "--batch_size", "1")
+    merged = run_test_mode(tiny_model_dir, memorised_adapter, test, tmp_path / "m.json", "--batch_size", "3", "--merge_lora")
+    for r in batched["results"]:
+        assert r["response"] == r["reference"]
+        assert set(r) >= {"id", "normalizedTag", "index", "history_turns", "response", "reference"}
+    key = lambda rep: [(r["index"], r["response"]) for r in rep["results"]]  # noqa: E731
+    assert key(batched) == key(one) == key(merged)
+    meta = batched["meta"]
+    assert meta["items"] == 4 and meta["generation"]["do_sample"] is False and meta["tokens_per_second"] > 0
+    assert [r["history_turns"] for r in batched["results"]] == [0, 1, 0, 1]
+    assert not list(tmp_path.glob("*.partial.jsonl"))
+
+
+def test_save_merged_loads_with_plain_transformers_and_says_the_same(tiny_model_dir, memorised_adapter, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from psydt_lora.generation import generate_batch
+    from psydt_lora.prompt import prompt_ids
+
+    merged = tmp_path / "merged"
+    assert inference_psydt_lora.main(["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter),
+                                      "--save_merged", str(merged)]) == 0
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    assert tok.chat_template
+    texts, _ = generate_batch(model, tok, [prompt_ids(tok, D0[:2])], GREEDY)
+    assert texts == [D0[2]["content"]]
+
+
+def test_test_mode_on_the_shaped_test_file_spreads_items_over_dialogues(tiny_model_dir, tmp_path):
+    test = require(SHAPED_TEST)
+    rep = run_test_mode(tiny_model_dir, None, test, tmp_path / "r.json", "--max_test_items", "5", "--max_new_tokens", "3",
+                        "--batch_size", "5")
+    assert len(rep["results"]) == 5 and len({r["id"] for r in rep["results"]}) == 5
+    items = json.loads(test.read_text("utf-8"))
+    for r in rep["results"]:
+        assert r["reference"] == items[r["index"]]["messages"][-1]["content"]
+        assert r["history_turns"] == sum(m["role"] == "user" for m in items[r["index"]]["messages"]) - 1
+
+
+def test_questions_are_independent_conversations(tiny_model_dir, memorised_adapter, tmp_path):
+    q = tmp_path / "q.txt"
+    q.write_text(f"{D0[1]['content']}\n\n{DIALOGUES[1]['messages'][1]['content']}\n", "utf-8")
+    rep = run_test_mode(tiny_model_dir, memorised_adapter, "unused", tmp_path / "q.json", "--questions_file", str(q))
+    assert [r["response"] for r in rep["results"]] == [D0[2]["content"], DIALOGUES[1]["messages"][2]["content"]]
+    assert all(r["history_turns"] == 0 and r["reference"] is None for r in rep["results"])
+
+
+def test_interrupted_test_run_resumes_and_writes_every_item_once(loaded, data_files, tmp_path):
+    from psydt_lora.batch_test import run_test
+    from psydt_lora.dialogues import read_dialogues
+
+    model, tok, _, _ = loaded
+    _, test = data_files
+    items, _ = read_dialogues(test)
+    out = tmp_path / "r.json"
+    meta = {"model": "m", "adapter": "a", "seed": 1}
+
+    def crash(n_done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_test(model, tok, items, GREEDY, output_file=out, batch_size=1, context_limit=4096, meta=meta,
+                 progress=False, after_batch=crash)
+    assert not out.exists()  # no final file until complete
+    assert len((tmp_path / "r.json.partial.jsonl").read_text("utf-8").splitlines()) == 2  # header + one item
+    rep = run_test(model, tok, items, GREEDY, output_file=out, batch_size=1, context_limit=4096, meta=meta, progress=False)
+    assert rep["meta"]["generated_this_run"] == 3
+    assert sorted(r["index"] for r in rep["results"]) == [0, 1, 2, 3]
+    assert all(r["response"] == r["reference"] for r in rep["results"])
+
+
+def test_adapter_for_another_base_model_is_refused(memorised_adapter, tmp_path):
+    other = build_tiny_model(tmp_path / "other", layers=3)
+    with pytest.raises(PsyDTError, match=r"另一个基础模型.*num_hidden_layers: 训练时 2 / 现在 3"):
+        load_for_inference(other, memorised_adapter, device="cpu")
+
+
+def test_missing_paths_say_what_produces_them(tiny_model_dir, tmp_path):
+    res = cli(["--model_path", str(tiny_model_dir), "--adapter_path", str(tmp_path / "none")], input="")
+    assert res.returncode == 2 and "train_psydt_lora.py" in res.stderr and "--no_adapter" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = cli(["--model_path", str(tmp_path / "nomodel"), "--no_adapter"], input="")
+    assert res.returncode == 2 and "找不到基础模型" in res.stderr
+    res = cli(["--model_path", str(tiny_model_dir), "--no_adapter", "--mode", "test", "--test_file", str(tmp_path / "x.json")])
+    assert res.returncode == 2 and "x.json 不存在" in res.stderr
