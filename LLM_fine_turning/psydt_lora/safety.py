@@ -1,0 +1,252 @@
+"""Counselling safety: crisis-language detection, help resources, steering and reply screening.
+
+The rules live in `safety_data/lexicon.json` and the default help resources in
+`safety_data/resources_zh.json` (replace with `--safety_resources FILE`). Nothing here logs or uploads
+text: detections are kept in memory for the session (and in the local output files).
+"""
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import PsyDTError
+
+DATA = Path(__file__).resolve().parent / "safety_data"
+LEXICON = DATA / "lexicon.json"
+DEFAULT_RESOURCES = DATA / "resources_zh.json"
+LEVELS = ("concern", "imminent")
+_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
+
+# Added to the system prompt for the turn in which a crisis signal was detected. The system prompt is
+# the slot the model was trained to follow; the user's own words stay untouched and nothing is shown.
+GUIDANCE = (
+    "【安全提示】来访者刚才的话里可能包含危机信号（{categories}）。请把来访者的安全放在第一位："
+    "温和、直接地表达关心，认真倾听，询问其现在是否安全、是否有伤害自己或他人的具体打算；"
+    "鼓励其立即联系专业帮助（全国心理援助热线 12356、希望24热线 400-161-9995，紧急情况拨打 110 或 120）"
+    "或身边信任的人；不要评判，不要提供任何伤害自己或他人的方法或细节。"
+)
+CATEGORY_NAMES = {"suicide": "自杀风险", "self_harm": "自伤", "harm_others": "伤害他人", "abuse": "正在遭受暴力或虐待"}
+
+
+@dataclass
+class Detection:
+    crisis: bool = False
+    categories: list = field(default_factory=list)
+    level: str | None = None  # "concern" or "imminent"
+    matches: list = field(default_factory=list)  # (category, level, matched text) -- kept local only
+
+    def as_dict(self) -> dict:
+        return {"crisis": self.crisis, "categories": self.categories, "level": self.level}
+
+
+@dataclass
+class _Rule:
+    category: str
+    level: str
+    weak: bool
+    regex: re.Pattern
+
+
+@lru_cache(maxsize=4)
+def load_rules(path=LEXICON):
+    data = json.loads(Path(path).read_text("utf-8"))
+    rules = [
+        _Rule(r["category"], r["level"], r.get("weak", False), re.compile("|".join(f"(?:{p})" for p in r["patterns"])))
+        for r in data["rules"]
+    ]
+    ctx = {k: re.compile(v) for k, v in data["weak_context"].items()}
+    combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
+    return {
+        "benign": re.compile("|".join(f"(?:{p})" for p in data["benign"])),
+        "negation": re.compile(data["negation"]),
+        "not_negation": re.compile(data["negation_exceptions"]),
+        "context": ctx,
+        "rules": rules,
+        "combos": combos,
+        "harmful": re.compile("|".join(f"(?:{p})" for p in data["harmful_reply"]["patterns"])),
+    }
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _CJK_GAP.sub("", text)
+
+
+def _blank(match) -> str:
+    return "□" * len(match.group(0))
+
+
+def _negated(text: str, start: int, rules) -> bool:
+    """A negation closes the clause right before the match ("不会", "从来没想过" ...); phrases like
+    "忍不住" / "控制不住" contain 不 but are not negations."""
+    before = rules["not_negation"].sub(_blank, text[:start])
+    return bool(rules["negation"].search(before))
+
+
+def detect(text: str, rules=None) -> Detection:
+    """Crisis signals in one user turn."""
+    r = rules or load_rules()
+    t = r["benign"].sub(_blank, normalize(text))
+    ctx = r["context"]
+    first_person = bool(ctx["first_person_intent"].search(t))
+    counsellor = bool(ctx["counsellor"].search(t)) and not first_person
+    resolved = bool(ctx["resolved"].search(t))
+    news = bool(ctx["news_or_study"].search(t)) and not first_person
+    weak_blocked = news or (bool(ctx["third_party"].search(t) or ctx["bereavement_or_things"].search(t)) and not first_person)
+    combo_blocked = news or counsellor or resolved or bool(ctx["bereavement_or_things"].search(t))
+    found = Detection()
+    for rule in r["rules"]:
+        for m in rule.regex.finditer(t):
+            if _negated(t, m.start(), r):
+                continue
+            blocked = news if rule.weak == "news" else (rule.weak and weak_blocked)
+            if counsellor or blocked or (resolved and rule.level == "concern"):
+                continue
+            found.matches.append((rule.category, rule.level, m.group(0)))
+    if not combo_blocked:
+        for category, level, anchor, partner in r["combos"]:
+            hits = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r)]
+            if hits and partner.search(t.replace(hits[0].group(0), "□" * len(hits[0].group(0)), 1) if len(hits) == 1 else t):
+                found.matches.append((category, level, hits[0].group(0)))
+    if found.matches:
+        found.crisis = True
+        found.categories = sorted({c for c, _, _ in found.matches})
+        found.level = "imminent" if any(level == "imminent" for _, level, _ in found.matches) else "concern"
+    return found
+
+
+def harmful_reply(text: str, rules=None) -> bool:
+    """A reply that gives means/methods of self-harm or suicide, or encourages it."""
+    r = rules or load_rules()
+    t = normalize(text)
+    return any(not _negated(t, m.start(), r) for m in r["harmful"].finditer(t))
+
+
+# -- help resources ------------------------------------------------------------------------------------
+def load_resources(path=None) -> tuple[dict, str]:
+    """The help resources (JSON: name, intro, resources[{name, contact, note}], outro) and where they came from."""
+    source = Path(path) if path else DEFAULT_RESOURCES
+    try:
+        data = json.loads(source.read_text("utf-8"))
+    except FileNotFoundError:
+        raise PsyDTError(f"找不到求助资源文件 {source}。") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PsyDTError(f"求助资源文件 {source} 不是合法的 UTF-8 JSON：{err}") from None
+    items = data.get("resources") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise PsyDTError(f"求助资源文件 {source} 需要一个非空的 \"resources\" 列表。")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("contact"), str):
+            raise PsyDTError(f"求助资源文件 {source} 的 resources[{i}] 需要字符串字段 \"name\" 和 \"contact\"。")
+    label = "内置默认（中国大陆）" if path is None else str(source)
+    return data, label
+
+
+def format_resources(data: dict) -> str:
+    lines = [data.get("intro") or "你可以随时寻求帮助："]
+    for item in data["resources"]:
+        note = f"（{item['note']}）" if item.get("note") else ""
+        lines.append(f"  · {item['name']}：{item['contact']}{note}")
+    if data.get("outro"):
+        lines.append(data["outro"])
+    return "\n".join(lines)
+
+
+class ReplyScreen:
+    """Screens a streamed reply. Text is released `holdback` characters behind the stream so a harmful
+    phrase is caught before it is shown; in `hold` mode nothing is shown until the reply is complete."""
+
+    def __init__(self, hold: bool, holdback: int = 16):
+        self.hold = hold
+        self.holdback = holdback
+        self.text = ""
+        self.shown = 0
+        self.blocked = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.blocked or harmful_reply(self.text):
+            self.blocked = True
+            return ""
+        if self.hold:
+            return ""
+        upto = max(self.shown, len(self.text) - self.holdback)
+        out, self.shown = self.text[self.shown:upto], upto
+        return out
+
+    def finish(self, reply: str) -> tuple[str, bool]:
+        """(the rest to show, whether the reply was blocked)."""
+        if self.blocked or harmful_reply(reply):
+            self.blocked = True
+            return "", True
+        rest = self.text[self.shown:]
+        self.shown = len(self.text)
+        return rest, False
+
+
+class Safety:
+    """What both inference modes use: notice + steering for crisis turns, screening for replies."""
+
+    def __init__(self, resources_path=None):
+        self.resources, self.source = load_resources(resources_path)
+        self.events = []
+
+    def record(self, kind: str, detection: Detection | None = None):
+        event = {"time": datetime.now().isoformat(timespec="seconds"), "event": kind}
+        if detection is not None:
+            event.update(detection.as_dict())
+        self.events.append(event)
+
+    def check(self, user_text: str) -> Detection:
+        return detect(user_text)
+
+    def notice(self, detection: Detection) -> str:
+        head = "【紧急】" if detection.level == "imminent" else "【关心】"
+        return f"{head}你现在的感受很重要。\n{format_resources(self.resources)}"
+
+    def guidance(self, detection: Detection) -> str:
+        names = "、".join(CATEGORY_NAMES.get(c, c) for c in detection.categories)
+        return GUIDANCE.format(categories=names)
+
+    @staticmethod
+    def with_guidance(messages, guidance: str) -> list[dict]:
+        msgs = [dict(m) for m in messages]
+        if msgs and msgs[0]["role"] == "system":
+            msgs[0]["content"] = msgs[0]["content"] + "\n\n" + guidance
+        else:
+            msgs.insert(0, {"role": "system", "content": guidance})
+        return msgs
+
+    def screened_message(self) -> str:
+        return "[这条回复可能包含不安全的内容，已被安全过滤，没有显示。]\n" + format_resources(self.resources)
+
+    def safe_reply(self) -> str:
+        return "我很在意你的安全。现在请先联系能够及时帮助你的人：" + "、".join(
+            f"{r['name']} {r['contact']}" for r in self.resources["resources"]) + "。我也会继续在这里听你说。"
+
+    # -- test mode -----------------------------------------------------------------------------------
+    def annotate(self, user_text: str, response: str) -> dict:
+        detection = self.check(user_text)
+        screened = harmful_reply(response)
+        out = {"safety": detection.as_dict(), "screened": screened}
+        if screened:
+            out["response"] = self.safe_reply()
+            out["unscreened_response"] = response
+        return out
+
+    @staticmethod
+    def summary(results) -> dict:
+        crisis = [r for r in results if r.get("safety", {}).get("crisis")]
+        by_cat = {}
+        for r in crisis:
+            for c in r["safety"]["categories"]:
+                by_cat[c] = by_cat.get(c, 0) + 1
+        return {
+            "crisis_items": len(crisis),
+            "imminent_items": sum(1 for r in crisis if r["safety"]["level"] == "imminent"),
+            "by_category": by_cat,
+            "screened_responses": sum(1 for r in results if r.get("screened")),
+        }
