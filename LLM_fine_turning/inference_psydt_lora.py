@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enable_thinking", action="store_true", help="let Qwen3 think first (off, as in training)")
     g.add_argument("--max_context", type=int, default=None, help="context window in tokens (default: the model's)")
     g.add_argument("--seed", type=int, default=42, help="random seed for sampling")
+    g.add_argument("--safety", choices=("on", "off"), default="on", help="crisis-language detection, help resources, reply screening")
+    g.add_argument("--safety_resources", default=None, metavar="FILE", help="JSON file of help resources replacing the built-in (mainland China) list")
 
     g = p.add_argument_group("批量测试（--mode test）")
     g.add_argument("--test_file", default=None, help=f"single-turn-split test file; default <dataset_dir>/{TEST_FILE}")
@@ -103,7 +105,9 @@ def main(argv=None) -> int:
     check_args(args)
     from psydt_lora.generation import GenerationSettings, context_limit
     from psydt_lora.models import load_for_inference, read_run_info, save_merged
+    from psydt_lora.safety import Safety, format_resources
 
+    safety = Safety(args.safety_resources) if args.safety == "on" else None
     settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                                   args.repetition_penalty, args.enable_thinking)
     adapter = None if args.no_adapter else args.adapter_path
@@ -128,16 +132,21 @@ def main(argv=None) -> int:
     if fmt and fmt.get("enable_thinking", False) != args.enable_thinking:
         print(f"[提示] adapter 训练时 enable_thinking={fmt.get('enable_thinking')}，现在是 {args.enable_thinking}。")
 
+    if safety is None:
+        print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
     if args.mode == "interactive":
         from psydt_lora.chat import DISCLAIMER, Chat
 
         print(f"模型：{args.model_path}\nLoRA：{'（不加载）' if adapter is None else args.adapter_path}"
-              f"{'（已合并）' if args.merge_lora else ''}\n设备：{device}\n系统提示词来自：{where}\n{DISCLAIMER}\n输入 /help 查看命令。")
+              f"{'（已合并）' if args.merge_lora else ''}\n设备：{device}\n系统提示词来自：{where}\n{DISCLAIMER}")
+        if safety is not None:
+            print(f"{format_resources(safety.resources)}\n（求助资源来自：{safety.source}）")
+        print("输入 /help 查看命令。")
         from transformers import set_seed
 
         set_seed(args.seed)
         chat = Chat(model, tokenizer, settings, system=system, history_turns=args.history_turns, context_limit=limit,
-                    can_compare=adapter is not None and not args.merge_lora)
+                    can_compare=adapter is not None and not args.merge_lora, safety=safety)
         chat.loop()
         return 0
 
@@ -151,13 +160,17 @@ def main(argv=None) -> int:
         "max_test_items": args.max_test_items,
         "system_prompt": "questions_file" if args.questions_file else ("override" if args.system_prompt is not None else "from each item"),
         "seed": args.seed,
+        "safety": "off" if safety is None else f"on（资源：{safety.source}）",
         "device": device,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     override = args.system_prompt if not args.questions_file else None
     report = run_test(model, tokenizer, items, settings, output_file=args.test_output_file, batch_size=args.batch_size,
-                      context_limit=limit, meta=meta, system_override=override)
+                      context_limit=limit, meta=meta, system_override=override, safety=safety)
     m = report["meta"]
+    if safety is not None:
+        sm = m["safety"]
+        print(f"[安全] 含危机信号的条目 {sm['crisis_items']} 条（紧急 {sm['imminent_items']}），被过滤的回复 {sm['screened_responses']} 条")
     print(f"[完成] {m['items']} 条结果写入 {args.test_output_file}（本次生成 {m['generated_this_run']} 条，"
           f"{m['seconds_this_run']} 秒，{m['tokens_per_second']} token/s）")
     return 0

@@ -11,11 +11,9 @@ from datetime import datetime
 
 from .files import atomic_write_text
 from .generation import prepare_context, stream_reply
+from .safety import ReplyScreen
 
-DISCLAIMER = (
-    "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
-    "如果你正处于危机中，请立即拨打 全国心理援助热线 12356、希望24热线 400-161-9995，紧急情况拨打 110 / 120。"
-)
+DISCLAIMER = "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
 HELP = """命令：
   /help           显示本帮助
   /reset          清空对话历史
@@ -58,24 +56,24 @@ class Chat:
         self.out.flush()
 
     # -- one reply ------------------------------------------------------------------------------------
-    def generate(self, user_text, label="助手", adapter=True):
+    def generate(self, user_text, label="助手", adapter=True, detection=None):
         msgs = self.state.messages_for(user_text)
-        extra = None
-        if self.safety is not None:
-            extra = self.safety.guidance_for(user_text)
-            if extra:
-                msgs = self.safety.with_guidance(msgs, extra)
+        crisis = detection is not None and detection.crisis
+        if crisis:  # steer this turn's reply toward safety (see safety.GUIDANCE)
+            msgs = self.safety.with_guidance(msgs, self.safety.guidance(detection))
         ids, dropped = prepare_context(self.tok, msgs, self.settings.max_new_tokens, self.limit,
                                        self.settings.enable_thinking)
         if dropped:
             self.say(f"[历史过长，本轮省略了最早的 {dropped} 轮对话]")
         self.say(f"{label}：", end="")
         stop = threading.Event()
-        screen = self.safety.stream_screen() if self.safety is not None else None
+        # a crisis turn's reply is shown only once it has been screened as a whole
+        screen = ReplyScreen(hold=crisis) if self.safety is not None else None
 
         def show(piece):
-            if screen is None or screen.feed(piece):
-                self.out.write(piece)
+            visible = piece if screen is None else screen.feed(piece)
+            if visible:
+                self.out.write(visible)
                 self.out.flush()
 
         import contextlib
@@ -85,18 +83,31 @@ class Chat:
             ctx = self.model.disable_adapter()
         with ctx:
             reply, interrupted = stream_reply(self.model, self.tok, ids, self.settings, show, stop)
+        if screen is not None:
+            rest, blocked = screen.finish(reply)
+            if blocked:
+                self.say()
+                self.say(self.safety.screened_message())
+                self.safety.record("reply_screened")
+                reply = self.safety.safe_reply()
+            elif rest:
+                self.out.write(rest)
         self.say()
-        if screen is not None and screen.blocked(reply):
-            self.say(self.safety.screened_message())
-            reply = self.safety.safe_reply()
         return reply, interrupted
 
+    def check(self, user_text):
+        if self.safety is None:
+            return None
+        detection = self.safety.check(user_text)
+        if detection.crisis:
+            self.safety.record("crisis_detected", detection)
+        return detection
+
     def reply(self, user_text):
-        if self.safety is not None:
-            notice = self.safety.notice_for(user_text)
-            if notice:
-                self.say(notice)
-        reply, interrupted = self.generate(user_text)
+        detection = self.check(user_text)
+        if detection is not None and detection.crisis:
+            self.say(self.safety.notice(detection))  # resources first, before the model says anything
+        reply, interrupted = self.generate(user_text, detection=detection)
         if interrupted:
             self.say("[已中断：这一轮不计入历史]")
             return
@@ -145,6 +156,8 @@ class Chat:
             "generation": self.settings.as_dict(),
             "rounds": [{"user": u, "assistant": a} for u, a in self.state.rounds],
         }
+        if self.safety is not None:
+            transcript["safety_events"] = self.safety.events
         try:
             atomic_write_text(path, json.dumps(transcript, ensure_ascii=False, indent=2) + "\n", mode=0o600)
         except OSError as err:
@@ -163,7 +176,8 @@ class Chat:
         saved = self.state.rounds.pop()  # the base model answers the same history
         try:
             self.say(f"[LoRA] {lora_reply}")
-            self.generate(user_text, label="[基础模型]", adapter=False)
+            detection = self.safety.check(user_text) if self.safety is not None else None
+            self.generate(user_text, label="[基础模型]", adapter=False, detection=detection)
         finally:
             self.state.rounds.append(saved)  # the base reply is not added to the history
 
