@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_test_items", type=int, default=0, help="N items spread over distinct dialogues; 0 = all")
     g.add_argument("--batch_size", type=int, default=8, help="items generated together (left padding)")
     g.add_argument("--questions_file", default=None, help="questions (JSON list or one per line), each a fresh conversation")
+    g.add_argument("--compare_base", action="store_true", help="also answer every item with the adapter disabled; score both side by side")
     g.add_argument("--test_output_file", default="psydt_results.json", help="where the test results go (JSON)")
     return p
 
@@ -81,6 +82,8 @@ def check_args(args) -> None:
         raise PsyDTError(f"--top_p 必须在 (0, 1] 之间，收到 {args.top_p}。")
     if args.no_adapter and (args.merge_lora or args.save_merged):
         raise PsyDTError("--no_adapter 不能和 --merge_lora / --save_merged 一起用。")
+    if args.compare_base and (args.no_adapter or args.merge_lora):
+        raise PsyDTError("--compare_base 需要加载未合并的 adapter：不能和 --no_adapter / --merge_lora 一起用。")
 
 
 def test_items(args, system):
@@ -98,6 +101,14 @@ def test_items(args, system):
         path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
     items, _ = read_dialogues(path)
     return select_spread(items, args.max_test_items), str(path)
+
+
+def _loss_curve(adapter):
+    """The training run's loss curve, saved in the adapter folder by training."""
+    if adapter is None:
+        return None
+    path = Path(adapter) / "loss_curve.png"
+    return path if path.is_file() else None
 
 
 def main(argv=None) -> int:
@@ -166,11 +177,15 @@ def main(argv=None) -> int:
     }
     override = args.system_prompt if not args.questions_file else None
     report = run_test(model, tokenizer, items, settings, output_file=args.test_output_file, batch_size=args.batch_size,
-                      context_limit=limit, meta=meta, system_override=override, safety=safety)
+                      context_limit=limit, meta=meta, system_override=override, safety=safety,
+                      compare_base=args.compare_base, loss_curve=_loss_curve(adapter))
     m = report["meta"]
     if safety is not None:
         sm = m["safety"]
         print(f"[安全] 含危机信号的条目 {sm['crisis_items']} 条（紧急 {sm['imminent_items']}），被过滤的回复 {sm['screened_responses']} 条")
+    for name, summary in report.get("metrics", {}).get("overall", {}).items():
+        print(f"[指标] {name}: BLEU-4(字) {summary['bleu4_char']:.2f}  ROUGE-L {summary['rougeL']:.2f}  "
+              f"chrF {summary['chrf']:.2f}  ppl {summary.get('ppl', float('nan')):.3f}")
     print(f"[完成] {m['items']} 条结果写入 {args.test_output_file}（本次生成 {m['generated_this_run']} 条，"
           f"{m['seconds_this_run']} 秒，{m['tokens_per_second']} token/s）")
     return 0

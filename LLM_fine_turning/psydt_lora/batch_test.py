@@ -89,13 +89,16 @@ def _load_partial(path: Path, fingerprint: str) -> dict:
 
 
 def run_test(model, tokenizer, items, settings, *, output_file, batch_size, context_limit, meta,
-             system_override=None, safety=None, progress=True, after_batch=None):
-    """Generate for `items`; returns the final report dict (also written to `output_file`)."""
+             system_override=None, safety=None, progress=True, after_batch=None, compare_base=False,
+             loss_curve=None):
+    """Generate for `items` (and, with `compare_base`, again with the adapter disabled); score against
+    the references when there are any. Returns the report dict, also written to `output_file`
+    (plus a Markdown report and a PNG chart beside it when scored)."""
     from transformers import set_seed
 
     output_file = Path(output_file)
     partial = output_file.with_name(output_file.name + ".partial.jsonl")
-    fingerprint = _fingerprint({**meta, "system_override": system_override}, items)
+    fingerprint = _fingerprint({**meta, "system_override": system_override, "compare_base": compare_base}, items)
     done = _load_partial(partial, fingerprint)
     if done:
         print(f"[续跑] 已完成 {len(done)}/{len(items)} 条，继续剩下的。")
@@ -128,7 +131,12 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
         for batch in batches:
             texts, counts = generate_batch(model, tokenizer, [t[4] for t in batch], settings)
             new_tokens += sum(counts)
-            for (pos, item, msgs, reference, ids, dropped), text, n in zip(batch, texts, counts):
+            base_texts = [None] * len(batch)
+            if compare_base:  # the same model with the LoRA layers switched off: loaded once
+                with model.disable_adapter():
+                    base_texts, base_counts = generate_batch(model, tokenizer, [t[4] for t in batch], settings)
+                new_tokens += sum(base_counts)
+            for (pos, item, msgs, reference, ids, dropped), text, n, base_text in zip(batch, texts, counts, base_texts):
                 entry = {
                     "position": pos,
                     "index": item.index,
@@ -138,11 +146,19 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
                     "dropped_rounds": dropped,
                     "prompt_tokens": len(ids),
                     "response_tokens": n,
+                    "history_tail": [m for m in msgs if m["role"] != "system"][-3:],
                     "response": text,
                     "reference": reference,
                 }
+                if compare_base:
+                    entry["base_response"] = base_text
                 if safety is not None:
                     entry.update(safety.annotate(msgs[-1]["content"], text))
+                    if compare_base:
+                        base = safety.annotate(msgs[-1]["content"], base_text)
+                        entry["base_screened"] = base["screened"]
+                        if base["screened"]:
+                            entry["base_response"] = base["response"]
                 sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 done[pos] = entry
             sink.flush()
@@ -173,6 +189,53 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
     }
     if safety is not None:
         report["meta"]["safety"] = safety.summary(results)
+    scored = [r for r in results if r.get("reference") is not None]
+    if scored:
+        report["metrics"] = evaluate(model, tokenizer, items, results, system_override, context_limit,
+                                     batch_size, compare_base, "lora" if meta.get("adapter") else "base")
     atomic_write_json(output_file, report)
     partial.unlink(missing_ok=True)
+    if scored:
+        from .report import write_report
+
+        md, png = write_report(report, output_file, loss_curve=loss_curve)
+        print(f"[评估] 报告 {md}，图表 {png}")
     return report
+
+
+def evaluate(model, tokenizer, items, results, system_override, max_length, batch_size, compare_base, name):
+    """Reference-based metrics and reference perplexity, per model, overall and per normalizedTag."""
+    from .metrics import LABELS, by_tag, item_scores, reference_losses, summarize
+
+    print("[评估] 计算指标与参考回复困惑度 ...", flush=True)
+    contexts = []
+    for item in items:
+        msgs, reference = _context_messages(item, system_override)
+        if reference is not None:
+            contexts.append(Dialogue(item.index, item.id, item.tag, msgs + [{"role": "assistant", "content": reference}]))
+    losses = reference_losses(model, tokenizer, contexts, max_length, batch_size)
+    base_losses = {}
+    if compare_base:
+        with model.disable_adapter():
+            base_losses = reference_losses(model, tokenizer, contexts, max_length, batch_size)
+    entries = []
+    for r in results:
+        if r.get("reference") is None:
+            continue
+        r["scores"] = {k: round(v, 4) for k, v in item_scores(r["response"], r["reference"]).items()}
+        if r["index"] in losses:
+            r["reference_loss"] = losses[r["index"]]
+        if compare_base:
+            r["base_scores"] = {k: round(v, 4) for k, v in item_scores(r["base_response"], r["reference"]).items()}
+            if r["index"] in base_losses:
+                r["base_reference_loss"] = base_losses[r["index"]]
+        entries.append(r)
+    models = {name: ("response", "scores", "reference_loss")}
+    if compare_base:
+        models = {"base": ("base_response", "base_scores", "base_reference_loss"), "lora": models[name]}
+    overall = {m: summarize(entries, *keys) for m, keys in models.items()}
+    tags = {}
+    for m, keys in models.items():
+        for tag, summary in by_tag(entries, *keys).items():
+            tags.setdefault(tag, {})[m] = summary
+    return {"labels": LABELS, "overall": overall, "by_tag": tags}
