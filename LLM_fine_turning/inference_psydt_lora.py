@@ -88,7 +88,7 @@ def check_args(args) -> None:
 
 def test_items(args, system):
     from psydt_lora.batch_test import questions_as_items, read_questions
-    from psydt_lora.dialogues import read_dialogues, select_spread
+    from psydt_lora.dialogues import check_format, read_dialogues, select_spread
     from psydt_lora.hub import ensure_dataset_file
 
     if args.questions_file:
@@ -100,6 +100,7 @@ def test_items(args, system):
     else:
         path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
     items, _ = read_dialogues(path)
+    check_format(items, path, expect_split=True, flag="--test_file")
     return select_spread(items, args.max_test_items), str(path)
 
 

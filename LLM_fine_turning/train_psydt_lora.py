@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     from psydt_lora import hub
-    from psydt_lora.dialogues import read_dialogues, select_spread
+    from psydt_lora.dialogues import check_format, read_dialogues, select_spread
     from psydt_lora.models import load_tokenizer
     from psydt_lora.prompt import prompt_format
     from psydt_lora.samples import build_samples, dump_samples
@@ -169,6 +169,7 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
     limit = args.max_train_items if args.max_train_items > 0 else None
     train_dialogues, train_read = read_dialogues(train_file, limit=limit)
+    check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
     train_samples, train_stats = build_samples(train_dialogues, tokenizer, args.max_length, progress=True)
     print_stats("训练", train_read, train_stats)
     if not train_samples:
@@ -176,6 +177,7 @@ def main(argv=None) -> int:
     eval_samples, data_stats = [], {"train": {"file": str(train_file), **train_read.as_dict(), **train_stats.as_dict()}}
     if eval_file is not None:
         eval_items, eval_read = read_dialogues(eval_file)
+        check_format(eval_items, eval_file, expect_split=True, flag="--eval_file")
         eval_items = select_spread(eval_items, args.max_eval_items)
         eval_read.records = len(eval_items)
         eval_samples, eval_stats = build_samples(eval_items, tokenizer, args.max_length, last_reply_only=True)

@@ -196,6 +196,29 @@ def group_prefix_items(items: list[Dialogue]) -> list[list[int]]:
     return groups
 
 
+def looks_single_turn_split(items: list[Dialogue]) -> bool:
+    """True for the test-file shape: consecutive items are growing prefixes of the same dialogue."""
+    if len(items) < 3:
+        return False
+    groups = group_prefix_items(items)
+    return len(groups) <= len(items) / 2
+
+
+def check_format(items: list[Dialogue], path, expect_split: bool, flag: str) -> None:
+    """Stop when a training file is given where the test split is expected, or the other way round."""
+    split = looks_single_turn_split(items)
+    if expect_split and not split and len(items) >= 3 and all(len(d.targets()) > 1 for d in items[:20]):
+        raise PsyDTError(
+            f"{flag} {path} 看起来是训练格式（每条是一整段多轮对话），而这里需要 single-turn split 测试格式"
+            "（每条是截至某条回复的历史，最后一条是参考回复）。请换成 PsyDTCorpus_test_single_turn_split.json 这类文件。"
+        )
+    if not expect_split and split:
+        raise PsyDTError(
+            f"{flag} {path} 看起来是 single-turn split 测试格式（相邻记录是同一段对话逐渐变长的前缀），"
+            "用它训练会把同一条回复学很多遍。请用 PsyDTCorpus_train_mulit_turn_packing.json 这类训练文件。"
+        )
+
+
 def _spread(n: int, k: int) -> list[int]:
     """k indices out of range(n), evenly spread and deterministic (k <= n)."""
     if k <= 0:
