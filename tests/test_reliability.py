@@ -1,0 +1,198 @@
+"""Reliability: killed runs resume, Ctrl-C saves, bad input never crashes, outputs are never half-written."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import DIALOGUES, ROOT, single_turn_split
+import train_psydt_lora
+from psydt_lora.errors import run_cli
+
+SCRIPT = ROOT / "LLM_fine_turning" / "train_psydt_lora.py"
+
+
+def train_cmd(model_dir, train, out, *extra):
+    return [sys.executable, str(SCRIPT), "--model_local_dir", str(model_dir), "--train_file", str(train),
+            "--no-do_eval", "--output_dir", str(out), "--report_to", "none", "--max_steps", "40", "--save_steps", "5",
+            "--logging_steps", "5", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+            "--learning_rate", "5e-3", *extra]
+
+
+def adapter_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def wait_for(path, proc, timeout=120):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def test_sigkill_then_rerun_resumes_and_ends_with_the_same_adapter(tiny_model_dir, data_files, tmp_path):
+    import torch
+
+    train, _ = data_files
+    env = {**os.environ, "PYTHONPATH": ""}
+    ref = subprocess.run(train_cmd(tiny_model_dir, train, tmp_path / "ref"), capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(tiny_model_dir, train, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_for(out / "checkpoint-10" / "trainer_state.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "lora_adapter").exists()
+    # a checkpoint cut short by a kill (no trainer_state.json) must never be picked up
+    broken = out / "checkpoint-35"
+    broken.mkdir()
+    (broken / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+
+    again = subprocess.run(train_cmd(tiny_model_dir, train, out), capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "跳过不完整的检查点" in again.stdout and "[续训] 从检查点" in again.stdout
+    resumed_from = int(again.stdout.split("checkpoint-")[2].split()[0].rstrip("（"))
+    assert 10 <= resumed_from < 35
+    state = json.loads((out / "checkpoint-40" / "trainer_state.json").read_text("utf-8"))
+    assert state["global_step"] == 40
+    a, b = adapter_tensors(tmp_path / "ref" / "lora_adapter"), adapter_tensors(out / "lora_adapter")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_files, tmp_path):
+    train, _ = data_files
+    out = tmp_path / "out"
+    proc = subprocess.Popen(train_cmd(tiny_model_dir, train, out, "--max_steps", "100000", "--save_steps", "100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
+    # wait until training steps are running (the first log line), then press Ctrl-C
+    start = time.time()
+    while not list(out.glob("*")) and time.time() - start < 120:
+        time.sleep(0.1)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "用同样的命令重新运行即可继续训练" in stdout
+    from psydt_lora.training import find_checkpoint
+
+    assert find_checkpoint(out, "auto") is not None
+    assert not (out / "lora_adapter").exists()
+
+
+def test_format_mixups_are_refused(tiny_model_dir, data_files, tmp_path):
+    train, test = data_files
+    rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(test),
+                                         "--no-do_eval", "--dry_run"])
+    assert rc == 2
+    many = tmp_path / "train3.json"
+    many.write_text(json.dumps(DIALOGUES * 2, ensure_ascii=False), "utf-8")
+    rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train),
+                                         "--eval_file", str(many), "--dry_run"])
+    assert rc == 2
+
+
+def test_a_cut_short_partial_line_is_ignored_on_resume(tiny_model_dir, memorised_adapter, data_files, tmp_path):
+    import inference_psydt_lora
+
+    _, test = data_files
+    out = tmp_path / "r.json"
+    argv = ["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--mode", "test",
+            "--test_file", str(test), "--test_output_file", str(out), "--no-do_sample", "--max_new_tokens", "40"]
+    assert inference_psydt_lora.main(argv) == 0
+    full = json.loads(out.read_text("utf-8"))
+    # simulate a kill: the partial file holds the header, one complete entry and a cut-short line
+    from psydt_lora.batch_test import _fingerprint  # noqa: F401  (the header is written by the run itself)
+
+    out.unlink()
+    partial = out.with_name(out.name + ".partial.jsonl")
+    argv_crash = list(argv)
+    import psydt_lora.batch_test as bt
+
+    original = bt.generate_batch
+    calls = {"n": 0}
+
+    def crash_after_first(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    bt.generate_batch = crash_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            inference_psydt_lora.main(argv_crash + ["--batch_size", "1"])
+    finally:
+        bt.generate_batch = original
+    with open(partial, "a", encoding="utf-8") as f:
+        f.write('{"position": 3, "index": 3, "resp')
+    assert inference_psydt_lora.main(argv + ["--batch_size", "1"]) == 0
+    rep = json.loads(out.read_text("utf-8"))
+    assert sorted(r["index"] for r in rep["results"]) == [0, 1, 2, 3]
+    assert [r["response"] for r in rep["results"]] == [r["response"] for r in full["results"]]
+    assert not partial.exists()
+
+
+# -- property-based: whatever the data file holds, the CLI trains or stops with a clear message --------------
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+role = st.sampled_from(["system", "user", "assistant", "bot", "", None, 3])
+content = st.one_of(st.text(max_size=30), st.just(""), st.just("好" * 5000), st.integers(), st.none())
+message = st.one_of(st.fixed_dictionaries({"role": role, "content": content}), json_value)
+record = st.one_of(
+    st.fixed_dictionaries({"id": st.integers() | st.text(max_size=5), "normalizedTag": st.text(max_size=4) | st.none(),
+                           "messages": st.lists(message, max_size=6)}),
+    json_value,
+)
+
+
+def file_bytes(draw_records, mode, cut):
+    if mode == "json":
+        data = json.dumps(draw_records, ensure_ascii=False).encode("utf-8")
+    elif mode == "jsonl":
+        data = "\n".join(json.dumps(r, ensure_ascii=False) for r in draw_records).encode("utf-8")
+    else:  # non-UTF-8 bytes
+        data = json.dumps(draw_records, ensure_ascii=False).encode("utf-8") + b"\xff\xfe"
+    return data[: int(len(data) * cut)] if cut < 1 else data
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(record, max_size=4), mode=st.sampled_from(["json", "jsonl", "bytes"]),
+       cut=st.sampled_from([1, 1, 1, 0.5, 0.9]))
+def test_random_data_files_train_or_stop_cleanly(tiny_model_dir, tmp_path_factory, capsys, records, mode, cut):
+    folder = tmp_path_factory.mktemp("prop")
+    path = folder / "data.json"
+    path.write_bytes(file_bytes(records, mode, cut))
+    dump = folder / "samples.jsonl"
+    rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(path),
+                                         "--no-do_eval", "--dry_run", "--max_length", "256", "--dump_samples", str(dump)])
+    err = capsys.readouterr().err
+    assert rc in (0, 2)
+    if rc == 2:
+        assert err.startswith("错误：") and str(path) in err or "没有生成任何训练样本" in err
+        assert not dump.exists()  # nothing half-written
+    else:
+        lines = dump.read_text("utf-8").splitlines()
+        assert lines and all(json.loads(line)["labels"] for line in lines)
+
+
+def test_valid_files_of_both_shapes_train(tiny_model_dir, tmp_path):
+    for name, obj in [("a.json", DIALOGUES), ("b.jsonl", "\n".join(json.dumps(d, ensure_ascii=False) for d in DIALOGUES))]:
+        p = tmp_path / name
+        p.write_text(obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False), "utf-8")
+        assert run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(p),
+                                               "--no-do_eval", "--dry_run"]) == 0
+    assert single_turn_split(DIALOGUES)
