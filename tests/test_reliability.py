@@ -73,15 +73,19 @@ def test_sigkill_then_rerun_resumes_and_ends_with_the_same_adapter(tiny_model_di
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_files, tmp_path):
     train, _ = data_files
     out = tmp_path / "out"
-    proc = subprocess.Popen(train_cmd(tiny_model_dir, train, out, "--max_steps", "100000", "--save_steps", "100000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
-    # wait until training steps are running (the first log line), then press Ctrl-C
-    start = time.time()
-    while not list(out.glob("*")) and time.time() - start < 120:
-        time.sleep(0.1)
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(train_cmd(tiny_model_dir, train, out, "--max_steps", "100000", "--save_steps", "100000"),
+                                stdout=sink, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
+        # wait until the model is loaded and steps are running, then press Ctrl-C
+        start = time.time()
+        while "trainable params" not in log.read_text() and time.time() - start < 120:
+            assert proc.poll() is None
+            time.sleep(0.1)
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    stdout = log.read_text()
     assert proc.returncode == 130, stderr[-2000:]
     assert "用同样的命令重新运行即可继续训练" in stdout
     from psydt_lora.training import find_checkpoint
