@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_train_items", type=int, default=300, help="first N training dialogues; 0 or -1 = all")
     g.add_argument("--max_eval_items", type=int, default=20, help="N eval items spread over distinct dialogues; 0 or -1 = all")
     g.add_argument("--max_length", type=int, default=2048, help="max tokens per sample (older rounds are dropped beyond)")
+    g.add_argument("--sample_mode", choices=("shared_prefix", "per_turn", "dialogue"), default="shared_prefix",
+                   help="shared_prefix: per_turn's exact loss, history stored once per dialogue; per_turn: one sample per reply; "
+                        "dialogue: all replies in one sequence (a different objective)")
     g.add_argument("--trust_remote_code", action="store_true", help="allow the model folder to run its own Python code")
 
     g = p.add_argument_group("训练")
@@ -139,6 +142,9 @@ def print_stats(title, read_stats, sample_stats) -> None:
     s = sample_stats
     print(f"[{title}] 对话 {s.dialogues}，样本 {s.samples}，token {s.tokens:,}，其中监督 token {s.supervised_tokens:,}"
           f"（{100 * s.supervised_tokens / max(s.tokens, 1):.1f}%），最长样本 {s.max_sample_tokens}，平均 {s.as_dict()['mean_sample_tokens']}")
+    if s.per_turn_tokens:
+        print(f"[{title}] shared_prefix 打包：{s.per_turn_samples} 个逐轮样本 → {s.samples} 个打包序列，"
+              f"token {s.per_turn_tokens:,} → {s.tokens:,}（{s.per_turn_tokens / max(s.tokens, 1):.1f} 倍更少），损失完全相同")
     if s.truncated_history_samples or s.truncated_reply_samples or s.dropped_too_long_samples:
         print(f"[{title}] 超长截断：{s.truncated_history_samples} 个样本丢弃了最早的 {s.dropped_rounds} 轮历史，"
               f"{s.truncated_reply_samples} 个样本截断了回复结尾，{s.dropped_too_long_samples} 个样本因上下文本身超长被丢弃")
@@ -157,7 +163,7 @@ def main(argv=None) -> int:
     from psydt_lora.dialogues import check_format, read_dialogues, select_spread
     from psydt_lora.models import load_tokenizer
     from psydt_lora.prompt import prompt_format
-    from psydt_lora.samples import build_samples, dump_samples
+    from psydt_lora.samples import build_samples, build_training_samples, dump_samples
 
     # 1. fetch what is missing
     model_dir = Path(args.model_local_dir)
@@ -170,7 +176,7 @@ def main(argv=None) -> int:
     limit = args.max_train_items if args.max_train_items > 0 else None
     train_dialogues, train_read = read_dialogues(train_file, limit=limit)
     check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
-    train_samples, train_stats = build_samples(train_dialogues, tokenizer, args.max_length, progress=True)
+    train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=True)
     print_stats("训练", train_read, train_stats)
     if not train_samples:
         raise PsyDTError(f"{train_file} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
@@ -199,7 +205,7 @@ def main(argv=None) -> int:
 
 def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_fmt) -> int:
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, set_seed
 
     from psydt_lora import training as T
     from psydt_lora.models import load_base_model, pick_dtype, pick_device
@@ -255,8 +261,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         use_cpu=device == "cpu",
         ddp_find_unused_parameters=False,
     )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
-                                      pad_to_multiple_of=8 if device == "cuda" else None)
+    collator = T.PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
     trainer = Trainer(
         model=model,
         args=targs,
@@ -280,7 +285,9 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         return 130
 
     # 5. save: adapter + run JSON, metrics, loss curve
-    metrics = {"train": result.metrics}
+    metrics = {"train": result.metrics, "padding_share": round(collator.padding_share(), 4)}
+    if T.is_main_process():
+        print(f"[训练] padding 占比 {100 * collator.padding_share():.1f}%（--group_by_length 可以减少）", flush=True)
     if do_eval:
         metrics["eval"] = trainer.evaluate()
     if trainer.is_world_process_zero():

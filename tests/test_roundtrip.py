@@ -51,5 +51,5 @@ def test_adapter_folder_holds_safetensors_tokenizer_and_run_json(memorised):
     assert info["prompt_format"]["enable_thinking"] is False
     assert info["prompt_format"]["generation_prompt"] == "<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert info["system_prompt"] == DIALOGUES[0]["messages"][0]["content"]
-    assert info["data"]["train"]["samples"] == 4
+    assert info["data"]["train"]["samples"] == 2 and info["data"]["train"]["per_turn_samples"] == 4  # two packs
     assert info["base_model"]["signature"]["num_hidden_layers"] == 2

@@ -32,10 +32,13 @@ CHUNK = 256  # dialogues rendered and tokenised per batch
 @dataclass
 class Sample:
     dialogue_index: int  # record index in the data file
-    turn_index: int  # 0-based index of this reply among the dialogue's trained replies
-    message_index: int  # index of the reply in the dialogue's messages
+    turn_index: int | list  # 0-based index of this reply among the dialogue's trained replies (a list for packs)
+    message_index: int | list  # index of the reply in the dialogue's messages (a list for packs)
     input_ids: list[int]
     labels: list[int]
+    # shared_prefix packs only: where each reply's branch starts and how much of the trunk it sees
+    position_ids: list[int] | None = None
+    branches: list | None = None  # [(branch start, visible trunk length)]
 
 
 @dataclass
@@ -50,6 +53,8 @@ class SampleStats:
     truncated_reply_samples: int = 0
     dropped_too_long_samples: int = 0
     exact_path_samples: int = 0
+    per_turn_samples: int | None = None  # shared_prefix: what per_turn would have processed
+    per_turn_tokens: int | None = None
     fast_path_disabled: bool = False
     notes: list = field(default_factory=list)
 
@@ -187,9 +192,107 @@ def build_samples(
     return samples, b.stats
 
 
+def pack_shared_prefix(samples: list[Sample], gen_len: int, max_length: int) -> list[Sample]:
+    """Pack one dialogue's per-reply samples into few sequences with the same loss.
+
+    A pack holds a trunk (the longest history in it) once, then one branch per reply: the generation
+    prompt and the reply. Each branch sees only the part of the trunk that is its own per_turn context
+    (a 4-D mask built by `PackCollator`), and its position ids continue from that context, so every reply
+    is predicted from exactly what per_turn gives it. Samples join a pack while their context extends
+    the trunk and the pack fits in `max_length`; a truncated context (older rounds dropped) does not
+    extend the trunk and so starts a new window.
+    """
+    packs, cur = [], None
+    for s in samples:
+        n_ctx = next(i for i, t in enumerate(s.labels) if t != IGNORE_INDEX)
+        cut = n_ctx - gen_len  # the branch starts with the generation prompt
+        prefix, branch, branch_labels = s.input_ids[:cut], s.input_ids[cut:], s.labels[cut:]
+        if cur is not None:
+            size = len(prefix) + sum(len(b[1]) for b in cur["branches"]) + len(branch)
+            if prefix[: len(cur["trunk"])] == cur["trunk"] and size <= max_length:
+                cur["trunk"] = prefix
+                cur["branches"].append((len(prefix), branch, branch_labels, s))
+                continue
+        cur = {"trunk": prefix, "branches": [(len(prefix), branch, branch_labels, s)]}
+        packs.append(cur)
+    out = []
+    for p in packs:
+        trunk = p["trunk"]
+        ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
+        for visible, branch, branch_labels, _ in p["branches"]:
+            spans.append((len(ids), visible))
+            ids += branch
+            labels += branch_labels
+            pos += range(visible, visible + len(branch))
+        first = p["branches"][0][3]
+        out.append(Sample(first.dialogue_index, [b[3].turn_index for b in p["branches"]],
+                          [b[3].message_index for b in p["branches"]], ids, labels, pos, spans))
+    return out
+
+
+def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinking: bool = False, progress=False):
+    """What other tools train: each dialogue rendered once, every reply supervised in that one sequence.
+    Not the per_turn objective: a reply's context is rendered as history (for Qwen3, the last reply gets
+    the empty think block and earlier ones do not), and a dialogue longer than max_length is cut."""
+    b = _Builder(tokenizer, max_length, enable_thinking)
+    out = []
+    for d in dialogues:
+        targets = d.targets()
+        msgs = d.messages[: targets[-1] + 1]
+        text = render(tokenizer, msgs, False, enable_thinking)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        labels = [IGNORE_INDEX] * len(ids)
+        pos = 0
+        starts = [i for i, t in enumerate(ids) if t == b.turn_start]
+        for k, m in enumerate(msgs):
+            span_start = offsets[starts[k]][0] if k < len(starts) else pos
+            if k not in targets:
+                continue
+            at = text.find(m["content"], span_start)
+            end = at + len(m["content"])
+            for i, (c0, c1) in enumerate(offsets):
+                if c0 >= at and c1 <= end and c1 > c0:
+                    labels[i] = ids[i]
+                elif c0 >= end and ids[i] == b.eot:
+                    labels[i] = ids[i]
+                    break
+        if len(ids) > max_length:
+            b.stats.truncated_reply_samples += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        sample = Sample(d.index, list(range(len(targets))), targets, ids, labels)
+        if any(t != IGNORE_INDEX for t in labels):
+            b.add(sample)
+            out.append(sample)
+        b.stats.dialogues += 1
+    return out, b.stats
+
+
+SAMPLE_MODES = ("shared_prefix", "per_turn", "dialogue")
+
+
+def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix", enable_thinking=False, progress=False):
+    """Samples for `mode`; see README for what each one trains. Returns (samples, SampleStats)."""
+    if mode == "dialogue":
+        return build_dialogue_samples(dialogues, tokenizer, max_length, enable_thinking, progress)
+    samples, stats = build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress)
+    if mode == "per_turn":
+        return samples, stats
+    gen_len = len(encode(tokenizer, generation_prompt(tokenizer, enable_thinking)))
+    by_dialogue: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_dialogue.setdefault(s.dialogue_index, []).append(s)
+    packs = [p for group in by_dialogue.values() for p in pack_shared_prefix(group, gen_len, max_length)]
+    stats.per_turn_samples, stats.per_turn_tokens = stats.samples, stats.tokens
+    stats.samples = len(packs)
+    stats.tokens = sum(len(p.input_ids) for p in packs)
+    stats.max_sample_tokens = max((len(p.input_ids) for p in packs), default=0)
+    return packs, stats
+
+
 def dump_samples(samples, path) -> None:
     """JSON Lines, one sample per line: dialogue_index, turn_index, message_index, input_ids, labels."""
     from .files import atomic_write_text
 
-    lines = (json.dumps(asdict(s), ensure_ascii=False) for s in samples)
+    lines = (json.dumps({k: v for k, v in asdict(s).items() if v is not None}, ensure_ascii=False) for s in samples)
     atomic_write_text(path, "".join(line + "\n" for line in lines))

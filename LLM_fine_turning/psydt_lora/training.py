@@ -60,7 +60,73 @@ class SampleDataset:
 
     def __getitem__(self, i):
         s = self.samples[i]
-        return {"input_ids": s.input_ids, "labels": s.labels}
+        item = {"input_ids": s.input_ids, "labels": s.labels}
+        if s.branches is not None:
+            item["position_ids"] = s.position_ids
+            item["branches"] = s.branches
+        return item
+
+
+class PackCollator:
+    """Dynamic padding (labels padded with -100). Batches holding shared_prefix packs get a 4-D boolean
+    attention mask -- each reply's branch sees its own part of the trunk and itself, causally -- and
+    explicit position ids; plain samples get the usual 2-D padding mask. Counts padding as it goes."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, features):
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        if self.multiple:
+            width = -(-width // self.multiple) * self.multiple
+        n = len(features)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        packed = any("branches" in f for f in features)
+        for row, f in enumerate(features):
+            ids[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            labels[row, : len(f["labels"])] = torch.tensor(f["labels"])
+            self.real_tokens += len(f["input_ids"])
+        self.padded_tokens += n * width - sum(len(f["input_ids"]) for f in features)
+        batch = {"input_ids": ids, "labels": labels}
+        if not packed:
+            mask = torch.zeros((n, width), dtype=torch.long)
+            for row, f in enumerate(features):
+                mask[row, : len(f["input_ids"])] = 1
+            batch["attention_mask"] = mask
+            return batch
+        pos = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
+        idx = torch.arange(width)
+        causal = idx[None, :] <= idx[:, None]
+        for row, f in enumerate(features):
+            length = len(f["input_ids"])
+            seg = torch.full((width,), -1, dtype=torch.long)  # -1 padding, 0 trunk, b+1 branch b
+            seg[:length] = 0
+            visible = torch.zeros(width, dtype=torch.long)
+            spans = f.get("branches") or []
+            for b, (start, vis) in enumerate(spans):
+                end = spans[b + 1][0] if b + 1 < len(spans) else length
+                seg[start:end] = b + 1
+                visible[start:end] = vis
+            same = seg[None, :] == seg[:, None]
+            trunk_part = (seg[None, :] == 0) & (idx[None, :] < visible[:, None])
+            m = causal & (same | trunk_part) & (seg[:, None] >= 0)
+            m[idx[length:], idx[length:]] = True  # padding rows see themselves only (no empty softmax rows)
+            mask[row, 0] = m
+            pos[row, :length] = torch.tensor(f.get("position_ids") or list(range(length)))
+        batch["attention_mask"] = mask
+        batch["position_ids"] = pos
+        return batch
+
+    def padding_share(self) -> float:
+        total = self.real_tokens + self.padded_tokens
+        return self.padded_tokens / total if total else 0.0
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

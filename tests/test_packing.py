@@ -1,0 +1,98 @@
+"""shared_prefix packing computes exactly the per_turn loss and gradients with far fewer tokens."""
+import pytest
+
+from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
+from psydt_lora.dialogues import read_dialogues
+from psydt_lora.samples import IGNORE_INDEX, build_training_samples
+from psydt_lora.training import PackCollator
+
+
+def real_dialogues():
+    sample, _ = read_dialogues(require(REAL_SAMPLE))
+    shaped, _ = read_dialogues(require(SHAPED_TRAIN), limit=4)
+    return sample + shaped
+
+
+@pytest.mark.parametrize("max_length", [4096, 700])
+def test_every_branch_is_exactly_a_per_turn_sample(real_tokenizer, max_length):
+    dialogues = real_dialogues()
+    per_turn, pt_stats = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
+    packs, sp_stats = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
+    rebuilt = []
+    for p in packs:
+        assert len(p.input_ids) <= max_length
+        ends = [s for s, _ in p.branches[1:]] + [len(p.input_ids)]
+        for (start, visible), end, turn in zip(p.branches, ends, p.turn_index):
+            ids = p.input_ids[:visible] + p.input_ids[start:end]
+            labels = [IGNORE_INDEX] * visible + p.labels[start:end]
+            assert p.position_ids[start:end] == list(range(visible, visible + end - start))
+            rebuilt.append((p.dialogue_index, turn, ids, labels))
+    assert rebuilt == [(s.dialogue_index, s.turn_index, s.input_ids, s.labels) for s in per_turn]
+    assert sp_stats.supervised_tokens == pt_stats.supervised_tokens
+    if max_length == 700:  # the real record is truncated and split into several windows
+        assert pt_stats.truncated_history_samples > 0
+        assert len([p for p in packs if p.dialogue_index == 0]) > 1
+
+
+def test_token_savings_on_real_lengths(real_tokenizer):
+    record, _ = read_dialogues(require(REAL_SAMPLE))
+    shaped, _ = read_dialogues(require(SHAPED_TRAIN))
+    for dialogues, factor in ((record, 6), (shaped, 3)):
+        _, pt = build_training_samples(dialogues, real_tokenizer, 2048, "per_turn")
+        _, sp = build_training_samples(dialogues, real_tokenizer, 2048, "shared_prefix")
+        assert pt.tokens >= factor * sp.tokens, (pt.tokens, sp.tokens)
+    assert (pt.tokens, sp.per_turn_tokens) == (219943, 219943)
+
+
+def loss_and_grads(model, samples, collate, micro_batch=2):
+    """One optimizer step's loss and gradients as the Trainer computes them: micro-batches accumulated,
+    each loss summed over tokens and divided by the step's total supervised tokens (num_items_in_batch)."""
+    model.zero_grad()
+    features = [{k: v for k, v in {"input_ids": s.input_ids, "labels": s.labels, "position_ids": s.position_ids,
+                                    "branches": s.branches}.items() if v is not None} for s in samples]
+    n = sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in features)
+    total = 0.0
+    for i in range(0, len(features), micro_batch):
+        out = model(**collate(features[i:i + micro_batch]), num_items_in_batch=n)
+        out.loss.backward()
+        total += out.loss.item()
+    grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+    return total, grads
+
+
+@pytest.mark.parametrize("max_length", [4096, 700])
+def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(real_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=8192)
+    model = get_peft_model(Qwen3ForCausalLM(config), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    for name, p in model.named_parameters():  # LoRA B starts at zero; make it non-zero so its path is exercised
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    dialogues = real_dialogues()[:2]
+    per_turn, _ = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
+    packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
+    collate = PackCollator(real_tokenizer.pad_token_id)
+    loss_a, grads_a = loss_and_grads(model, per_turn, collate)
+    loss_b, grads_b = loss_and_grads(model, packs, collate)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for k in grads_a:
+        scale = grads_a[k].abs().max().item()
+        assert (grads_a[k] - grads_b[k]).abs().max().item() <= 1e-5 * max(scale, 1e-12) + 1e-9, k
+    assert collate.padding_share() > 0  # per_turn batches of different lengths were padded, and it was counted
+
+
+def test_dialogue_mode_supervises_every_reply_once(real_tokenizer):
+    dialogues, _ = read_dialogues(require(REAL_SAMPLE))
+    (sample,), stats = build_training_samples(dialogues, real_tokenizer, 4096, "dialogue")
+    _, pt = build_training_samples(dialogues, real_tokenizer, 4096, "per_turn")
+    assert stats.supervised_tokens == pt.supervised_tokens == 390
+    learned = real_tokenizer.decode([t for t in sample.labels if t != IGNORE_INDEX])
+    replies = [m["content"] + "<|im_end|>" for m in dialogues[0].messages if m["role"] == "assistant"]
+    assert learned == "".join(replies)
