@@ -13,6 +13,7 @@ The adapter lands in <output_dir>/lora_adapter; talk to it with inference_psydt_
 Run again with the same command after an interruption and it resumes from the last checkpoint.
 """
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto: bf16 on CUDA when supported, else fp32")
     g.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations to save memory")
     g.add_argument("--group_by_length", action="store_true", help="batch samples of similar length (less padding)")
+    g.add_argument("--deepspeed", default=None, metavar="CONFIG", help="DeepSpeed config for the Trainer (see examples/deepspeed/)")
+    g.add_argument("--load_in_4bit", action="store_true", help="QLoRA: load the base model in 4-bit NF4 (CUDA + bitsandbytes)")
     g.add_argument("--resume_from_checkpoint", default="auto", help="'auto' (latest complete checkpoint in output_dir), 'none', or a checkpoint path")
 
     g = p.add_argument_group("LoRA")
@@ -90,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def main_process_first():
+    """With several processes (torchrun, accelerate launch), let rank 0 download before the others look."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
+
+
 def check_args(args) -> None:
     positive = ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                 "save_steps", "logging_steps", "eval_steps", "lora_r", "lora_alpha")
@@ -100,6 +115,8 @@ def check_args(args) -> None:
         raise PsyDTError("--num_train_epochs 必须大于 0（或给出 --max_steps）。")
     if not 0 <= args.lora_dropout < 1:
         raise PsyDTError(f"--lora_dropout 必须在 [0, 1) 之间，收到 {args.lora_dropout}。")
+    if args.deepspeed and not Path(args.deepspeed).is_file():
+        raise PsyDTError(f"--deepspeed {args.deepspeed} 不存在（示例配置在 examples/deepspeed/）。")
     if args.learning_rate <= 0:
         raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
 
@@ -125,7 +142,7 @@ def preflight(output_dir: Path, need_bytes: int) -> None:
     """Fail before loading weights for reasons knowable now: unwritable or full output folder."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
+        probe = output_dir / f".write_test.{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
@@ -165,19 +182,22 @@ def main(argv=None) -> int:
     from psydt_lora.prompt import prompt_format
     from psydt_lora.samples import build_samples, build_training_samples, dump_samples
 
-    # 1. fetch what is missing
+    # 1. fetch what is missing (under torchrun / accelerate: the main process first, the others then find it)
     model_dir = Path(args.model_local_dir)
-    if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
-        hub.ensure_model(args.model_repo, model_dir, args.hub)
-    train_file, eval_file = data_files(args)
+    with main_process_first():
+        if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
+            hub.ensure_model(args.model_repo, model_dir, args.hub)
+        train_file, eval_file = data_files(args)
 
     # 2. read dialogues, build samples
     tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
     limit = args.max_train_items if args.max_train_items > 0 else None
     train_dialogues, train_read = read_dialogues(train_file, limit=limit)
     check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
-    train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=True)
-    print_stats("训练", train_read, train_stats)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank)
+    if main_rank:
+        print_stats("训练", train_read, train_stats)
     if not train_samples:
         raise PsyDTError(f"{train_file} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
     eval_samples, data_stats = [], {"train": {"file": str(train_file), **train_read.as_dict(), **train_stats.as_dict()}}
@@ -187,9 +207,10 @@ def main(argv=None) -> int:
         eval_items = select_spread(eval_items, args.max_eval_items)
         eval_read.records = len(eval_items)
         eval_samples, eval_stats = build_samples(eval_items, tokenizer, args.max_length, last_reply_only=True)
-        print_stats("验证", eval_read, eval_stats)
+        if main_rank:
+            print_stats("验证", eval_read, eval_stats)
         data_stats["eval"] = {"file": str(eval_file), **eval_read.as_dict(), **eval_stats.as_dict()}
-    if args.dump_samples:
+    if args.dump_samples and int(os.environ.get("RANK", "0")) == 0:
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
     if args.dry_run:
@@ -214,7 +235,12 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     output_dir = Path(args.output_dir)
     device = pick_device("auto")
     dtype = pick_dtype(args.dtype, device)
-    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code)
+    quantization = T.four_bit_config(dtype) if args.load_in_4bit else None
+    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     base_config = model.config
     targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
     model = T.add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing)
@@ -260,6 +286,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         dataloader_pin_memory=device == "cuda",
         use_cpu=device == "cpu",
         ddp_find_unused_parameters=False,
+        deepspeed=args.deepspeed,
     )
     collator = T.PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
     trainer = Trainer(
@@ -287,7 +314,8 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     # 5. save: adapter + run JSON, metrics, loss curve
     metrics = {"train": result.metrics, "padding_share": round(collator.padding_share(), 4)}
     if T.is_main_process():
-        print(f"[训练] padding 占比 {100 * collator.padding_share():.1f}%（--group_by_length 可以减少）", flush=True)
+        hint = "（--group_by_length 可以减少）" if collator.padding_share() > 0.05 and not args.group_by_length else ""
+        print(f"[训练] padding 占比 {100 * collator.padding_share():.1f}%{hint}", flush=True)
     if do_eval:
         metrics["eval"] = trainer.evaluate()
     if trainer.is_world_process_zero():

@@ -50,18 +50,25 @@ def load_tokenizer(path, trust_remote_code: bool = False):
     return tok
 
 
-def load_base_model(path, dtype, device: str | None = None, trust_remote_code: bool = False):
+def load_base_model(path, dtype, device: str | None = None, trust_remote_code: bool = False, quantization_config=None):
     from transformers import AutoModelForCausalLM
 
+    extra = {"quantization_config": quantization_config, "device_map": {"": _local_cuda()}} if quantization_config else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            str(path), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **extra
         )
     except (OSError, ValueError) as err:
         raise PsyDTError(f"无法从 {path} 加载模型（只加载 safetensors 权重）：{err}") from None
     if device:
         model.to(device)
     return model
+
+
+def _local_cuda() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def read_run_info(adapter_dir) -> dict:

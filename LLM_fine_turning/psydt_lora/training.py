@@ -49,6 +49,24 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules, gradient
     return get_peft_model(model, config)
 
 
+def four_bit_config(compute_dtype):
+    """QLoRA: NF4 weights with double quantisation, computing in bf16/fp16. CUDA + bitsandbytes only."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PsyDTError("--load_in_4bit（QLoRA）需要 NVIDIA GPU（CUDA）；这台机器没有，请去掉 --load_in_4bit。")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise PsyDTError("--load_in_4bit 需要 bitsandbytes：pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if compute_dtype == torch.float32:
+        compute_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
 class SampleDataset:
     """A list of samples as the Trainer wants them (dicts of token id lists)."""
 
