@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample_mode", choices=("shared_prefix", "per_turn", "dialogue"), default="shared_prefix",
                    help="shared_prefix: per_turn's exact loss, history stored once per dialogue; per_turn: one sample per reply; "
                         "dialogue: all replies in one sequence (a different objective)")
+    g.add_argument("--pack_length", type=int, default=0,
+                   help="shared_prefix: max tokens per packed sequence (0: 1.5 x max_length); no reply ever sees more than max_length")
     g.add_argument("--trust_remote_code", action="store_true", help="allow the model folder to run its own Python code")
 
     g = p.add_argument_group("训练")
@@ -195,7 +197,8 @@ def main(argv=None) -> int:
     train_dialogues, train_read = read_dialogues(train_file, limit=limit)
     check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank)
+    train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
+                                                        pack_length=args.pack_length or None)
     if main_rank:
         print_stats("训练", train_read, train_stats)
     if not train_samples:

@@ -44,6 +44,43 @@ def render(tokenizer, messages, add_generation_prompt: bool, enable_thinking: bo
     return rendered[0]
 
 
+PARALLEL_FROM = 1000  # render in worker processes from this many conversations on
+
+
+def _render_chunk(job):
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    template, kwargs, conversations, add_generation_prompt, enable_thinking = job
+    out, _ = render_jinja_template(conversations=conversations, chat_template=template,
+                                   add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, **kwargs)
+    return out
+
+
+def render_many(tokenizer, conversations, add_generation_prompt: bool, enable_thinking: bool = False) -> list[str]:
+    """`render` for many conversations; big batches use all CPU cores (same template, same result)."""
+    import multiprocessing
+    import os
+
+    workers = min(os.cpu_count() or 1, 8)
+    if len(conversations) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [render(tokenizer, c, add_generation_prompt, enable_thinking) for c in conversations]
+    template, kwargs = tokenizer.get_chat_template(), _template_kwargs(tokenizer)
+    size = -(-len(conversations) // (workers * 4))
+    jobs = [(template, kwargs, conversations[i:i + size], add_generation_prompt, enable_thinking)
+            for i in range(0, len(conversations), size)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return [text for chunk in pool.map(_render_chunk, jobs) for text in chunk]
+
+
+def encode_many(tokenizer, texts) -> list[list[int]]:
+    """Token ids of many texts (no special tokens added); skips offset bookkeeping when the
+    tokenizer's Rust backend offers it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
 def clean_history(messages) -> list[dict]:
     """History as the model should see it: think blocks removed from earlier replies."""
     out = []

@@ -22,11 +22,12 @@ that does not fit, the reply's end is cut; if the context alone does not fit, th
 import json
 from dataclasses import asdict, dataclass, field
 
-from .prompt import encode, end_of_turn_id, fit_history, generation_prompt, prompt_ids, render, round_starts
+from .prompt import (encode, encode_many, end_of_turn_id, fit_history, generation_prompt, prompt_ids, render,
+                     render_many, round_starts)
 
 IGNORE_INDEX = -100
 SELF_CHECK_DIALOGUES = 3
-CHUNK = 256  # dialogues rendered and tokenised per batch
+CHUNK = 512  # dialogues tokenised per batch
 
 
 @dataclass
@@ -65,15 +66,18 @@ class SampleStats:
 
 
 class _Builder:
-    def __init__(self, tokenizer, max_length: int, enable_thinking: bool):
+    def __init__(self, tokenizer, max_length: int, enable_thinking: bool, pack_length: int | None = None):
         self.tok = tokenizer
         self.max_length = max_length
+        self.pack_length = pack_length or max_length
         self.enable_thinking = enable_thinking
         self.gen_ids = encode(tokenizer, generation_prompt(tokenizer, enable_thinking))
         self.turn_start = self.gen_ids[0]
         self.eot = end_of_turn_id(tokenizer)
         self.stats = SampleStats()
         self.fast_ok = True
+        self.span_ok = True  # truncated contexts can be spliced from token spans (checked on the first ones)
+        self.span_checks = 0
 
     # -- exact path -------------------------------------------------------------------------------
     def exact_context(self, messages, a: int, reply_len: int, first_round: int = 0):
@@ -84,6 +88,77 @@ class _Builder:
         return None if room <= 0 else (ids, dropped, room)
 
     # -- one dialogue -----------------------------------------------------------------------------
+    def direct_packs(self, d, targets, ctx_ids, reply_ids):
+        """shared_prefix built straight from the dialogue's one tokenisation, without materialising
+        per-reply samples. Each reply's per_turn context is system + messages[j:a] (j = first kept
+        message; the whole history when nothing is dropped), found by token-span arithmetic as in
+        `dialogue_samples`. Consecutive replies with the same j share a trunk; a pack closes when the
+        next branch would not fit in pack_length. None when the general path is needed."""
+        if not (self.fast_ok and self.span_ok):
+            return None
+        msgs = d.messages
+        starts = [i for i, t in enumerate(ctx_ids) if t == self.turn_start]
+        if len(starts) != targets[-1] + 1 or ctx_ids[-len(self.gen_ids):] != self.gen_ids:
+            return None
+        if any(msgs[a - 1]["role"] != "user" for a in targets):
+            return None
+        has_sys = msgs[0]["role"] == "system"
+        sys_len = starts[1] if has_sys else 0
+        first_body = 1 if has_sys else 0
+        g = len(self.gen_ids)
+        st = self.stats
+        plan = []  # (j, a, reply) per reply; j = first kept message index
+        for a, reply in zip(targets, reply_ids):
+            j = first_body
+            if starts[a] + g + len(reply) > self.max_length:
+                rounds = round_starts(msgs[:a])
+                j = rounds[-1]
+                for i in rounds:
+                    if sys_len + starts[a] - starts[i] + g + len(reply) <= self.max_length:
+                        j = i
+                        break
+                ctx_len = sys_len + starts[a] - starts[j] + g
+                if ctx_len >= self.max_length:
+                    st.dropped_too_long_samples += 1
+                    continue
+                if j != first_body:
+                    st.truncated_history_samples += 1
+                    st.dropped_rounds += rounds.index(j)
+                if ctx_len + len(reply) > self.max_length:
+                    st.truncated_reply_samples += 1
+                    reply = reply[: self.max_length - ctx_len]
+            plan.append((j, a, reply))
+            length = sys_len + starts[a] - starts[j] + g + len(reply)
+            st.samples += 1
+            st.tokens += length
+            st.supervised_tokens += len(reply)
+            st.max_sample_tokens = max(st.max_sample_tokens, length)
+        packs, cur = [], None
+        for turn, (j, a, reply) in enumerate(plan):
+            head = ctx_ids[:sys_len] if j != first_body else []
+            visible = len(head) + starts[a] - starts[j] if j != first_body else starts[a]
+            if cur is not None and cur["j"] == j and visible + cur["branches"] + g + len(reply) <= self.pack_length:
+                cur["a"] = a
+                cur["items"].append((turn, a, visible, reply))
+                cur["branches"] += g + len(reply)
+                continue
+            cur = {"j": j, "a": a, "head": head, "items": [(turn, a, visible, reply)], "branches": g + len(reply)}
+            packs.append(cur)
+        out = []
+        for p in packs:
+            j = p["j"]
+            trunk = ctx_ids[:starts[p["a"]]] if j == first_body else p["head"] + ctx_ids[starts[j]:starts[p["a"]]]
+            ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
+            for turn, a, visible, reply in p["items"]:
+                spans.append((len(ids), visible))
+                ids += self.gen_ids
+                ids += reply
+                labels += [IGNORE_INDEX] * g
+                labels += reply
+                pos += range(visible, visible + g + len(reply))
+            out.append(Sample(d.index, [it[0] for it in p["items"]], [it[1] for it in p["items"]], ids, labels, pos, spans))
+        return out
+
     def dialogue_samples(self, d, targets, ctx_ids, reply_ids, check: bool):
         msgs = d.messages
         starts = [i for i, t in enumerate(ctx_ids) if t == self.turn_start] if ctx_ids is not None else []
@@ -110,7 +185,7 @@ class _Builder:
                         )
                         context = None
                 if context is not None and len(context) + len(reply) > self.max_length:
-                    # Skip the rounds the token spans already show to be too long, then render exactly.
+                    # Drop the oldest rounds by token spans: system + the most recent rounds that fit.
                     sys_len = starts[1] if has_sys else 0
                     rounds = round_starts(msgs[:a])
                     first = len(rounds) - 1
@@ -118,9 +193,19 @@ class _Builder:
                         if sys_len + starts[a] - starts[i] + len(self.gen_ids) + len(reply) <= self.max_length:
                             first = r
                             break
+                    spliced = ctx_ids[:sys_len] + ctx_ids[starts[rounds[first]]: starts[a]] + self.gen_ids
+                    result = None
+                    if self.span_checks < SELF_CHECK_DIALOGUES or not self.span_ok:
+                        # the same self-check as above, for contexts whose oldest rounds were dropped
+                        self.span_checks += 1
+                        self.stats.exact_path_samples += 1
+                        result = self.exact_context(msgs, a, len(reply), first_round=first)
+                        if result is None or result[0] != spliced:
+                            self.span_ok = False
+                    if self.span_ok:
+                        room = min(len(reply), self.max_length - len(spliced))
+                        result = (spliced, first, room) if room > 0 else None
                     context = None
-                    result = self.exact_context(msgs, a, len(reply), first_round=first)
-                    self.stats.exact_path_samples += 1
                     if result is None:
                         self.stats.dropped_too_long_samples += 1
                         continue
@@ -143,11 +228,13 @@ class _Builder:
             out.append(Sample(d.index, turn, a, ids, labels))
         return out
 
-    def add(self, sample: Sample):
+    def add(self, sample: Sample, supervised: int | None = None):
         s = self.stats
         s.samples += 1
         s.tokens += len(sample.input_ids)
-        s.supervised_tokens += sum(1 for x in sample.labels if x != IGNORE_INDEX)
+        if supervised is None:
+            supervised = sum(1 for x in sample.labels if x != IGNORE_INDEX)
+        s.supervised_tokens += supervised
         s.max_sample_tokens = max(s.max_sample_tokens, len(sample.input_ids))
 
 
@@ -158,11 +245,22 @@ def build_samples(
     last_reply_only: bool = False,
     enable_thinking: bool = False,
     progress: bool = False,
+    pack: bool = False,
+    pack_length: int | None = None,
 ):
-    """Build per-reply samples. `last_reply_only` is for single-turn-split eval items, whose only
-    target is the final (reference) reply. Returns (samples, SampleStats)."""
-    b = _Builder(tokenizer, max_length, enable_thinking)
+    """Build per-reply samples (or, with `pack`, shared_prefix packs of them). `last_reply_only` is for
+    single-turn-split eval items, whose only target is the final (reference) reply.
+    Returns (samples, SampleStats); in pack mode the stats count packs and keep per_turn's counts beside."""
+    pack_length = pack_length or default_pack_length(max_length)
+    b = _Builder(tokenizer, max_length, enable_thinking, pack_length)
     samples: list[Sample] = []
+    packs: list[Sample] = []
+    plans = []
+    for d in dialogues:
+        targets = d.targets()
+        plans.append(targets[-1:] if last_reply_only else targets)
+    # every dialogue rendered once (in parallel for big corpora: the sandboxed template engine is slow)
+    all_contexts = render_many(tokenizer, [d.messages[: t[-1]] for d, t in zip(dialogues, plans)], True, enable_thinking)
     chunks = range(0, len(dialogues), CHUNK)
     if progress:
         from tqdm.auto import tqdm
@@ -170,26 +268,42 @@ def build_samples(
         chunks = tqdm(chunks, desc="构建样本", unit="批", total=len(chunks))
     for c0 in chunks:
         chunk = dialogues[c0 : c0 + CHUNK]
-        plans = []
-        for d in chunk:
-            targets = d.targets()
-            if last_reply_only:
-                targets = targets[-1:]
-            plans.append(targets)
-        contexts = [render(tokenizer, d.messages[: t[-1]], True, enable_thinking) for d, t in zip(chunk, plans)]
-        ctx_ids = tokenizer(contexts, add_special_tokens=False)["input_ids"]
-        replies = [d.messages[a]["content"] for d, t in zip(chunk, plans) for a in t]
-        reply_ids = tokenizer(replies, add_special_tokens=False)["input_ids"] if replies else []
+        chunk_plans = plans[c0 : c0 + CHUNK]
+        ctx_ids = encode_many(tokenizer, all_contexts[c0 : c0 + CHUNK])
+        replies = [d.messages[a]["content"] for d, t in zip(chunk, chunk_plans) for a in t]
+        reply_ids = encode_many(tokenizer, replies) if replies else []
         pos = 0
-        for d, targets, ids in zip(chunk, plans, ctx_ids):
+        for d, targets, ids in zip(chunk, chunk_plans, ctx_ids):
             these = [r + [b.eot] for r in reply_ids[pos : pos + len(targets)]]
             pos += len(targets)
             check = b.stats.dialogues < SELF_CHECK_DIALOGUES
-            for s in b.dialogue_samples(d, targets, ids, these, check):
-                b.add(s)
-                samples.append(s)
             b.stats.dialogues += 1
+            if pack and not check:
+                direct = b.direct_packs(d, targets, ids, these)
+                if direct is not None:
+                    packs.extend(direct)
+                    continue
+            per_turn = b.dialogue_samples(d, targets, ids, these, check)
+            for s in per_turn:
+                b.add(s, len(s.input_ids) - s.labels.count(IGNORE_INDEX))
+            if pack:
+                packs.extend(pack_shared_prefix(per_turn, len(b.gen_ids), pack_length))
+            else:
+                samples.extend(per_turn)
+    if pack:
+        st = b.stats
+        st.per_turn_samples, st.per_turn_tokens = st.samples, st.tokens
+        st.samples, st.tokens = len(packs), sum(len(p.input_ids) for p in packs)
+        st.max_sample_tokens = max((len(p.input_ids) for p in packs), default=0)
+        return packs, st
     return samples, b.stats
+
+
+def default_pack_length(max_length: int) -> int:
+    """A pack holds one history and every reply's branch, so it may be longer than any one per_turn
+    sample (whose context stays within max_length): 1.5x max_length fits a typical PsyDTCorpus
+    dialogue (~1,500 history tokens plus ~18 short replies) in one pack at the default 2048."""
+    return max_length + max_length // 2
 
 
 def pack_shared_prefix(samples: list[Sample], gen_len: int, max_length: int) -> list[Sample]:
@@ -199,7 +313,7 @@ def pack_shared_prefix(samples: list[Sample], gen_len: int, max_length: int) -> 
     prompt and the reply. Each branch sees only the part of the trunk that is its own per_turn context
     (a 4-D mask built by `PackCollator`), and its position ids continue from that context, so every reply
     is predicted from exactly what per_turn gives it. Samples join a pack while their context extends
-    the trunk and the pack fits in `max_length`; a truncated context (older rounds dropped) does not
+    the trunk and the pack fits in `max_length` (the pack length); a truncated context (older rounds dropped) does not
     extend the trunk and so starts a new window.
     """
     packs, cur = [], None
@@ -271,23 +385,13 @@ def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinkin
 SAMPLE_MODES = ("shared_prefix", "per_turn", "dialogue")
 
 
-def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix", enable_thinking=False, progress=False):
+def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix", enable_thinking=False, progress=False,
+                           pack_length=None):
     """Samples for `mode`; see README for what each one trains. Returns (samples, SampleStats)."""
     if mode == "dialogue":
         return build_dialogue_samples(dialogues, tokenizer, max_length, enable_thinking, progress)
-    samples, stats = build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress)
-    if mode == "per_turn":
-        return samples, stats
-    gen_len = len(encode(tokenizer, generation_prompt(tokenizer, enable_thinking)))
-    by_dialogue: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_dialogue.setdefault(s.dialogue_index, []).append(s)
-    packs = [p for group in by_dialogue.values() for p in pack_shared_prefix(group, gen_len, max_length)]
-    stats.per_turn_samples, stats.per_turn_tokens = stats.samples, stats.tokens
-    stats.samples = len(packs)
-    stats.tokens = sum(len(p.input_ids) for p in packs)
-    stats.max_sample_tokens = max((len(p.input_ids) for p in packs), default=0)
-    return packs, stats
+    return build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress,
+                         pack=mode == "shared_prefix", pack_length=pack_length)
 
 
 def dump_samples(samples, path) -> None:

@@ -1,0 +1,146 @@
+"""Benchmark 3: per_turn vs shared_prefix on one GPU at the real Qwen3-1.7B shape (random weights).
+
+    python bench/gpu_check.py                      # H100/H200: ~3-4 minutes, nothing to download
+    python bench/gpu_check.py --tiny --steps 2     # a smoke test on CPU
+
+Needs the real Qwen3 tokenizer + config and the PsyDTCorpus-shaped data: ../shared/assets by default,
+or --assets DIR with qwen3-tokenizer/, psydt-sample/, psydt-shaped/. Builds Qwen3-1.7B from config.json
+with random weights (bf16), LoRA r=8 on all linear layers, activation checkpointing, max_length 2048,
+and trains a few optimizer steps per mode and attention kernel. Prints tokens/s, supervised tokens/s,
+MFU and peak memory.
+
+FLOPs are counted honestly per processed token: every matmul forward (2 x params), its recomputation
+under activation checkpointing (decoder layers only), the backward pass for activations (2 x params;
+frozen base weights get no weight gradient) and LoRA's weight gradients, plus attention scores and
+values over exactly the key positions the mask allows (forward, recompute, backward = 2x forward).
+MFU divides by --peak_tflops (989 for H100/H200 SXM dense bf16).
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "LLM_fine_turning"))
+sys.path.insert(0, str(HERE))
+
+
+def flops_per_batch(cfg, batch, lora_r, recompute=True):
+    """Model FLOPs of one training step on `batch` (see module docstring)."""
+    d, f, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    hd, nq, nkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+    per_layer = d * nq * hd + 2 * d * nkv * hd + nq * hd * d + 3 * d * f  # q,k,v,o + gate,up,down
+    lora_per_layer = lora_r * ((d + nq * hd) + 2 * (d + nkv * hd) + (nq * hd + d) + 2 * (d + f) + (f + d))
+    mask = batch["attention_mask"]
+    tokens = int(batch["input_ids"].numel())
+    if mask.dim() == 4:
+        keys = int(mask.sum())  # allowed (query, key) pairs
+        real = int(mask.any(-1).sum())
+    else:
+        lengths = mask.sum(-1)
+        keys = int((lengths * (lengths + 1) // 2).sum())
+        real = int(lengths.sum())
+    tokens = real
+    layers_fwd = 2 * (per_layer + lora_per_layer) * tokens * L
+    attn_fwd = 2 * 2 * nq * hd * keys * L  # QK^T and AV
+    head_fwd = 2 * d * V * tokens
+    fwd = layers_fwd + attn_fwd + head_fwd
+    recompute_cost = (layers_fwd + attn_fwd) if recompute else 0
+    bwd = 2 * per_layer * tokens * L + 2 * 2 * lora_per_layer * tokens * L + 2 * attn_fwd + 2 * head_fwd
+    return fwd + recompute_cost + bwd
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--assets", default=str(HERE.parent.parent / "shared" / "assets"))
+    p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per configuration")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--grad_accum", type=int, default=4)
+    p.add_argument("--max_length", type=int, default=2048)
+    p.add_argument("--attn", default="sdpa,flex_attention", help="attention kernels to try")
+    p.add_argument("--peak_tflops", type=float, default=989.0)
+    p.add_argument("--tiny", action="store_true", help="2 small layers on CPU, to check the script runs")
+    args = p.parse_args()
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    import corpus
+    from psydt_lora.samples import IGNORE_INDEX, build_training_samples
+    from psydt_lora.training import PackCollator
+
+    assets = Path(args.assets)
+    corpus.ASSETS, corpus.TOKENIZER = assets, assets / "qwen3-tokenizer"
+    tok = AutoTokenizer.from_pretrained(str(assets / "qwen3-tokenizer"))
+    cfg_dict = json.loads((assets / "qwen3-tokenizer" / "config.json").read_text())
+    cfg = Qwen3Config(**{k: v for k, v in cfg_dict.items() if k not in ("architectures", "transformers_version")})
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    if args.tiny:
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.layer_types = 2, 64, 128, ["full_attention"] * 2
+        cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 4, 2, 16
+    dialogues = corpus.build(400 if not args.tiny else 12)
+    print(f"device {device}; corpus: {corpus.describe(dialogues)}")
+    results = []
+    for attn in args.attn.split(","):
+        for mode in ("per_turn", "shared_prefix"):
+            torch.manual_seed(0)
+            samples, stats = build_training_samples(dialogues, tok, args.max_length, mode)
+            try:
+                cfg._attn_implementation = attn
+                model = Qwen3ForCausalLM(cfg).to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+                model.config.use_cache = False
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.enable_input_require_grads()
+                model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM",
+                                                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+                opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+                collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8)
+                feats = [{k: v for k, v in {"input_ids": s.input_ids, "labels": s.labels, "position_ids": s.position_ids,
+                                             "branches": s.branches}.items() if v is not None} for s in samples]
+                per_step = args.batch_size * args.grad_accum
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                flops = tokens = supervised = 0
+                t0 = None
+                for step in range(args.warmup + args.steps):
+                    if step == args.warmup:
+                        if device == "cuda":
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                    chunk = feats[(step * per_step) % len(feats):][:per_step]
+                    micro = [collate(chunk[i:i + args.batch_size]) for i in range(0, len(chunk), args.batch_size)]
+                    n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+                    for b in micro:
+                        if step >= args.warmup:
+                            flops += flops_per_batch(cfg, b, 8)
+                            tokens += int(b["attention_mask"].any(-1).sum()) if b["attention_mask"].dim() == 4 else int(b["attention_mask"].sum())
+                            supervised += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+                        b = {k: v.to(device) for k, v in b.items()}
+                        model(**b, num_items_in_batch=n).loss.backward()
+                    opt.step()
+                    opt.zero_grad()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                secs = time.perf_counter() - t0
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+                results.append((attn, mode, tokens / secs, supervised / secs, flops / secs / 1e12 / args.peak_tflops, peak, stats.tokens / stats.supervised_tokens))
+            except Exception as err:  # e.g. a kernel that does not take these masks
+                print(f"[{attn} / {mode}] failed: {type(err).__name__}: {str(err)[:200]}")
+            finally:
+                model = opt = None
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+    print(f"{'attention':<16}{'mode':<15}{'tokens/s':>11}{'superv. tok/s':>15}{'MFU':>8}{'peak GiB':>10}{'tokens per superv.':>20}")
+    for attn, mode, tps, sps, mfu, peak, ratio in results:
+        print(f"{attn:<16}{mode:<15}{tps:>11,.0f}{sps:>15,.0f}{100 * mfu:>7.1f}%{peak:>10.1f}{ratio:>20.1f}")
+    by = {(a, m): s for a, m, _, s, *_ in results}
+    for attn in args.attn.split(","):
+        if (attn, "per_turn") in by and (attn, "shared_prefix") in by:
+            print(f"{attn}: shared_prefix trains {by[(attn, 'shared_prefix')] / by[(attn, 'per_turn')]:.2f}x more supervised tokens per second")
+
+
+if __name__ == "__main__":
+    main()

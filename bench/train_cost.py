@@ -1,0 +1,87 @@
+"""Benchmark 2: the cost of one epoch in each sample mode, on CPU, same data, same model.
+
+    python bench/train_cost.py [--dialogues 6] [--batch_size 2]
+
+A small random Qwen3 (2 layers, hidden 64, the real 151,936-token vocabulary) with LoRA on all linear
+layers trains one epoch over the first dialogues of psydt-shaped/train.json (real tokenizer) in
+per_turn, shared_prefix and dialogue modes. Each mode runs in its own process so peak memory (max RSS)
+is its own. Ratios are against per_turn, measured in the same run.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from corpus import ASSETS, TOKENIZER, require_assets
+
+
+def run_mode(mode, n_dialogues, batch_size, max_length):
+    import resource
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from psydt_lora.dialogues import read_dialogues
+    from psydt_lora.samples import IGNORE_INDEX, build_training_samples
+    from psydt_lora.training import PackCollator
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    dialogues, _ = read_dialogues(ASSETS / "psydt-shaped" / "train.json", limit=n_dialogues)
+    samples, stats = build_training_samples(dialogues, tok, max_length, mode)
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192)
+    model = get_peft_model(Qwen3ForCausalLM(config), LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    collate = PackCollator(tok.pad_token_id)
+    feats = [{k: v for k, v in {"input_ids": s.input_ids, "labels": s.labels, "position_ids": s.position_ids,
+                                 "branches": s.branches}.items() if v is not None} for s in samples]
+    start = time.perf_counter()
+    for i in range(0, len(feats), batch_size):
+        batch = collate(feats[i:i + batch_size])
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        model(**batch, num_items_in_batch=n).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    wall = time.perf_counter() - start
+    return {
+        "mode": mode, "sequences": len(samples), "tokens": stats.tokens, "supervised": stats.supervised_tokens,
+        "padding_share": collate.padding_share(), "seconds": wall,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dialogues", type=int, default=6)
+    p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--max_length", type=int, default=2048)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    require_assets()
+    if args.one:
+        print(json.dumps(run_mode(args.one, args.dialogues, args.batch_size, args.max_length)))
+        return
+    rows = []
+    for mode in ("per_turn", "shared_prefix", "dialogue"):
+        out = subprocess.run([sys.executable, __file__, "--one", mode, "--dialogues", str(args.dialogues),
+                              "--batch_size", str(args.batch_size), "--max_length", str(args.max_length)],
+                             capture_output=True, text=True, cwd=Path(__file__).parent, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"{args.dialogues} dialogues of psydt-shaped, batch size {args.batch_size}, CPU, 2-layer Qwen3 with the real vocabulary")
+    print(f"{'mode':<14}{'seqs':>6}{'tokens':>9}{'superv.':>9}{'padding':>9}{'seconds':>9}{'sup tok/s':>11}{'peak MiB':>10}{'tokens ratio':>14}{'sup tok/s ratio':>17}")
+    for r in rows:
+        rate = r["supervised"] / r["seconds"]
+        print(f"{r['mode']:<14}{r['sequences']:>6}{r['tokens']:>9,}{r['supervised']:>9,}{100 * r['padding_share']:>8.1f}%"
+              f"{r['seconds']:>9.1f}{rate:>11.1f}{r['peak_rss_mib']:>10.0f}{base['tokens'] / r['tokens']:>13.2f}x"
+              f"{rate / (base['supervised'] / base['seconds']):>16.2f}x")
+    print("shared_prefix trains exactly per_turn's objective; dialogue mode trains a different one (see README).")
+
+
+if __name__ == "__main__":
+    main()
