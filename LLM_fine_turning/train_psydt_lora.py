@@ -26,8 +26,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation
 
 from psydt_lora.errors import PsyDTError, run_cli  # noqa: E402
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE  # noqa: E402
-
-DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+from psydt_lora.training import DEFAULT_TARGET_MODULES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
     g.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha (scale = alpha / r)")
     g.add_argument("--lora_dropout", type=float, default=0.1, help="dropout on the LoRA input")
-    g.add_argument("--target_modules", default=DEFAULT_TARGETS, help="comma-separated linear layers that get LoRA")
+    g.add_argument("--target_modules", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated linear layers that get LoRA")
 
     g = p.add_argument_group("记录")
     g.add_argument("--report_to", default="swanlab", help="swanlab, none, or other Trainer reporters (comma-separated)")

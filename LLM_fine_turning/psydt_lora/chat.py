@@ -2,6 +2,7 @@
 
 Works the same on a terminal and with piped stdin (so it can be scripted and tested).
 """
+import contextlib
 import json
 import os
 import sys
@@ -76,12 +77,7 @@ class Chat:
                 self.out.write(visible)
                 self.out.flush()
 
-        import contextlib
-
-        ctx = contextlib.nullcontext()
-        if not adapter:
-            ctx = self.model.disable_adapter()
-        with ctx:
+        with contextlib.nullcontext() if adapter else self.model.disable_adapter():
             reply, interrupted = stream_reply(self.model, self.tok, ids, self.settings, show, stop)
         if screen is not None:
             rest, blocked = screen.finish(reply)
