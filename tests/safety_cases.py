@@ -223,3 +223,28 @@ EN_NEGATIVE += [
     "i'd kill for a pizza", "I'm dead tired after the gym", "this traffic is killing me", "my plants are dying",
     "I want to end this meeting early", "we studied death in philosophy class",
 ]
+
+# A fourth held-out round (recall 0.70, false alarms 0.10 before the fixes it led to).
+ZH_POSITIVE += [
+    ("我真的好想一死了之", "suicide"), ("我觉得自己活不过这个冬天了，也不想活", "suicide"), ("我在网上买了很多安眠药", "suicide"),
+    ("我已经把遗言录好了", "suicide"), ("想从十八楼跳下去", "suicide"), ("我不想再拖累家人了，走了他们就解脱了", "suicide"),
+    ("活着对我来说太难了，我想放弃生命", "suicide"), ("我用剃须刀片割了胳膊", "self_harm"),
+    ("我想狠狠地揍自己一顿，让自己疼", "self_harm"), ("我男朋友经常掐我打我", "abuse"), ("我爸说再考不好就打死我", "abuse"),
+    ("我恨他们，想让他们全都去死", "harm_others"), ("我想去学校把欺负我的人都捅了", "harm_others"),
+    ("我觉得我不该存在", "suicide"), ("我想让自己永远消失", "suicide"),
+]
+ZH_NEGATIVE += [
+    "我今天真的要累死了，加班到十点", "笑死我了这个表情包", "这部剧太虐了，哭死我了", "我们去吃火锅吧，好饿", "我想结束这段网课",
+    "他说要打我，开玩笑的啦", "我在写论文，题目是青少年自伤行为的影响因素", "医生说要按时吃药", "我奶奶上个月去世了，我很难过",
+    "我想把这些旧东西都送人，搬家用不上", "我的游戏角色死了好几次", "我想辞职离开这个公司", "那条新闻说有人被家暴",
+    "你会不会有想伤害自己的冲动？", "放假了开心死了",
+]
+EN_POSITIVE += [
+    ("I have a plan to end my life", "suicide"), ("I keep thinking about overdosing", "suicide"),
+    ("my mom hits me with a belt", "abuse"), ("I want to cut myself tonight", "self_harm"),
+    ("I'm going to kill everyone who hurt me", "harm_others"),
+]
+EN_NEGATIVE += [
+    "I'm dying to go on vacation", "she killed it on stage", "I could murder a burger right now",
+    "I cut my finger while cooking", "We discussed domestic violence in sociology class",
+]
