@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         if main_rank:
             print_stats("验证", eval_read, eval_stats)
         data_stats["eval"] = {"file": str(eval_file), **eval_read.as_dict(), **eval_stats.as_dict()}
-    if args.dump_samples and int(os.environ.get("RANK", "0")) == 0:
+    if args.dump_samples and main_rank:
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
     if args.dry_run:
