@@ -248,3 +248,80 @@ EN_NEGATIVE += [
     "I'm dying to go on vacation", "she killed it on stage", "I could murder a burger right now",
     "I cut my finger while cooking", "We discussed domestic violence in sociology class",
 ]
+
+# A fifth held-out round (recall 0.53, false alarms 0.10 before the fixes it led to).
+ZH_POSITIVE += [
+    ("人间不值得，我想走了", "suicide"), ("我已经不想再醒来面对明天了", "suicide"), ("我最近总在想，如果出车祸死了就好了", "suicide"),
+    ("我在想用什么方式结束比较不痛", "suicide"), ("每天晚上都哭着想死", "suicide"), ("我站在阳台上往下看，想着跳下去就结束了", "suicide"),
+    ("我把所有的药都吞了", "suicide"), ("我刚刚割腕了，流了好多血", "suicide"), ("我又开始用刀划手臂了", "self_harm"),
+    ("我控制不住地想打自己", "self_harm"), ("他每次喝醉都会对我动手", "abuse"), ("我被亲戚性侵了，不敢告诉任何人", "abuse"),
+    ("我妈经常用衣架抽我", "abuse"), ("我想弄死那个出轨的男人", "harm_others"), ("我真想拿刀砍了我老板", "harm_others"),
+    ("我没有办法再坚持下去了", "suicide"), ("与其这样活着，不如死了痛快", "suicide"), ("我想跟这个世界告别了", "suicide"),
+]
+ZH_NEGATIVE += [
+    "这道菜辣死了", "我快困死了，先睡了", "他的笑话把我笑死了", "我昨天熬夜看球，累得半死", "人间值得，今天的晚霞真美",
+    "我想告别单身生活", "我想离开家去外地读书", "新闻里说有人割腕自杀，好可怕", "心理课上讨论了自杀的预防", "我把药吃了，感冒好多了",
+]
+EN_POSITIVE += [
+    ("I want to die so badly", "suicide"), ("I don't want to be alive anymore", "suicide"),
+    ("I'm going to take all my pills tonight", "suicide"), ("I've been cutting again", "self_harm"),
+    ("I'm thinking of jumping in front of a train", "suicide"), ("My husband threatens to kill me if I leave", "abuse"),
+    ("Everyone would be better off if I disappeared", "suicide"), ("I wish I could fall asleep and never wake up", "suicide"),
+    ("I want to hurt the people who bullied me", "harm_others"), ("There's no way out, I want to end it", "suicide"),
+    ("I'm saying goodbye to everyone", "suicide"),
+]
+EN_NEGATIVE += [
+    "I'm so tired I could sleep for a week", "That movie was killer", "I died laughing at that video", "My battery is dying",
+    "We watched a documentary about suicide prevention", "I'd never hurt anyone", "Are you having thoughts of suicide?",
+    "I killed a spider today", "The plant died because I forgot to water it", "I'm dead set on finishing this project",
+]
+
+# A sixth held-out round (recall 0.40, false alarms 0.05 before the broader weak rules it led to).
+ZH_POSITIVE += [
+    ("我觉得活着就是在浪费空气", "suicide"), ("我想找个没人的地方安静地死去", "suicide"), ("如果明天不用醒来该多好", "suicide"),
+    ("我把这些年的日记都烧了，跟过去告别，也跟自己告别", "suicide"), ("我是不是死了大家才会在意我", "suicide"),
+    ("我好想从这个世界消失掉", "suicide"), ("我今天又用烟头烫了手", "self_harm"), ("我忍不住去抓伤自己的脸", "self_harm"),
+    ("继父会趁妈妈不在的时候摸我", "abuse"), ("我老公把我打得住院了", "abuse"), ("同学们天天围着打我", "abuse"),
+    ("我想报复那个伤害我的人，让他生不如死", "harm_others"), ("一了百了吧", "suicide"),
+]
+ZH_NEGATIVE += [
+    "这个作业难到我想哭", "我想死磕这个问题直到解决", "我们在聊电影里的死亡场景", "他说要杀了这局游戏的boss", "我妈总说我懒死了",
+    "累成狗了", "我想逃离这个城市一阵子", "老师讲了抑郁症和自杀的关系", "我朋友的猫上周死了", "我不会做傻事的，放心吧",
+]
+EN_POSITIVE += [
+    ("I feel like I'm better off dead", "suicide"), ("I've started giving away my things", "suicide"),
+    ("I have the pills in my hand right now", "suicide"), ("My girlfriend slaps me when she's angry", "abuse"),
+    ("I keep thinking about stabbing my father", "harm_others"),
+]
+EN_NEGATIVE += [
+    "I'm killing time before my flight", "This song slaps", "My computer froze and died", "I need to kill this bug in my code",
+    "We're studying self-harm prevention in nursing school", "I would never kill myself", "Have you had thoughts of hurting yourself?",
+    "I'm dying of boredom", "The hero dies at the end of the novel", "I cut my hair short",
+]
+
+# A seventh held-out round (recall 0.52, false alarms 0.16 before the fixes it led to).
+ZH_POSITIVE += [
+    ("我真的撑不住了，想去天堂找奶奶", "suicide"), ("我觉得没有我，这个家会更和睦", "suicide"), ("我写好了给每个人的信", "suicide"),
+    ("我开始查哪种药吃多了会没命", "suicide"), ("我好想睡一觉再也不醒过来", "suicide"), ("活着太累了，我想休息了，永远地", "suicide"),
+    ("我在河边坐了一下午，想跳", "suicide"), ("我一个人在宾馆，带了很多药", "suicide"), ("我用美工刀在腿上刻字", "self_harm"),
+    ("我经常拿头撞墙，撞到流血", "self_harm"), ("每次考不好我都掐自己", "self_harm"), ("他把我按在地上打", "abuse"),
+    ("我被前男友强行带走关了两天", "abuse"), ("我爸经常喝醉了拿皮带抽我妈和我", "abuse"), ("我真想开车撞死那个人", "harm_others"),
+    ("我要让欺负我的人都付出代价，我已经准备好刀了", "harm_others"), ("不想活了真的", "suicide"), ("我死了就好了", "suicide"),
+    ("我是家里的累赘，死了对谁都好", "suicide"), ("我想去死一死", "suicide"),
+]
+ZH_NEGATIVE += [
+    "笑得肚子疼死了", "这个游戏太难了，气死", "我困得要死，明早再说", "今天跑步跑到快死了", "看这部剧把我哭死",
+    "我想结束今天的工作早点睡", "我离开了那家公司，很开心", "这本书讲的是二战时期的死亡集中营", "研究显示青少年自伤率在上升",
+    "我的狗狗去年去世了", "他说他想死你了，哈哈", "你最近有没有轻生的想法？", "如果你觉得撑不下去，可以随时打热线",
+    "我以前想过自杀，现在好多了", "我想把旧手机砸了",
+]
+EN_POSITIVE += [
+    ("I'm done, I can't live like this anymore", "suicide"), ("I've written letters to my family to say goodbye", "suicide"),
+    ("I keep punching walls and hurting my hands on purpose", "self_harm"), ("My uncle touches me and I don't know what to do", "abuse"),
+    ("I'm planning to hurt my ex", "harm_others"),
+]
+EN_NEGATIVE += [
+    "I'm literally dying, this is so funny", "My phone is dead again", "I'm so done with this homework", "I'd kill for some sleep",
+    "The documentary was about domestic abuse survivors", "I used to self-harm but I've been clean for two years",
+    "Are you safe right now?", "We lost the game, it was brutal", "I hurt my knee playing soccer", "That exam killed me",
+]

@@ -95,15 +95,17 @@ def detect(text: str, rules=None) -> Detection:
     counsellor = bool(ctx["counsellor"].search(t)) and not first_person
     resolved = bool(ctx["resolved"].search(t))
     news = bool(ctx["news_or_study"].search(t)) and not first_person
+    about_others_only = news and not re.search(r"我|\bi\b|\bme\b|\bmy\b", t)  # news with no "I" in it at all
     weak_blocked = news or (bool(ctx["third_party"].search(t) or ctx["bereavement_or_things"].search(t)) and not first_person)
+    things = bool(ctx["bereavement_or_things"].search(t)) and not first_person
     combo_blocked = news or counsellor or resolved or bool(ctx["bereavement_or_things"].search(t))
     found = Detection()
     for rule in r["rules"]:
         for m in rule.regex.finditer(t):
             if _negated(t, m.start(), r):
                 continue
-            blocked = news if rule.weak == "news" else (rule.weak and weak_blocked)
-            if counsellor or blocked or (resolved and rule.level == "concern"):
+            blocked = (news or things) if rule.weak == "news" else (rule.weak and weak_blocked)
+            if counsellor or blocked or about_others_only or (resolved and rule.level == "concern"):
                 continue
             found.matches.append((rule.category, rule.level, m.group(0)))
     if not combo_blocked:
