@@ -325,3 +325,28 @@ EN_NEGATIVE += [
     "The documentary was about domestic abuse survivors", "I used to self-harm but I've been clean for two years",
     "Are you safe right now?", "We lost the game, it was brutal", "I hurt my knee playing soccer", "That exam killed me",
 ]
+
+# An eighth held-out round (recall 0.70, false alarms 0.10 before the fixes it led to).
+ZH_POSITIVE += [
+    ("我不想再这样下去了，想永远解脱", "suicide"), ("我觉得我活着就是个笑话，不如死掉", "suicide"), ("今晚是我最后一个晚上了", "suicide"),
+    ("我把银行卡密码都告诉我妹了，以后她用得上", "suicide"), ("我爬到了楼顶，风很大", "suicide"), ("刚才吃了半瓶安眠药，有点晕", "suicide"),
+    ("我想让自己疼，这样心里会好受点", "self_harm"), ("我用针扎自己的手指", "self_harm"), ("我老婆拿刀威胁我", "abuse"),
+    ("我男朋友不让我见朋友，还查我手机，不听话就打我", "abuse"), ("小时候被邻居叔叔侵犯过", "abuse"),
+    ("我真想一把火烧了他们家", "harm_others"), ("我想把那个造谣的人打死", "harm_others"), ("活着好没意思啊", "suicide"),
+    ("我不配被爱，也不配活着", "suicide"),
+]
+ZH_NEGATIVE += [
+    "这天冷得要死", "我妈做的菜太咸了，咸死了", "我们讨论了电影《活着》", "你是不是有伤害自己的念头？", "这首歌让我感动死了",
+    "我想离开这个群聊", "他们说要杀价，我不同意", "我的花全部枯死了", "我好开心啊今天", "我不会去死的，别担心",
+]
+EN_POSITIVE += [
+    ("I want to end everything tonight", "suicide"), ("I'm standing on the bridge right now", "suicide"),
+    ("I hate myself so much I want to hurt myself", "self_harm"), ("My brother beats me when our parents aren't home", "abuse"),
+    ("I'm going to make them all pay, I have a knife", "harm_others"),
+]
+EN_NEGATIVE += [
+    "I'm dying to know what happens next", "My car battery died this morning", "Let's kill some time at the mall",
+    "He died in the movie and I cried", "The lecture covered suicide risk factors", "If you ever feel like hurting yourself, call someone",
+    "I've never thought about killing myself", "I'm over the moon today", "That workout nearly killed me",
+    "My grandfather died peacefully last year",
+]

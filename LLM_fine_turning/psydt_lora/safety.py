@@ -63,6 +63,7 @@ def load_rules(path=LEXICON):
         "benign": re.compile("|".join(f"(?:{p})" for p in data["benign"])),
         "negation": re.compile(data["negation"]),
         "not_negation": re.compile(data["negation_exceptions"]),
+        "negation_en": re.compile(data["negation_en"]),
         "context": ctx,
         "rules": rules,
         "combos": combos,
@@ -83,7 +84,7 @@ def _negated(text: str, start: int, rules) -> bool:
     """A negation closes the clause right before the match ("不会", "从来没想过" ...); phrases like
     "忍不住" / "控制不住" contain 不 but are not negations."""
     before = rules["not_negation"].sub(_blank, text[:start])
-    return bool(rules["negation"].search(before))
+    return bool(rules["negation"].search(before) or rules["negation_en"].search(before))
 
 
 def detect(text: str, rules=None) -> Detection:
@@ -104,7 +105,10 @@ def detect(text: str, rules=None) -> Detection:
         for m in rule.regex.finditer(t):
             if _negated(t, m.start(), r):
                 continue
-            blocked = (news or things) if rule.weak == "news" else (rule.weak and weak_blocked)
+            if rule.weak == "news":  # violence words name someone else anyway: only news/study (and games) block them
+                blocked = news or (things and rule.category == "harm_others")
+            else:
+                blocked = rule.weak and weak_blocked
             if counsellor or blocked or about_others_only or (resolved and rule.level == "concern"):
                 continue
             found.matches.append((rule.category, rule.level, m.group(0)))
