@@ -70,7 +70,7 @@ def main():
 
     import corpus
     from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-    from psydt_lora.training import PackCollator
+    from psydt_lora.training import PackCollator, features
 
     assets = Path(args.assets)
     corpus.ASSETS, corpus.TOKENIZER = assets, assets / "qwen3-tokenizer"
@@ -98,8 +98,7 @@ def main():
                                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
                 opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
                 collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8)
-                feats = [{k: v for k, v in {"input_ids": s.input_ids, "labels": s.labels, "position_ids": s.position_ids,
-                                             "branches": s.branches}.items() if v is not None} for s in samples]
+                feats = [features(s) for s in samples]
                 per_step = args.batch_size * args.grad_accum
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()

@@ -26,7 +26,7 @@ def run_mode(mode, n_dialogues, batch_size, max_length):
 
     from psydt_lora.dialogues import read_dialogues
     from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-    from psydt_lora.training import PackCollator
+    from psydt_lora.training import PackCollator, features
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
@@ -38,8 +38,7 @@ def run_mode(mode, n_dialogues, batch_size, max_length):
                                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     collate = PackCollator(tok.pad_token_id)
-    feats = [{k: v for k, v in {"input_ids": s.input_ids, "labels": s.labels, "position_ids": s.position_ids,
-                                 "branches": s.branches}.items() if v is not None} for s in samples]
+    feats = [features(s) for s in samples]
     start = time.perf_counter()
     for i in range(0, len(feats), batch_size):
         batch = collate(feats[i:i + batch_size])

@@ -4,7 +4,7 @@ import pytest
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.dialogues import read_dialogues
 from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-from psydt_lora.training import PackCollator
+from psydt_lora.training import PackCollator, features
 
 
 def real_dialogues():
@@ -51,12 +51,11 @@ def loss_and_grads(model, samples, collate, micro_batch=2):
     """One optimizer step's loss and gradients as the Trainer computes them: micro-batches accumulated,
     each loss summed over tokens and divided by the step's total supervised tokens (num_items_in_batch)."""
     model.zero_grad()
-    features = [{k: v for k, v in {"input_ids": s.input_ids, "labels": s.labels, "position_ids": s.position_ids,
-                                    "branches": s.branches}.items() if v is not None} for s in samples]
-    n = sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in features)
+    feats = [features(s) for s in samples]
+    n = sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in feats)
     total = 0.0
-    for i in range(0, len(features), micro_batch):
-        out = model(**collate(features[i:i + micro_batch]), num_items_in_batch=n)
+    for i in range(0, len(feats), micro_batch):
+        out = model(**collate(feats[i:i + micro_batch]), num_items_in_batch=n)
         out.loss.backward()
         total += out.loss.item()
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.requires_grad}

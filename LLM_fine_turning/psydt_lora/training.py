@@ -77,12 +77,16 @@ class SampleDataset:
         return len(self.samples)
 
     def __getitem__(self, i):
-        s = self.samples[i]
-        item = {"input_ids": s.input_ids, "labels": s.labels}
-        if s.branches is not None:
-            item["position_ids"] = s.position_ids
-            item["branches"] = s.branches
-        return item
+        return features(self.samples[i])
+
+
+def features(sample) -> dict:
+    """What the collator takes from a sample (packs also carry position ids and branch spans)."""
+    item = {"input_ids": sample.input_ids, "labels": sample.labels}
+    if sample.branches is not None:
+        item["position_ids"] = sample.position_ids
+        item["branches"] = sample.branches
+    return item
 
 
 class PackCollator:
