@@ -350,3 +350,26 @@ EN_NEGATIVE += [
     "I've never thought about killing myself", "I'm over the moon today", "That workout nearly killed me",
     "My grandfather died peacefully last year",
 ]
+
+# A ninth held-out round (recall 0.55, false alarms 0.00 before the fixes it led to).
+ZH_POSITIVE += [
+    ("我想去另一个世界看看", "suicide"), ("我觉得自己就是个负担，还是走了好", "suicide"), ("我今天在网上搜了自杀的方法", "suicide"),
+    ("我手里拿着刀片，在浴室里", "suicide"), ("我已经好几天没吃饭了，就想这样饿死自己", "suicide"), ("我想喝农药", "suicide"),
+    ("不想活了，太痛苦了，谁也帮不了我", "suicide"), ("我想把自己从这个世界上抹去", "suicide"),
+    ("要是有一天我不在了，请替我照顾好我的猫", "suicide"), ("我感觉生不如死", "suicide"),
+    ("我又用指甲把手臂抓出血了", "self_harm"), ("他喝多了就拿烟头烫我", "abuse"), ("我老公逼我喝酒，不喝就打", "abuse"),
+    ("有个男人一直在楼下堵我，说要弄死我", "abuse"), ("我想杀了那个害死我妈的人", "harm_others"),
+]
+ZH_NEGATIVE += [
+    "今天的会开得我想死，太长了", "我想去另一个城市看看", "我今天在网上搜了减肥的方法", "我手里拿着刀在切菜", "这个月我饿瘦了五斤",
+    "他喝多了就爱唱歌", "这个bug折磨死我了", "我要被老板逼疯了", "他是我们班的学霸，厉害死了", "我不想活在别人的期待里",
+]
+EN_POSITIVE += [
+    ("I'm tired of living", "suicide"), ("I can't take it anymore, I want it to stop forever", "suicide"),
+    ("I took a bunch of pills an hour ago", "suicide"), ("I keep scratching my arms until they bleed", "self_harm"),
+    ("My dad locks me in my room and doesn't feed me", "abuse"),
+]
+EN_NEGATIVE += [
+    "I'm tired of this weather", "I can't take it anymore, this traffic is insane", "I took a pill for my headache",
+    "I scratched my arm on a branch", "My dad locks the door at night",
+]
