@@ -4,7 +4,6 @@ import math
 
 import pytest
 
-from conftest import DIALOGUES
 import inference_psydt_lora
 from psydt_lora.metrics import bleu4, chars, distinct, item_scores, reference_losses, rouge, summarize
 

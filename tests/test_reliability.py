@@ -115,9 +115,7 @@ def test_a_cut_short_partial_line_is_ignored_on_resume(tiny_model_dir, memorised
             "--test_file", str(test), "--test_output_file", str(out), "--no-do_sample", "--max_new_tokens", "40"]
     assert inference_psydt_lora.main(argv) == 0
     full = json.loads(out.read_text("utf-8"))
-    # simulate a kill: the partial file holds the header, one complete entry and a cut-short line
-    from psydt_lora.batch_test import _fingerprint  # noqa: F401  (the header is written by the run itself)
-
+    # simulate a kill after the first item, then a last line cut short by the kill
     out.unlink()
     partial = out.with_name(out.name + ".partial.jsonl")
     argv_crash = list(argv)

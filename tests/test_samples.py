@@ -1,5 +1,4 @@
 """Samples are exactly the chat prompt: labels on the reply and its <|im_end|> only."""
-import json
 
 import pytest
 
