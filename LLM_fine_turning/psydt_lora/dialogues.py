@@ -186,8 +186,7 @@ def group_prefix_items(items: list[Dialogue]) -> list[list[int]]:
         if (
             prev is not None
             and len(msgs) > len(prev.messages)
-            and msgs[: len(prev.messages)] == prev.messages
-            and item.id == prev.id
+            and msgs[: len(prev.messages)] == prev.messages  # ids are not relied on: files differ in how they set them
         ):
             groups[-1].append(pos)
         else:
