@@ -104,3 +104,12 @@ def test_select_spread_on_shaped_test_file():
     assert len(groups) == len({i.id for i in items})
     picked = select_spread(items, 10)
     assert len({p.id for p in picked}) == 10
+
+
+def test_items_are_grouped_by_prefix_even_when_every_item_has_its_own_id(tmp_path):
+    items = single_turn_split(DIALOGUES)
+    for i, item in enumerate(items):
+        item["id"] = f"item-{i}"
+    read, _ = read_dialogues(write(tmp_path, items))
+    assert [len(g) for g in group_prefix_items(read)] == [2, 2]
+    assert len({p.messages[1]["content"] for p in select_spread(read, 2)}) == 2  # one from each dialogue
