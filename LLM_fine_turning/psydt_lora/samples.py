@@ -87,6 +87,27 @@ class _Builder:
         room = min(reply_len, self.max_length - len(ids))
         return None if room <= 0 else (ids, dropped, room)
 
+    # -- token-span arithmetic on a dialogue's one rendering ----------------------------------------
+    def turn_starts(self, ctx_ids, targets):
+        """Token positions where each message's turn starts in the rendering of the dialogue up to its
+        last target, or None when the fast path is off or the rendering is not one turn per message
+        followed by the generation prompt."""
+        if not self.fast_ok or ctx_ids is None:
+            return None
+        starts = [i for i, t in enumerate(ctx_ids) if t == self.turn_start]
+        if len(starts) != targets[-1] + 1 or ctx_ids[-len(self.gen_ids):] != self.gen_ids:
+            return None
+        return starts
+
+    def first_fitting_round(self, msgs, a, starts, sys_len, reply_len):
+        """(rounds, r): the rounds of msgs[:a] and the oldest one from which system prompt + history +
+        generation prompt + reply fit in max_length (the last round when none does)."""
+        rounds = round_starts(msgs[:a])
+        for r, i in enumerate(rounds):
+            if sys_len + starts[a] - starts[i] + len(self.gen_ids) + reply_len <= self.max_length:
+                return rounds, r
+        return rounds, len(rounds) - 1
+
     # -- one dialogue -----------------------------------------------------------------------------
     def direct_packs(self, d, targets, ctx_ids, reply_ids):
         """shared_prefix built straight from the dialogue's one tokenisation, without materialising
@@ -94,13 +115,9 @@ class _Builder:
         message; the whole history when nothing is dropped), found by token-span arithmetic as in
         `dialogue_samples`. Consecutive replies with the same j share a trunk; a pack closes when the
         next branch would not fit in pack_length. None when the general path is needed."""
-        if not (self.fast_ok and self.span_ok):
-            return None
         msgs = d.messages
-        starts = [i for i, t in enumerate(ctx_ids) if t == self.turn_start]
-        if len(starts) != targets[-1] + 1 or ctx_ids[-len(self.gen_ids):] != self.gen_ids:
-            return None
-        if any(msgs[a - 1]["role"] != "user" for a in targets):
+        starts = self.turn_starts(ctx_ids, targets) if self.span_ok else None
+        if starts is None or any(msgs[a - 1]["role"] != "user" for a in targets):
             return None
         has_sys = msgs[0]["role"] == "system"
         sys_len = starts[1] if has_sys else 0
@@ -111,19 +128,15 @@ class _Builder:
         for a, reply in zip(targets, reply_ids):
             j = first_body
             if starts[a] + g + len(reply) > self.max_length:
-                rounds = round_starts(msgs[:a])
-                j = rounds[-1]
-                for i in rounds:
-                    if sys_len + starts[a] - starts[i] + g + len(reply) <= self.max_length:
-                        j = i
-                        break
+                rounds, r = self.first_fitting_round(msgs, a, starts, sys_len, len(reply))
+                j = rounds[r]
                 ctx_len = sys_len + starts[a] - starts[j] + g
                 if ctx_len >= self.max_length:
                     st.dropped_too_long_samples += 1
                     continue
                 if j != first_body:
                     st.truncated_history_samples += 1
-                    st.dropped_rounds += rounds.index(j)
+                    st.dropped_rounds += r
                 if ctx_len + len(reply) > self.max_length:
                     st.truncated_reply_samples += 1
                     reply = reply[: self.max_length - ctx_len]
@@ -148,26 +161,15 @@ class _Builder:
         for p in packs:
             j = p["j"]
             trunk = ctx_ids[:starts[p["a"]]] if j == first_body else p["head"] + ctx_ids[starts[j]:starts[p["a"]]]
-            ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
-            for turn, a, visible, reply in p["items"]:
-                spans.append((len(ids), visible))
-                ids += self.gen_ids
-                ids += reply
-                labels += [IGNORE_INDEX] * g
-                labels += reply
-                pos += range(visible, visible + g + len(reply))
-            out.append(Sample(d.index, [it[0] for it in p["items"]], [it[1] for it in p["items"]], ids, labels, pos, spans))
+            branches = [(visible, self.gen_ids + reply, [IGNORE_INDEX] * g + reply, turn, a)
+                        for turn, a, visible, reply in p["items"]]
+            out.append(assemble_pack(d.index, trunk, branches))
         return out
 
     def dialogue_samples(self, d, targets, ctx_ids, reply_ids, check: bool):
         msgs = d.messages
-        starts = [i for i, t in enumerate(ctx_ids) if t == self.turn_start] if ctx_ids is not None else []
-        fast = (
-            self.fast_ok
-            and ctx_ids is not None
-            and len(starts) == targets[-1] + 1
-            and ctx_ids[-len(self.gen_ids):] == self.gen_ids
-        )
+        starts = self.turn_starts(ctx_ids, targets)
+        fast = starts is not None
         has_sys = msgs[0]["role"] == "system"
         out = []
         for turn, (a, reply) in enumerate(zip(targets, reply_ids)):
@@ -187,12 +189,7 @@ class _Builder:
                 if context is not None and len(context) + len(reply) > self.max_length:
                     # Drop the oldest rounds by token spans: system + the most recent rounds that fit.
                     sys_len = starts[1] if has_sys else 0
-                    rounds = round_starts(msgs[:a])
-                    first = len(rounds) - 1
-                    for r, i in enumerate(rounds):
-                        if sys_len + starts[a] - starts[i] + len(self.gen_ids) + len(reply) <= self.max_length:
-                            first = r
-                            break
+                    rounds, first = self.first_fitting_round(msgs, a, starts, sys_len, len(reply))
                     spliced = ctx_ids[:sys_len] + ctx_ids[starts[rounds[first]]: starts[a]] + self.gen_ids
                     result = None
                     if self.span_checks < SELF_CHECK_DIALOGUES or not self.span_ok:
@@ -228,13 +225,11 @@ class _Builder:
             out.append(Sample(d.index, turn, a, ids, labels))
         return out
 
-    def add(self, sample: Sample, supervised: int | None = None):
+    def add(self, sample: Sample):
         s = self.stats
         s.samples += 1
         s.tokens += len(sample.input_ids)
-        if supervised is None:
-            supervised = sum(1 for x in sample.labels if x != IGNORE_INDEX)
-        s.supervised_tokens += supervised
+        s.supervised_tokens += len(sample.labels) - sample.labels.count(IGNORE_INDEX)
         s.max_sample_tokens = max(s.max_sample_tokens, len(sample.input_ids))
 
 
@@ -285,7 +280,7 @@ def build_samples(
                     continue
             per_turn = b.dialogue_samples(d, targets, ids, these, check)
             for s in per_turn:
-                b.add(s, len(s.input_ids) - s.labels.count(IGNORE_INDEX))
+                b.add(s)
             if pack:
                 packs.extend(pack_shared_prefix(per_turn, len(b.gen_ids), pack_length))
             else:
@@ -329,19 +324,21 @@ def pack_shared_prefix(samples: list[Sample], gen_len: int, max_length: int) -> 
                 continue
         cur = {"trunk": prefix, "branches": [(len(prefix), branch, branch_labels, s)]}
         packs.append(cur)
-    out = []
-    for p in packs:
-        trunk = p["trunk"]
-        ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
-        for visible, branch, branch_labels, _ in p["branches"]:
-            spans.append((len(ids), visible))
-            ids += branch
-            labels += branch_labels
-            pos += range(visible, visible + len(branch))
-        first = p["branches"][0][3]
-        out.append(Sample(first.dialogue_index, [b[3].turn_index for b in p["branches"]],
-                          [b[3].message_index for b in p["branches"]], ids, labels, pos, spans))
-    return out
+    return [assemble_pack(p["branches"][0][3].dialogue_index, p["trunk"],
+                          [(v, ids, labels, s.turn_index, s.message_index) for v, ids, labels, s in p["branches"]])
+            for p in packs]
+
+
+def assemble_pack(dialogue_index: int, trunk: list[int], branches) -> Sample:
+    """One packed sequence: the trunk, then each branch (visible trunk length, branch ids, branch labels,
+    turn index, message index) with position ids continuing from what that branch sees."""
+    ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
+    for visible, branch, branch_labels, _, _ in branches:
+        spans.append((len(ids), visible))
+        ids += branch
+        labels += branch_labels
+        pos += range(visible, visible + len(branch))
+    return Sample(dialogue_index, [b[3] for b in branches], [b[4] for b in branches], ids, labels, pos, spans)
 
 
 def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinking: bool = False, progress=False):
@@ -357,15 +354,13 @@ def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinkin
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         labels = [IGNORE_INDEX] * len(ids)
-        pos = 0
         starts = [i for i, t in enumerate(ids) if t == b.turn_start]
-        for k, m in enumerate(msgs):
-            span_start = offsets[starts[k]][0] if k < len(starts) else pos
-            if k not in targets:
-                continue
-            at = text.find(m["content"], span_start)
-            end = at + len(m["content"])
-            for i, (c0, c1) in enumerate(offsets):
+        for k in targets:
+            first_token = starts[k] if k < len(starts) else 0
+            at = text.find(msgs[k]["content"], offsets[first_token][0])
+            end = at + len(msgs[k]["content"])
+            for i in range(first_token, len(ids)):  # from this reply's turn on, not from the dialogue's start
+                c0, c1 = offsets[i]
                 if c0 >= at and c1 <= end and c1 > c0:
                     labels[i] = ids[i]
                 elif c0 >= end and ids[i] == b.eot:
