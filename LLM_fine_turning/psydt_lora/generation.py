@@ -51,8 +51,7 @@ def context_limit(model, override: int | None = None) -> int:
 def prepare_context(tokenizer, messages, max_new_tokens: int, limit: int, enable_thinking=False):
     """Context ids that leave room for `max_new_tokens` within the model's context: the oldest rounds
     are dropped (the system prompt stays). Returns (ids, dropped_rounds)."""
-    ids, _, dropped = fit_history(tokenizer, messages, limit - max_new_tokens, enable_thinking)
-    return ids, dropped
+    return fit_history(tokenizer, messages, limit - max_new_tokens, enable_thinking)
 
 
 def generate_batch(model, tokenizer, contexts: list[list[int]], settings: GenerationSettings):

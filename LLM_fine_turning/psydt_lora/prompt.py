@@ -28,32 +28,24 @@ def _template_kwargs(tokenizer) -> dict:
     return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
 
 
-def render(tokenizer, messages, add_generation_prompt: bool, enable_thinking: bool = False) -> str:
-    """Render `messages` with the tokenizer's chat template (same result as `apply_chat_template`,
-    without its per-call overhead, which matters for 85k contexts)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    template = tokenizer.get_chat_template()
-    rendered, _ = render_jinja_template(
-        conversations=[messages],
-        chat_template=template,
-        add_generation_prompt=add_generation_prompt,
-        enable_thinking=enable_thinking,
-        **_template_kwargs(tokenizer),
-    )
-    return rendered[0]
-
-
-PARALLEL_FROM = 1000  # render in worker processes from this many conversations on
-
-
-def _render_chunk(job):
+def _render_chunk(job) -> list[str]:
+    """The template engine call behind `render` and `render_many` (a tuple, so worker processes can take it)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     template, kwargs, conversations, add_generation_prompt, enable_thinking = job
     out, _ = render_jinja_template(conversations=conversations, chat_template=template,
                                    add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, **kwargs)
     return out
+
+
+def render(tokenizer, messages, add_generation_prompt: bool, enable_thinking: bool = False) -> str:
+    """Render `messages` with the tokenizer's chat template (same result as `apply_chat_template`,
+    without its per-call overhead, which matters for 85k contexts)."""
+    job = (tokenizer.get_chat_template(), _template_kwargs(tokenizer), [messages], add_generation_prompt, enable_thinking)
+    return _render_chunk(job)[0]
+
+
+PARALLEL_FROM = 1000  # render in worker processes from this many conversations on
 
 
 def render_many(tokenizer, conversations, add_generation_prompt: bool, enable_thinking: bool = False) -> list[str]:
@@ -117,18 +109,17 @@ def round_starts(messages) -> list[int]:
 def fit_history(tokenizer, messages, budget: int, enable_thinking: bool = False, first_round: int = 0):
     """Context ids for `messages` (history ending with a user turn) in at most `budget` tokens:
     keep the system prompt, drop the oldest whole rounds. The most recent round always stays.
-    Returns (ids, kept_messages, dropped_rounds); the ids may exceed `budget` when even the last
-    round alone does not fit -- the caller decides what to do then."""
+    Returns (ids, dropped_rounds); the ids may exceed `budget` when even the last round alone does not
+    fit -- the caller decides what to do then."""
     has_sys = bool(messages) and messages[0]["role"] == "system"
     sys_msgs = messages[:1] if has_sys else []
     starts = round_starts(messages)
     for dropped, start in enumerate(starts):
         if dropped < first_round and start != starts[-1]:
             continue
-        kept = sys_msgs + messages[start:]
-        ids = prompt_ids(tokenizer, kept, enable_thinking)
+        ids = prompt_ids(tokenizer, sys_msgs + messages[start:], enable_thinking)
         if len(ids) <= budget or start == starts[-1]:
-            return ids, kept, dropped
+            return ids, dropped
     raise AssertionError("unreachable")
 
 

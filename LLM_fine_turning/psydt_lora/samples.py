@@ -83,7 +83,7 @@ class _Builder:
     def exact_context(self, messages, a: int, reply_len: int, first_round: int = 0):
         """Context ids for the reply at message `a`, rendered exactly, truncated by whole rounds.
         Returns (ids, dropped_rounds, reply_room) or None when even the last round does not fit."""
-        ids, _, dropped = fit_history(self.tok, messages[:a], self.max_length - reply_len, self.enable_thinking, first_round)
+        ids, dropped = fit_history(self.tok, messages[:a], self.max_length - reply_len, self.enable_thinking, first_round)
         room = min(reply_len, self.max_length - len(ids))
         return None if room <= 0 else (ids, dropped, room)
 
