@@ -38,6 +38,38 @@ def temp_dir_beside(path) -> Path:
     return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
 
 
+def write_dir(final_dir, fill) -> None:
+    """Write a folder atomically: `fill(tmp)` writes everything into a temporary folder beside it,
+    which then replaces `final_dir`; on any failure the temporary folder is removed."""
+    tmp = temp_dir_beside(final_dir)
+    try:
+        fill(tmp)
+        replace_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def pyplot():
+    """matplotlib's pyplot on the headless backend (no display on training machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path) -> None:
+    """A matplotlib figure as a PNG, written atomically; the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def replace_dir(tmp_dir, final_dir) -> None:
     """Move a fully written `tmp_dir` to `final_dir`, replacing an older one.
 

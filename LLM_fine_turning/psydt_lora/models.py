@@ -150,16 +150,10 @@ def load_for_inference(model_path, adapter_path=None, *, merge=False, device="au
 
 def save_merged(model, tokenizer, folder) -> None:
     """A standalone model (safetensors + tokenizer + chat template) that plain transformers loads."""
-    import shutil
+    from .files import write_dir
 
-    from .files import replace_dir, temp_dir_beside
-
-    folder = Path(folder)
-    tmp = temp_dir_beside(folder)
-    try:
+    def fill(tmp):
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir(Path(folder), fill)

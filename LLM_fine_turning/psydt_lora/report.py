@@ -1,9 +1,8 @@
 """The batch test's human-readable outputs: a Markdown report and a bar chart, next to the JSON."""
-import io
 import os
 from pathlib import Path
 
-from .files import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_text, pyplot, save_figure
 from .metrics import HIGHER_IS_BETTER, LABELS
 
 TABLE_KEYS = ("bleu4_char", "bleu4_word", "rouge1", "rouge2", "rougeL", "chrf", "distinct1", "distinct2",
@@ -31,14 +30,9 @@ def _table(summaries: dict) -> list[str]:
 
 
 def plot_metrics(summaries: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(summaries)
     keys = [k for k in CHART_KEYS if all(k in summaries[m] for m in models)]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(8, 4), dpi=120)
     width = 0.8 / max(len(models), 1)
     for i, m in enumerate(models):
         xs = [j + i * width for j in range(len(keys))]
@@ -54,10 +48,7 @@ def plot_metrics(summaries: dict, path: Path) -> None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def write_report(report: dict, json_path: Path, loss_curve: Path | None = None, examples: int = 3) -> tuple[Path, Path]:

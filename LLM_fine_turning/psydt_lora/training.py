@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import PsyDTError
-from .files import atomic_write_bytes, atomic_write_json, replace_dir, temp_dir_beside
+from .files import atomic_write_json, pyplot, save_figure, write_dir
 from .hub import safetensors_complete
 from .models import RUN_FILE, base_model_signature
 
@@ -257,14 +257,7 @@ def loss_history(log_history) -> dict:
 def plot_losses(history: dict, path: Path, title: str) -> bool:
     if not history["train"] and not history["eval"]:
         return False
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(7, 4), dpi=120)
     if history["train"]:
         ax.plot(*zip(*history["train"]), label="train loss", marker="." if len(history["train"]) < 30 else None)
     if history["eval"]:
@@ -275,10 +268,7 @@ def plot_losses(history: dict, path: Path, title: str) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return True
 
 
@@ -302,18 +292,15 @@ def most_common_system_prompt(dialogues) -> str | None:
 def save_adapter(model, tokenizer, adapter_dir: Path, run_info: dict, extra_files=()) -> None:
     """Adapter (safetensors) + tokenizer/chat template + run JSON, written to a temp folder and
     renamed into place, so `adapter_dir` is never half-written."""
-    tmp = temp_dir_beside(adapter_dir)
-    try:
+    def fill(tmp):
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / RUN_FILE, run_info)
         for f in extra_files:
             if Path(f).is_file():
                 shutil.copy2(f, tmp / Path(f).name)
-        replace_dir(tmp, adapter_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir(adapter_dir, fill)
 
 
 def run_info(args, base_config, prompt_fmt: dict, system_prompt, data_stats: dict) -> dict:
