@@ -26,7 +26,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation
 
 from psydt_lora.errors import PsyDTError, run_cli  # noqa: E402
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE  # noqa: E402
-from psydt_lora.training import DEFAULT_TARGET_MODULES  # noqa: E402
+from psydt_lora.samples import SAMPLE_MODES  # noqa: E402
+from psydt_lora.training import DEFAULT_TARGET_MODULES, is_main_process  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_train_items", type=int, default=300, help="first N training dialogues; 0 or -1 = all")
     g.add_argument("--max_eval_items", type=int, default=20, help="N eval items spread over distinct dialogues; 0 or -1 = all")
     g.add_argument("--max_length", type=int, default=2048, help="max tokens per sample (older rounds are dropped beyond)")
-    g.add_argument("--sample_mode", choices=("shared_prefix", "per_turn", "dialogue"), default="shared_prefix",
+    g.add_argument("--sample_mode", choices=SAMPLE_MODES, default="shared_prefix",
                    help="shared_prefix: per_turn's exact loss, history stored once per dialogue; per_turn: one sample per reply; "
                         "dialogue: all replies in one sequence (a different objective)")
     g.add_argument("--pack_length", type=int, default=0,
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     limit = args.max_train_items if args.max_train_items > 0 else None
     train_dialogues, train_read = read_dialogues(train_file, limit=limit)
     check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = is_main_process()
     train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
                                                         pack_length=args.pack_length or None)
     if main_rank:
