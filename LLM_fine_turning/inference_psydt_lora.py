@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
+from psydt_lora.cli import make_parser  # noqa: E402
 from psydt_lora.errors import PsyDTError, run_cli  # noqa: E402
 from psydt_lora.hub import HUBS, TEST_FILE  # noqa: E402
 
@@ -28,45 +29,43 @@ DEFAULT_SYSTEM = "你是一位专业、温暖的心理咨询师，善于倾听�
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="与 LoRA 微调后的 Qwen3 心理咨询模型对话，或在 PsyDTCorpus 测试集上批量测试。",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = make_parser("与 LoRA 微调后的 Qwen3 心理咨询模型对话，或在 PsyDTCorpus 测试集上批量测试。")
     g = p.add_argument_group("模型")
-    g.add_argument("--model_path", default="./Qwen/Qwen3-1.7B", help="base model folder")
-    g.add_argument("--adapter_path", default="./output/qwen3-1_7b-psydt-lora/lora_adapter", help="LoRA adapter folder")
-    g.add_argument("--no_adapter", action="store_true", help="talk to the base model alone")
-    g.add_argument("--merge_lora", action="store_true", help="merge the adapter into the weights in memory (faster generation)")
-    g.add_argument("--save_merged", default=None, metavar="DIR", help="write base+adapter as one standalone model to DIR, then exit")
-    g.add_argument("--device", default="auto", help="auto, cuda, cuda:1, cpu, mps")
-    g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto: bf16 on CUDA when supported, else fp32")
-    g.add_argument("--trust_remote_code", action="store_true", help="allow the model folder to run its own Python code")
+    g.add_argument("--model_path", default="./Qwen/Qwen3-1.7B", help="基础模型文件夹")
+    g.add_argument("--adapter_path", default="./output/qwen3-1_7b-psydt-lora/lora_adapter", help="LoRA adapter 文件夹")
+    g.add_argument("--no_adapter", action="store_true", help="不加载 adapter，直接和基础模型对话")
+    g.add_argument("--merge_lora", action="store_true", help="在内存中把 adapter 合并进权重（生成更快）")
+    g.add_argument("--save_merged", default=None, metavar="DIR", help="把基础模型 + adapter 合并保存为独立模型到 DIR，然后退出")
+    g.add_argument("--device", default="auto", help="auto、cuda、cuda:1、cpu、mps")
+    g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto：CUDA 支持时用 bf16，否则 fp32")
+    g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
 
     g = p.add_argument_group("对话与生成")
-    g.add_argument("--mode", choices=("interactive", "test"), default="interactive", help="terminal chat, or batch test")
-    g.add_argument("--system_prompt", default=None, help="system prompt; default: the one the adapter was trained with")
-    g.add_argument("--history_turns", type=int, default=6, help="rounds of history kept in chat (0 = none)")
-    g.add_argument("--max_new_tokens", type=int, default=512, help="max tokens per reply")
-    g.add_argument("--do_sample", action=argparse.BooleanOptionalAction, default=True, help="sample (or --no-do_sample: greedy)")
-    g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    g.add_argument("--top_p", type=float, default=0.8, help="nucleus sampling threshold")
-    g.add_argument("--repetition_penalty", type=float, default=1.05, help="> 1 discourages repeating")
-    g.add_argument("--enable_thinking", action="store_true", help="let Qwen3 think first (off, as in training)")
-    g.add_argument("--max_context", type=int, default=None, help="context window in tokens (default: the model's)")
-    g.add_argument("--seed", type=int, default=42, help="random seed for sampling")
-    g.add_argument("--safety", choices=("on", "off"), default="on", help="crisis-language detection, help resources, reply screening")
-    g.add_argument("--safety_resources", default=None, metavar="FILE", help="JSON file of help resources replacing the built-in (mainland China) list")
+    g.add_argument("--mode", choices=("interactive", "test"), default="interactive", help="interactive：终端对话；test：批量测试")
+    g.add_argument("--system_prompt", default=None, help="系统提示词；默认用 adapter 训练时的那一个")
+    g.add_argument("--history_turns", type=int, default=6, help="对话中保留的历史轮数（0 = 不保留）")
+    g.add_argument("--max_new_tokens", type=int, default=512, help="每条回复最多生成的 token 数")
+    g.add_argument("--do_sample", action=argparse.BooleanOptionalAction, default=True, help="采样生成（--no-do_sample：贪心）")
+    g.add_argument("--temperature", type=float, default=0.7, help="采样温度")
+    g.add_argument("--top_p", type=float, default=0.8, help="nucleus 采样阈值")
+    g.add_argument("--repetition_penalty", type=float, default=1.05, help="大于 1 时抑制重复")
+    g.add_argument("--enable_thinking", action="store_true", help="让 Qwen3 先思考（训练时关闭，默认也关闭）")
+    g.add_argument("--max_context", type=int, default=None, help="上下文窗口 token 数（默认取模型自身的）")
+    g.add_argument("--seed", type=int, default=42, help="采样的随机种子")
+    g.add_argument("--safety", choices=("on", "off"), default="on", help="危机语言检测、求助资源和回复过滤")
+    g.add_argument("--safety_resources", default=None, metavar="FILE",
+                   help="求助资源 JSON 文件，替换内置的（中国大陆）列表")
 
     g = p.add_argument_group("批量测试（--mode test）")
-    g.add_argument("--test_file", default=None, help=f"single-turn-split test file; default <dataset_dir>/{TEST_FILE}")
-    g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="dataset id on the hub (for the default test file)")
-    g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="folder of the PsyDTCorpus files")
-    g.add_argument("--hub", choices=HUBS, default="modelscope", help="where to download the test file from when missing")
-    g.add_argument("--max_test_items", type=int, default=0, help="N items spread over distinct dialogues; 0 = all")
-    g.add_argument("--batch_size", type=int, default=8, help="items generated together (left padding)")
-    g.add_argument("--questions_file", default=None, help="questions (JSON list or one per line), each a fresh conversation")
-    g.add_argument("--compare_base", action="store_true", help="also answer every item with the adapter disabled; score both side by side")
-    g.add_argument("--test_output_file", default="psydt_results.json", help="where the test results go (JSON)")
+    g.add_argument("--test_file", default=None, help=f"单轮拆分格式的测试文件；默认 <dataset_dir>/{TEST_FILE}")
+    g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="数据集在模型库上的 id（用于默认测试文件）")
+    g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="PsyDTCorpus 文件所在的文件夹")
+    g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少测试文件时从哪里下载")
+    g.add_argument("--max_test_items", type=int, default=0, help="从不同对话中均匀取 N 条；0 = 全部")
+    g.add_argument("--batch_size", type=int, default=8, help="一起生成的条目数（左侧 padding）")
+    g.add_argument("--questions_file", default=None, help="问题文件（JSON 列表或每行一个），每个问题单独成一段对话")
+    g.add_argument("--compare_base", action="store_true", help="每条再用关闭 adapter 的基础模型回答一次，并排打分")
+    g.add_argument("--test_output_file", default="psydt_results.json", help="测试结果写到哪里（JSON）")
     return p
 
 

@@ -14,7 +14,6 @@ Run again with the same command after an interruption and it resumes from the la
 """
 import argparse
 import contextlib
-import math
 import os
 import shutil
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
+from psydt_lora.cli import make_parser  # noqa: E402
 from psydt_lora.errors import PsyDTError, run_cli  # noqa: E402
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE  # noqa: E402
 from psydt_lora.samples import SAMPLE_MODES  # noqa: E402
@@ -31,67 +31,67 @@ from psydt_lora.training import DEFAULT_TARGET_MODULES, is_main_process  # noqa:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="用 LoRA 在 PsyDTCorpus 上微调 Qwen3（默认 Qwen3-1.7B）。",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = make_parser("用 LoRA 在 PsyDTCorpus 上微调 Qwen3（默认 Qwen3-1.7B）。")
     g = p.add_argument_group("模型与数据")
-    g.add_argument("--model_repo", default="Qwen/Qwen3-1.7B", help="model id on the hub")
-    g.add_argument("--model_local_dir", default="./Qwen/Qwen3-1.7B", help="local model folder; downloaded here when incomplete")
-    g.add_argument("--hub", choices=HUBS, default="modelscope", help="where to download missing model/data from")
-    g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="dataset id on the hub")
-    g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="folder for the PsyDTCorpus files")
-    g.add_argument("--train_file", default=None, help=f"training dialogues (JSON/JSONL); default <dataset_dir>/{TRAIN_FILE}")
-    g.add_argument("--eval_file", default=None, help=f"eval items, single-turn split; default <dataset_dir>/{TEST_FILE}")
-    g.add_argument("--max_train_items", type=int, default=300, help="first N training dialogues; 0 or -1 = all")
-    g.add_argument("--max_eval_items", type=int, default=20, help="N eval items spread over distinct dialogues; 0 or -1 = all")
-    g.add_argument("--max_length", type=int, default=2048, help="max tokens per sample (older rounds are dropped beyond)")
+    g.add_argument("--model_repo", default="Qwen/Qwen3-1.7B", help="模型在模型库（hub）上的 id")
+    g.add_argument("--model_local_dir", default="./Qwen/Qwen3-1.7B", help="本地模型文件夹；不完整时下载到这里")
+    g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少模型或数据时从哪里下载")
+    g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="数据集在模型库上的 id")
+    g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="PsyDTCorpus 文件所在的文件夹")
+    g.add_argument("--train_file", default=None, help=f"训练对话（JSON/JSONL）；默认 <dataset_dir>/{TRAIN_FILE}")
+    g.add_argument("--eval_file", default=None, help=f"验证条目（单轮拆分格式）；默认 <dataset_dir>/{TEST_FILE}")
+    g.add_argument("--max_train_items", type=int, default=300, help="只用前 N 条训练对话；0 或 -1 = 全部")
+    g.add_argument("--max_eval_items", type=int, default=20, help="从不同对话中均匀取 N 条验证条目；0 或 -1 = 全部")
+    g.add_argument("--max_length", type=int, default=2048, help="每个样本的最大 token 数（超出时丢弃最早的几轮）")
     g.add_argument("--sample_mode", choices=SAMPLE_MODES, default="shared_prefix",
-                   help="shared_prefix: per_turn's exact loss, history stored once per dialogue; per_turn: one sample per reply; "
-                        "dialogue: all replies in one sequence (a different objective)")
+                   help="shared_prefix：与 per_turn 完全相同的损失，每段对话的历史只存一次；per_turn：每条回复一个样本；"
+                        "dialogue：整段对话一个序列（目标不同）")
     g.add_argument("--pack_length", type=int, default=0,
-                   help="shared_prefix: max tokens per packed sequence (0: 1.5 x max_length); no reply ever sees more than max_length")
-    g.add_argument("--trust_remote_code", action="store_true", help="allow the model folder to run its own Python code")
+                   help="shared_prefix：每个打包序列的最大 token 数（默认 0 = 1.5 × max_length）；任何回复看到的上下文都不超过 max_length")
+    g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
 
     g = p.add_argument_group("训练")
-    g.add_argument("--output_dir", default="./output/qwen3-1_7b-psydt-lora", help="checkpoints, adapter, metrics, plots")
-    g.add_argument("--per_device_train_batch_size", type=int, default=1, help="samples per GPU per step")
-    g.add_argument("--per_device_eval_batch_size", type=int, default=1, help="eval samples per GPU per step")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=4, help="micro-batches per optimizer step")
-    g.add_argument("--num_train_epochs", type=float, default=2, help="passes over the training samples")
-    g.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: use epochs)")
-    g.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate")
-    g.add_argument("--lr_scheduler_type", default="linear", help="Trainer scheduler (linear, cosine, ...)")
-    g.add_argument("--warmup_steps", type=float, default=0, help="warmup: steps, or a fraction of all steps when < 1")
-    g.add_argument("--save_steps", type=int, default=400, help="save a checkpoint every N optimizer steps")
-    g.add_argument("--save_total_limit", type=int, default=None, help="keep at most N checkpoints (default: all)")
-    g.add_argument("--logging_steps", type=int, default=10, help="log the loss every N optimizer steps")
-    g.add_argument("--eval_steps", type=int, default=200, help="evaluate every N optimizer steps")
-    g.add_argument("--do_eval", action=argparse.BooleanOptionalAction, default=True, help="evaluate on the eval items")
-    g.add_argument("--seed", type=int, default=42, help="random seed (data order, LoRA init, dropout)")
-    g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto: bf16 on CUDA when supported, else fp32")
-    g.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute activations to save memory")
-    g.add_argument("--group_by_length", action="store_true", help="batch samples of similar length (less padding)")
-    g.add_argument("--deepspeed", default=None, metavar="CONFIG", help="DeepSpeed config for the Trainer (see examples/deepspeed/)")
-    g.add_argument("--load_in_4bit", action="store_true", help="QLoRA: load the base model in 4-bit NF4 (CUDA + bitsandbytes)")
-    g.add_argument("--resume_from_checkpoint", default="auto", help="'auto' (latest complete checkpoint in output_dir), 'none', or a checkpoint path")
+    g.add_argument("--output_dir", default="./output/qwen3-1_7b-psydt-lora", help="检查点、adapter、指标和图表的输出文件夹")
+    g.add_argument("--per_device_train_batch_size", type=int, default=1, help="每块 GPU 每个微批次的样本数")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=1, help="验证时每块 GPU 每批的样本数")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=4, help="每次优化器更新累积的微批次数")
+    g.add_argument("--num_train_epochs", type=float, default=2, help="训练样本过几遍")
+    g.add_argument("--max_steps", type=int, default=-1, help="训练到这么多次优化器更新就停（-1：按轮数）")
+    g.add_argument("--learning_rate", type=float, default=1e-4, help="峰值学习率")
+    g.add_argument("--lr_scheduler_type", default="linear", help="学习率调度（linear、cosine 等 Trainer 支持的）")
+    g.add_argument("--warmup_steps", type=float, default=0, help="预热：步数，小于 1 时表示占总步数的比例")
+    g.add_argument("--save_steps", type=int, default=400, help="每 N 次优化器更新保存一个检查点")
+    g.add_argument("--save_total_limit", type=int, default=None, help="最多保留 N 个检查点（默认全部保留）")
+    g.add_argument("--logging_steps", type=int, default=10, help="每 N 次优化器更新记录一次损失")
+    g.add_argument("--eval_steps", type=int, default=200, help="每 N 次优化器更新验证一次")
+    g.add_argument("--do_eval", action=argparse.BooleanOptionalAction, default=True, help="在验证条目上计算损失")
+    g.add_argument("--seed", type=int, default=42, help="随机种子（数据顺序、LoRA 初始化、dropout）")
+    g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="auto：CUDA 支持时用 bf16，否则 fp32")
+    g.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                   help="重算激活值以节省显存")
+    g.add_argument("--group_by_length", action="store_true", help="把长度相近的样本放进同一批（减少 padding）")
+    g.add_argument("--deepspeed", default=None, metavar="CONFIG", help="Trainer 用的 DeepSpeed 配置（见 examples/deepspeed/）")
+    g.add_argument("--load_in_4bit", action="store_true", help="QLoRA：以 4-bit NF4 加载基础模型（需要 CUDA + bitsandbytes）")
+    g.add_argument("--resume_from_checkpoint", default="auto",
+                   help="auto（output_dir 中最新的完整检查点）、none（从头开始）或检查点路径")
 
     g = p.add_argument_group("LoRA")
-    g.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
-    g.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha (scale = alpha / r)")
-    g.add_argument("--lora_dropout", type=float, default=0.1, help="dropout on the LoRA input")
-    g.add_argument("--target_modules", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated linear layers that get LoRA")
+    g.add_argument("--lora_r", type=int, default=8, help="LoRA 秩")
+    g.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha（缩放 = alpha / r）")
+    g.add_argument("--lora_dropout", type=float, default=0.1, help="LoRA 输入上的 dropout")
+    g.add_argument("--target_modules", default=",".join(DEFAULT_TARGET_MODULES), help="加 LoRA 的线性层，逗号分隔")
 
     g = p.add_argument_group("记录")
-    g.add_argument("--report_to", default="swanlab", help="swanlab, none, or other Trainer reporters (comma-separated)")
-    g.add_argument("--swanlab_project", default="qwen3-psydt-lora", help="SwanLab project")
-    g.add_argument("--swanlab_run_name", default=None, help="SwanLab experiment name")
+    g.add_argument("--report_to", default="swanlab", help="swanlab、none 或 Trainer 支持的其他记录器（逗号分隔）")
+    g.add_argument("--swanlab_project", default="qwen3-psydt-lora", help="SwanLab 项目名")
+    g.add_argument("--swanlab_run_name", default=None, help="SwanLab 实验名")
     g.add_argument("--swanlab_mode", choices=("auto", "cloud", "online", "local", "offline", "disabled"), default="auto",
-                   help="auto: cloud when logged in (swanlab login), else local")
+                   help="auto：已登录（swanlab login）时上传到云端，否则本地记录")
 
     g = p.add_argument_group("检查数据")
-    g.add_argument("--dry_run", action="store_true", help="read and tokenise the data, print statistics, exit without loading weights")
-    g.add_argument("--dump_samples", default=None, metavar="PATH", help="write every training sample as JSON Lines")
+    g.add_argument("--dry_run", action="store_true", help="只读取并切分数据、打印统计后退出，不加载权重")
+    g.add_argument("--dump_samples", default=None, metavar="PATH", help="把每个训练样本写成 JSON Lines")
     return p
 
 
@@ -121,6 +121,10 @@ def check_args(args) -> None:
         raise PsyDTError(f"--deepspeed {args.deepspeed} 不存在（示例配置在 examples/deepspeed/）。")
     if args.learning_rate <= 0:
         raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
+    if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
+        from psydt_lora.training import four_bit_config
+
+        four_bit_config(None)
 
 
 def data_files(args) -> tuple[Path, Path | None]:
@@ -219,17 +223,30 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
 
-    # 3. model + LoRA + Trainer
+    # 3. model + LoRA + Trainer -- unless this output folder already holds the finished run
+    from psydt_lora import training as T
+
     output_dir = Path(args.output_dir)
-    steps = math.ceil(len(train_samples) / (args.per_device_train_batch_size * args.gradient_accumulation_steps) * args.num_train_epochs)
+    steps = T.planned_steps(len(train_samples), args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                            args.num_train_epochs, args.max_steps)
+    resume = T.find_checkpoint(output_dir, args.resume_from_checkpoint)
+    finished = resume is not None and T.checkpoint_step(resume) >= steps
+    if finished and hub.safetensors_complete(output_dir / T.ADAPTER_DIR / "adapter_model.safetensors"):
+        print(f"[已完成] {output_dir} 里的这次训练已经完成（{Path(resume).name}，计划 {steps} 步），"
+              f"adapter 在 {output_dir / T.ADAPTER_DIR}，无需再训练。要从头重新训练请加 --resume_from_checkpoint none"
+              "（或换一个 --output_dir）；要训练更久请增大 --max_steps / --num_train_epochs。", flush=True)
+        return 0
     n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
-    return train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_format(tokenizer))
+    return train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats,
+                 prompt_format(tokenizer), resume=resume, steps=steps)
 
 
-def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_fmt) -> int:
+def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_fmt, *,
+          resume, steps) -> int:
     import torch
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainerState, TrainingArguments, set_seed
+    from transformers.trainer_callback import ProgressCallback
 
     from psydt_lora import training as T
     from psydt_lora.models import load_base_model, pick_dtype, pick_device
@@ -238,6 +255,8 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     output_dir = Path(args.output_dir)
     device = pick_device("auto")
     dtype = pick_dtype(args.dtype, device)
+    if T.is_main_process():
+        print("\n".join(T.device_lines(device, dtype, args.dtype)), flush=True)
     quantization = T.four_bit_config(dtype) if args.load_in_4bit else None
     model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization)
     if quantization is not None:
@@ -247,8 +266,6 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     base_config = model.config
     targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
     model = T.add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing)
-    if T.is_main_process():
-        model.print_trainable_parameters()
 
     reporters = [r.strip() for r in args.report_to.split(",") if r.strip() and r.strip() != "none"]
     callbacks = []
@@ -302,25 +319,36 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         callbacks=callbacks,
     )
 
-    # 4. train (resuming when a checkpoint is there)
-    resume = T.find_checkpoint(output_dir, args.resume_from_checkpoint)
-    if resume:
-        print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(T.make_progress_callback())
     if T.is_main_process():
-        stop.install()
-    result = trainer.train(resume_from_checkpoint=resume)
+        tokens = sum(len(s.input_ids) for s in train_samples)
+        print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, output_dir)), flush=True)
+
+    # 4. train (resuming when a checkpoint is there)
+    if resume and T.checkpoint_step(resume) >= steps:  # trained, but the final save did not happen: save now
+        print(f"[续训] {resume} 已是最后一步，只补上保存 adapter", flush=True)
+        T.load_checkpoint_adapter(trainer.model, resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        result = None
+    else:
+        if resume:
+            print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
+        if T.is_main_process():
+            stop.install()
+        result = trainer.train(resume_from_checkpoint=resume)
     if stop.requested:
         if trainer.is_world_process_zero():
             print(f"[中断] 已保存检查点到 {output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
         return 130
 
     # 5. save: adapter + run JSON, metrics, loss curve
-    metrics = {"train": result.metrics, "padding_share": round(collator.padding_share(), 4)}
+    metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
     if T.is_main_process():
         hint = "（--group_by_length 可以减少）" if collator.padding_share() > 0.05 and not args.group_by_length else ""
         print(f"[训练] padding 占比 {100 * collator.padding_share():.1f}%{hint}", flush=True)
     if do_eval:
-        metrics["eval"] = trainer.evaluate()
+        metrics["eval"] = T.final_eval(trainer)
     if trainer.is_world_process_zero():
         history = T.loss_history(trainer.state.log_history)
         metrics["loss_history"] = history

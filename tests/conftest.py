@@ -189,3 +189,17 @@ def memorised_adapter(tiny_model_dir, tmp_path_factory):
     train = tmp / "train.json"
     train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")
     return memorise(tiny_model_dir, train, tmp / "out")
+
+
+def _checkout_entries() -> set:
+    return {str(p.relative_to(ROOT)) for folder in (ROOT, ROOT / "output", ROOT / "data") if folder.is_dir()
+            for p in folder.iterdir()}
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_in_the_checkout():
+    """Every test writes under its tmp_path: the checkout gains no output/, Qwen/, data or results."""
+    before = _checkout_entries()
+    yield
+    new = _checkout_entries() - before
+    assert not new, f"this test left files in the checkout: {sorted(new)}"

@@ -1,5 +1,7 @@
 """Downloads: the hub call is replaced at the boundary; presence checks run for real."""
 import json
+import logging
+from pathlib import Path
 
 import pytest
 
@@ -49,15 +51,33 @@ def test_model_folder_without_complete_weights_is_not_usable(tiny_model_dir, tmp
     assert any("pickle" in p for p in hub.model_problems(folder))
 
 
-def test_failed_download_says_repo_folder_and_what_to_do(tmp_path, monkeypatch):
+def test_failed_download_says_repo_folder_and_what_to_do(tmp_path, monkeypatch, caplog, capsys):
     def offline(**kw):
+        Path(kw["local_dir"]).mkdir(parents=True, exist_ok=True)  # the hub makes the folder, then fails
+        logging.getLogger("modelscope").warning("Retrying download (English noise)")
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(modelscope, "snapshot_download", offline)
-    with pytest.raises(PsyDTError) as err:
-        hub.ensure_model("Qwen/Qwen3-1.7B", tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING), pytest.raises(PsyDTError) as err:
+        hub.ensure_model("Qwen/Qwen3-1.7B", "Qwen/Qwen3-1.7B")
     msg = str(err.value)
-    assert "Qwen/Qwen3-1.7B" in msg and str(tmp_path / "m") in msg and "手动" in msg
+    assert "Qwen/Qwen3-1.7B" in msg and "本地文件夹 ./Qwen/Qwen3-1.7B" in msg and "手动" in msg
+    assert "本地文件夹 ./Qwen/Qwen3-1.7B" in capsys.readouterr().out  # said before the download starts
+    assert "Retrying" not in caplog.text  # the hub's English retry warnings are not shown before ours
+    assert not (tmp_path / "Qwen").exists()  # no empty folder left behind
+
+
+def test_partly_downloaded_model_is_kept_for_the_hub_to_resume(tmp_path, monkeypatch):
+    def cut_off(**kw):
+        (Path(kw["local_dir"]) / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (Path(kw["local_dir"]) / "model.safetensors").write_bytes(b"x" * 100)
+        raise ConnectionError("reset by peer")
+
+    monkeypatch.setattr(modelscope, "snapshot_download", cut_off)
+    with pytest.raises(PsyDTError):
+        hub.ensure_model("Qwen/Qwen3-1.7B", tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
 def test_dataset_files_download_only_what_is_missing(tmp_path, monkeypatch):
@@ -103,8 +123,8 @@ def test_dataset_download_failure_is_clear_and_writes_nothing(tmp_path, monkeypa
 
     monkeypatch.setattr(ms_files, "dataset_file_download", lambda *a, **kw: fail())
     with pytest.raises(PsyDTError, match=r"YIRONGCHEN/PsyDTCorpus.*PsyDTCorpus_train_mulit_turn_packing\.json.*手动"):
-        hub.ensure_dataset_file("YIRONGCHEN/PsyDTCorpus", tmp_path, hub.TRAIN_FILE)
-    assert list(tmp_path.iterdir()) == []
+        hub.ensure_dataset_file("YIRONGCHEN/PsyDTCorpus", tmp_path / "data" / "PsyDTCorpus", hub.TRAIN_FILE)
+    assert list(tmp_path.iterdir()) == []  # not even the dataset folder it would have created
 
 
 def test_huggingface_hub_is_used_the_same_way(tmp_path, monkeypatch):

@@ -3,8 +3,10 @@
 Nothing is downloaded when the files are already in place: ModelScope never falls back to local
 files by itself and takes ~20 s to fail offline, so presence is checked here first.
 """
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -117,38 +119,107 @@ def _manual_hint(hub: str, repo: str, target, what: str) -> str:
     )
 
 
+def shown(path) -> str:
+    """A folder as the user would type it: ./Qwen/Qwen3-1.7B rather than Qwen/Qwen3-1.7B (which reads as a repo id)."""
+    path = Path(path)
+    return str(path) if path.is_absolute() else f"./{path}"
+
+
+@contextlib.contextmanager
+def quiet_hub_logs():
+    """The hubs' English retry warnings would come before our Chinese message; failures are reported by us."""
+    loggers = [logging.getLogger(n) for n in ("modelscope", "urllib3", "huggingface_hub", "filelock")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def created_folders(folder) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet (outermost last)."""
+    folder, made = Path(folder).absolute(), []
+    while not folder.exists():
+        made.append(folder)
+        folder = folder.parent
+    return made
+
+
+def remove_if_empty(folders) -> None:
+    """After a failed download, remove the folders it created if no file landed in them (a partly
+    downloaded model is kept: the hub resumes it next time)."""
+    for folder in folders:
+        if folder.is_dir() and not any(p.is_file() and p.stat().st_size > 0 for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def ensure_model(repo: str, local_dir, hub: str = "modelscope") -> Path:
     """Make sure `local_dir` holds a usable model; download `repo` into exactly that folder if not."""
     local_dir = Path(local_dir)
     problems = model_problems(local_dir)
     if not problems:
         return local_dir
-    print(f"[下载] 模型 {local_dir} 不可用（{'；'.join(problems)}），从 {hub} 下载 {repo} ...", flush=True)
+    print(f"[下载] 模型文件夹 {shown(local_dir)} 不可用（{'；'.join(problems)}），"
+          f"从 {hub} 下载模型 {repo} 到本地文件夹 {shown(local_dir)} ...", flush=True)
+    made = created_folders(local_dir)
     try:
-        if hub == "modelscope":
-            from modelscope import snapshot_download
-
-            snapshot_download(model_id=repo, local_dir=str(local_dir), ignore_patterns=list(PICKLE_WEIGHTS))
-        elif hub == "huggingface":
-            from huggingface_hub import snapshot_download
-
-            snapshot_download(repo_id=repo, local_dir=str(local_dir), ignore_patterns=list(PICKLE_WEIGHTS))
-        else:
-            raise PsyDTError(f"未知的 --hub {hub!r}，可选：{', '.join(HUBS)}")
+        with quiet_hub_logs():
+            _downloader(hub, 0)(repo, local_dir)
     except PsyDTError:
+        remove_if_empty(made)
         raise
     except Exception as err:  # any network / hub failure: stop with what to do by hand
+        remove_if_empty(made)
         raise PsyDTError(
-            f"从 {hub} 下载模型 {repo} 到 {local_dir} 失败：{type(err).__name__}: {err}。"
-            + _manual_hint(hub, repo, local_dir, "全部文件（config.json、*.safetensors、分词器文件）")
+            f"从 {hub} 下载模型 {repo} 到本地文件夹 {shown(local_dir)} 失败：{type(err).__name__}: {err}。"
+            + _manual_hint(hub, repo, shown(local_dir), "全部文件（config.json、*.safetensors、分词器文件）")
         ) from None
     problems = model_problems(local_dir)
     if problems:
         raise PsyDTError(
-            f"下载后模型文件夹 {local_dir} 仍不可用：{'；'.join(problems)}。"
-            + _manual_hint(hub, repo, local_dir, "全部文件")
+            f"下载后模型文件夹 {shown(local_dir)} 仍不可用：{'；'.join(problems)}。"
+            + _manual_hint(hub, repo, shown(local_dir), "全部文件")
         )
     return local_dir
+
+
+def _modelscope_model(repo: str, local_dir: Path) -> None:
+    from modelscope import snapshot_download
+
+    snapshot_download(model_id=repo, local_dir=str(local_dir), ignore_patterns=list(PICKLE_WEIGHTS))
+
+
+def _huggingface_model(repo: str, local_dir: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo_id=repo, local_dir=str(local_dir), ignore_patterns=list(PICKLE_WEIGHTS))
+
+
+def _modelscope_file(repo: str, filename: str, folder: Path) -> str:
+    from modelscope.hub.file_download import dataset_file_download
+
+    return dataset_file_download(dataset_id=repo, file_path=filename, local_dir=str(folder))
+
+
+def _huggingface_file(repo: str, filename: str, folder: Path) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", local_dir=str(folder))
+
+
+# hub -> (download a whole model into a folder, download one dataset file into a folder)
+DOWNLOADERS = {"modelscope": (_modelscope_model, _modelscope_file),
+               "huggingface": (_huggingface_model, _huggingface_file)}
+assert tuple(DOWNLOADERS) == HUBS
+
+
+def _downloader(hub: str, kind: int):
+    if hub not in DOWNLOADERS:
+        raise PsyDTError(f"未知的 --hub {hub!r}，可选：{', '.join(HUBS)}")
+    return DOWNLOADERS[hub][kind]
 
 
 def ensure_dataset_file(repo: str, dataset_dir, filename: str, hub: str = "modelscope") -> Path:
@@ -159,26 +230,18 @@ def ensure_dataset_file(repo: str, dataset_dir, filename: str, hub: str = "model
     problem = dataset_file_problem(target)
     if problem is None:
         return target
-    print(f"[下载] 数据文件 {target}：{problem}，从 {hub} 下载 {repo}/{filename} ...", flush=True)
+    print(f"[下载] 数据文件 {shown(target)}：{problem}，从 {hub} 下载 {repo}/{filename} ...", flush=True)
+    made = created_folders(dataset_dir)
     tmp = temp_dir_beside(target)
     try:
-        if hub == "modelscope":
-            from modelscope.hub.file_download import dataset_file_download
-
-            got = dataset_file_download(dataset_id=repo, file_path=filename, local_dir=str(tmp))
-        elif hub == "huggingface":
-            from huggingface_hub import hf_hub_download
-
-            got = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset", local_dir=str(tmp))
-        else:
-            raise PsyDTError(f"未知的 --hub {hub!r}，可选：{', '.join(HUBS)}")
-        got = Path(got)
+        with quiet_hub_logs():
+            got = Path(_downloader(hub, 1)(repo, filename, tmp))
         if not got.is_file():
             got = tmp / filename
         new_problem = dataset_file_problem(got)
         if new_problem is not None:
             raise PsyDTError(
-                f"从 {hub} 下载的 {repo}/{filename} {new_problem}。" + _manual_hint(hub, repo, target, filename)
+                f"从 {hub} 下载的 {repo}/{filename} {new_problem}。" + _manual_hint(hub, repo, shown(target), filename)
             )
         if target.exists():
             os.replace(target, target.with_name(target.name + ".bad"))
@@ -187,9 +250,10 @@ def ensure_dataset_file(repo: str, dataset_dir, filename: str, hub: str = "model
         raise
     except Exception as err:
         raise PsyDTError(
-            f"从 {hub} 下载数据集 {repo} 的文件 {filename} 到 {dataset_dir} 失败：{type(err).__name__}: {err}。"
-            + _manual_hint(hub, repo, target, f"文件 {filename}")
+            f"从 {hub} 下载数据集 {repo} 的文件 {filename} 到本地文件夹 {shown(dataset_dir)} 失败：{type(err).__name__}: {err}。"
+            + _manual_hint(hub, repo, shown(target), f"文件 {filename}")
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_if_empty(made)
     return target

@@ -1,5 +1,6 @@
 """LoRA on the base model, the Hugging Face Trainer, SwanLab, checkpoints and the saved outputs."""
 import json
+import math
 import os
 import platform
 import shutil
@@ -22,6 +23,89 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def planned_steps(n_samples: int, batch_size: int, accumulation: int, epochs: float, max_steps: int) -> int:
+    """Optimizer steps the Trainer will run, computed the way it computes them (per process)."""
+    if max_steps > 0:
+        return max_steps
+    batches = math.ceil(n_samples / (batch_size * world_size()))
+    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+    return math.ceil(epochs * per_epoch)
+
+
+# -- what the run is about to do ---------------------------------------------------------------------
+def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
+    """Where training runs, and a warning when that is the CPU (slow) or not what was asked for."""
+    import torch
+
+    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
+    procs = f"，{world_size()} 个进程" if world_size() > 1 else ""
+    lines = [f"[运行] 设备：{device}（{name}）{procs}；精度：{str(dtype).replace('torch.', '')}"]
+    if device == "cpu":
+        why = ("安装的是 CPU 版 torch（torch.version.cuda 为空），请按 README 安装 CUDA 版" if torch.version.cuda is None
+               else f"torch 是 CUDA {torch.version.cuda} 版，但 torch.cuda.is_available() 为 False（检查显卡驱动 / CUDA_VISIBLE_DEVICES）")
+        asked = f"你指定了 --dtype {requested_dtype}，但" if requested_dtype in ("bf16", "fp16") else ""
+        lines.append(f"[警告] {asked}没有可用的 CUDA GPU，将在 CPU 上训练，每步可能要几十秒：{why}。")
+    return lines
+
+
+def run_summary(model, n_samples: int, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
+    trainable, total = model.get_nb_trainable_parameters()
+    attention = getattr(model.config, "_attn_implementation", None) or "eager"
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
+    return [
+        f"[运行] 注意力实现：{attention}；LoRA r={args.lora_r} α={args.lora_alpha}，可训练参数 {trainable:,} / {total:,}"
+        f"（{100 * trainable / max(total, 1):.2f}%）",
+        f"[运行] 训练样本 {n_samples:,} 个（{tokens:,} token）；有效批量 {args.per_device_train_batch_size} × "
+        f"{args.gradient_accumulation_steps}（梯度累积）× {world_size()}（进程）= {batch}；计划 {steps} 步",
+        f"[运行] 输出目录：{output_dir.resolve()}（检查点每 {args.save_steps} 步，最终 adapter 在 {ADAPTER_DIR}/）",
+    ]
+
+
+def make_progress_callback():
+    """The Trainer's progress bar, in Chinese, with an ETA from a moving average of recent steps, and log
+    lines whose numbers print as numbers."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class ProgressPrinter(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.current_step = state.global_step
+            if not state.is_world_process_zero:
+                return
+            from tqdm.auto import tqdm
+
+            print("[进度] 剩余时间按最近几步的平均速度估计；前几步含预热（分配显存、首次编译），"
+                  "估计从第 5 步左右起才可靠。", flush=True)
+            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step, desc="训练", unit="步",
+                                     dynamic_ncols=True, smoothing=0.1)
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            if state.is_world_process_zero and self.prediction_bar is None and eval_dataloader is not None:
+                from tqdm.auto import tqdm
+
+                self.prediction_bar = tqdm(total=len(eval_dataloader), desc="验证", unit="批", leave=False,
+                                           dynamic_ncols=True)
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            shown = "，".join(f"{k} {format_number(v)}" for k, v in logs.items() if k != "total_flos")
+            line = f"[日志] 第 {state.global_step}/{state.max_steps} 步：{shown}"
+            (self.training_bar.write if self.training_bar is not None else print)(line)
+
+    return ProgressPrinter()
+
+
+def format_number(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3e}" if v != 0 and abs(v) < 1e-3 else f"{v:.4g}"
+    return str(v)
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -61,7 +145,7 @@ def four_bit_config(compute_dtype):
         raise PsyDTError("--load_in_4bit 需要 bitsandbytes：pip install bitsandbytes") from None
     from transformers import BitsAndBytesConfig
 
-    if compute_dtype == torch.float32:
+    if compute_dtype in (None, torch.float32):
         compute_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
@@ -163,6 +247,26 @@ def checkpoint_complete(path: Path) -> bool:
     if not all((path / n).is_file() and (path / n).stat().st_size > 0 for n in needed):
         return False
     return safetensors_complete(path / "adapter_model.safetensors")
+
+
+def checkpoint_step(path) -> int:
+    """The optimizer step a (complete) checkpoint was saved at."""
+    return int(json.loads((Path(path) / "trainer_state.json").read_text("utf-8")).get("global_step", 0))
+
+
+def load_checkpoint_adapter(model, checkpoint) -> None:
+    """Put a checkpoint's LoRA weights into `model` (for a run that finished training but not its save)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
+
+
+def final_eval(trainer) -> dict:
+    """The evaluation at the last step: the Trainer already runs one there; only run it when it did not."""
+    step = trainer.state.global_step
+    done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
+    return dict(done[-1]) if done else trainer.evaluate()
 
 
 def find_checkpoint(output_dir, requested: str) -> str | None:
