@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_adapter", action="store_true", help="不加载 adapter，直接和基础模型对话")
     g.add_argument("--merge_lora", action="store_true", help="在内存中把 adapter 合并进权重（生成更快）")
     g.add_argument("--save_merged", default=None, metavar="DIR", help="把基础模型 + adapter 合并保存为独立模型到 DIR，然后退出")
-    g.add_argument("--device", default="auto", help="auto、cuda、cuda:1、cpu、mps")
+    g.add_argument("--device", default="auto", help="运行设备：auto、cuda、cuda:1、cpu、mps")
     g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto：CUDA 支持时用 bf16，否则 fp32")
     g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
 
@@ -111,6 +111,22 @@ def _loss_curve(adapter):
     return path if path.is_file() else None
 
 
+def startup_summary(args, model, device, adapter, where, settings, limit) -> str:
+    """Where the model runs and how it will answer, before the first reply."""
+    import torch
+
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    attention = getattr(model.config, "_attn_implementation", None) or "eager"
+    lora = "（不加载）" if adapter is None else f"{args.adapter_path}{'（已合并）' if args.merge_lora else ''}"
+    lines = [f"[运行] 模型：{args.model_path}；LoRA：{lora}",
+             f"[运行] 设备：{device}（{name}）；精度：{dtype}；注意力实现：{attention}；上下文 {limit} token",
+             f"[运行] 生成：{settings.describe()}；系统提示词来自：{where}"]
+    if device == "cpu":
+        lines.append("[提示] 没有使用 GPU，在 CPU 上生成会比较慢。")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -143,13 +159,13 @@ def main(argv=None) -> int:
     if fmt and fmt.get("enable_thinking", False) != args.enable_thinking:
         print(f"[提示] adapter 训练时 enable_thinking={fmt.get('enable_thinking')}，现在是 {args.enable_thinking}。")
 
+    print(startup_summary(args, model, device, adapter, where, settings, limit))
     if safety is None:
         print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
     if args.mode == "interactive":
         from psydt_lora.chat import DISCLAIMER, Chat
 
-        print(f"模型：{args.model_path}\nLoRA：{'（不加载）' if adapter is None else args.adapter_path}"
-              f"{'（已合并）' if args.merge_lora else ''}\n设备：{device}\n系统提示词来自：{where}\n{DISCLAIMER}")
+        print(DISCLAIMER)
         if safety is not None:
             print(f"{format_resources(safety.resources)}\n（求助资源来自：{safety.source}）")
         print("输入 /help 查看命令。")
@@ -183,9 +199,11 @@ def main(argv=None) -> int:
     if safety is not None:
         sm = m["safety"]
         print(f"[安全] 含危机信号的条目 {sm['crisis_items']} 条（紧急 {sm['imminent_items']}），被过滤的回复 {sm['screened_responses']} 条")
-    for name, summary in report.get("metrics", {}).get("overall", {}).items():
-        print(f"[指标] {name}: BLEU-4(字) {summary['bleu4_char']:.2f}  ROUGE-L {summary['rougeL']:.2f}  "
-              f"chrF {summary['chrf']:.2f}  ppl {summary.get('ppl', float('nan')):.3f}")
+    from psydt_lora.report import summary_lines
+
+    print("\n".join(summary_lines(report)))
+    if m.get("hit_max_new_tokens"):
+        print(f"[提示] {m['hit_max_new_tokens']} 条回复在 --max_new_tokens {args.max_new_tokens} 处被截断")
     print(f"[完成] {m['items']} 条结果写入 {args.test_output_file}（本次生成 {m['generated_this_run']} 条，"
           f"{m['seconds_this_run']} 秒，{m['tokens_per_second']} token/s）")
     return 0

@@ -91,8 +91,10 @@ def test_compare_shows_both_replies_and_keeps_the_base_reply_out_of_history(load
     chat, out = make_chat(loaded, [D0[1]["content"], "/compare"])
     chat.loop()
     text = out.getvalue()
-    assert f"[LoRA] {D0[2]['content']}" in text and "[基础模型]：" in text
+    assert text.count(D0[2]["content"]) == 1 and "[LoRA] 见上面的回复" in text and "[基础模型]：" in text
     assert chat.state.rounds == [(D0[1]["content"], D0[2]["content"])]
+    # the random base model runs to --max_new_tokens and is told so; the memorised LoRA reply ends by itself
+    assert text.count("处被截断") == 1 and text.index("[基础模型]") < text.index("处被截断")
 
 
 @pytest.mark.parametrize("text", ["<think>\n想一想\n</think>\n\n你好，我在。", "你好，我在。"])
@@ -132,6 +134,30 @@ def test_pseudo_terminal_session(tiny_model_dir, memorised_adapter):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_keys_typed_while_a_reply_streams_are_neither_echoed_nor_sent(tiny_model_dir):
+    pexpect = pytest.importorskip("pexpect")
+    # the random base model writes until --max_new_tokens: a reply long enough to type into
+    child = pexpect.spawn(sys.executable, [str(SCRIPT), "--model_path", str(tiny_model_dir), "--no_adapter",
+                                           "--no-do_sample", "--max_new_tokens", "600", "--safety", "off"],
+                          env={**os.environ, "PYTHONPATH": ""}, encoding="utf-8", timeout=120)
+    child.expect("你：")
+    child.sendline("你好")
+    child.expect("助手：")
+    child.send("typed ahead\r")
+    child.expect("处被截断")
+    streamed = child.before
+    child.expect("生成回复时输入的内容已丢弃")
+    child.expect("你：")
+    child.sendline("/history")
+    child.expect_exact("\r\n你：")  # the next prompt (history lines read "[1] 你：...")
+    history = child.before
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert "typed ahead" not in streamed  # not echoed into the reply
+    assert "[1] 你：你好" in history and "[2]" not in history and "typed ahead" not in history  # nor sent
 
 
 def run_test_mode(tiny_model_dir, adapter, test_file, out, *extra):

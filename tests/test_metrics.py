@@ -65,7 +65,8 @@ def test_reference_perplexity_is_exp_of_the_training_loss(tiny_model_dir, memori
     assert sum(v["nll"] for v in losses.values()) / count == pytest.approx(total / count, rel=1e-5)
 
 
-def test_compare_base_writes_both_columns_a_report_and_a_png(tiny_model_dir, memorised_adapter, data_files, tmp_path):
+def test_compare_base_writes_both_columns_a_report_and_a_png(tiny_model_dir, memorised_adapter, data_files, tmp_path,
+                                                             capsys):
     from PIL import Image
 
     _, test = data_files
@@ -87,8 +88,60 @@ def test_compare_base_writes_both_columns_a_report_and_a_png(tiny_model_dir, mem
     md = out.with_suffix(".md").read_text("utf-8")
     assert "基础模型" in md and "LoRA 微调后" in md and "### 情绪" in md and "参考回复" in md
     assert "loss_curve.png" in md  # the training run's loss curve, linked
+    assert "贪心解码" in md and "temperature" not in md  # settings in words, no sampling knobs under greedy
     with Image.open(out.with_suffix(".png")) as img:
         assert img.size[0] > 100
+    console = capsys.readouterr().out
+    assert "[指标] LoRA 微调后：" in console and "空回复 0.0%" in console and "平均长度" in console
+    assert "[指标] 差值（LoRA − 基础模型）：" in console and "ROUGE-L +" in console
+
+
+def _report(responses, base=None):
+    from psydt_lora.metrics import item_scores, summarize
+
+    entries = [{"response": r, "reference": "我能理解你的感受。", "scores": item_scores(r, "我能理解你的感受。")}
+               for r in responses]
+    overall = {"lora": summarize(entries, "response", "scores", None)}
+    if base is not None:
+        for e, b in zip(entries, base):
+            e["base_response"], e["base_scores"] = b, item_scores(b, "我能理解你的感受。")
+        overall["base"] = summarize(entries, "base_response", "base_scores", None)
+    return {"meta": {"adapter": "a"}, "results": entries, "metrics": {"overall": overall}}
+
+
+def test_summary_says_when_every_reply_is_empty():
+    from psydt_lora.report import summary_lines
+
+    lines = "\n".join(summary_lines(_report(["\n\n", "  ", "\n"])))  # a model that emits only blank lines
+    assert "空回复 100.0%" in lines and "[警告]" in lines and "100% 的回复是空的" in lines
+    ok = "\n".join(summary_lines(_report(["我能理解你的感受。", "我理解。"], base=["", "好的"])))
+    assert "[警告] LoRA" not in ok and "[警告] 基础模型有 50%" in ok
+    assert "空回复率 -0.50" in ok  # the difference LoRA - base, signed
+
+
+def test_markdown_keeps_multi_line_replies_on_their_line():
+    from psydt_lora.report import md_text
+
+    assert md_text("第一行\n第二行\r\n- 第三行 *强调* <think>|") == "第一行<br>第二行<br>- 第三行 \\*强调\\* &lt;think&gt;\\|"
+
+
+def test_chart_scales_to_realistic_scores_and_puts_ppl_on_its_own_axis(tmp_path, monkeypatch):
+    from psydt_lora import report
+
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
+    small = {k: 0.8 for k in report.CHART_KEYS}
+    report.plot_metrics({"lora": {**small, "ppl": 12.5}, "base": {**small, "ppl": 30.0}}, tmp_path / "c.png")
+    scores_ax, ppl_ax = figures[0].axes
+    assert scores_ax.get_ylim()[1] < 2  # ROUGE-L 0.8 is visible, not a sliver under a 0-100 axis
+    assert ppl_ax.get_ylim()[1] >= 30 and "ppl" in ppl_ax.get_title()
+
+
+def test_generation_settings_in_words():
+    from psydt_lora.generation import GenerationSettings
+
+    assert "temperature" not in GenerationSettings(do_sample=False).describe()
+    assert "temperature 0.7，top_p 0.8" in GenerationSettings().describe()
 
 
 def test_compare_base_refuses_a_merged_or_missing_adapter(tiny_model_dir):

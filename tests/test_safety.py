@@ -91,7 +91,7 @@ class FakeStream:
     def __call__(self, model, tok, ids, settings, on_text, stop):
         for i in range(0, len(self.reply), 3):
             on_text(self.reply[i:i + 3])
-        return self.reply, False
+        return self.reply, False, False
 
 
 def session(tiny_tokenizer, monkeypatch, lines, reply, safety):
@@ -124,6 +124,8 @@ def test_crisis_turn_shows_resources_first_and_steers_the_reply(tiny_tokenizer, 
     assert text.index("12356") < text.index("助手：") and "400-161-9995" in text
     assert "【安全提示】" in fake.contexts[0]  # the guidance went into this turn's system prompt
     assert "助手：我很担心你，你现在安全吗？" in text
+    # the held reply says it is being written and checked, before it appears
+    assert text.index("400-161-9995") < text.index("正在生成…（安全检查中") < text.index("助手：")
     assert chat.safety.events[0]["event"] == "crisis_detected" and chat.safety.events[0]["categories"] == ["suicide"]
     # the guidance is for that turn only and is not stored in the history
     assert chat.state.rounds == [("我不想活了", "我很担心你，你现在安全吗？")]

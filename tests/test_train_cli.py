@@ -1,10 +1,12 @@
 """The training CLI end to end on the tiny model, offline."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REAL_TOKENIZER, ROOT, SHAPED_TRAIN, require
 from psydt_lora.samples import IGNORE_INDEX
@@ -70,16 +72,23 @@ def test_dry_run_dump_matches_independent_rendering_on_real_data(tmp_path):
         assert s["labels"] == [IGNORE_INDEX] * len(ctx_ids) + reply_ids
 
 
-def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(tiny_model_dir, data_files, tmp_path):
+def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(tiny_model_dir, data_files, tmp_path,
+                                                                             capsys):
     train, test = data_files
     out = tmp_path / "out"
     argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--eval_file", str(test),
             "--output_dir", str(out), "--report_to", "none", "--max_steps", "4", "--save_steps", "2",
             "--eval_steps", "2", "--logging_steps", "1", "--gradient_accumulation_steps", "1"]
     assert train_psydt_lora.main(argv) == 0
+    said = capsys.readouterr().out
+    for line in ("[运行] 设备：cpu", "没有可用的 CUDA GPU", "注意力实现：sdpa", "可训练参数", "有效批量 1 × 1",
+                 "计划 4 步", f"输出目录：{out.resolve()}", "[日志] 第 1/4 步：loss "):
+        assert line in said, line
+    assert "'loss': '" not in said  # numbers print as numbers
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     metrics = json.loads((out / "metrics.json").read_text("utf-8"))
-    assert [step for step, _ in metrics["loss_history"]["eval"]][:2] == [2, 4]
+    assert [step for step, _ in metrics["loss_history"]["eval"]] == [2, 4]  # the last step is evaluated once
+    assert metrics["eval"]["step"] == 4
     assert metrics["final_eval_loss"] > 0 and metrics["final_train_loss"] > 0
     png = (out / "loss_curve.png").read_bytes()
     assert png.startswith(b"\x89PNG")
@@ -91,6 +100,47 @@ def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(ti
     cfg = json.loads((adapter / "adapter_config.json").read_text("utf-8"))
     assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 32, 0.1)
     assert sorted(cfg["target_modules"]) == sorted(TUTORIAL_FLAGS["--target_modules"].split(","))
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_says_so(tiny_model_dir, data_files, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    train, _ = data_files
+    out = tmp_path / "out"
+    argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval", "--output_dir",
+            str(out), "--report_to", "none", "--max_steps", "3", "--save_steps", "2", "--gradient_accumulation_steps", "1"]
+    assert train_psydt_lora.main(argv) == 0
+    metrics = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert train_psydt_lora.main(argv) == 0
+    said = capsys.readouterr().out
+    assert "[已完成]" in said and "--resume_from_checkpoint none" in said and "[运行] 设备" not in said  # no weights loaded
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]  # no step past the end
+    assert (out / "metrics.json").read_bytes() == metrics
+    # killed after the last checkpoint but before the adapter was saved: the rerun only saves it
+    adapter = out / "lora_adapter" / "adapter_model.safetensors"
+    before = load_file(str(adapter))
+    shutil.rmtree(out / "lora_adapter")
+    assert train_psydt_lora.main(argv) == 0
+    assert "只补上保存 adapter" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    after = load_file(str(adapter))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_help_is_chinese_and_shows_each_default_once():
+    import re
+
+    import inference_psydt_lora
+
+    for parser in (train_psydt_lora.build_parser(), inference_psydt_lora.build_parser()):
+        text = parser.format_help()
+        assert "default" not in text and "usage" not in text and "show this help" not in text
+        for action in parser._actions:
+            if action.help:
+                assert re.search(r"[\u4e00-\u9fff]", action.help), action.option_strings  # every flag explained in Chinese
+        assert "（默认：2048）" in text or "（默认：512）" in text
+        assert not re.search(r"默认[^\n]*（默认：", text)  # never twice on one flag
 
 
 def test_swanlab_local_mode_logs_settings_but_no_dialogue_text(tiny_model_dir, data_files, tmp_path):

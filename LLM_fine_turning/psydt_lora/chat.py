@@ -23,7 +23,49 @@ HELP = """命令：
   /save 文件名    把对话保存为 JSON（仅本人可读）
   /compare        用基础模型（不加 LoRA）重新回答上一句，对比两个回复
   /exit, /quit    退出（也可以输入 exit / quit，或按 Ctrl-D）
-回复生成时按 Ctrl-C 只会打断这次回复。"""
+回复生成时按 Ctrl-C 只会打断这次回复；生成时键入的内容会被丢弃，请等回复结束再输入。"""
+HELD = "正在生成…（安全检查中，检查完再显示）"
+HELD_DOT_CHARS = 20  # one dot per this many characters of a held reply
+
+
+@contextlib.contextmanager
+def typeahead_discarded(chat):
+    """While a reply streams on a terminal: keys typed are not echoed into the reply, and are discarded
+    afterwards rather than sent as the next message (we say so when there were any)."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+    except (ImportError, AttributeError, OSError, ValueError):  # Windows, or stdin replaced (tests, notebooks)
+        termios = fd = None
+    if termios is None or fd is None or not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        pending = _pending_bytes(fd)
+        termios.tcflush(fd, termios.TCIFLUSH)
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+        if pending:
+            chat.say("[生成回复时输入的内容已丢弃，请重新输入]")
+
+
+def _pending_bytes(fd) -> int:
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return buf[0]
 
 
 @dataclass
@@ -58,6 +100,10 @@ class Chat:
 
     # -- one reply ------------------------------------------------------------------------------------
     def generate(self, user_text, label="助手", adapter=True, detection=None):
+        with typeahead_discarded(self):
+            return self._generate(user_text, label, adapter, detection)
+
+    def _generate(self, user_text, label, adapter, detection):
         msgs = self.state.messages_for(user_text)
         crisis = detection is not None and detection.crisis
         if crisis:  # steer this turn's reply toward safety (see safety.GUIDANCE)
@@ -66,19 +112,31 @@ class Chat:
                                        self.settings.enable_thinking)
         if dropped:
             self.say(f"[历史过长，本轮省略了最早的 {dropped} 轮对话]")
-        self.say(f"{label}：", end="")
         stop = threading.Event()
         # a crisis turn's reply is shown only once it has been screened as a whole
         screen = ReplyScreen(hold=crisis) if self.safety is not None else None
+        if crisis:
+            self.say(HELD, end="")
+        else:
+            self.say(f"{label}：", end="")
+        progress = [0]
 
         def show(piece):
             visible = piece if screen is None else screen.feed(piece)
             if visible:
                 self.out.write(visible)
-                self.out.flush()
+            elif crisis:  # a sign of life while the held reply is written
+                progress[0] += len(piece)
+                if progress[0] >= HELD_DOT_CHARS:
+                    progress[0] = 0
+                    self.out.write("·")
+            self.out.flush()
 
         with contextlib.nullcontext() if adapter else self.model.disable_adapter():
-            reply, interrupted = stream_reply(self.model, self.tok, ids, self.settings, show, stop)
+            reply, interrupted, hit_limit = stream_reply(self.model, self.tok, ids, self.settings, show, stop)
+        if crisis:
+            self.say()
+            self.say(f"{label}：", end="")
         if screen is not None:
             rest, blocked = screen.finish(reply)
             if blocked:
@@ -89,6 +147,8 @@ class Chat:
             elif rest:
                 self.out.write(rest)
         self.say()
+        if hit_limit and not interrupted:
+            self.say(f"[回复在 --max_new_tokens {self.settings.max_new_tokens} 处被截断；可调大这个参数]")
         return reply, interrupted
 
     def check(self, user_text):
@@ -171,7 +231,7 @@ class Chat:
         user_text, lora_reply = self.state.rounds[-1]
         saved = self.state.rounds.pop()  # the base model answers the same history
         try:
-            self.say(f"[LoRA] {lora_reply}")
+            self.say(f"[LoRA] 见上面的回复（{len(lora_reply)} 字）；下面是基础模型对同一句话的回答：")
             detection = self.safety.check(user_text) if self.safety is not None else None
             self.generate(user_text, label="[基础模型]", adapter=False, detection=detection)
         finally:

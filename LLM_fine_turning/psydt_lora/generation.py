@@ -17,6 +17,9 @@ class GenerationSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        return describe_generation(self.as_dict())
+
     def kwargs(self, tokenizer, model) -> dict:
         kw = {
             "max_new_tokens": self.max_new_tokens,
@@ -30,6 +33,17 @@ class GenerationSettings:
         else:  # greedy: unset the sampling knobs a model's generation_config may carry
             kw.update(temperature=None, top_p=None, top_k=None)
         return kw
+
+
+def describe_generation(settings: dict) -> str:
+    """Generation settings as a reader wants them: the sampling knobs only when sampling is on."""
+    if settings.get("do_sample"):
+        how = f"采样（temperature {settings.get('temperature')}，top_p {settings.get('top_p')}）"
+    else:
+        how = "贪心解码（greedy）"
+    think = "开" if settings.get("enable_thinking") else "关"
+    return (f"{how}，max_new_tokens {settings.get('max_new_tokens')}，"
+            f"repetition_penalty {settings.get('repetition_penalty')}，思考模式 {think}")
 
 
 def stop_ids(tokenizer, model) -> list[int]:
@@ -119,7 +133,7 @@ class ThinkFilter:
 def stream_reply(model, tokenizer, context: list[int], settings: GenerationSettings, on_text, stop_event):
     """Generate one reply in a background thread, calling `on_text(piece)` for each visible piece.
     Setting `stop_event` (or Ctrl-C here) ends generation early.
-    Returns (reply without think blocks, interrupted)."""
+    Returns (reply without think blocks, interrupted, stopped at max_new_tokens)."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -132,18 +146,30 @@ def stream_reply(model, tokenizer, context: list[int], settings: GenerationSetti
     ids = torch.tensor([context], device=device)
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                   stopping_criteria=StoppingCriteriaList([StopOnEvent()]), **settings.kwargs(tokenizer, model))
-    errors = []
+    errors, generated = [], []
 
     def work():
         try:
             with torch.no_grad():
-                model.generate(**kwargs)
+                generated.append(model.generate(**kwargs)[0, len(context):].tolist())
         except BaseException as err:  # surfaced in the caller's thread
             errors.append(err)
             streamer.end()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
+    raw, interrupted = _relay(streamer, on_text, stop_event)
+    thread.join()
+    if errors:
+        raise errors[0]
+    new = generated[0] if generated else []
+    hit_limit = len(new) >= settings.max_new_tokens and new[-1] not in stop_ids(tokenizer, model)
+    return strip_think(raw), interrupted or stop_event.is_set(), hit_limit
+
+
+def _relay(streamer, on_text, stop_event) -> tuple[str, bool]:
+    """Pass the streamer's pieces to `on_text` with think blocks hidden; Ctrl-C stops generation.
+    Returns (everything streamed, interrupted)."""
     filt = ThinkFilter()
     raw = []
     interrupted = False
@@ -167,7 +193,4 @@ def stream_reply(model, tokenizer, context: list[int], settings: GenerationSetti
         tail = filt.flush()
         if tail:
             on_text(tail)
-    thread.join()
-    if errors:
-        raise errors[0]
-    return strip_think("".join(raw)), interrupted or stop_event.is_set()
+    return "".join(raw), interrupted
