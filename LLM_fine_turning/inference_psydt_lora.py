@@ -85,6 +85,21 @@ def check_args(args) -> None:
         raise PsyDTError("--compare_base 需要加载未合并的 adapter：不能和 --no_adapter / --merge_lora 一起用。")
 
 
+def check_local(args) -> None:
+    """Every local path, in a moment, before any download or weight load."""
+    from psydt_lora.files import check_can_write, check_files_exist
+    from psydt_lora.models import check_inference_paths
+
+    check_inference_paths(args.model_path, None if args.no_adapter else args.adapter_path)
+    test_file = args.test_file if args.mode == "test" and not args.questions_file else None
+    check_files_exist({"--test_file": test_file, "--questions_file": args.questions_file,
+                       "--safety_resources": args.safety_resources})
+    if args.save_merged:
+        check_can_write(args.save_merged, "--save_merged")
+    elif args.mode == "test":
+        check_can_write(args.test_output_file, "--test_output_file")
+
+
 def test_items(args, system):
     from psydt_lora.batch_test import questions_as_items, read_questions
     from psydt_lora.dialogues import check_format, read_dialogues, select_spread
@@ -130,6 +145,7 @@ def startup_summary(args, model, device, adapter, where, settings, limit) -> str
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
+    check_local(args)
     from psydt_lora.generation import GenerationSettings, context_limit
     from psydt_lora.models import load_for_inference, read_run_info, save_merged
     from psydt_lora.safety import Safety, format_resources

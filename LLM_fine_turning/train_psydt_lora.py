@@ -119,12 +119,28 @@ def check_args(args) -> None:
         raise PsyDTError(f"--lora_dropout 必须在 [0, 1) 之间，收到 {args.lora_dropout}。")
     if args.deepspeed and not Path(args.deepspeed).is_file():
         raise PsyDTError(f"--deepspeed {args.deepspeed} 不存在（示例配置在 examples/deepspeed/）。")
+    check_local(args)
     if args.learning_rate <= 0:
         raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
     if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
         from psydt_lora.training import four_bit_config
 
         four_bit_config(None)
+
+
+def check_local(args) -> None:
+    """Every local argument, in a moment, before any download, tokenisation or weight load."""
+    from psydt_lora.files import check_can_write, check_files_exist
+    from psydt_lora.training import find_checkpoint
+
+    check_files_exist({"--train_file": args.train_file, "--eval_file": args.eval_file if args.do_eval else None,
+                       "--deepspeed": args.deepspeed})
+    if not args.dry_run:
+        check_can_write(args.output_dir, "--output_dir")
+        if args.resume_from_checkpoint not in ("auto", "none"):
+            find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if args.dump_samples:
+        check_can_write(args.dump_samples, "--dump_samples")
 
 
 def data_files(args) -> tuple[Path, Path | None]:
@@ -334,35 +350,43 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     else:
         if resume:
             print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
-        if T.is_main_process():
-            stop.install()
+        stop.install()  # on every rank: a launcher's SIGTERM reaches them all
         result = trainer.train(resume_from_checkpoint=resume)
-    if stop.requested:
+    if stop.exit_code:
         if trainer.is_world_process_zero():
             print(f"[中断] 已保存检查点到 {output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
-        return 130
+        return stop.exit_code
 
     # 5. save: adapter + run JSON, metrics, loss curve
     metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
-    if T.is_main_process():
-        hint = "（--group_by_length 可以减少）" if collator.padding_share() > 0.05 and not args.group_by_length else ""
-        print(f"[训练] padding 占比 {100 * collator.padding_share():.1f}%{hint}", flush=True)
     if do_eval:
         metrics["eval"] = T.final_eval(trainer)
-    if trainer.is_world_process_zero():
+    info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
+    save_outputs(args, trainer, tokenizer, metrics, info, collator.padding_share())
+    return 0
+
+
+def save_outputs(args, trainer, tokenizer, metrics, info, padding_share) -> None:
+    """Metrics, loss curve and run JSON from the main process; the adapter through every rank."""
+    from psydt_lora import training as T
+
+    output_dir = Path(args.output_dir)
+    plot = output_dir / T.LOSS_PLOT
+    main_rank = trainer.is_world_process_zero()
+    if main_rank:
+        hint = "（--group_by_length 可以减少）" if padding_share > 0.05 and not args.group_by_length else ""
+        print(f"[训练] padding 占比 {100 * padding_share:.1f}%{hint}", flush=True)
         history = T.loss_history(trainer.state.log_history)
         metrics["loss_history"] = history
         metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
         metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
         T.atomic_write_json(output_dir / T.METRICS_FILE, metrics)
-        plot = output_dir / T.LOSS_PLOT
         T.plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
-        info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
         info["metrics"] = {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")}
-        adapter_dir = output_dir / T.ADAPTER_DIR
-        T.save_adapter(trainer.model, tokenizer, adapter_dir, info, extra_files=[plot])
+    adapter_dir = output_dir / T.ADAPTER_DIR
+    T.save_adapter(trainer, tokenizer, adapter_dir, info, extra_files=[plot])
+    if main_rank:
         print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / T.METRICS_FILE}；损失曲线 {plot}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

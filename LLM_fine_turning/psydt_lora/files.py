@@ -5,6 +5,31 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import PsyDTError
+
+
+def check_files_exist(named: dict) -> None:
+    """{flag: path or None}: every given path must be a readable file."""
+    for flag, path in named.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if not path.is_file():
+            raise PsyDTError(f"{flag} {path} 不存在（或不是文件）。")
+        if not os.access(path, os.R_OK):
+            raise PsyDTError(f"{flag} {path} 没有读取权限。")
+
+
+def check_can_write(path, flag: str) -> None:
+    """`path` (file or folder, existing or not) can be created or replaced: its nearest existing folder
+    is writable. Creates nothing."""
+    path = Path(path).absolute()
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PsyDTError(f"{flag} {path} 无法写入（{probe} 不可写）。请换一个位置。")
+
 
 def atomic_write_bytes(path, data: bytes, mode: int | None = None) -> None:
     path = Path(path)

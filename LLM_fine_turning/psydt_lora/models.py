@@ -91,6 +91,31 @@ def base_model_signature(config) -> dict:
     return {k: d.get(k) for k in keys}
 
 
+def check_inference_paths(model_path, adapter_path=None) -> None:
+    """The folders inference loads from, checked in a moment before anything is read or fetched."""
+    from .hub import safetensors_complete
+
+    model_path = Path(model_path)
+    if not (model_path / "config.json").is_file():
+        raise PsyDTError(
+            f"找不到基础模型 {model_path}（缺少 config.json）。先运行 python LLM_fine_turning/train_psydt_lora.py"
+            "（会自动下载 Qwen/Qwen3-1.7B），或用 --model_path 指向模型文件夹。"
+        )
+    if adapter_path is None:
+        return
+    adapter_path = Path(adapter_path)
+    if not (adapter_path / "adapter_config.json").is_file():
+        raise PsyDTError(
+            f"找不到 LoRA adapter {adapter_path}（缺少 adapter_config.json）。先训练："
+            "python LLM_fine_turning/train_psydt_lora.py；或用 --adapter_path 指定，或加 --no_adapter 直接和基础模型对话。"
+        )
+    weights = adapter_path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise PsyDTError(f"{adapter_path} 里没有 adapter_model.safetensors（只加载 safetensors 格式的 adapter）。")
+    if not safetensors_complete(weights):
+        raise PsyDTError(f"{weights} 不完整（可能复制或保存时被中断），请重新复制或重新训练。")
+
+
 def load_for_inference(model_path, adapter_path=None, *, merge=False, device="auto", dtype="auto",
                        trust_remote_code=False):
     """Base model (+ LoRA adapter) ready for generation. Returns (model, tokenizer, run_info, device).
@@ -99,22 +124,9 @@ def load_for_inference(model_path, adapter_path=None, *, merge=False, device="au
     is the template the adapter was trained with. An adapter made for a different base model is refused.
     """
     model_path = Path(model_path)
-    if not (model_path / "config.json").is_file():
-        raise PsyDTError(
-            f"找不到基础模型 {model_path}（缺少 config.json）。先运行 python LLM_fine_turning/train_psydt_lora.py"
-            "（会自动下载 Qwen/Qwen3-1.7B），或用 --model_path 指向模型文件夹。"
-        )
-    info = {}
-    if adapter_path is not None:
-        adapter_path = Path(adapter_path)
-        if not (adapter_path / "adapter_config.json").is_file():
-            raise PsyDTError(
-                f"找不到 LoRA adapter {adapter_path}（缺少 adapter_config.json）。先训练："
-                "python LLM_fine_turning/train_psydt_lora.py；或用 --adapter_path 指定，或加 --no_adapter 直接和基础模型对话。"
-            )
-        if not (adapter_path / "adapter_model.safetensors").is_file():
-            raise PsyDTError(f"{adapter_path} 里没有 adapter_model.safetensors（只加载 safetensors 格式的 adapter）。")
-        info = read_run_info(adapter_path)
+    adapter_path = None if adapter_path is None else Path(adapter_path)
+    check_inference_paths(model_path, adapter_path)
+    info = read_run_info(adapter_path) if adapter_path is not None else {}
     from transformers import AutoConfig
 
     base_config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)

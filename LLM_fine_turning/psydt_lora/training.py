@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import PsyDTError
-from .files import atomic_write_json, pyplot, save_figure, write_dir
+from .files import atomic_write_json, pyplot, save_figure
 from .hub import safetensors_complete
 from .models import RUN_FILE, base_model_signature
 
@@ -236,17 +236,45 @@ class PackCollator:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def optimizer_layout(path: Path) -> str | None:
+    """Which launcher wrote the checkpoint's optimizer state, or None when it is missing or cut short:
+    'plain' (optimizer.pt + scheduler.pt), 'deepspeed' (`latest` naming a global_stepN/ folder whose
+    optimizer shards are all there), 'fsdp' (optimizer_0/ shards or optimizer.bin)."""
+    if _nonempty(path / "optimizer.pt"):
+        return "plain" if _nonempty(path / "scheduler.pt") else None
+    if _nonempty(path / "latest"):
+        tag = path / (path / "latest").read_text("utf-8").strip()
+        model_states = list(tag.glob("*model_states.pt")) if tag.is_dir() else []
+        optim_states = list(tag.glob("*optim_states.pt")) if tag.is_dir() else []
+        if model_states and optim_states and all(_nonempty(p) for p in model_states + optim_states):
+            return "deepspeed"
+        return None
+    if _nonempty(path / "optimizer.bin") or any(_nonempty(p) for p in (path / "optimizer_0").glob("*")):
+        return "fsdp"
+    return None
+
+
 def checkpoint_complete(path: Path) -> bool:
-    """A Trainer checkpoint is usable when every file it writes is there; trainer_state.json is
-    written last, so a checkpoint cut short by a kill lacks it or has it truncated."""
+    """A Trainer checkpoint is usable when every file it writes is there, in whichever layout the
+    launcher uses (see `optimizer_layout`); trainer_state.json is written last, so a checkpoint cut
+    short by a kill lacks it or has it truncated. The adapter weights must be whole where they are
+    written (DeepSpeed ZeRO-3 without 16-bit gathering keeps them only in global_stepN/)."""
+    path = Path(path)
     try:
         json.loads((path / "trainer_state.json").read_text("utf-8"))
     except (OSError, ValueError):
         return False
-    needed = ("optimizer.pt", "scheduler.pt")
-    if not all((path / n).is_file() and (path / n).stat().st_size > 0 for n in needed):
+    layout = optimizer_layout(path)
+    if layout is None:
         return False
-    return safetensors_complete(path / "adapter_model.safetensors")
+    adapter = path / "adapter_model.safetensors"
+    if layout == "plain" or adapter.exists():
+        return safetensors_complete(adapter)
+    return True
 
 
 def checkpoint_step(path) -> int:
@@ -294,26 +322,44 @@ def find_checkpoint(output_dir, requested: str) -> str | None:
     return None
 
 
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
 def make_stop_callback():
-    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop cleanly.
-    A second Ctrl-C interrupts at once."""
+    """Ctrl-C (SIGINT) or SIGTERM (cluster preemption): finish the current step, save one checkpoint,
+    stop. Installed on every rank; at each step end the ranks agree (an all-reduce of the exit code)
+    so all of them stop at the same step even when only some got the signal. A second Ctrl-C
+    interrupts at once."""
     from transformers import TrainerCallback
 
     class StopOnSignal(TrainerCallback):
         def __init__(self):
-            self.requested = None
+            self.requested = None  # the signal's name, on the ranks that got it
+            self.exit_code = 0  # agreed by all ranks
 
         def install(self):
             def handler(signum, frame):
+                first = self.requested is None
                 self.requested = signal.Signals(signum).name
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                print(f"\n[中断] 收到 {self.requested}，保存检查点后退出（再按一次 Ctrl-C 立即退出）...", flush=True)
+                if first and is_main_process():
+                    print(f"\n[中断] 收到 {self.requested}，保存检查点后退出（再按一次 Ctrl-C 立即退出）...", flush=True)
 
             signal.signal(signal.SIGINT, handler)
             signal.signal(signal.SIGTERM, handler)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if self.requested:
+            code = EXIT_CODES.get(self.requested, 0)
+            if world_size() > 1:
+                import torch
+                import torch.distributed as dist
+
+                if dist.is_available() and dist.is_initialized():
+                    flag = torch.tensor([code], device=args.device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    code = int(flag.item())
+            if code:
+                self.exit_code = code
                 control.should_save = True
                 control.should_training_stop = True
             return control
@@ -393,18 +439,34 @@ def most_common_system_prompt(dialogues) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def save_adapter(model, tokenizer, adapter_dir: Path, run_info: dict, extra_files=()) -> None:
-    """Adapter (safetensors) + tokenizer/chat template + run JSON, written to a temp folder and
-    renamed into place, so `adapter_dir` is never half-written."""
-    def fill(tmp):
-        model.save_pretrained(str(tmp), safe_serialization=True)
+def save_adapter(trainer, tokenizer, adapter_dir: Path, run_info: dict, extra_files=()) -> None:
+    """Adapter (safetensors) + tokenizer/chat template + run JSON, written to a folder beside
+    `adapter_dir` and renamed into place, so `adapter_dir` is never half-written.
+
+    Called on every rank: the weights go through the Trainer's own save, which gathers parameters that
+    DeepSpeed ZeRO-3 or FSDP partitioned across ranks; the main process writes the rest."""
+    from .files import replace_dir
+
+    adapter_dir = Path(adapter_dir)
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.saving")
+    main = trainer.is_world_process_zero()
+    if main and tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank takes part; the main process writes
+    if not main:
+        return
+    try:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run JSON holds the settings
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / RUN_FILE, run_info)
         for f in extra_files:
             if Path(f).is_file():
                 shutil.copy2(f, tmp / Path(f).name)
-
-    write_dir(adapter_dir, fill)
+        replace_dir(tmp, adapter_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def run_info(args, base_config, prompt_fmt: dict, system_prompt, data_stats: dict) -> dict:

@@ -1,0 +1,197 @@
+"""Beyond one process: DDP in the default shared-prefix mode equals one process, every rank stops together
+on a signal, DeepSpeed's checkpoint layout resumes, and local mistakes are caught before anything slow.
+Multi-process tests run 2 gloo CPU processes under torchrun on a free port."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from psydt_lora import training as T
+from psydt_lora.errors import PsyDTError
+
+TRAIN = ROOT / "LLM_fine_turning" / "train_psydt_lora.py"
+INFER = ROOT / "LLM_fine_turning" / "inference_psydt_lora.py"
+ENV = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int) -> list[str]:
+    """The README's multi-node recipe with one node: c10d rendezvous on a free local port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "psydt-test"]
+
+
+def train_args(model_dir, train, out, *extra):
+    return [str(TRAIN), "--model_local_dir", str(model_dir), "--train_file", str(train), "--no-do_eval",
+            "--output_dir", str(out), "--report_to", "none", "--lora_dropout", "0", "--learning_rate", "1e-2",
+            "--gradient_accumulation_steps", "1", "--no-gradient_checkpointing", *extra]
+
+
+def tensors(adapter_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+@pytest.mark.multiprocess
+def test_shared_prefix_under_ddp_equals_one_process(tiny_model_dir, data_files, tmp_path):
+    """Two packs (one per dialogue), two steps: one process takes both packs per step, each of two ranks
+    takes one. The Trainer averages tokens across ranks, so the gradients -- and the adapters -- agree."""
+    import torch
+
+    train, _ = data_files
+    one = subprocess.run([sys.executable, *train_args(tiny_model_dir, train, tmp_path / "one", "--max_steps", "2",
+                                                      "--per_device_train_batch_size", "2")],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*torchrun(2), *train_args(tiny_model_dir, train, tmp_path / "two", "--max_steps", "2",
+                                                    "--per_device_train_batch_size", "1")],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "shared_prefix 打包" in two.stdout and two.stdout.count("[完成]") == 1
+    assert "2 个进程" in two.stdout and "× 2（进程）= 2" in two.stdout
+    a, b = tensors(tmp_path / "one" / "lora_adapter"), tensors(tmp_path / "two" / "lora_adapter")
+    assert a.keys() == b.keys()
+    ref = tensors(tmp_path / "one" / "checkpoint-2")
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)  # it did train
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+        assert torch.equal(a[k], ref[k])
+
+
+def interrupt(proc, log_dir, who) -> str:
+    """Wait until both ranks train, send SIGTERM to the job or to rank 1 alone; the launcher's output."""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        rank_logs = sorted(log_dir.rglob("stdout.log"))
+        if len(rank_logs) == 2 and "[日志] 第 3/" in rank_logs[0].read_text("utf-8", "replace"):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    if who == "job":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        os.kill(worker_pid(proc.pid, 1), signal.SIGTERM)
+    return proc.communicate(timeout=120)[0]
+
+
+def worker_pid(agent_pid: int, rank: int) -> int:
+    """The torchrun worker process of `rank` (found through /proc: its RANK environment variable)."""
+    todo = [agent_pid]
+    while todo:
+        pid = todo.pop()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            todo += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and pid != agent_pid:
+            return pid
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("who", ["job", "rank1"])
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes(tiny_model_dir, data_files, tmp_path, who):
+    """`job`: the whole job gets SIGTERM (a cluster's preemption). `rank1`: only one rank gets it -- the
+    other must still stop at the same step instead of waiting for it forever."""
+    train, _ = data_files
+    out = tmp_path / "out"
+    log_dir = tmp_path / "logs"
+    cmd = [*torchrun(2), "--log-dir", str(log_dir), "--redirects", "3",
+           *train_args(tiny_model_dir, train, out, "--max_steps", "400", "--save_steps", "1000", "--logging_steps", "1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        agent_output = interrupt(proc, log_dir, who)
+    finally:
+        if proc.poll() is None:  # a hang must not outlive the test
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, agent_output[-3000:]
+    if who == "rank1":  # the launcher's report: both ranks left with SIGTERM's exit code, neither hung
+        assert agent_output.count("exitcode  : 143") == 2, agent_output[-3000:]
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and T.checkpoint_complete(checkpoints[0])  # one complete checkpoint
+    step = T.checkpoint_step(checkpoints[0])
+    assert 3 <= step < 400
+    logs = [p.read_text("utf-8", "replace") for p in sorted(log_dir.rglob("stdout.log"))]
+    assert sum(t.count("用同样的命令重新运行即可继续训练") for t in logs) == 1  # said once, by rank 0
+    errs = "".join(p.read_text("utf-8", "replace") for p in log_dir.rglob("stderr.log"))
+    assert "Traceback" not in errs
+    assert not (out / "lora_adapter").exists()
+    again = subprocess.run([*torchrun(2), *train_args(tiny_model_dir, train, out, "--max_steps", str(step + 2),
+                                                      "--save_steps", "1000")],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"从检查点 {checkpoints[0]}" in again.stdout
+    assert (out / "lora_adapter" / "adapter_model.safetensors").is_file()
+
+
+def deepspeed_layout(checkpoint, tag):
+    """Rewrite a plain checkpoint into the layout the Trainer writes under DeepSpeed: no optimizer.pt or
+    scheduler.pt; a `latest` file naming global_stepN/ with the engine's model and optimizer shards."""
+    (checkpoint / "optimizer.pt").unlink()
+    (checkpoint / "scheduler.pt").unlink()
+    shards = checkpoint / tag
+    shards.mkdir()
+    (shards / "mp_rank_00_model_states.pt").write_bytes(b"model")
+    for rank in (0, 1):
+        (shards / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"optim")
+    (checkpoint / "latest").write_text(tag)
+
+
+def test_deepspeed_checkpoints_are_found_and_accepted(tiny_model_dir, data_files, tmp_path):
+    import train_psydt_lora
+
+    train, _ = data_files
+    out = tmp_path / "out"
+    argv = train_args(tiny_model_dir, train, out, "--max_steps", "2", "--save_steps", "1")[1:]
+    assert train_psydt_lora.main(argv) == 0
+    for name in ("checkpoint-1", "checkpoint-2"):
+        deepspeed_layout(out / name, "global_step" + name.split("-")[1])
+    assert T.find_checkpoint(out, "auto") == str(out / "checkpoint-2")  # auto-resume picks it
+    assert T.find_checkpoint(out, str(out / "checkpoint-1")) == str(out / "checkpoint-1")  # an explicit path too
+    # ZeRO-3 without 16-bit gathering keeps the adapter only in the shards: still complete
+    (out / "checkpoint-1" / "adapter_model.safetensors").unlink()
+    assert T.checkpoint_complete(out / "checkpoint-1")
+    # a shard cut short, or `latest` naming a missing folder: not complete, skipped by auto-resume
+    (out / "checkpoint-2" / "global_step2" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert not T.checkpoint_complete(out / "checkpoint-2")
+    assert T.find_checkpoint(out, "auto") == str(out / "checkpoint-1")
+    (out / "checkpoint-1" / "latest").write_text("global_step9")
+    with pytest.raises(PsyDTError, match="不是完整的检查点"):
+        T.find_checkpoint(out, str(out / "checkpoint-1"))
+
+
+def test_a_mistyped_adapter_fails_at_once_before_any_download(tiny_model_dir, tmp_path):
+    res = subprocess.run([sys.executable, str(INFER), "--model_path", str(tiny_model_dir), "--adapter_path",
+                          str(tmp_path / "typo"), "--mode", "test", "--dataset_dir", str(tmp_path / "data")],
+                         capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == 2 and str(tmp_path / "typo") in res.stderr and "Traceback" not in res.stderr
+    assert "[下载]" not in res.stdout and not (tmp_path / "data").exists()  # the test split was not fetched
+
+
+def test_training_checks_local_files_before_fetching_the_model(tmp_path):
+    res = subprocess.run([sys.executable, str(TRAIN), "--model_local_dir", str(tmp_path / "Qwen"), "--train_file",
+                          str(tmp_path / "typo.json"), "--no-do_eval"],
+                         capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == 2 and "typo.json" in res.stderr
+    assert "[下载]" not in res.stdout and not (tmp_path / "Qwen").exists()
+    bad_out = tmp_path / "file"
+    bad_out.write_text("x")
+    res = subprocess.run([sys.executable, str(TRAIN), "--model_local_dir", str(tmp_path / "Qwen"), "--no-do_eval",
+                          "--output_dir", str(bad_out / "out")], capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == 2 and "--output_dir" in res.stderr and "[下载]" not in res.stdout
