@@ -108,6 +108,7 @@ def test_think_blocks_are_hidden_from_the_stream_whatever_the_split(text):
     assert strip_think("<think>还没想完") == "" and strip_think("想法</think>回答") == "回答"
 
 
+@pytest.mark.slow
 def test_piped_stdin_session(tiny_model_dir, memorised_adapter):
     res = cli(["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
                "--max_new_tokens", "40"], input=f"{D0[1]['content']}\n/history\n", timeout=300)
@@ -117,6 +118,7 @@ def test_piped_stdin_session(tiny_model_dir, memorised_adapter):
     assert res.stdout.rstrip().endswith("[再见]")  # Ctrl-D / end of input exits cleanly
 
 
+@pytest.mark.slow
 def test_pseudo_terminal_session(tiny_model_dir, memorised_adapter):
     pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(sys.executable, [str(SCRIPT), "--model_path", str(tiny_model_dir), "--adapter_path",
@@ -136,6 +138,7 @@ def test_pseudo_terminal_session(tiny_model_dir, memorised_adapter):
     assert child.exitstatus == 0
 
 
+@pytest.mark.slow
 def test_keys_typed_while_a_reply_streams_are_neither_echoed_nor_sent(tiny_model_dir):
     pexpect = pytest.importorskip("pexpect")
     # the random base model writes until --max_new_tokens: a reply long enough to type into

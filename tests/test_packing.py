@@ -62,6 +62,7 @@ def loss_and_grads(model, samples, collate, micro_batch=2):
     return total, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_length", [4096, 700])
 def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
     import torch

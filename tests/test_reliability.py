@@ -38,6 +38,7 @@ def wait_for(path, proc, timeout=120):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_and_ends_with_the_same_adapter(tiny_model_dir, data_files, tmp_path):
     import torch
 
@@ -70,6 +71,7 @@ def test_sigkill_then_rerun_resumes_and_ends_with_the_same_adapter(tiny_model_di
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_files, tmp_path):
     train, _ = data_files
     out = tmp_path / "out"

@@ -171,6 +171,7 @@ def cli(args, **kw):
                           env={**os.environ, "PYTHONPATH": ""}, timeout=300, **kw)
 
 
+@pytest.mark.slow
 def test_cli_chat_with_custom_resources_and_with_safety_off(tiny_model_dir, memorised_adapter, tmp_path):
     custom = tmp_path / "res.json"
     custom.write_text(json.dumps({"resources": [{"name": "学校心理中心", "contact": "010-0000"}]}, ensure_ascii=False), "utf-8")

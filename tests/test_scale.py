@@ -4,17 +4,21 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+from test_multigpu import torchrun
 import train_psydt_lora
 from psydt_lora.errors import run_cli
 
 SCRIPT = ROOT / "LLM_fine_turning" / "train_psydt_lora.py"
 
 
+@pytest.mark.multiprocess
 def test_ddp_with_two_processes_shards_data_and_writes_one_adapter(tiny_model_dir, data_files, tmp_path):
     train, test = data_files
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(SCRIPT),
+    cmd = [*torchrun(2), str(SCRIPT),
            "--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--eval_file", str(test),
            "--output_dir", str(out), "--report_to", "none", "--max_steps", "4", "--save_steps", "2",
            "--logging_steps", "1", "--gradient_accumulation_steps", "1", "--sample_mode", "per_turn"]

@@ -143,6 +143,7 @@ def test_help_is_chinese_and_shows_each_default_once():
         assert not re.search(r"默认[^\n]*（默认：", text)  # never twice on one flag
 
 
+@pytest.mark.slow
 def test_swanlab_local_mode_logs_settings_but_no_dialogue_text(tiny_model_dir, data_files, tmp_path):
     train, _ = data_files
     out = tmp_path / "out"
