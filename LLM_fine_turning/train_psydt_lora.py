@@ -333,6 +333,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
+        compute_loss_func=T.supervised_loss,  # logits only where the loss is (the collator says where)
     )
 
     trainer.remove_callback(ProgressCallback)

@@ -70,7 +70,7 @@ def main():
 
     import corpus
     from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-    from psydt_lora.training import PackCollator, features
+    from psydt_lora.training import PackCollator, batch_loss, features
 
     assets = Path(args.assets)
     corpus.ASSETS, corpus.TOKENIZER = assets, assets / "qwen3-tokenizer"
@@ -118,7 +118,7 @@ def main():
                             tokens += int(b["attention_mask"].any(-1).sum()) if b["attention_mask"].dim() == 4 else int(b["attention_mask"].sum())
                             supervised += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
                         b = {k: v.to(device) for k, v in b.items()}
-                        model(**b, num_items_in_batch=n).loss.backward()
+                        batch_loss(model, b, n).backward()  # as training: logits at supervised positions only
                     opt.step()
                     opt.zero_grad()
                 if device == "cuda":

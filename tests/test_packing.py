@@ -4,7 +4,7 @@ import pytest
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.dialogues import read_dialogues
 from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-from psydt_lora.training import PackCollator, features
+from psydt_lora.training import PackCollator, batch_loss, features
 
 
 def real_dialogues():
@@ -47,17 +47,19 @@ def test_token_savings_on_real_lengths(real_tokenizer):
     assert (pt.tokens, sp.per_turn_tokens) == (219943, 219943)
 
 
-def loss_and_grads(model, samples, collate, micro_batch=2):
+def loss_and_grads(model, samples, collate, micro_batch=2, full_logits=False):
     """One optimizer step's loss and gradients as the Trainer computes them: micro-batches accumulated,
-    each loss summed over tokens and divided by the step's total supervised tokens (num_items_in_batch)."""
+    each loss summed over tokens and divided by the step's total supervised tokens (num_items_in_batch).
+    Training's way: logits at the supervised positions only and `supervised_loss`; `full_logits`:
+    transformers' own loss on every position's logits (the reference)."""
     model.zero_grad()
     feats = [features(s) for s in samples]
     n = sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in feats)
     total = 0.0
     for i in range(0, len(feats), micro_batch):
-        out = model(**collate(feats[i:i + micro_batch]), num_items_in_batch=n)
-        out.loss.backward()
-        total += out.loss.item()
+        loss = batch_loss(model, collate(feats[i:i + micro_batch]), n, full_logits)
+        loss.backward()
+        total += loss.item()
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
     return total, grads
 
@@ -81,13 +83,14 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
     per_turn, _ = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
     packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
     collate = PackCollator(real_tokenizer.pad_token_id)
-    loss_a, grads_a = loss_and_grads(model, per_turn, collate)
-    loss_b, grads_b = loss_and_grads(model, packs, collate)
-    assert loss_b == pytest.approx(loss_a, rel=1e-5)
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for k in grads_a:
-        scale = grads_a[k].abs().max().item()
-        assert (grads_a[k] - grads_b[k]).abs().max().item() <= 1e-5 * max(scale, 1e-12) + 1e-9, k
+    loss_a, grads_a = loss_and_grads(model, per_turn, collate, full_logits=True)  # the reference objective
+    for samples in (per_turn, packs):  # as training computes it: logits only where the loss is
+        loss_b, grads_b = loss_and_grads(model, samples, collate)
+        assert loss_b == pytest.approx(loss_a, rel=1e-5)
+        assert grads_a.keys() == grads_b.keys() and grads_a
+        for k in grads_a:
+            scale = grads_a[k].abs().max().item()
+            assert (grads_a[k] - grads_b[k]).abs().max().item() <= 1e-5 * max(scale, 1e-12) + 1e-9, k
     assert collate.padding_share() > 0  # per_turn batches of different lengths were padded, and it was counted
 
 

@@ -2,7 +2,8 @@
 
 Modules, by what they hold:
     errors    -- the one exception type users see, and the CLI edge that prints it
-    files     -- atomic writes
+    cli       -- the Chinese --help both scripts share
+    files     -- atomic writes, plotting backend, local path checks
     hub       -- fetching the model and the PsyDTCorpus files (modelscope / huggingface)
     dialogues -- reading and validating dialogue files, picking eval/test items
     prompt    -- the one prompt rendering shared by training and inference
@@ -11,4 +12,7 @@ Modules, by what they hold:
     training  -- LoRA + Trainer + SwanLab + outputs
     chat      -- the interactive terminal chat
     batch_test-- the batch test on the test split
+    metrics   -- reference-based scores and reference perplexity
+    report    -- the batch test's Markdown report, chart and console summary
+    safety    -- crisis-language detection, help resources, reply screening
 """

@@ -14,6 +14,7 @@ from .errors import PsyDTError
 from .files import atomic_write_json, pyplot, save_figure
 from .hub import safetensors_complete
 from .models import RUN_FILE, base_model_signature
+from .samples import IGNORE_INDEX
 
 ADAPTER_DIR = "lora_adapter"
 METRICS_FILE = "metrics.json"
@@ -173,6 +174,44 @@ def features(sample) -> dict:
     return item
 
 
+def supervised_positions(labels):
+    """Positions whose next token is supervised in some row: the only ones whose logits the loss needs.
+    Passed to the model as `logits_to_keep`, so the LM head (151,669 logits a position for Qwen3) runs
+    there alone -- about a quarter of a shared_prefix pack -- instead of everywhere."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+
+
+def supervised_loss(outputs, labels, num_items_in_batch=None):
+    """The causal-LM loss on logits computed at `supervised_positions(labels)` only: the same value and
+    gradients as transformers' loss on full logits (summed cross-entropy in fp32 over the supervised
+    tokens, divided by the step's supervised-token count when the Trainer gives it, else their number).
+    Used as the Trainer's `compute_loss_func`."""
+    import torch.nn.functional as F
+
+    keep = supervised_positions(labels)
+    logits = outputs.logits
+    target = labels[:, 1:][:, keep].to(logits.device)
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    if num_items_in_batch is None:
+        num_items_in_batch = (target != IGNORE_INDEX).sum()
+    if isinstance(num_items_in_batch, int):
+        return total / max(num_items_in_batch, 1)
+    return total / num_items_in_batch.to(total.device).clamp(min=1)  # no host sync on a GPU
+
+
+def batch_loss(model, batch: dict, num_items_in_batch=None, full_logits: bool = False):
+    """The loss training computes on one collated batch (the Trainer does the same with
+    `supervised_loss`). `full_logits`: transformers' own loss on every position's logits -- the
+    reference the tests compare against, and what training did before."""
+    batch = dict(batch)
+    if full_logits:
+        batch.pop("logits_to_keep", None)
+        return model(**batch, num_items_in_batch=num_items_in_batch).loss
+    labels = batch.pop("labels")
+    return supervised_loss(model(**batch), labels, num_items_in_batch)
+
+
 class PackCollator:
     """Dynamic padding (labels padded with -100). Batches holding shared_prefix packs get a 4-D boolean
     attention mask -- each reply's branch sees its own part of the trunk and itself, causally -- and
@@ -192,14 +231,14 @@ class PackCollator:
             width = -(-width // self.multiple) * self.multiple
         n = len(features)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        labels = torch.full((n, width), -100, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         packed = any("branches" in f for f in features)
         for row, f in enumerate(features):
             ids[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
             labels[row, : len(f["labels"])] = torch.tensor(f["labels"])
             self.real_tokens += len(f["input_ids"])
         self.padded_tokens += n * width - sum(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": ids, "labels": labels}
+        batch = {"input_ids": ids, "labels": labels, "logits_to_keep": supervised_positions(labels)}
         if not packed:
             mask = torch.zeros((n, width), dtype=torch.long)
             for row, f in enumerate(features):
