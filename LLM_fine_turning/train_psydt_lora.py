@@ -343,13 +343,15 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, output_dir)), flush=True)
 
     # 4. train (resuming when a checkpoint is there)
+    main_rank = T.is_main_process()
     if resume and T.checkpoint_step(resume) >= steps:  # trained, but the final save did not happen: save now
-        print(f"[续训] {resume} 已是最后一步，只补上保存 adapter", flush=True)
+        if main_rank:
+            print(f"[续训] {resume} 已是最后一步，只补上保存 adapter", flush=True)
         T.load_checkpoint_adapter(trainer.model, resume)
         trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
         result = None
     else:
-        if resume:
+        if resume and main_rank:
             print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
         stop.install()  # on every rank: a launcher's SIGTERM reaches them all
         result = trainer.train(resume_from_checkpoint=resume)

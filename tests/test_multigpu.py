@@ -140,6 +140,35 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes(tiny_mo
     assert (out / "lora_adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_resumes_from_its_own_layout_and_matches_one_process(tiny_model_dir, data_files, tmp_path, zero):
+    """Real DeepSpeed (its CPU accelerator, 2 processes): stop after 2 of 4 steps, rerun, and the resumed
+    run's adapter -- saved through the Trainer's gathering save under ZeRO-3 -- equals one process's."""
+    pytest.importorskip("deepspeed", reason="deepspeed is in requirements-dev.txt")
+    import torch
+
+    train, _ = data_files
+    common = ("--save_steps", "2", "--lr_scheduler_type", "constant")
+    one = subprocess.run([sys.executable, *train_args(tiny_model_dir, train, tmp_path / "one", "--max_steps", "4",
+                                                      "--per_device_train_batch_size", "2", *common)],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    out = tmp_path / "ds"
+    config = str(ROOT / "examples" / "deepspeed" / f"{zero}.json")
+    for steps in ("2", "4"):
+        res = subprocess.run([*torchrun(2), *train_args(tiny_model_dir, train, out, "--max_steps", steps, *common,
+                                                        "--deepspeed", config)],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert T.optimizer_layout(out / "checkpoint-2") == "deepspeed"  # global_step2/ + latest, no optimizer.pt
+    assert res.stdout.count(f"从检查点 {out / 'checkpoint-2'}") == 1  # resumed, said once
+    a, b = tensors(tmp_path / "one" / "lora_adapter"), tensors(out / "lora_adapter")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
 def deepspeed_layout(checkpoint, tag):
     """Rewrite a plain checkpoint into the layout the Trainer writes under DeepSpeed: no optimizer.pt or
     scheduler.pt; a `latest` file naming global_stepN/ with the engine's model and optimizer shards."""
@@ -195,3 +224,20 @@ def test_training_checks_local_files_before_fetching_the_model(tmp_path):
     res = subprocess.run([sys.executable, str(TRAIN), "--model_local_dir", str(tmp_path / "Qwen"), "--no-do_eval",
                           "--output_dir", str(bad_out / "out")], capture_output=True, text=True, env=ENV, timeout=120)
     assert res.returncode == 2 and "--output_dir" in res.stderr and "[下载]" not in res.stdout
+
+
+@pytest.mark.multiprocess
+def test_the_fsdp_recipe_runs_here_as_ddp_and_says_so(tiny_model_dir, data_files, tmp_path):
+    """accelerate enables FSDP only for GPU-type runs: on CPU processes the README's FSDP command falls back
+    to DDP. It must still train and save one whole adapter, and say that it is not sharding."""
+    train, _ = data_files
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples" / "accelerate" / "fsdp.yaml"), "--main_process_port", str(free_port()),
+           *train_args(tiny_model_dir, train, out, "--max_steps", "2", "--save_steps", "1")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "FSDP 需要 GPU" in res.stdout and res.stdout.count("[完成]") == 1
+    assert T.optimizer_layout(out / "checkpoint-2") == "plain"  # not sharded: what actually ran is DDP
+    assert (out / "lora_adapter" / "adapter_model.safetensors").is_file()
+    assert not (out / "lora_adapter" / "training_args.bin").exists()  # no pickle in what users share

@@ -44,6 +44,11 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
     """Where training runs, and a warning when that is the CPU (slow) or not what was asked for."""
     import torch
 
+    launcher = []
+    if device == "cpu" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        # accelerate enables FSDP only for multi-accelerator runs; CPU processes fall back to DDP
+        launcher.append("[警告] FSDP 需要 GPU：accelerate 在 CPU 进程上不启用 FSDP，这次按普通 DDP 训练（每个进程一份完整模型）。")
+
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
     procs = f"，{world_size()} 个进程" if world_size() > 1 else ""
     lines = [f"[运行] 设备：{device}（{name}）{procs}；精度：{str(dtype).replace('torch.', '')}"]
@@ -52,7 +57,7 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
                else f"torch 是 CUDA {torch.version.cuda} 版，但 torch.cuda.is_available() 为 False（检查显卡驱动 / CUDA_VISIBLE_DEVICES）")
         asked = f"你指定了 --dtype {requested_dtype}，但" if requested_dtype in ("bf16", "fp16") else ""
         lines.append(f"[警告] {asked}没有可用的 CUDA GPU，将在 CPU 上训练，每步可能要几十秒：{why}。")
-    return lines
+    return lines + launcher
 
 
 def run_summary(model, n_samples: int, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
@@ -489,6 +494,8 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, run_info: dict, extra_fi
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.saving")
     main = trainer.is_world_process_zero()
+    if getattr(trainer, "is_fsdp_enabled", False):  # a sharded state dict would not save the adapter whole
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if main and tmp.exists():
         shutil.rmtree(tmp)
     trainer.accelerator.wait_for_everyone()
