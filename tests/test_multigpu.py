@@ -80,8 +80,8 @@ def interrupt(proc, log_dir, who) -> str:
             break
         time.sleep(0.2)
     assert proc.poll() is None, "training ended before it could be interrupted"
-    if who == "job":
-        os.killpg(proc.pid, signal.SIGTERM)
+    if who in ("job", "ctrl-c"):
+        os.killpg(proc.pid, signal.SIGTERM if who == "job" else signal.SIGINT)
     else:
         os.kill(worker_pid(proc.pid, 1), signal.SIGTERM)
     return proc.communicate(timeout=120)[0]
@@ -104,10 +104,11 @@ def worker_pid(agent_pid: int, rank: int) -> int:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("who", ["job", "rank1"])
+@pytest.mark.parametrize("who", ["job", "rank1", "ctrl-c"])
 def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes(tiny_model_dir, data_files, tmp_path, who):
     """`job`: the whole job gets SIGTERM (a cluster's preemption). `rank1`: only one rank gets it -- the
-    other must still stop at the same step instead of waiting for it forever."""
+    other must still stop at the same step instead of waiting for it forever. `ctrl-c`: SIGINT to the
+    whole process group, as a terminal's Ctrl-C does."""
     train, _ = data_files
     out = tmp_path / "out"
     log_dir = tmp_path / "logs"
