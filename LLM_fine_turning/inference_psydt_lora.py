@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
 
     g = p.add_argument_group("对话与生成")
-    g.add_argument("--mode", choices=("interactive", "test"), default="interactive", help="interactive：终端对话；test：批量测试")
+    g.add_argument("--mode", choices=("interactive", "test", "serve"), default="interactive",
+                   help="interactive：终端对话；test：批量测试；serve：OpenAI 兼容 API + 网页对话")
     g.add_argument("--system_prompt", default=None, help="系统提示词；默认用 adapter 训练时的那一个")
     g.add_argument("--history_turns", type=int, default=6, help="对话中保留的历史轮数（0 = 不保留）")
     g.add_argument("--max_new_tokens", type=int, default=512, help="每条回复最多生成的 token 数")
@@ -66,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--questions_file", default=None, help="问题文件（JSON 列表或每行一个），每个问题单独成一段对话")
     g.add_argument("--compare_base", action="store_true", help="每条再用关闭 adapter 的基础模型回答一次，并排打分")
     g.add_argument("--test_output_file", default="psydt_results.json", help="测试结果写到哪里（JSON）")
+
+    g = p.add_argument_group("服务（--mode serve）")
+    g.add_argument("--host", default="127.0.0.1", help="监听地址；只有本机能访问，给别人用时改成 0.0.0.0 并设置 API key")
+    g.add_argument("--port", type=int, default=8000, help="端口")
+    g.add_argument("--api_key", default=None, help="要求请求带上 Authorization: Bearer <key>（也可用环境变量 PSYDT_API_KEY）")
+    g.add_argument("--max_concurrency", type=int, default=8, help="同时接受的请求数，超出时返回 429")
+    g.add_argument("--backend", choices=("hf", "openai"), default="hf",
+                   help="hf：在本进程里用 transformers 生成；openai：转发给 vLLM / SGLang 等 OpenAI 兼容引擎，本进程只做安全层")
+    g.add_argument("--backend_url", default=None, help="--backend openai 时引擎的地址，例如 http://127.0.0.1:8001/v1")
+    g.add_argument("--backend_model", default="psydt", help="--backend openai 时请求引擎的模型名")
+    g.add_argument("--backend_api_key", default=None, help="引擎的 API key（也可用环境变量 PSYDT_BACKEND_API_KEY）")
+    g.add_argument("--served_model_name", default="psydt", help="/v1/models 里报告的模型名")
+    g.add_argument("--max_body_bytes", type=int, default=1 << 20, help="请求体上限（字节），超出返回 413")
+    g.add_argument("--cors_origins", default=None, help="允许跨域访问的来源，逗号分隔（默认不允许）")
     return p
 
 
@@ -81,6 +96,11 @@ def check_args(args) -> None:
         raise PsyDTError(f"--top_p 必须在 (0, 1] 之间，收到 {args.top_p}。")
     if args.no_adapter and (args.merge_lora or args.save_merged):
         raise PsyDTError("--no_adapter 不能和 --merge_lora / --save_merged 一起用。")
+    if args.mode == "serve":
+        if args.backend == "openai" and not args.backend_url:
+            raise PsyDTError("--backend openai 需要 --backend_url（例如 http://127.0.0.1:8001/v1）。")
+        if not 0 < args.port < 65536 or args.max_concurrency <= 0 or args.max_body_bytes <= 0:
+            raise PsyDTError("--port 必须在 1–65535 之间，--max_concurrency 和 --max_body_bytes 必须是正数。")
     if args.compare_base and (args.no_adapter or args.merge_lora):
         raise PsyDTError("--compare_base 需要加载未合并的 adapter：不能和 --no_adapter / --merge_lora 一起用。")
 
@@ -90,7 +110,8 @@ def check_local(args) -> None:
     from psydt_lora.files import check_can_write, check_files_exist
     from psydt_lora.models import check_inference_paths
 
-    check_inference_paths(args.model_path, None if args.no_adapter else args.adapter_path)
+    if not (args.mode == "serve" and args.backend == "openai"):  # a remote engine needs no local weights
+        check_inference_paths(args.model_path, None if args.no_adapter else args.adapter_path)
     test_file = args.test_file if args.mode == "test" and not args.questions_file else None
     check_files_exist({"--test_file": test_file, "--questions_file": args.questions_file,
                        "--safety_resources": args.safety_resources})
@@ -146,55 +167,77 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     check_local(args)
-    from psydt_lora.generation import GenerationSettings, context_limit
-    from psydt_lora.models import load_for_inference, read_run_info, save_merged
-    from psydt_lora.safety import Safety, format_resources
+    from psydt_lora.generation import GenerationSettings
+    from psydt_lora.models import read_run_info
+    from psydt_lora.safety import Safety
 
     safety = Safety(args.safety_resources) if args.safety == "on" else None
     settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                                   args.repetition_penalty, args.enable_thinking)
     adapter = None if args.no_adapter else args.adapter_path
-    trained_system = read_run_info(adapter).get("system_prompt") if adapter else None
+    trained_system = read_run_info(adapter).get("system_prompt") if adapter and Path(adapter).is_dir() else None
     system = args.system_prompt if args.system_prompt is not None else (trained_system or DEFAULT_SYSTEM)
     where = "--system_prompt" if args.system_prompt is not None else ("训练数据" if trained_system else "内置默认")
+    if args.mode == "serve" and args.backend == "openai":  # no weights here: a remote engine generates
+        return run_serve(args, None, safety, settings, system, adapter)
     # read the test data before loading weights, so a bad file fails in a second, not after a minute
     items = source = None
     if args.mode == "test" and not args.save_merged:
         items, source = test_items(args, system)
+    loaded = load(args, adapter)
+    if args.save_merged:
+        from psydt_lora.models import save_merged
+
+        save_merged(loaded[0], loaded[1], args.save_merged)
+        print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {args.save_merged}（safetensors，可直接用 transformers 加载）")
+        return 0
+    print(startup_summary(args, loaded[0], loaded[3], adapter, where, settings, loaded[4]))
+    if safety is None:
+        print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
+    if args.mode == "serve":
+        return run_serve(args, loaded, safety, settings, system, adapter)
+    if args.mode == "interactive":
+        return run_chat(args, loaded, safety, settings, system, adapter)
+    return run_batch_test(args, loaded, safety, settings, items, source, adapter)
+
+
+def load(args, adapter):
+    """(model, tokenizer, run info, device, context limit), with a note when thinking differs from training."""
+    from psydt_lora.generation import context_limit
+    from psydt_lora.models import load_for_inference
+
     model, tokenizer, info, device = load_for_inference(
         args.model_path, adapter, merge=args.merge_lora or bool(args.save_merged), device=args.device,
         dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-
-    if args.save_merged:
-        save_merged(model, tokenizer, args.save_merged)
-        print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {args.save_merged}（safetensors，可直接用 transformers 加载）")
-        return 0
-
-    limit = context_limit(model, args.max_context)
     fmt = info.get("prompt_format", {})
     if fmt and fmt.get("enable_thinking", False) != args.enable_thinking:
         print(f"[提示] adapter 训练时 enable_thinking={fmt.get('enable_thinking')}，现在是 {args.enable_thinking}。")
+    return model, tokenizer, info, device, context_limit(model, args.max_context)
 
-    print(startup_summary(args, model, device, adapter, where, settings, limit))
-    if safety is None:
-        print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
-    if args.mode == "interactive":
-        from psydt_lora.chat import DISCLAIMER, Chat
 
-        print(DISCLAIMER)
-        if safety is not None:
-            print(f"{format_resources(safety.resources)}\n（求助资源来自：{safety.source}）")
-        print("输入 /help 查看命令。")
-        from transformers import set_seed
+def run_chat(args, loaded, safety, settings, system, adapter) -> int:
+    from transformers import set_seed
 
-        set_seed(args.seed)
-        chat = Chat(model, tokenizer, settings, system=system, history_turns=args.history_turns, context_limit=limit,
-                    can_compare=adapter is not None and not args.merge_lora, safety=safety)
-        chat.loop()
-        return 0
+    from psydt_lora.chat import DISCLAIMER, Chat
+    from psydt_lora.safety import format_resources
 
+    model, tokenizer, _, _, limit = loaded
+    print(DISCLAIMER)
+    if safety is not None:
+        print(f"{format_resources(safety.resources)}\n（求助资源来自：{safety.source}）")
+    print("输入 /help 查看命令。")
+    set_seed(args.seed)
+    chat = Chat(model, tokenizer, settings, system=system, history_turns=args.history_turns, context_limit=limit,
+                can_compare=adapter is not None and not args.merge_lora, safety=safety)
+    chat.loop()
+    return 0
+
+
+def run_batch_test(args, loaded, safety, settings, items, source, adapter) -> int:
     from psydt_lora.batch_test import run_test
+    from psydt_lora.report import summary_lines
 
+    model, tokenizer, _, device, limit = loaded
     meta = {
         "model": str(args.model_path),
         "adapter": None if adapter is None else str(adapter),
@@ -215,14 +258,52 @@ def main(argv=None) -> int:
     if safety is not None:
         sm = m["safety"]
         print(f"[安全] 含危机信号的条目 {sm['crisis_items']} 条（紧急 {sm['imminent_items']}），被过滤的回复 {sm['screened_responses']} 条")
-    from psydt_lora.report import summary_lines
-
     print("\n".join(summary_lines(report)))
     if m.get("hit_max_new_tokens"):
         print(f"[提示] {m['hit_max_new_tokens']} 条回复在 --max_new_tokens {args.max_new_tokens} 处被截断")
     print(f"[完成] {m['items']} 条结果写入 {args.test_output_file}（本次生成 {m['generated_this_run']} 条，"
           f"{m['seconds_this_run']} 秒，{m['tokens_per_second']} token/s）")
     return 0
+
+
+def run_serve(args, loaded, safety, settings, system, adapter) -> int:
+    """The HTTP API and chat page; `loaded` is None for the openai backend (a remote engine generates)."""
+    import os
+
+    from psydt_lora import serving
+    from psydt_lora.chat import DISCLAIMER
+
+    key = args.api_key or os.environ.get("PSYDT_API_KEY") or None
+    config = serving.ServeConfig(
+        model_name=args.served_model_name, system=system, history_turns=args.history_turns, settings=settings,
+        max_tokens_cap=args.max_new_tokens, max_body_bytes=args.max_body_bytes, api_key=key,
+        max_concurrency=args.max_concurrency, disclaimer=DISCLAIMER,
+        cors_origins=[o.strip() for o in (args.cors_origins or "").split(",") if o.strip()])
+    if loaded is None:
+        backend = serving.OpenAIBackend(args.backend_url, args.backend_model, args.backend_api_key
+                                        or os.environ.get("PSYDT_BACKEND_API_KEY"), *remote_tokenizer(args, adapter))
+        print(f"[服务] 生成交给 {args.backend_url}（模型 {args.backend_model}），本进程负责安全层")
+        if safety is None:
+            print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
+    else:
+        backend = serving.HFBackend(loaded[0], loaded[1], loaded[4])
+    if args.host not in serving.LOCAL_HOSTS and not key:
+        print(f"[警告] 服务监听 {args.host}，局域网/公网上的任何人都能访问，而且没有设置 API key（--api_key 或环境变量 PSYDT_API_KEY）。")
+    print(f"[服务] 对话页面 http://{args.host}:{args.port}/ ；OpenAI 兼容接口 http://{args.host}:{args.port}/v1"
+          f"（模型名 {config.model_name}，最多同时处理 {config.max_concurrency} 个请求）。按 Ctrl-C 停止。", flush=True)
+    serving.serve(serving.create_app(backend, safety, config), args.host, args.port)
+    return 0
+
+
+def remote_tokenizer(args, adapter):
+    """For the openai backend: the local tokenizer (adapter folder, else model folder) to fit the history into
+    --max_context tokens; without one, the history window alone applies."""
+    from psydt_lora.models import load_tokenizer
+
+    for folder in (adapter, args.model_path):
+        if folder and (Path(folder) / "tokenizer_config.json").is_file():
+            return load_tokenizer(folder, args.trust_remote_code), args.max_context or 32768
+    return None, None
 
 
 if __name__ == "__main__":

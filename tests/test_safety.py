@@ -97,13 +97,15 @@ class FakeStream:
 def session(tiny_tokenizer, monkeypatch, lines, reply, safety):
     fake = FakeStream(reply)
     monkeypatch.setattr(chat_module, "stream_reply", fake)
-    real_prepare = chat_module.prepare_context
+    import psydt_lora.conversation as conversation_module
+
+    real_prepare = conversation_module.prepare_context
 
     def spy(tok, msgs, *a, **k):  # what the model is asked to answer, as messages
         fake.contexts.append(msgs[0]["content"] if msgs[0]["role"] == "system" else "")
         return real_prepare(tok, msgs, *a, **k)
 
-    monkeypatch.setattr(chat_module, "prepare_context", spy)
+    monkeypatch.setattr(conversation_module, "prepare_context", spy)
     out = io.StringIO()
     feed = iter(lines)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .files import atomic_write_text
-from .generation import prepare_context, stream_reply
+from .conversation import Turn, prepare_turn, window
+from .generation import stream_reply
 from .safety import ReplyScreen
 
 DISCLAIMER = "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
@@ -76,10 +77,9 @@ class ChatState:
 
     def messages_for(self, user_text: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
-        window = self.rounds[-self.history_turns:] if self.history_turns > 0 else []
-        for u, a in window:
+        for u, a in self.rounds:
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        return msgs + [{"role": "user", "content": user_text}]
+        return window(msgs + [{"role": "user", "content": user_text}], self.history_turns)
 
 
 class Chat:
@@ -99,19 +99,19 @@ class Chat:
         self.out.flush()
 
     # -- one reply ------------------------------------------------------------------------------------
-    def generate(self, user_text, label="助手", adapter=True, detection=None):
-        with typeahead_discarded(self):
-            return self._generate(user_text, label, adapter, detection)
+    def prepare(self, user_text) -> Turn:
+        return prepare_turn(self.state.messages_for(user_text), safety=self.safety, history_turns=self.state.history_turns,
+                            tokenizer=self.tok, max_new_tokens=self.settings.max_new_tokens, limit=self.limit,
+                            enable_thinking=self.settings.enable_thinking)
 
-    def _generate(self, user_text, label, adapter, detection):
-        msgs = self.state.messages_for(user_text)
-        crisis = detection is not None and detection.crisis
-        if crisis:  # steer this turn's reply toward safety (see safety.GUIDANCE)
-            msgs = self.safety.with_guidance(msgs, self.safety.guidance(detection))
-        ids, dropped = prepare_context(self.tok, msgs, self.settings.max_new_tokens, self.limit,
-                                       self.settings.enable_thinking)
-        if dropped:
-            self.say(f"[历史过长，本轮省略了最早的 {dropped} 轮对话]")
+    def generate(self, turn: Turn, label="助手", adapter=True):
+        with typeahead_discarded(self):
+            return self._generate(turn, label, adapter)
+
+    def _generate(self, turn: Turn, label, adapter):
+        crisis, ids = turn.crisis, turn.ids
+        if turn.dropped:
+            self.say(f"[历史过长，本轮省略了最早的 {turn.dropped} 轮对话]")
         stop = threading.Event()
         # a crisis turn's reply is shown only once it has been screened as a whole
         screen = ReplyScreen(hold=crisis) if self.safety is not None else None
@@ -151,19 +151,12 @@ class Chat:
             self.say(f"[回复在 --max_new_tokens {self.settings.max_new_tokens} 处被截断；可调大这个参数]")
         return reply, interrupted
 
-    def check(self, user_text):
-        if self.safety is None:
-            return None
-        detection = self.safety.check(user_text)
-        if detection.crisis:
-            self.safety.record("crisis_detected", detection)
-        return detection
-
     def reply(self, user_text):
-        detection = self.check(user_text)
-        if detection is not None and detection.crisis:
-            self.say(self.safety.notice(detection))  # resources first, before the model says anything
-        reply, interrupted = self.generate(user_text, detection=detection)
+        turn = self.prepare(user_text)
+        if turn.crisis:
+            self.safety.record("crisis_detected", turn.detection)
+            self.say(self.safety.notice(turn.detection))  # resources first, before the model says anything
+        reply, interrupted = self.generate(turn)
         if interrupted:
             self.say("[已中断：这一轮不计入历史]")
             return
@@ -232,8 +225,7 @@ class Chat:
         saved = self.state.rounds.pop()  # the base model answers the same history
         try:
             self.say(f"[LoRA] 见上面的回复（{len(lora_reply)} 字）；下面是基础模型对同一句话的回答：")
-            detection = self.safety.check(user_text) if self.safety is not None else None
-            self.generate(user_text, label="[基础模型]", adapter=False, detection=detection)
+            self.generate(self.prepare(user_text), label="[基础模型]", adapter=False)
         finally:
             self.state.rounds.append(saved)  # the base reply is not added to the history
 

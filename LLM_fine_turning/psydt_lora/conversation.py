@@ -1,0 +1,55 @@
+"""One turn of a conversation, as every front end prepares it (terminal chat, HTTP server):
+the history window, crisis detection on the user's turn, the per-turn safety instruction, and the
+context fitted to the model's window. The front ends differ only in how they show the reply."""
+from dataclasses import dataclass
+
+from .generation import prepare_context
+from .prompt import round_starts
+
+
+def window(messages: list[dict], history_turns: int) -> list[dict]:
+    """The system prompt (if any), the last `history_turns` earlier rounds, and the final user turn."""
+    has_sys = bool(messages) and messages[0]["role"] == "system"
+    head, body = messages[:1] if has_sys else [], messages[1:] if has_sys else list(messages)
+    if not body:
+        return list(messages)
+    starts = round_starts(body)
+    last = starts[-1]
+    earlier = starts[:-1][-history_turns:] if history_turns > 0 else []
+    first = earlier[0] if earlier else last
+    return head + body[first:]
+
+
+def drop_rounds(messages: list[dict], dropped: int) -> list[dict]:
+    """`messages` without their `dropped` oldest rounds (the system prompt stays)."""
+    if not dropped:
+        return list(messages)
+    has_sys = bool(messages) and messages[0]["role"] == "system"
+    starts = round_starts(messages)
+    return (messages[:1] if has_sys else []) + messages[starts[dropped]:]
+
+
+@dataclass
+class Turn:
+    messages: list[dict]  # what the model is asked to answer: windowed, fitted, with the safety instruction
+    detection: object  # safety.Detection of the user's turn, or None with the safety layer off
+    ids: list[int] | None  # the rendered context (None when only messages are needed, e.g. a remote engine)
+    dropped: int  # oldest rounds left out to fit the context
+
+    @property
+    def crisis(self) -> bool:
+        return self.detection is not None and self.detection.crisis
+
+
+def prepare_turn(messages, *, safety, history_turns: int, tokenizer, max_new_tokens: int, limit: int | None,
+                 enable_thinking: bool = False) -> Turn:
+    """`messages` ends with the user's turn. With no tokenizer (or no limit) the context is not rendered."""
+    msgs = window(messages, history_turns)
+    detection = safety.check(msgs[-1]["content"]) if safety is not None else None
+    if detection is not None and detection.crisis:  # steer this turn's reply toward safety (see safety.GUIDANCE)
+        msgs = safety.with_guidance(msgs, safety.guidance(detection))
+    ids, dropped = None, 0
+    if tokenizer is not None and limit:
+        ids, dropped = prepare_context(tokenizer, msgs, max_new_tokens, limit, enable_thinking)
+        msgs = drop_rounds(msgs, dropped)
+    return Turn(msgs, detection, ids, dropped)
