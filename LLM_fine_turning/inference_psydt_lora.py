@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_context", type=int, default=None, help="上下文窗口 token 数（默认取模型自身的）")
     g.add_argument("--seed", type=int, default=42, help="采样的随机种子")
     g.add_argument("--safety", choices=("on", "off"), default="on", help="危机语言检测、求助资源和回复过滤")
+    g.add_argument("--safety_eval", default=None, metavar="FILE",
+                   help="只评估安全层：读取 {\"positive\", \"negative\", \"harmful_replies\", \"safe_replies\"} 文本列表，"
+                        "打印各层的召回率和误报率后退出（不加载模型）")
     g.add_argument("--safety_resources", default=None, metavar="FILE",
                    help="求助资源 JSON 文件，替换内置的（中国大陆）列表")
 
@@ -166,6 +169,8 @@ def startup_summary(args, model, device, adapter, where, settings, limit) -> str
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
+    if args.safety_eval:
+        return run_safety_eval(args.safety_eval)
     check_local(args)
     from psydt_lora.generation import GenerationSettings
     from psydt_lora.models import read_run_info
@@ -199,6 +204,25 @@ def main(argv=None) -> int:
     if args.mode == "interactive":
         return run_chat(args, loaded, safety, settings, system, adapter)
     return run_batch_test(args, loaded, safety, settings, items, source, adapter)
+
+
+def run_safety_eval(path) -> int:
+    """Counts, recall and false alarms of each safety layer on a file of texts; the last line is JSON."""
+    import json
+
+    from psydt_lora.safety import EVAL_LISTS, evaluate_layers, lexicon_layer, read_eval_cases
+
+    cases = read_eval_cases(path)
+    results = evaluate_layers(cases, {"lexicon": lexicon_layer()})
+    names = {"positive": "危机（应检出）", "negative": "非危机（不应检出）", "harmful_replies": "有害回复（应拦截）",
+             "safe_replies": "安全回复（不应拦截）"}
+    for name, per_layer in results.items():
+        measure = EVAL_LISTS[name][0]
+        for layer, r in per_layer.items():
+            label = "召回率" if measure == "recall" else "误报率"
+            print(f"[安全评估] {names[name]} · {layer}：{r['fired']}/{r['n']}，{label} {r[measure]:.3f}")
+    print(json.dumps({"file": str(path), "results": results}, ensure_ascii=False))
+    return 0
 
 
 def load(args, adapter):

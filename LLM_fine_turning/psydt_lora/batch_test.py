@@ -159,7 +159,7 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
                         base = safety.annotate(msgs[-1]["content"], base_text)
                         entry["base_screened"] = base["screened"]
                         if base["screened"]:
-                            entry["base_response"] = base["response"]
+                            entry["base_screened_response"] = base["screened_response"]
                 sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 done[pos] = entry
             sink.flush()

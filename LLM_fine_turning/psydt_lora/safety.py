@@ -235,12 +235,13 @@ class Safety:
 
     # -- test mode -----------------------------------------------------------------------------------
     def annotate(self, user_text: str, response: str) -> dict:
+        """Safety fields of a batch-test item. The model's raw reply stays the scored `response`; what a
+        user would have been shown instead is kept beside it as `screened_response`."""
         detection = self.check(user_text)
         screened = harmful_reply(response)
         out = {"safety": detection.as_dict(), "screened": screened}
         if screened:
-            out["response"] = self.safe_reply()
-            out["unscreened_response"] = response
+            out["screened_response"] = self.safe_reply()
         return out
 
     @staticmethod
@@ -256,3 +257,53 @@ class Safety:
             "by_category": by_cat,
             "screened_responses": sum(1 for r in results if r.get("screened")),
         }
+
+
+# -- measuring the layers -------------------------------------------------------------------------------
+EVAL_LISTS = {  # list -> (what a hit means, the check that runs on it)
+    "positive": ("recall", "user"), "negative": ("false_alarm_rate", "user"),
+    "harmful_replies": ("recall", "reply"), "safe_replies": ("false_alarm_rate", "reply"),
+}
+
+
+def read_eval_cases(path) -> dict:
+    """`{"positive": [...], "negative": [...], "harmful_replies": [...], "safe_replies": [...]}` (any subset)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text("utf-8-sig"))
+    except FileNotFoundError:
+        raise PsyDTError(f"--safety_eval {path} 不存在。") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PsyDTError(f"--safety_eval {path} 不是合法的 UTF-8 JSON：{err}") from None
+    if not isinstance(data, dict) or not any(k in data for k in EVAL_LISTS):
+        raise PsyDTError(f"--safety_eval {path} 需要一个 JSON 对象，至少含有 {', '.join(EVAL_LISTS)} 之一。")
+    cases = {}
+    for name in EVAL_LISTS:
+        items = data.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise PsyDTError(f"--safety_eval {path} 的字段 {name} 必须是字符串列表。")
+        for i, text in enumerate(items):
+            if not isinstance(text, str) or not text.strip():
+                raise PsyDTError(f"--safety_eval {path} 的 {name}[{i}] 必须是非空字符串。")
+        cases[name] = items
+    return cases
+
+
+def evaluate_layers(cases: dict, layers: dict) -> dict:
+    """Per list and per layer: how many texts fired, and the rate that matters for that list.
+    `layers`: name -> (check of a user turn -> bool, check of a reply -> bool); 'any' combines them."""
+    out = {}
+    for name, items in cases.items():
+        measure, kind = EVAL_LISTS[name]
+        fired = {layer: [checks[0 if kind == "user" else 1](t) for t in items] for layer, checks in layers.items()}
+        if len(layers) > 1:
+            fired["any"] = [any(f) for f in zip(*fired.values())]
+        out[name] = {layer: {"n": len(items), "fired": sum(f), measure: round(sum(f) / len(items), 4) if items else None}
+                     for layer, f in fired.items()}
+    return out
+
+
+def lexicon_layer():
+    return lambda text: detect(text).crisis, harmful_reply
