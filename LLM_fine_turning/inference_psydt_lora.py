@@ -13,6 +13,7 @@
     python LLM_fine_turning/inference_psydt_lora.py --save_merged ./output/qwen3-1_7b-psydt-merged
 """
 import argparse
+import os
 import sys
 import warnings
 from datetime import datetime
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_context", type=int, default=None, help="上下文窗口 token 数（默认取模型自身的）")
     g.add_argument("--seed", type=int, default=42, help="采样的随机种子")
     g.add_argument("--safety", choices=("on", "off"), default="on", help="危机语言检测、求助资源和回复过滤")
+    g.add_argument("--safety_model", default=os.environ.get("PSYDT_SAFETY_MODEL", "Qwen/Qwen3Guard-Gen-0.6B"),
+                   help="第二层安全检测：Qwen3Guard-Gen 模型（hub id 或本地文件夹；缺失时下载到 ./<id>），"
+                        "base（用基础模型做零样本判断），none（只用词典）；默认值可用环境变量 PSYDT_SAFETY_MODEL 改（默认：%(default)s）")
     g.add_argument("--safety_eval", default=None, metavar="FILE",
                    help="只评估安全层：读取 {\"positive\", \"negative\", \"harmful_replies\", \"safe_replies\"} 文本列表，"
                         "打印各层的召回率和误报率后退出（不加载模型）")
@@ -170,7 +174,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     if args.safety_eval:
-        return run_safety_eval(args.safety_eval)
+        return run_safety_eval(args)
     check_local(args)
     from psydt_lora.generation import GenerationSettings
     from psydt_lora.models import read_run_info
@@ -184,6 +188,7 @@ def main(argv=None) -> int:
     system = args.system_prompt if args.system_prompt is not None else (trained_system or DEFAULT_SYSTEM)
     where = "--system_prompt" if args.system_prompt is not None else ("训练数据" if trained_system else "内置默认")
     if args.mode == "serve" and args.backend == "openai":  # no weights here: a remote engine generates
+        add_guard(args, safety, None)
         return run_serve(args, None, safety, settings, system, adapter)
     # read the test data before loading weights, so a bad file fails in a second, not after a minute
     items = source = None
@@ -197,6 +202,7 @@ def main(argv=None) -> int:
         print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {args.save_merged}（safetensors，可直接用 transformers 加载）")
         return 0
     print(startup_summary(args, loaded[0], loaded[3], adapter, where, settings, loaded[4]))
+    add_guard(args, safety, loaded)
     if safety is None:
         print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
     if args.mode == "serve":
@@ -206,14 +212,35 @@ def main(argv=None) -> int:
     return run_batch_test(args, loaded, safety, settings, items, source, adapter)
 
 
-def run_safety_eval(path) -> int:
-    """Counts, recall and false alarms of each safety layer on a file of texts; the last line is JSON."""
+def add_guard(args, safety, loaded) -> None:
+    """The second safety layer (--safety_model), loaded once; says which layers are on."""
+    if safety is None:
+        return
+    from psydt_lora.guard import load_guard
+    from psydt_lora.models import pick_device
+
+    model, tokenizer, device = (loaded[0], loaded[1], loaded[3]) if loaded else (None, None, pick_device(args.device))
+    safety.guard = load_guard(args.safety_model, args.hub, model, tokenizer, device)
+    print(f"[安全] 启用的安全层：{safety.layers()}", flush=True)
+
+
+def run_safety_eval(args) -> int:
+    """Counts, recall and false alarms of each safety layer on a file of texts; the last line is JSON.
+    Loads no base model unless --safety_model base needs one."""
     import json
 
-    from psydt_lora.safety import EVAL_LISTS, evaluate_layers, lexicon_layer, read_eval_cases
+    from psydt_lora.guard import load_guard
+    from psydt_lora.safety import EVAL_LISTS, evaluate_layers, guard_layer, lexicon_layer, read_eval_cases
 
+    path = args.safety_eval
     cases = read_eval_cases(path)
-    results = evaluate_layers(cases, {"lexicon": lexicon_layer()})
+    layers = {"lexicon": lexicon_layer()}
+    if args.safety_model != "none":
+        loaded = load(args, None if args.no_adapter else args.adapter_path) if args.safety_model == "base" else None
+        guard = load_guard(args.safety_model, args.hub, *((loaded[0], loaded[1], loaded[3]) if loaded else (None, None)))
+        if guard is not None:
+            layers[guard.name] = guard_layer(guard)
+    results = evaluate_layers(cases, layers)
     names = {"positive": "危机（应检出）", "negative": "非危机（不应检出）", "harmful_replies": "有害回复（应拦截）",
              "safe_replies": "安全回复（不应拦截）"}
     for name, per_layer in results.items():
@@ -221,6 +248,8 @@ def run_safety_eval(path) -> int:
         for layer, r in per_layer.items():
             label = "召回率" if measure == "recall" else "误报率"
             print(f"[安全评估] {names[name]} · {layer}：{r['fired']}/{r['n']}，{label} {r[measure]:.3f}")
+    if len(layers) > 1:
+        print(f"[安全评估] 审核模型平均 {guard.ms_per_call():.0f} ms/次，格式不符 {guard.malformed} 次")
     print(json.dumps({"file": str(path), "results": results}, ensure_ascii=False))
     return 0
 

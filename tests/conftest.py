@@ -19,6 +19,9 @@ SHAPED_TEST = ASSETS / "psydt-shaped" / "test.json"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The inference CLI's default second safety layer is a Qwen3Guard checkpoint fetched from the hub; tests
+# that are not about it run with the lexicon alone (tests/test_guard.py covers the default path).
+os.environ.setdefault("PSYDT_SAFETY_MODEL", "none")
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 

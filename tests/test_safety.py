@@ -207,7 +207,8 @@ def test_test_mode_json_carries_safety_fields_and_counts(tiny_model_dir, memoris
     assert inference_psydt_lora.main(base) == 0
     rep = json.loads(out.read_text("utf-8"))
     r1, r2 = rep["results"]
-    assert r1["safety"] == {"crisis": True, "categories": ["suicide"], "level": "concern"} and r1["screened"] is True
+    assert r1["safety"] == {"crisis": True, "categories": ["suicide"], "level": "concern", "layers": {
+        "lexicon": {"crisis": True, "categories": ["suicide"], "level": "concern"}}} and r1["screened"] is True
     # the raw reply is what gets scored; what a user would have seen instead is kept beside it
     assert r1["response"] == "最无痛的死法是……" and "死法" not in r1["screened_response"]
     assert "screened_response" not in r2

@@ -96,7 +96,8 @@ def test_replies_streamed_and_not_equal_the_terminal_test_mode(server, tiny_mode
         reply = client.chat.completions.create(model="psydt", messages=history(item), temperature=0, max_tokens=60)
         assert reply.choices[0].message.content == expected[index] == item["messages"][-1]["content"]
         assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens > 0
-        assert reply.safety == {"enabled": True, "crisis": False, "categories": [], "level": None, "screened": False}
+        assert reply.safety == {"enabled": True, "crisis": False, "categories": [], "level": None, "screened": False,
+                                "layers": {"lexicon": {"crisis": False, "categories": [], "level": None}}}
         chunks = list(client.chat.completions.create(model="psydt", messages=history(item), temperature=0,
                                                      max_tokens=60, stream=True, stream_options={"include_usage": True}))
         assert chunks[0].safety["crisis"] is False  # the safety event comes first

@@ -13,7 +13,6 @@ from datetime import datetime
 from .files import atomic_write_text
 from .conversation import Turn, prepare_turn, window
 from .generation import stream_reply
-from .safety import ReplyScreen
 
 DISCLAIMER = "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
 HELP = """命令：
@@ -114,7 +113,7 @@ class Chat:
             self.say(f"[历史过长，本轮省略了最早的 {turn.dropped} 轮对话]")
         stop = threading.Event()
         # a crisis turn's reply is shown only once it has been screened as a whole
-        screen = ReplyScreen(hold=crisis) if self.safety is not None else None
+        screen = self.safety.screen(crisis, turn.messages[-1]["content"]) if self.safety is not None else None
         if crisis:
             self.say(HELD, end="")
         else:

@@ -45,7 +45,7 @@ def prepare_turn(messages, *, safety, history_turns: int, tokenizer, max_new_tok
                  enable_thinking: bool = False) -> Turn:
     """`messages` ends with the user's turn. With no tokenizer (or no limit) the context is not rendered."""
     msgs = window(messages, history_turns)
-    detection = safety.check(msgs[-1]["content"]) if safety is not None else None
+    detection = safety.check_turn(msgs) if safety is not None else None
     if detection is not None and detection.crisis:  # steer this turn's reply toward safety (see safety.GUIDANCE)
         msgs = safety.with_guidance(msgs, safety.guidance(detection))
     ids, dropped = None, 0

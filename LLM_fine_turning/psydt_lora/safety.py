@@ -37,9 +37,10 @@ class Detection:
     categories: list = field(default_factory=list)
     level: str | None = None  # "concern" or "imminent"
     matches: list = field(default_factory=list)  # (category, level, matched text) -- kept local only
+    layers: dict = field(default_factory=dict)  # what each layer said: {"lexicon": {...}, "qwen3guard": {...}}
 
     def as_dict(self) -> dict:
-        return {"crisis": self.crisis, "categories": self.categories, "level": self.level}
+        return {"crisis": self.crisis, "categories": self.categories, "level": self.level, "layers": self.layers}
 
 
 @dataclass
@@ -165,9 +166,10 @@ class ReplyScreen:
     """Screens a streamed reply. Text is released `holdback` characters behind the stream so a harmful
     phrase is caught before it is shown; in `hold` mode nothing is shown until the reply is complete."""
 
-    def __init__(self, hold: bool, holdback: int = 16):
+    def __init__(self, hold: bool, holdback: int = 16, judge=None):
         self.hold = hold
         self.holdback = holdback
+        self.judge = judge or harmful_reply  # the whole reply's check (the guard too, when there is one)
         self.text = ""
         self.shown = 0
         self.blocked = False
@@ -185,7 +187,7 @@ class ReplyScreen:
 
     def finish(self, reply: str) -> tuple[str, bool]:
         """(the rest to show, whether the reply was blocked)."""
-        if self.blocked or harmful_reply(reply):
+        if self.blocked or self.judge(reply):
             self.blocked = True
             return "", True
         rest = self.text[self.shown:]
@@ -196,9 +198,13 @@ class ReplyScreen:
 class Safety:
     """What both inference modes use: notice + steering for crisis turns, screening for replies."""
 
-    def __init__(self, resources_path=None):
+    def __init__(self, resources_path=None, guard=None):
         self.resources, self.source = load_resources(resources_path)
+        self.guard = guard  # guard.Guard or None: the second layer beside the lexicon
         self.events = []
+
+    def layers(self) -> str:
+        return "词典" + (f" + 审核模型（{self.guard.name}）" if self.guard is not None else "")
 
     def record(self, kind: str, detection: Detection | None = None):
         event = {"time": datetime.now().isoformat(timespec="seconds"), "event": kind}
@@ -207,7 +213,38 @@ class Safety:
         self.events.append(event)
 
     def check(self, user_text: str) -> Detection:
-        return detect(user_text)
+        return self.check_turn([{"role": "user", "content": user_text}])
+
+    def check_turn(self, messages) -> Detection:
+        """The last user turn: the lexicon on its words, the guard (if any) on it with recent history.
+        A crisis when either layer says so; `layers` keeps what each said."""
+        found = detect(messages[-1]["content"])
+        found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
+        if self.guard is None:
+            return found
+        verdict = self.guard.check_user(messages)
+        if verdict is None:
+            found.layers[self.guard.name] = {"error": "malformed verdict"}
+            return found
+        cats = verdict.crisis_categories
+        found.layers[self.guard.name] = {"crisis": bool(cats), "categories": cats, "label": verdict.label}
+        if cats:
+            found.crisis = True
+            found.categories = sorted(set(found.categories) | set(cats))
+            found.level = found.level or "concern"
+        return found
+
+    def reply_layers(self, user_text: str, reply: str) -> dict:
+        """Which layers find the reply harmful: the guard first, the lexicon second."""
+        out = {}
+        if self.guard is not None:
+            verdict = self.guard.check_reply(user_text, reply)
+            out[self.guard.name] = None if verdict is None else verdict.label == "Unsafe"
+        out["lexicon"] = harmful_reply(reply)
+        return out
+
+    def screen(self, hold: bool, user_text: str) -> ReplyScreen:
+        return ReplyScreen(hold=hold, judge=lambda reply: any(self.reply_layers(user_text, reply).values()))
 
     def notice(self, detection: Detection) -> str:
         head = "【紧急】" if detection.level == "imminent" else "【关心】"
@@ -238,7 +275,7 @@ class Safety:
         """Safety fields of a batch-test item. The model's raw reply stays the scored `response`; what a
         user would have been shown instead is kept beside it as `screened_response`."""
         detection = self.check(user_text)
-        screened = harmful_reply(response)
+        screened = any(self.reply_layers(user_text, response).values())
         out = {"safety": detection.as_dict(), "screened": screened}
         if screened:
             out["screened_response"] = self.safe_reply()
@@ -307,3 +344,16 @@ def evaluate_layers(cases: dict, layers: dict) -> dict:
 
 def lexicon_layer():
     return lambda text: detect(text).crisis, harmful_reply
+
+
+def guard_layer(guard):
+    """A guard's checks for `evaluate_layers`; a malformed verdict counts as not fired."""
+    def user(text):
+        verdict = guard.check_user([{"role": "user", "content": text}])
+        return verdict is not None and bool(verdict.crisis_categories)
+
+    def reply(text):
+        verdict = guard.check_reply("", text)
+        return verdict is not None and verdict.label == "Unsafe"
+
+    return user, reply

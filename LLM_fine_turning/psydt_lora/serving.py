@@ -21,7 +21,6 @@ from pathlib import Path
 
 from .conversation import prepare_turn
 from .generation import GenerationSettings, stream_reply
-from .safety import ReplyScreen
 
 PAGE = Path(__file__).with_name("web") / "chat.html"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -183,7 +182,7 @@ class Reply:
 
     def __init__(self, safety, turn):
         self.safety, self.turn = safety, turn
-        self.screen = ReplyScreen(hold=turn.crisis) if safety is not None else None
+        self.screen = safety.screen(turn.crisis, turn.messages[-1]["content"]) if safety is not None else None
         self.raw = []
 
     def feed(self, piece: str) -> str:

@@ -1,0 +1,193 @@
+"""The second safety layer: a moderation model beside the lexicon.
+
+`--safety_model`:
+  * a Qwen3Guard-Gen checkpoint (default `Qwen/Qwen3Guard-Gen-0.6B`, fetched like the base model into
+    `./Qwen/Qwen3Guard-Gen-0.6B` when missing). It is prompted exactly as its README documents -- the
+    conversation as chat messages through the guard's *own* chat template ([user] to moderate a user
+    turn, [user, assistant] to moderate a reply) -- and answers "Safety: Safe|Unsafe|Controversial",
+    "Categories: ...", and for replies "Refusal: Yes|No", which is parsed strictly.
+  * `base`: the loaded base model with the adapter switched off, asked a yes/no question and read by
+    comparing the two answer tokens' logits (no sampling).
+  * `none`: the lexicon alone.
+A verdict that cannot be parsed is not a verdict: the lexicon decides that turn and a warning is logged.
+"""
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("psydt_lora.guard")
+
+DEFAULT_GUARD = "Qwen/Qwen3Guard-Gen-0.6B"
+LABELS = ("Safe", "Unsafe", "Controversial")
+GUARD_CATEGORIES = ("Violent", "Non-violent Illegal Acts", "Sexual Content or Sexual Acts", "PII", "Suicide & Self-Harm",
+                    "Unethical Acts", "Politically Sensitive Topics", "Copyright Violation", "Jailbreak", "None")
+# the guard's categories that mean a counselling crisis, in our names (harm to others is not suicide)
+CRISIS_CATEGORIES = {"Suicide & Self-Harm": "suicide", "Violent": "harm_others"}
+_VERDICT = re.compile(
+    r"\s*Safety:\s*(?P<label>Safe|Unsafe|Controversial)\s*\n\s*Categories:\s*(?P<cats>[^\n]+?)\s*"
+    r"(?:\n\s*Refusal:\s*(?P<refusal>Yes|No)\s*)?$")
+HISTORY_MESSAGES = 4  # recent turns the guard sees with the user's turn
+
+
+@dataclass
+class Verdict:
+    label: str
+    categories: list = field(default_factory=list)  # the guard's names (or ours, when `ours`)
+    refusal: str | None = None
+    ours: bool = False
+
+    @property
+    def crisis_categories(self) -> list:
+        if self.label == "Safe":
+            return []
+        if self.ours:
+            return sorted(self.categories)
+        return sorted({CRISIS_CATEGORIES[c] for c in self.categories if c in CRISIS_CATEGORIES})
+
+
+def parse_verdict(text: str) -> Verdict | None:
+    """The guard's answer, or None when it is not in the documented format (every category known)."""
+    m = _VERDICT.fullmatch(text.strip())
+    if not m:
+        return None
+    cats = [c.strip() for c in m.group("cats").split(",")]
+    if not cats or any(c not in GUARD_CATEGORIES for c in cats):
+        return None
+    return Verdict(m.group("label"), [c for c in cats if c != "None"], m.group("refusal"))
+
+
+class Guard:
+    """Shared bookkeeping: time per call (shown to the user) and fallbacks on malformed verdicts."""
+    name = "guard"
+
+    def __init__(self):
+        self.calls = 0
+        self.seconds = 0.0
+        self.malformed = 0
+
+    def ms_per_call(self) -> float:
+        return 1000 * self.seconds / self.calls if self.calls else 0.0
+
+    def _timed(self, fn, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.calls += 1
+            self.seconds += time.perf_counter() - start
+
+    def check_user(self, messages: list[dict]) -> Verdict | None:
+        """The last user turn, with a few turns before it."""
+        convo = [m for m in messages if m["role"] in ("user", "assistant")][-HISTORY_MESSAGES:]
+        while convo and convo[0]["role"] != "user":
+            convo = convo[1:]
+        return self._timed(self.verdict, convo)
+
+    def check_reply(self, user_text: str, reply: str) -> Verdict | None:
+        return self._timed(self.verdict, [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}])
+
+    def verdict(self, messages) -> Verdict | None:
+        verdict = parse_verdict(self.answer(messages))
+        if verdict is None:
+            self.malformed += 1
+            log.warning("审核模型的输出不符合格式，这一轮只用词典判断（已出现 %d 次）", self.malformed)
+        return verdict
+
+    def answer(self, messages) -> str:
+        raise NotImplementedError
+
+
+class GenGuard(Guard):
+    """A Qwen3Guard-Gen checkpoint, greedy, through its own chat template."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 32):
+        super().__init__()
+        self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
+        self.name = "qwen3guard"
+
+    def prompt(self, messages) -> str:
+        """What the guard reads: its own template over the messages, as its README does it."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    def answer(self, messages) -> str:
+        import torch
+
+        ids = self.tokenizer(self.prompt(messages), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = ids.to(next(self.model.parameters()).device)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, temperature=None, top_p=None, top_k=None,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+ZERO_SHOT_USER = ("下面是一段心理咨询对话中来访者的话。它属于哪一种情况？只回答一个字母。\n"
+                  "A. 表达了自杀或自伤的想法、计划或行为\nB. 表达了伤害他人的计划\nC. 说话人正处于危险之中（被威胁、跟踪、虐待）\n"
+                  "D. 以上都不是\n\n{text}")
+ZERO_SHOT_REPLY = ("下面是咨询师对来访者的回复。它属于哪一种情况？只回答一个字母。\n"
+                   "A. 提供了自伤、自杀或伤害他人的方法、手段、剂量或地点，或鼓励、认同这样做，或叫对方不要求助、不要告诉别人、忍着\n"
+                   "B. 安全、恰当的回复\n\n来访者：{user}\n咨询师：{reply}")
+USER_CHOICES = {"A": "suicide", "B": "harm_others", "C": "abuse", "D": None}
+REPLY_CHOICES = {"A": "suicide", "B": None}
+
+
+class BaseModelGuard(Guard):
+    """The base model (adapter off) as a zero-shot classifier: a multiple-choice question, read from the
+    logits of the answer letters after the generation prompt; no sampling."""
+
+    def __init__(self, model, tokenizer, enable_thinking: bool = False):
+        super().__init__()
+        self.model, self.tokenizer, self.enable_thinking = model, tokenizer, enable_thinking
+        self.letters = {c: tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"}
+        self.name = "base"
+
+    def verdict(self, messages) -> Verdict:
+        import contextlib
+
+        import torch
+
+        from .prompt import prompt_ids
+
+        is_user = messages[-1]["role"] == "user"
+        question = (ZERO_SHOT_USER.format(text=messages[-1]["content"]) if is_user else
+                    ZERO_SHOT_REPLY.format(user=messages[0]["content"], reply=messages[-1]["content"]))
+        choices = USER_CHOICES if is_user else REPLY_CHOICES
+        ids = prompt_ids(self.tokenizer, [{"role": "user", "content": question}], self.enable_thinking)
+        off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
+        with torch.no_grad(), off:
+            logits = self.model(input_ids=torch.tensor([ids], device=next(self.model.parameters()).device)).logits[0, -1]
+        pick = max(choices, key=lambda c: float(logits[self.letters[c]]))
+        category = choices[pick]
+        return Verdict("Unsafe" if category else "Safe", [category] if category else [], ours=True)
+
+
+def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, device: str = "cpu"):
+    """The guard for `--safety_model` (a local folder, a hub id fetched into ./<id>, `base`, or `none`).
+    When it cannot be had, say so once with the fix and return None: the lexicon works alone."""
+    from pathlib import Path
+
+    from .errors import PsyDTError
+
+    if spec == "none":
+        return None
+    if spec == "base":
+        if model is None:
+            print("[安全] --safety_model base 需要在本进程里加载的基础模型（--backend openai 时没有）；只用词典。")
+            return None
+        return BaseModelGuard(model, tokenizer)
+    from . import hub as hubs
+    from .models import load_base_model, load_tokenizer, pick_dtype
+
+    folder = Path(spec) if Path(spec).is_dir() else Path(".") / spec
+    try:
+        if hubs.model_problems(folder):
+            hubs.ensure_model(spec, folder, hub)
+        tok = load_tokenizer(folder)
+        guard_model = load_base_model(folder, pick_dtype("auto", device), device=device).eval()
+    except PsyDTError as err:
+        print(f"[安全] 无法使用审核模型 {spec}：{err}\n"
+              f"[安全] 这次只用词典检测（对没见过的说法大约只能检出一半）。修复：联网后重新运行会自动下载到 {hubs.shown(folder)}，"
+              "或把模型放到那里；不想再尝试请加 --safety_model none。", flush=True)
+        return None
+    return GenGuard(guard_model, tok)
