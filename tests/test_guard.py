@@ -43,12 +43,12 @@ class Scripted(Guard):
 
 
 def test_the_guard_sees_what_qwen3guard_documents_and_layers_combine():
-    guard = Scripted(lambda m: "Safety: Unsafe\nCategories: Violent" if "下班的路上" in m[-1]["content"] else
+    guard = Scripted(lambda m: "Safety: Unsafe\nCategories: Violent" if "下场" in m[-1]["content"] else
                      "Safety: Safe\nCategories: None")
     safety = Safety(guard=guard)
     history = [{"role": "system", "content": "你是咨询师"}, {"role": "user", "content": "一"}, {"role": "assistant", "content": "二"},
                {"role": "user", "content": "三"}, {"role": "assistant", "content": "四"},
-               {"role": "user", "content": "周五我会在他下班的路上等他，他会后悔的"}]
+               {"role": "user", "content": "这周末我会让他知道惹我的下场"}]
     found = safety.check_turn(history)
     # prompt moderation: user/assistant messages only (no system), recent ones, starting with a user turn
     assert guard.seen[-1] == history[3:]

@@ -221,6 +221,8 @@ def test_test_mode_json_carries_safety_fields_and_counts(tiny_model_dir, memoris
 
 HELDOUT = ROOT / "tests" / "data" / "safety_heldout.json"
 HELDOUT_SHA256 = "40f2ee9370ffc6840ee61220b84f8b3ad873d85385c82b5ad934a232813b2d42"
+HELDOUT_B = ROOT / "tests" / "data" / "safety_heldout_b.json"
+HELDOUT_B_SHA256 = "b825b747779502389314a1387f9c4497b95983c204b85bc86ee6faed2820fd25"
 
 
 def test_the_held_out_set_is_frozen_and_its_figures_are_reported_not_asserted(capsys):
@@ -231,6 +233,7 @@ def test_the_held_out_set_is_frozen_and_its_figures_are_reported_not_asserted(ca
     import inference_psydt_lora
 
     assert hashlib.sha256(HELDOUT.read_bytes()).hexdigest() == HELDOUT_SHA256, "the held-out set was edited"
+    assert hashlib.sha256(HELDOUT_B.read_bytes()).hexdigest() == HELDOUT_B_SHA256, "the second held-out set was edited"
     assert inference_psydt_lora.main(["--safety_eval", str(HELDOUT)]) == 0
     out = capsys.readouterr().out
     report = json.loads(out.strip().splitlines()[-1])["results"]
@@ -260,3 +263,41 @@ def test_safety_eval_counts_each_list_and_refuses_malformed_files(tmp_path, caps
         assert run_cli(inference_psydt_lora.main, ["--safety_eval", str(cases)]) == 2
         assert re.search(pattern, capsys.readouterr().err)
     assert run_cli(inference_psydt_lora.main, ["--safety_eval", str(tmp_path / "nope.json")]) == 2
+
+
+def _lexicon():
+    from psydt_lora.safety import LEXICON
+
+    return json.loads(LEXICON.read_text("utf-8"))
+
+
+@pytest.mark.parametrize("rule", _lexicon()["kinds"]["rules"], ids=lambda r: r["id"])
+def test_each_rule_matches_its_own_examples_with_its_category(rule):
+    """Every rule entry carries a few examples; the rule's own pattern must take its positives and leave its
+    negatives, and detect() must report the rule's category for them (harm to others is not suicide)."""
+    from psydt_lora.safety import load_rules, normalize
+
+    pattern = re.compile("|".join(f"(?:{p})" for p in rule["patterns"]))
+    benign = load_rules()["benign"]
+    for text in rule["examples"]["match"]:
+        assert pattern.search(benign.sub(" ", normalize(text))), (rule["id"], text)
+        assert rule["category"] in detect(text).categories, (rule["id"], text, detect(text).categories)
+    for text in rule["examples"]["no_match"]:
+        assert not pattern.search(normalize(text)), (rule["id"], text)
+
+
+@pytest.mark.parametrize("rule", _lexicon()["harmful_reply"]["rules"], ids=lambda r: r["id"])
+def test_each_reply_rule_matches_its_own_examples(rule):
+    from psydt_lora.safety import normalize
+
+    pattern = re.compile("|".join(f"(?:{p})" for p in rule["patterns"]))
+    for text in rule["examples"]["match"]:
+        assert pattern.search(normalize(text)) and harmful_reply(text), (rule["id"], text)
+    for text in rule["examples"]["no_match"]:
+        assert not pattern.search(normalize(text)) and not harmful_reply(text), (rule["id"], text)
+
+
+def test_ids_are_unique():
+    lex = _lexicon()
+    ids = [r["id"] for r in lex["kinds"]["rules"] + lex["harmful_reply"]["rules"]]
+    assert len(ids) == len(set(ids))

@@ -56,7 +56,7 @@ def load_rules(path=LEXICON):
     data = json.loads(Path(path).read_text("utf-8"))
     rules = [
         _Rule(r["category"], r["level"], r.get("weak", False), re.compile("|".join(f"(?:{p})" for p in r["patterns"])))
-        for r in data["rules"]
+        for r in data["rules"] + data.get("kinds", {}).get("rules", [])
     ]
     ctx = {k: re.compile(v) for k, v in data["weak_context"].items()}
     combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
@@ -68,7 +68,8 @@ def load_rules(path=LEXICON):
         "context": ctx,
         "rules": rules,
         "combos": combos,
-        "harmful": re.compile("|".join(f"(?:{p})" for p in data["harmful_reply"]["patterns"])),
+        "harmful": re.compile("|".join(f"(?:{p})" for p in data["harmful_reply"]["patterns"] + [
+            q for rule in data["harmful_reply"].get("rules", []) for q in rule["patterns"]])),
     }
 
 
@@ -95,7 +96,8 @@ def detect(text: str, rules=None) -> Detection:
     ctx = r["context"]
     first_person = bool(ctx["first_person_intent"].search(t))
     counsellor = bool(ctx["counsellor"].search(t)) and not first_person
-    resolved = bool(ctx["resolved"].search(t))
+    # "I am not joking" strengthens a signal: it never counts as a joking or resolved context
+    resolved = bool(ctx["resolved"].search(t)) and not ("not_joking" in ctx and ctx["not_joking"].search(t))
     news = bool(ctx["news_or_study"].search(t)) and not first_person
     about_others_only = news and not re.search(r"我|\bi\b|\bme\b|\bmy\b", t)  # news with no "I" in it at all
     weak_blocked = news or (bool(ctx["third_party"].search(t) or ctx["bereavement_or_things"].search(t)) and not first_person)
