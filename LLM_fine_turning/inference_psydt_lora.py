@@ -311,6 +311,8 @@ def run_batch_test(args, loaded, safety, settings, items, source, adapter) -> in
     if safety is not None:
         sm = m["safety"]
         print(f"[安全] 含危机信号的条目 {sm['crisis_items']} 条（紧急 {sm['imminent_items']}），被过滤的回复 {sm['screened_responses']} 条")
+        if safety.guard is not None:
+            print(f"[安全] {safety.guard_cost()}")
     print("\n".join(summary_lines(report)))
     if m.get("hit_max_new_tokens"):
         print(f"[提示] {m['hit_max_new_tokens']} 条回复在 --max_new_tokens {args.max_new_tokens} 处被截断")

@@ -148,4 +148,9 @@ def test_chat_and_eval_use_the_guard_when_given(tiny_model_dir, memorised_adapte
                          input="我不想活了\n/exit\n", capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "启用的安全层：词典 + 审核模型（qwen3guard）" in res.stdout and "12356" in res.stdout
+    res = subprocess.run([sys.executable, str(ROOT / "LLM_fine_turning" / "inference_psydt_lora.py"), "--model_path",
+                          str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+                          "--max_new_tokens", "10", "--safety_model", str(tiny_model_dir)],
+                         input="你好\n/history\n/exit\n", capture_output=True, text=True, timeout=300)
+    assert "审核模型 qwen3guard：" in res.stdout and "ms/次" in res.stdout  # its cost, visible in /history
     assert DIALOGUES  # the fixtures' dialogues are what the memorised adapter knows

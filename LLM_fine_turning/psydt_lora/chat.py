@@ -186,6 +186,8 @@ class Chat:
                 self.say("[还没有对话]")
             for i, (u, a) in enumerate(self.state.rounds, 1):
                 self.say(f"[{i}] 你：{u}\n    助手：{a}")
+            if self.safety is not None and self.safety.guard is not None:
+                self.say(f"[安全] {self.safety.guard_cost()}")
         elif name == "/save":
             if not rest:
                 self.say("用法：/save 文件名.json")

@@ -205,6 +205,10 @@ class Safety:
         self.guard = guard  # guard.Guard or None: the second layer beside the lexicon
         self.events = []
 
+    def guard_cost(self) -> str:
+        g = self.guard
+        return f"审核模型 {g.name}：{g.calls} 次，平均 {g.ms_per_call():.0f} ms/次，格式不符 {g.malformed} 次"
+
     def layers(self) -> str:
         return "词典" + (f" + 审核模型（{self.guard.name}）" if self.guard is not None else "")
 
@@ -283,8 +287,7 @@ class Safety:
             out["screened_response"] = self.safe_reply()
         return out
 
-    @staticmethod
-    def summary(results) -> dict:
+    def summary(self, results) -> dict:
         crisis = [r for r in results if r.get("safety", {}).get("crisis")]
         by_cat = {}
         for r in crisis:
@@ -295,6 +298,8 @@ class Safety:
             "imminent_items": sum(1 for r in crisis if r["safety"]["level"] == "imminent"),
             "by_category": by_cat,
             "screened_responses": sum(1 for r in results if r.get("screened")),
+            **({"guard": {"name": self.guard.name, "calls": self.guard.calls, "ms_per_call": round(self.guard.ms_per_call(), 1),
+                          "malformed": self.guard.malformed}} if self.guard is not None else {}),
         }
 
 
