@@ -271,7 +271,7 @@ def _lexicon():
     return json.loads(LEXICON.read_text("utf-8"))
 
 
-@pytest.mark.parametrize("rule", _lexicon()["kinds"]["rules"], ids=lambda r: r["id"])
+@pytest.mark.parametrize("rule", _lexicon()["rules"] + _lexicon()["kinds"]["rules"], ids=lambda r: r["id"])
 def test_each_rule_matches_its_own_examples_with_its_category(rule):
     """Every rule entry carries a few examples; the rule's own pattern must take its positives and leave its
     negatives, and detect() must report the rule's category for them (harm to others is not suicide)."""
@@ -299,5 +299,6 @@ def test_each_reply_rule_matches_its_own_examples(rule):
 
 def test_ids_are_unique():
     lex = _lexicon()
-    ids = [r["id"] for r in lex["kinds"]["rules"] + lex["harmful_reply"]["rules"]]
-    assert len(ids) == len(set(ids))
+    rules = lex["rules"] + lex["kinds"]["rules"] + lex["harmful_reply"]["rules"]
+    ids = [r["id"] for r in rules]
+    assert len(ids) == len(set(ids)) and all(r["examples"]["match"] for r in rules)
