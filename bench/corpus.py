@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "LLM_fine_turning"))
 ASSETS = ROOT.parent / "shared" / "assets"
 TOKENIZER = ASSETS / "qwen3-tokenizer"
 

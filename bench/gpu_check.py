@@ -17,13 +17,10 @@ MFU divides by --peak_tflops (989 for H100/H200 SXM dense bf16).
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "LLM_fine_turning"))
-sys.path.insert(0, str(HERE))
 
 
 def flops_per_batch(cfg, batch, lora_r, recompute=True):

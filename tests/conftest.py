@@ -3,13 +3,11 @@ behaves like Qwen3's (ChatML, empty think block in the generation prompt when th
 and the real Qwen3 tokenizer / PsyDTCorpus samples from ../shared/assets when present."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "LLM_fine_turning"))
 ASSETS = ROOT.parent / "shared" / "assets"
 REAL_TOKENIZER = ASSETS / "qwen3-tokenizer"
 REAL_SAMPLE = ASSETS / "psydt-sample" / "train.json"

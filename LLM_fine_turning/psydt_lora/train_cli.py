@@ -1,0 +1,400 @@
+"""Fine-tune Qwen3 with LoRA on PsyDTCorpus (multi-turn Chinese counselling dialogues).
+
+    # the whole job: fetch Qwen/Qwen3-1.7B and PsyDTCorpus via ModelScope when missing, train, save
+    python LLM_fine_turning/train_psydt_lora.py
+
+    # look at the data first: tokenise, print statistics, write every sample, load no weights
+    python LLM_fine_turning/train_psydt_lora.py --dry_run --dump_samples samples.jsonl
+
+    # all 4,760 dialogues, no eval, no SwanLab
+    python LLM_fine_turning/train_psydt_lora.py --max_train_items 0 --no-do_eval --report_to none
+
+The adapter lands in <output_dir>/lora_adapter; talk to it with inference_psydt_lora.py.
+Run again with the same command after an interruption and it resumes from the last checkpoint.
+"""
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from .cli import make_parser
+from .errors import PsyDTError, run_cli
+from .hub import HUBS, TEST_FILE, TRAIN_FILE
+from .samples import SAMPLE_MODES
+from .training import DEFAULT_TARGET_MODULES, is_main_process
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("用 LoRA 在 PsyDTCorpus 上微调 Qwen3（默认 Qwen3-1.7B）。")
+    g = p.add_argument_group("模型与数据")
+    g.add_argument("--model_repo", default="Qwen/Qwen3-1.7B", help="模型在模型库（hub）上的 id")
+    g.add_argument("--model_local_dir", default="./Qwen/Qwen3-1.7B", help="本地模型文件夹；不完整时下载到这里")
+    g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少模型或数据时从哪里下载")
+    g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="数据集在模型库上的 id")
+    g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="PsyDTCorpus 文件所在的文件夹")
+    g.add_argument("--train_file", default=None, help=f"训练对话（JSON/JSONL）；默认 <dataset_dir>/{TRAIN_FILE}")
+    g.add_argument("--eval_file", default=None, help=f"验证条目（单轮拆分格式）；默认 <dataset_dir>/{TEST_FILE}")
+    g.add_argument("--max_train_items", type=int, default=300, help="只用前 N 条训练对话；0 或 -1 = 全部")
+    g.add_argument("--max_eval_items", type=int, default=20, help="从不同对话中均匀取 N 条验证条目；0 或 -1 = 全部")
+    g.add_argument("--max_length", type=int, default=2048, help="每个样本的最大 token 数（超出时丢弃最早的几轮）")
+    g.add_argument("--sample_mode", choices=SAMPLE_MODES, default="shared_prefix",
+                   help="shared_prefix：与 per_turn 完全相同的损失，每段对话的历史只存一次；per_turn：每条回复一个样本；"
+                        "dialogue：整段对话一个序列（目标不同）")
+    g.add_argument("--pack_length", type=int, default=0,
+                   help="shared_prefix：每个打包序列的最大 token 数（默认 0 = 1.5 × max_length）；任何回复看到的上下文都不超过 max_length")
+    g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
+
+    g = p.add_argument_group("训练")
+    g.add_argument("--output_dir", default="./output/qwen3-1_7b-psydt-lora", help="检查点、adapter、指标和图表的输出文件夹")
+    g.add_argument("--per_device_train_batch_size", type=int, default=1, help="每块 GPU 每个微批次的样本数")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=1, help="验证时每块 GPU 每批的样本数")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=4, help="每次优化器更新累积的微批次数")
+    g.add_argument("--num_train_epochs", type=float, default=2, help="训练样本过几遍")
+    g.add_argument("--max_steps", type=int, default=-1, help="训练到这么多次优化器更新就停（-1：按轮数）")
+    g.add_argument("--learning_rate", type=float, default=1e-4, help="峰值学习率")
+    g.add_argument("--lr_scheduler_type", default="linear", help="学习率调度（linear、cosine 等 Trainer 支持的）")
+    g.add_argument("--warmup_steps", type=float, default=0, help="预热：步数，小于 1 时表示占总步数的比例")
+    g.add_argument("--save_steps", type=int, default=400, help="每 N 次优化器更新保存一个检查点")
+    g.add_argument("--save_total_limit", type=int, default=None, help="最多保留 N 个检查点（默认全部保留）")
+    g.add_argument("--logging_steps", type=int, default=10, help="每 N 次优化器更新记录一次损失")
+    g.add_argument("--eval_steps", type=int, default=200, help="每 N 次优化器更新验证一次")
+    g.add_argument("--do_eval", action=argparse.BooleanOptionalAction, default=True, help="在验证条目上计算损失")
+    g.add_argument("--seed", type=int, default=42, help="随机种子（数据顺序、LoRA 初始化、dropout）")
+    g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="auto：CUDA 支持时用 bf16，否则 fp32")
+    g.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                   help="重算激活值以节省显存")
+    g.add_argument("--group_by_length", action="store_true", help="把长度相近的样本放进同一批（减少 padding）")
+    g.add_argument("--deepspeed", default=None, metavar="CONFIG", help="Trainer 用的 DeepSpeed 配置（见 examples/deepspeed/）")
+    g.add_argument("--load_in_4bit", action="store_true", help="QLoRA：以 4-bit NF4 加载基础模型（需要 CUDA + bitsandbytes）")
+    g.add_argument("--resume_from_checkpoint", default="auto",
+                   help="auto（output_dir 中最新的完整检查点）、none（从头开始）或检查点路径")
+
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora_r", type=int, default=8, help="LoRA 秩")
+    g.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha（缩放 = alpha / r）")
+    g.add_argument("--lora_dropout", type=float, default=0.1, help="LoRA 输入上的 dropout")
+    g.add_argument("--target_modules", default=",".join(DEFAULT_TARGET_MODULES), help="加 LoRA 的线性层，逗号分隔")
+
+    g = p.add_argument_group("记录")
+    g.add_argument("--report_to", default="swanlab", help="swanlab、none 或 Trainer 支持的其他记录器（逗号分隔）")
+    g.add_argument("--swanlab_project", default="qwen3-psydt-lora", help="SwanLab 项目名")
+    g.add_argument("--swanlab_run_name", default=None, help="SwanLab 实验名")
+    g.add_argument("--swanlab_mode", choices=("auto", "cloud", "online", "local", "offline", "disabled"), default="auto",
+                   help="auto：已登录（swanlab login）时上传到云端，否则本地记录")
+
+    g = p.add_argument_group("检查数据")
+    g.add_argument("--dry_run", action="store_true", help="只读取并切分数据、打印统计后退出，不加载权重")
+    g.add_argument("--dump_samples", default=None, metavar="PATH", help="把每个训练样本写成 JSON Lines")
+    return p
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """With several processes (torchrun, accelerate launch), let rank 0 download before the others look."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
+
+
+def check_args(args) -> None:
+    positive = ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "save_steps", "logging_steps", "eval_steps", "lora_r", "lora_alpha")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise PsyDTError(f"--{name} 必须是正数，收到 {getattr(args, name)}。")
+    if args.num_train_epochs <= 0 and args.max_steps <= 0:
+        raise PsyDTError("--num_train_epochs 必须大于 0（或给出 --max_steps）。")
+    if not 0 <= args.lora_dropout < 1:
+        raise PsyDTError(f"--lora_dropout 必须在 [0, 1) 之间，收到 {args.lora_dropout}。")
+    if args.deepspeed and not Path(args.deepspeed).is_file():
+        raise PsyDTError(f"--deepspeed {args.deepspeed} 不存在（示例配置在 examples/deepspeed/）。")
+    check_local(args)
+    if args.learning_rate <= 0:
+        raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
+    if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
+        from .training import four_bit_config
+
+        four_bit_config(None)
+
+
+def check_local(args) -> None:
+    """Every local argument, in a moment, before any download, tokenisation or weight load."""
+    from .files import check_can_write, check_files_exist
+    from .training import find_checkpoint
+
+    check_files_exist({"--train_file": args.train_file, "--eval_file": args.eval_file if args.do_eval else None,
+                       "--deepspeed": args.deepspeed})
+    if not args.dry_run:
+        check_can_write(args.output_dir, "--output_dir")
+        if args.resume_from_checkpoint not in ("auto", "none"):
+            find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if args.dump_samples:
+        check_can_write(args.dump_samples, "--dump_samples")
+
+
+def data_files(args) -> tuple[Path, Path | None]:
+    """The train and eval files, downloading the PsyDTCorpus ones into dataset_dir when missing."""
+    from .hub import ensure_dataset_file
+
+    def resolve(given, default_name, flag):
+        if given:
+            path = Path(given)
+            if not path.is_file():
+                raise PsyDTError(f"{flag} {path} 不存在。")
+            return path
+        return ensure_dataset_file(args.dataset_repo, args.dataset_dir, default_name, args.hub)
+
+    train = resolve(args.train_file, TRAIN_FILE, "--train_file")
+    evalf = resolve(args.eval_file, TEST_FILE, "--eval_file") if args.do_eval else None
+    return train, evalf
+
+
+def preflight(output_dir: Path, need_bytes: int) -> None:
+    """Fail before loading weights for reasons knowable now: unwritable or full output folder."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise PsyDTError(f"输出目录 {output_dir} 不可写：{err.strerror}。请换一个 --output_dir。") from None
+    free = shutil.disk_usage(output_dir).free
+    if free < need_bytes:
+        raise PsyDTError(
+            f"输出目录 {output_dir} 所在磁盘只剩 {free / 2**20:.0f} MiB，估计需要 {need_bytes / 2**20:.0f} MiB"
+            "（检查点 + adapter）。请清理磁盘、换 --output_dir 或设置 --save_total_limit。"
+        )
+
+
+def print_stats(title, read_stats, sample_stats) -> None:
+    s = sample_stats
+    print(f"[{title}] 对话 {s.dialogues}，样本 {s.samples}，token {s.tokens:,}，其中监督 token {s.supervised_tokens:,}"
+          f"（{100 * s.supervised_tokens / max(s.tokens, 1):.1f}%），最长样本 {s.max_sample_tokens}，平均 {s.as_dict()['mean_sample_tokens']}")
+    if s.per_turn_tokens:
+        print(f"[{title}] shared_prefix 打包：{s.per_turn_samples} 个逐轮样本 → {s.samples} 个打包序列，"
+              f"token {s.per_turn_tokens:,} → {s.tokens:,}（{s.per_turn_tokens / max(s.tokens, 1):.1f} 倍更少），损失完全相同")
+    if s.truncated_history_samples or s.truncated_reply_samples or s.dropped_too_long_samples:
+        print(f"[{title}] 超长截断：{s.truncated_history_samples} 个样本丢弃了最早的 {s.dropped_rounds} 轮历史，"
+              f"{s.truncated_reply_samples} 个样本截断了回复结尾，{s.dropped_too_long_samples} 个样本因上下文本身超长被丢弃")
+    r = read_stats.as_dict()
+    if r["dropped_trailing_user_turns"] or r["empty_replies_not_trained"] or r["think_blocks_removed"]:
+        print(f"[{title}] 数据整理：去掉结尾的 user 消息 {r['dropped_trailing_user_turns']} 条，"
+              f"空回复（不训练）{r['empty_replies_not_trained']} 条，去掉 think 块 {r['think_blocks_removed']} 处")
+    for note in s.notes:
+        print(f"[{title}] 注意：{note}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from . import hub
+    from .dialogues import check_format, read_dialogues, select_spread
+    from .models import load_tokenizer
+    from .prompt import prompt_format
+    from .samples import build_samples, build_training_samples, dump_samples
+
+    # 1. fetch what is missing (under torchrun / accelerate: the main process first, the others then find it)
+    model_dir = Path(args.model_local_dir)
+    with main_process_first():
+        if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
+            hub.ensure_model(args.model_repo, model_dir, args.hub)
+        train_file, eval_file = data_files(args)
+
+    # 2. read dialogues, build samples
+    tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
+    limit = args.max_train_items if args.max_train_items > 0 else None
+    train_dialogues, train_read = read_dialogues(train_file, limit=limit)
+    check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
+    main_rank = is_main_process()
+    train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
+                                                        pack_length=args.pack_length or None)
+    if main_rank:
+        print_stats("训练", train_read, train_stats)
+    if not train_samples:
+        raise PsyDTError(f"{train_file} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
+    eval_samples, data_stats = [], {"train": {"file": str(train_file), **train_read.as_dict(), **train_stats.as_dict()}}
+    if eval_file is not None:
+        eval_items, eval_read = read_dialogues(eval_file)
+        check_format(eval_items, eval_file, expect_split=True, flag="--eval_file")
+        eval_items = select_spread(eval_items, args.max_eval_items)
+        eval_read.records = len(eval_items)
+        eval_samples, eval_stats = build_samples(eval_items, tokenizer, args.max_length, last_reply_only=True)
+        if main_rank:
+            print_stats("验证", eval_read, eval_stats)
+        data_stats["eval"] = {"file": str(eval_file), **eval_read.as_dict(), **eval_stats.as_dict()}
+    if args.dump_samples and main_rank:
+        dump_samples(train_samples, args.dump_samples)
+        print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
+    if args.dry_run:
+        return 0
+
+    # 3. model + LoRA + Trainer -- unless this output folder already holds the finished run
+    from . import training as T
+
+    output_dir = Path(args.output_dir)
+    steps = T.planned_steps(len(train_samples), args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                            args.num_train_epochs, args.max_steps)
+    resume = T.find_checkpoint(output_dir, args.resume_from_checkpoint)
+    finished = resume is not None and T.checkpoint_step(resume) >= steps
+    if finished and hub.safetensors_complete(output_dir / T.ADAPTER_DIR / "adapter_model.safetensors"):
+        print(f"[已完成] {output_dir} 里的这次训练已经完成（{Path(resume).name}，计划 {steps} 步），"
+              f"adapter 在 {output_dir / T.ADAPTER_DIR}，无需再训练。要从头重新训练请加 --resume_from_checkpoint none"
+              "（或换一个 --output_dir）；要训练更久请增大 --max_steps / --num_train_epochs。", flush=True)
+        return 0
+    n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
+    preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
+    return train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats,
+                 prompt_format(tokenizer), resume=resume, steps=steps)
+
+
+def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_fmt, *,
+          resume, steps) -> int:
+    import torch
+    from transformers import Trainer, TrainerState, TrainingArguments, set_seed
+    from transformers.trainer_callback import ProgressCallback
+
+    from . import training as T
+    from .models import load_base_model, pick_dtype, pick_device
+
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    device = pick_device("auto")
+    dtype = pick_dtype(args.dtype, device)
+    if T.is_main_process():
+        print("\n".join(T.device_lines(device, dtype, args.dtype)), flush=True)
+    quantization = T.four_bit_config(dtype) if args.load_in_4bit else None
+    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    base_config = model.config
+    targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+    model = T.add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing)
+
+    reporters = [r.strip() for r in args.report_to.split(",") if r.strip() and r.strip() != "none"]
+    callbacks = []
+    run_config = {k: v for k, v in vars(args).items()}
+    run_config["data"] = {k: {kk: vv for kk, vv in v.items() if kk != "notes"} for k, v in data_stats.items()}
+    if "swanlab" in reporters:
+        reporters.remove("swanlab")
+        if T.is_main_process():
+            mode = T.resolve_swanlab_mode(args.swanlab_mode)
+            callbacks.append(T.make_swanlab_callback(args.swanlab_project, args.swanlab_run_name, mode, output_dir / "swanlog", run_config))
+    stop = T.make_stop_callback()
+    callbacks.append(stop)
+
+    do_eval = bool(eval_samples)
+    targs = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps,
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        eval_strategy="steps" if do_eval else "no",
+        eval_steps=args.eval_steps if do_eval else None,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        seed=args.seed,
+        report_to=reporters or "none",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+        dataloader_pin_memory=device == "cuda",
+        use_cpu=device == "cpu",
+        ddp_find_unused_parameters=False,
+        deepspeed=args.deepspeed,
+    )
+    collator = T.PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=T.SampleDataset(train_samples),
+        eval_dataset=T.SampleDataset(eval_samples) if do_eval else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        compute_loss_func=T.supervised_loss,  # logits only where the loss is (the collator says where)
+    )
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(T.make_progress_callback())
+    if T.is_main_process():
+        tokens = sum(len(s.input_ids) for s in train_samples)
+        print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, output_dir)), flush=True)
+
+    # 4. train (resuming when a checkpoint is there)
+    main_rank = T.is_main_process()
+    if resume and T.checkpoint_step(resume) >= steps:  # trained, but the final save did not happen: save now
+        if main_rank:
+            print(f"[续训] {resume} 已是最后一步，只补上保存 adapter", flush=True)
+        T.load_checkpoint_adapter(trainer.model, resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        result = None
+    else:
+        if resume and main_rank:
+            print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
+        stop.install()  # on every rank: a launcher's SIGTERM reaches them all
+        result = trainer.train(resume_from_checkpoint=resume)
+    if stop.exit_code:
+        if trainer.is_world_process_zero():
+            print(f"[中断] 已保存检查点到 {output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
+        return stop.exit_code
+
+    # 5. save: adapter + run JSON, metrics, loss curve
+    metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
+    if do_eval:
+        metrics["eval"] = T.final_eval(trainer)
+    info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
+    save_outputs(args, trainer, tokenizer, metrics, info, collator.padding_share())
+    return 0
+
+
+def save_outputs(args, trainer, tokenizer, metrics, info, padding_share) -> None:
+    """Metrics, loss curve and run JSON from the main process; the adapter through every rank."""
+    from . import training as T
+
+    output_dir = Path(args.output_dir)
+    plot = output_dir / T.LOSS_PLOT
+    main_rank = trainer.is_world_process_zero()
+    if main_rank:
+        hint = "（--group_by_length 可以减少）" if padding_share > 0.05 and not args.group_by_length else ""
+        print(f"[训练] padding 占比 {100 * padding_share:.1f}%{hint}", flush=True)
+        history = T.loss_history(trainer.state.log_history)
+        metrics["loss_history"] = history
+        metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
+        metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
+        T.atomic_write_json(output_dir / T.METRICS_FILE, metrics)
+        T.plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
+        info["metrics"] = {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")}
+    adapter_dir = output_dir / T.ADAPTER_DIR
+    T.save_adapter(trainer, tokenizer, adapter_dir, info, extra_files=[plot])
+    if main_rank:
+        print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / T.METRICS_FILE}；损失曲线 {plot}", flush=True)
+
+
+def cli() -> int:
+    """The `psydt-train` console command and `python LLM_fine_turning/train_psydt_lora.py`."""
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
