@@ -96,16 +96,18 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_f
     assert not (out / "lora_adapter").exists()
 
 
-def test_format_mixups_are_refused(tiny_model_dir, data_files, tmp_path):
+def test_format_mixups_are_refused(tiny_model_dir, data_files, tmp_path, capsys):
     train, test = data_files
     rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(test),
                                          "--no-do_eval", "--dry_run"])
-    assert rc == 2
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--train_file {test}" in err and "single-turn split 测试格式" in err and "Traceback" not in err
     many = tmp_path / "train3.json"
     many.write_text(json.dumps(DIALOGUES * 2, ensure_ascii=False), "utf-8")
     rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train),
                                          "--eval_file", str(many), "--dry_run"])
-    assert rc == 2
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--eval_file {many}" in err and "看起来是训练格式" in err
 
 
 def test_a_cut_short_partial_line_is_ignored_on_resume(tiny_model_dir, memorised_adapter, data_files, tmp_path):

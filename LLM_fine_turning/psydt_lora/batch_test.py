@@ -205,7 +205,7 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
     return report
 
 
-def evaluate(model, tokenizer, items, results, system_override, max_length, batch_size, compare_base, name):
+def evaluate(model, tokenizer, items, results, system_override, context_limit, batch_size, compare_base, name):
     """Reference-based metrics and reference perplexity, per model, overall and per normalizedTag."""
     from .metrics import LABELS, by_tag, item_scores, reference_losses, summarize
 
@@ -215,11 +215,11 @@ def evaluate(model, tokenizer, items, results, system_override, max_length, batc
         msgs, reference = _context_messages(item, system_override)
         if reference is not None:
             contexts.append(Dialogue(item.index, item.id, item.tag, msgs + [{"role": "assistant", "content": reference}]))
-    losses = reference_losses(model, tokenizer, contexts, max_length, batch_size)
+    losses = reference_losses(model, tokenizer, contexts, context_limit, batch_size)
     base_losses = {}
     if compare_base:
         with model.disable_adapter():
-            base_losses = reference_losses(model, tokenizer, contexts, max_length, batch_size)
+            base_losses = reference_losses(model, tokenizer, contexts, context_limit, batch_size)
     entries = []
     for r in results:
         if r.get("reference") is None:

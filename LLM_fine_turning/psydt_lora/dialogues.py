@@ -11,7 +11,7 @@ Rules for oddities that are not errors (counted in `ReadStats`):
 Everything else that is malformed stops with a PsyDTError naming the file, the record and the field.
 """
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PsyDTError
@@ -45,7 +45,6 @@ class ReadStats:
     dropped_trailing_user_turns: int = 0
     empty_replies: int = 0
     think_blocks_removed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {

@@ -8,6 +8,17 @@ from pathlib import Path
 from .errors import PsyDTError
 
 
+def read_json(path, label: str):
+    """A whole JSON file, or a PsyDTError naming `label` (the flag or what the file is) and the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text("utf-8-sig"))
+    except FileNotFoundError:
+        raise PsyDTError(f"找不到{label} {path}。") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PsyDTError(f"{label} {path} 不是合法的 UTF-8 JSON：{err}") from None
+
+
 def check_files_exist(named: dict) -> None:
     """{flag: path or None}: every given path must be a readable file."""
     for flag, path in named.items():

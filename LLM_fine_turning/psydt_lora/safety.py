@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import PsyDTError
+from .files import read_json
 
 DATA = Path(__file__).resolve().parent / "safety_data"
 LEXICON = DATA / "lexicon.json"
@@ -138,12 +139,7 @@ def harmful_reply(text: str, rules=None) -> bool:
 def load_resources(path=None) -> tuple[dict, str]:
     """The help resources (JSON: name, intro, resources[{name, contact, note}], outro) and where they came from."""
     source = Path(path) if path else DEFAULT_RESOURCES
-    try:
-        data = json.loads(source.read_text("utf-8"))
-    except FileNotFoundError:
-        raise PsyDTError(f"找不到求助资源文件 {source}。") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise PsyDTError(f"求助资源文件 {source} 不是合法的 UTF-8 JSON：{err}") from None
+    data = read_json(source, "求助资源文件")
     items = data.get("resources") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise PsyDTError(f"求助资源文件 {source} 需要一个非空的 \"resources\" 列表。")
@@ -313,12 +309,7 @@ EVAL_LISTS = {  # list -> (what a hit means, the check that runs on it)
 def read_eval_cases(path) -> dict:
     """`{"positive": [...], "negative": [...], "harmful_replies": [...], "safe_replies": [...]}` (any subset)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text("utf-8-sig"))
-    except FileNotFoundError:
-        raise PsyDTError(f"--safety_eval {path} 不存在。") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise PsyDTError(f"--safety_eval {path} 不是合法的 UTF-8 JSON：{err}") from None
+    data = read_json(path, "--safety_eval 文件")
     if not isinstance(data, dict) or not any(k in data for k in EVAL_LISTS):
         raise PsyDTError(f"--safety_eval {path} 需要一个 JSON 对象，至少含有 {', '.join(EVAL_LISTS)} 之一。")
     cases = {}

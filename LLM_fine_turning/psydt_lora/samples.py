@@ -113,7 +113,7 @@ class _Builder:
         """shared_prefix built straight from the dialogue's one tokenisation, without materialising
         per-reply samples. Each reply's per_turn context is system + messages[j:a] (j = first kept
         message; the whole history when nothing is dropped), found by token-span arithmetic as in
-        `dialogue_samples`. Consecutive replies with the same j share a trunk; a pack closes when the
+        `per_turn_samples`. Consecutive replies with the same j share a trunk; a pack closes when the
         next branch would not fit in pack_length. None when the general path is needed."""
         msgs = d.messages
         starts = self.turn_starts(ctx_ids, targets) if self.span_ok else None
@@ -166,7 +166,7 @@ class _Builder:
             out.append(assemble_pack(d.index, trunk, branches))
         return out
 
-    def dialogue_samples(self, d, targets, ctx_ids, reply_ids, check: bool):
+    def per_turn_samples(self, d, targets, ctx_ids, reply_ids, check: bool):
         msgs = d.messages
         starts = self.turn_starts(ctx_ids, targets)
         fast = starts is not None
@@ -278,7 +278,7 @@ def build_samples(
                 if direct is not None:
                     packs.extend(direct)
                     continue
-            per_turn = b.dialogue_samples(d, targets, ids, these, check)
+            per_turn = b.per_turn_samples(d, targets, ids, these, check)
             for s in per_turn:
                 b.add(s)
             if pack:
@@ -341,7 +341,7 @@ def assemble_pack(dialogue_index: int, trunk: list[int], branches) -> Sample:
     return Sample(dialogue_index, [b[3] for b in branches], [b[4] for b in branches], ids, labels, pos, spans)
 
 
-def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinking: bool = False, progress=False):
+def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinking: bool = False):
     """What other tools train: each dialogue rendered once, every reply supervised in that one sequence.
     Not the per_turn objective: a reply's context is rendered as history (for Qwen3, the last reply gets
     the empty think block and earlier ones do not), and a dialogue longer than max_length is cut."""
@@ -384,7 +384,7 @@ def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix
                            pack_length=None):
     """Samples for `mode`; see README for what each one trains. Returns (samples, SampleStats)."""
     if mode == "dialogue":
-        return build_dialogue_samples(dialogues, tokenizer, max_length, enable_thinking, progress)
+        return build_dialogue_samples(dialogues, tokenizer, max_length, enable_thinking)
     return build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress,
                          pack=mode == "shared_prefix", pack_length=pack_length)
 
