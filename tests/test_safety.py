@@ -302,3 +302,20 @@ def test_ids_are_unique():
     rules = lex["rules"] + lex["kinds"]["rules"] + lex["harmful_reply"]["rules"]
     ids = [r["id"] for r in rules]
     assert len(ids) == len(set(ids)) and all(r["examples"]["match"] for r in rules)
+
+
+@pytest.mark.parametrize("entry", _lexicon()["policy"]["rules"], ids=lambda e: e["id"])
+def test_each_policy_entry_is_what_drops_its_examples(entry):
+    """A policy entry's examples are not crises -- and would be without that very entry."""
+    from psydt_lora.safety import load_rules
+
+    rules = load_rules()
+    without = {**rules, "policy": [p for p in rules["policy"] if p.id != entry["id"]]}
+    for text in entry["examples"]["dropped"]:
+        assert not detect(text).crisis, (entry["id"], text)
+        assert detect(text, without).crisis, (entry["id"], text)
+
+
+def test_not_joking_strengthens_and_never_cancels():
+    assert detect("我不是开玩笑，我真的想结束这一切").crisis
+    assert not detect("开玩笑的，我不想活了哈哈").crisis

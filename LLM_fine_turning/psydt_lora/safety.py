@@ -46,27 +46,42 @@ class Detection:
 
 @dataclass
 class _Rule:
+    id: str
     category: str
     level: str
-    weak: bool
+    kind: str  # strong, mention, violence_word (see lexicon.json "policy")
     regex: re.Pattern
+
+
+@dataclass
+class _Policy:
+    id: str
+    when: list
+    unless: list
+    kinds: list
+    levels: list
+    categories: list
+
+    def drops(self, kind: str, level: str, category: str) -> bool:
+        return (kind in self.kinds and (not self.levels or level in self.levels)
+                and (not self.categories or category in self.categories))
 
 
 @lru_cache(maxsize=4)
 def load_rules(path=LEXICON):
     data = json.loads(Path(path).read_text("utf-8"))
-    rules = [
-        _Rule(r["category"], r["level"], r.get("weak", False), re.compile("|".join(f"(?:{p})" for p in r["patterns"])))
-        for r in data["rules"] + data.get("kinds", {}).get("rules", [])
-    ]
-    ctx = {k: re.compile(v) for k, v in data["weak_context"].items()}
+    rules = [_Rule(r["id"], r["category"], r["level"], r["kind"], re.compile("|".join(f"(?:{p})" for p in r["patterns"])))
+             for r in data["rules"] + data.get("kinds", {}).get("rules", [])]
+    policy = [_Policy(p["id"], p["when"], p["unless"], p["kinds"], p.get("levels", []), p.get("categories", []))
+              for p in data["policy"]["rules"]]
     combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
     return {
         "benign": re.compile("|".join(f"(?:{p})" for p in data["benign"])),
         "negation": re.compile(data["negation"]),
         "not_negation": re.compile(data["negation_exceptions"]),
         "negation_en": re.compile(data["negation_en"]),
-        "context": ctx,
+        "context": {k: re.compile(v) for k, v in data["weak_context"].items()},
+        "policy": policy,
         "rules": rules,
         "combos": combos,
         "harmful": re.compile("|".join(f"(?:{p})" for p in data["harmful_reply"]["patterns"] + [
@@ -91,36 +106,27 @@ def _negated(text: str, start: int, rules) -> bool:
 
 
 def detect(text: str, rules=None) -> Detection:
-    """Crisis signals in one user turn."""
+    """Crisis signals in one user turn: rule hits, minus those a negation or an active policy entry drops."""
     r = rules or load_rules()
     t = r["benign"].sub(_blank, normalize(text))
-    ctx = r["context"]
-    first_person = bool(ctx["first_person_intent"].search(t))
-    counsellor = bool(ctx["counsellor"].search(t)) and not first_person
-    # "I am not joking" strengthens a signal: it never counts as a joking or resolved context
-    resolved = bool(ctx["resolved"].search(t)) and not ("not_joking" in ctx and ctx["not_joking"].search(t))
-    news = bool(ctx["news_or_study"].search(t)) and not first_person
-    about_others_only = news and not re.search(r"我|\bi\b|\bme\b|\bmy\b", t)  # news with no "I" in it at all
-    weak_blocked = news or (bool(ctx["third_party"].search(t) or ctx["bereavement_or_things"].search(t)) and not first_person)
-    things = bool(ctx["bereavement_or_things"].search(t)) and not first_person
-    combo_blocked = news or counsellor or resolved or bool(ctx["bereavement_or_things"].search(t))
+    present = {name for name, rx in r["context"].items() if rx.search(t)}
+    active = [p for p in r["policy"] if all(w in present for w in p.when) and not any(u in present for u in p.unless)]
+
+    def dropped(kind, level, category):
+        return any(p.drops(kind, level, category) for p in active)
+
     found = Detection()
     for rule in r["rules"]:
-        for m in rule.regex.finditer(t):
-            if _negated(t, m.start(), r):
-                continue
-            if rule.weak == "news":  # violence words name someone else anyway: only news/study (and games) block them
-                blocked = news or (things and rule.category == "harm_others")
-            else:
-                blocked = rule.weak and weak_blocked
-            if counsellor or blocked or about_others_only or (resolved and rule.level == "concern"):
-                continue
-            found.matches.append((rule.category, rule.level, m.group(0)))
-    if not combo_blocked:
-        for category, level, anchor, partner in r["combos"]:
-            hits = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r)]
-            if hits and partner.search(t.replace(hits[0].group(0), "□" * len(hits[0].group(0)), 1) if len(hits) == 1 else t):
-                found.matches.append((category, level, hits[0].group(0)))
+        if dropped(rule.kind, rule.level, rule.category):
+            continue
+        found.matches += [(rule.category, rule.level, m.group(0)) for m in rule.regex.finditer(t)
+                          if not _negated(t, m.start(), r)]
+    for category, level, anchor, partner in r["combos"]:
+        if dropped("combo", level, category):
+            continue
+        hits = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r)]
+        if hits and partner.search(t.replace(hits[0].group(0), "□" * len(hits[0].group(0)), 1) if len(hits) == 1 else t):
+            found.matches.append((category, level, hits[0].group(0)))
     if found.matches:
         found.crisis = True
         found.categories = sorted({c for c, _, _ in found.matches})
