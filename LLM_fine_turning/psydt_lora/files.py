@@ -1,4 +1,4 @@
-"""Atomic file and folder writes: readers never see a half-written output."""
+"""Atomic file and folder writes (readers never see a half-written output), reading user JSON, local path checks."""
 import json
 import os
 import shutil
@@ -84,26 +84,6 @@ def write_dir(final_dir, fill) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def pyplot():
-    """matplotlib's pyplot on the headless backend (no display on training machines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path) -> None:
-    """A matplotlib figure as a PNG, written atomically; the figure is closed."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def replace_dir(tmp_dir, final_dir) -> None:

@@ -4,7 +4,8 @@ import os
 import re
 from pathlib import Path
 
-from .files import atomic_write_text, pyplot, save_figure
+from .files import atomic_write_text
+from .plots import pyplot, save_figure
 from .generation import describe_generation
 from .metrics import HIGHER_IS_BETTER, LABELS
 

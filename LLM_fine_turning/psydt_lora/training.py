@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import PsyDTError
-from .files import atomic_write_json, pyplot, save_figure
+from .files import atomic_write_json
+from .plots import plot_losses  # noqa: F401  (part of the training run's outputs)
 from .hub import safetensors_complete
 from .models import RUN_FILE, base_model_signature
 from .samples import IGNORE_INDEX
@@ -446,24 +447,6 @@ def loss_history(log_history) -> dict:
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     return {"train": train, "eval": evals}
-
-
-def plot_losses(history: dict, path: Path, title: str) -> bool:
-    if not history["train"] and not history["eval"]:
-        return False
-    fig, ax = pyplot().subplots(figsize=(7, 4), dpi=120)
-    if history["train"]:
-        ax.plot(*zip(*history["train"]), label="train loss", marker="." if len(history["train"]) < 30 else None)
-    if history["eval"]:
-        ax.plot(*zip(*history["eval"]), label="eval loss", marker="o")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
-    return True
 
 
 def library_versions() -> dict:
