@@ -26,7 +26,8 @@ def run_mode(mode, n_dialogues, batch_size, max_length, full_logits):
 
     from psydt_lora.dialogues import read_dialogues
     from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-    from psydt_lora.training import PackCollator, batch_loss, features
+    from psydt_lora.packing import PackCollator, features
+    from psydt_lora.training import batch_loss
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))

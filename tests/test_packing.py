@@ -4,7 +4,8 @@ import pytest
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.dialogues import read_dialogues
 from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-from psydt_lora.training import PackCollator, batch_loss, features
+from psydt_lora.packing import PackCollator, features
+from psydt_lora.training import batch_loss
 
 
 def real_dialogues():

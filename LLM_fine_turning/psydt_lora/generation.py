@@ -2,6 +2,7 @@
 import threading
 from dataclasses import asdict, dataclass
 
+from .packing import pad, padding_mask
 from .prompt import end_of_turn_id, fit_history, strip_think
 
 
@@ -72,13 +73,9 @@ def generate_batch(model, tokenizer, contexts: list[list[int]], settings: Genera
     """Generate one reply per context, batched with left padding. Returns (texts, new_token_counts)."""
     import torch
 
-    pad = tokenizer.pad_token_id
     width = max(len(c) for c in contexts)
-    input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(contexts), width), dtype=torch.long)
-    for i, c in enumerate(contexts):
-        input_ids[i, width - len(c):] = torch.tensor(c)
-        attention[i, width - len(c):] = 1
+    input_ids = pad(contexts, tokenizer.pad_token_id, width, left=True)
+    attention = padding_mask(contexts, width, left=True)
     device = next(model.parameters()).device
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),

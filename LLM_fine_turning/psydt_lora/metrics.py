@@ -124,7 +124,8 @@ def reference_losses(model, tokenizer, items, max_length: int, batch_size: int =
     import torch
     import torch.nn.functional as F
 
-    from .samples import IGNORE_INDEX, build_samples
+    from .packing import IGNORE_INDEX, pad, padding_mask
+    from .samples import build_samples
 
     samples, _ = build_samples(items, tokenizer, max_length, last_reply_only=True)
     device = next(model.parameters()).device
@@ -133,14 +134,9 @@ def reference_losses(model, tokenizer, items, max_length: int, batch_size: int =
     model.eval()
     for i in range(0, len(samples), batch_size):
         batch = samples[i:i + batch_size]
-        width = max(len(s.input_ids) for s in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, s in enumerate(batch):
-            ids[row, :len(s.input_ids)] = torch.tensor(s.input_ids)
-            labels[row, :len(s.labels)] = torch.tensor(s.labels)
-            mask[row, :len(s.input_ids)] = 1
+        rows = [s.input_ids for s in batch]
+        ids, mask = pad(rows, tokenizer.pad_token_id), padding_mask(rows)
+        labels = pad([s.labels for s in batch], IGNORE_INDEX)
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)

@@ -22,10 +22,10 @@ that does not fit, the reply's end is cut; if the context alone does not fit, th
 import json
 from dataclasses import asdict, dataclass, field
 
+from .packing import IGNORE_INDEX, assemble_pack, default_pack_length, pack_shared_prefix
 from .prompt import (encode, encode_many, end_of_turn_id, fit_history, generation_prompt, prompt_ids, render,
                      render_many, round_starts)
 
-IGNORE_INDEX = -100
 SELF_CHECK_DIALOGUES = 3
 CHUNK = 512  # dialogues tokenised per batch
 
@@ -292,53 +292,6 @@ def build_samples(
         st.max_sample_tokens = max((len(p.input_ids) for p in packs), default=0)
         return packs, st
     return samples, b.stats
-
-
-def default_pack_length(max_length: int) -> int:
-    """A pack holds one history and every reply's branch, so it may be longer than any one per_turn
-    sample (whose context stays within max_length): 1.5x max_length fits a typical PsyDTCorpus
-    dialogue (~1,500 history tokens plus ~18 short replies) in one pack at the default 2048."""
-    return max_length + max_length // 2
-
-
-def pack_shared_prefix(samples: list[Sample], gen_len: int, max_length: int) -> list[Sample]:
-    """Pack one dialogue's per-reply samples into few sequences with the same loss.
-
-    A pack holds a trunk (the longest history in it) once, then one branch per reply: the generation
-    prompt and the reply. Each branch sees only the part of the trunk that is its own per_turn context
-    (a 4-D mask built by `PackCollator`), and its position ids continue from that context, so every reply
-    is predicted from exactly what per_turn gives it. Samples join a pack while their context extends
-    the trunk and the pack fits in `max_length` (the pack length); a truncated context (older rounds dropped) does not
-    extend the trunk and so starts a new window.
-    """
-    packs, cur = [], None
-    for s in samples:
-        n_ctx = next(i for i, t in enumerate(s.labels) if t != IGNORE_INDEX)
-        cut = n_ctx - gen_len  # the branch starts with the generation prompt
-        prefix, branch, branch_labels = s.input_ids[:cut], s.input_ids[cut:], s.labels[cut:]
-        if cur is not None:
-            size = len(prefix) + sum(len(b[1]) for b in cur["branches"]) + len(branch)
-            if prefix[: len(cur["trunk"])] == cur["trunk"] and size <= max_length:
-                cur["trunk"] = prefix
-                cur["branches"].append((len(prefix), branch, branch_labels, s))
-                continue
-        cur = {"trunk": prefix, "branches": [(len(prefix), branch, branch_labels, s)]}
-        packs.append(cur)
-    return [assemble_pack(p["branches"][0][3].dialogue_index, p["trunk"],
-                          [(v, ids, labels, s.turn_index, s.message_index) for v, ids, labels, s in p["branches"]])
-            for p in packs]
-
-
-def assemble_pack(dialogue_index: int, trunk: list[int], branches) -> Sample:
-    """One packed sequence: the trunk, then each branch (visible trunk length, branch ids, branch labels,
-    turn index, message index) with position ids continuing from what that branch sees."""
-    ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
-    for visible, branch, branch_labels, _, _ in branches:
-        spans.append((len(ids), visible))
-        ids += branch
-        labels += branch_labels
-        pos += range(visible, visible + len(branch))
-    return Sample(dialogue_index, [b[3] for b in branches], [b[4] for b in branches], ids, labels, pos, spans)
 
 
 def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinking: bool = False):

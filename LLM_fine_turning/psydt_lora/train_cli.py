@@ -265,6 +265,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
 
     from . import training as T
     from .models import load_base_model, pick_dtype, pick_device
+    from .packing import PackCollator
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -323,7 +324,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         ddp_find_unused_parameters=False,
         deepspeed=args.deepspeed,
     )
-    collator = T.PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
+    collator = PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
     trainer = Trainer(
         model=model,
         args=targs,
@@ -371,6 +372,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
 def save_outputs(args, trainer, tokenizer, metrics, info, padding_share) -> None:
     """Metrics, loss curve and run JSON from the main process; the adapter through every rank."""
     from . import training as T
+    from .plots import plot_losses
 
     output_dir = Path(args.output_dir)
     plot = output_dir / T.LOSS_PLOT
@@ -383,7 +385,7 @@ def save_outputs(args, trainer, tokenizer, metrics, info, padding_share) -> None
         metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
         metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
         T.atomic_write_json(output_dir / T.METRICS_FILE, metrics)
-        T.plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
+        plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
         info["metrics"] = {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")}
     adapter_dir = output_dir / T.ADAPTER_DIR
     T.save_adapter(trainer, tokenizer, adapter_dir, info, extra_files=[plot])

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from .errors import PsyDTError
 from .files import atomic_write_json
-from .plots import plot_losses  # noqa: F401  (part of the training run's outputs)
 from .hub import safetensors_complete
 from .models import RUN_FILE, base_model_signature
-from .samples import IGNORE_INDEX
+from .packing import IGNORE_INDEX, features, supervised_positions
 
 ADAPTER_DIR = "lora_adapter"
 METRICS_FILE = "metrics.json"
@@ -171,22 +170,6 @@ class SampleDataset:
         return features(self.samples[i])
 
 
-def features(sample) -> dict:
-    """What the collator takes from a sample (packs also carry position ids and branch spans)."""
-    item = {"input_ids": sample.input_ids, "labels": sample.labels}
-    if sample.branches is not None:
-        item["position_ids"] = sample.position_ids
-        item["branches"] = sample.branches
-    return item
-
-
-def supervised_positions(labels):
-    """Positions whose next token is supervised in some row: the only ones whose logits the loss needs.
-    Passed to the model as `logits_to_keep`, so the LM head (151,669 logits a position for Qwen3) runs
-    there alone -- about a quarter of a shared_prefix pack -- instead of everywhere."""
-    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-
-
 def supervised_loss(outputs, labels, num_items_in_batch=None):
     """The causal-LM loss on logits computed at `supervised_positions(labels)` only: the same value and
     gradients as transformers' loss on full logits (summed cross-entropy in fp32 over the supervised
@@ -216,68 +199,6 @@ def batch_loss(model, batch: dict, num_items_in_batch=None, full_logits: bool = 
         return model(**batch, num_items_in_batch=num_items_in_batch).loss
     labels = batch.pop("labels")
     return supervised_loss(model(**batch), labels, num_items_in_batch)
-
-
-class PackCollator:
-    """Dynamic padding (labels padded with -100). Batches holding shared_prefix packs get a 4-D boolean
-    attention mask -- each reply's branch sees its own part of the trunk and itself, causally -- and
-    explicit position ids; plain samples get the usual 2-D padding mask. Counts padding as it goes."""
-
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
-        self.pad_id = pad_id
-        self.multiple = pad_to_multiple_of
-        self.real_tokens = 0
-        self.padded_tokens = 0
-
-    def __call__(self, features):
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        if self.multiple:
-            width = -(-width // self.multiple) * self.multiple
-        n = len(features)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        packed = any("branches" in f for f in features)
-        for row, f in enumerate(features):
-            ids[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
-            labels[row, : len(f["labels"])] = torch.tensor(f["labels"])
-            self.real_tokens += len(f["input_ids"])
-        self.padded_tokens += n * width - sum(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": ids, "labels": labels, "logits_to_keep": supervised_positions(labels)}
-        if not packed:
-            mask = torch.zeros((n, width), dtype=torch.long)
-            for row, f in enumerate(features):
-                mask[row, : len(f["input_ids"])] = 1
-            batch["attention_mask"] = mask
-            return batch
-        pos = torch.zeros((n, width), dtype=torch.long)
-        mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
-        idx = torch.arange(width)
-        causal = idx[None, :] <= idx[:, None]
-        for row, f in enumerate(features):
-            length = len(f["input_ids"])
-            seg = torch.full((width,), -1, dtype=torch.long)  # -1 padding, 0 trunk, b+1 branch b
-            seg[:length] = 0
-            visible = torch.zeros(width, dtype=torch.long)
-            spans = f.get("branches") or []
-            for b, (start, vis) in enumerate(spans):
-                end = spans[b + 1][0] if b + 1 < len(spans) else length
-                seg[start:end] = b + 1
-                visible[start:end] = vis
-            same = seg[None, :] == seg[:, None]
-            trunk_part = (seg[None, :] == 0) & (idx[None, :] < visible[:, None])
-            m = causal & (same | trunk_part) & (seg[:, None] >= 0)
-            m[idx[length:], idx[length:]] = True  # padding rows see themselves only (no empty softmax rows)
-            mask[row, 0] = m
-            pos[row, :length] = torch.tensor(f.get("position_ids") or list(range(length)))
-        batch["attention_mask"] = mask
-        batch["position_ids"] = pos
-        return batch
-
-    def padding_share(self) -> float:
-        total = self.real_tokens + self.padded_tokens
-        return self.padded_tokens / total if total else 0.0
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

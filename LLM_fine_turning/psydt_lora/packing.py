@@ -1,0 +1,156 @@
+"""The shared-prefix layout, from packs to the batch the model sees.
+
+A pack holds one trunk (a dialogue's history, stored once) and one branch per reply (the generation
+prompt and the reply); each branch records where it starts and how much of the trunk it may see.
+`PackCollator` turns a list of packs (or plain samples) into padded tensors: for packs a 4-D boolean
+attention mask -- each branch sees its own part of the trunk and itself, causally -- and position ids
+that continue from what each branch sees, so every reply is predicted from exactly its per_turn
+context. Padding is done here, for training, batch generation and reference perplexity alike.
+"""
+IGNORE_INDEX = -100
+
+
+def pad(rows, value: int, width: int | None = None, left: bool = False):
+    """Rows of token ids as one (n, width) tensor, padded with `value` on the right (or the left)."""
+    import torch
+
+    width = width or max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            if left:
+                out[i, width - len(r):] = torch.tensor(r)
+            else:
+                out[i, :len(r)] = torch.tensor(r)
+    return out
+
+
+def padding_mask(rows, width: int | None = None, left: bool = False):
+    """1 where a row has a token, 0 on its padding."""
+    return pad([[1] * len(r) for r in rows], 0, width or max(len(r) for r in rows), left)
+
+
+def default_pack_length(max_length: int) -> int:
+    """A pack holds one history and every reply's branch, so it may be longer than any one per_turn
+    sample (whose context stays within max_length): 1.5x max_length fits a typical PsyDTCorpus
+    dialogue (~1,500 history tokens plus ~18 short replies) in one pack at the default 2048."""
+    return max_length + max_length // 2
+
+
+def pack_shared_prefix(samples: list, gen_len: int, max_length: int) -> list:
+    """Pack one dialogue's per-reply samples into few sequences with the same loss.
+
+    A pack holds a trunk (the longest history in it) once, then one branch per reply: the generation
+    prompt and the reply. Each branch sees only the part of the trunk that is its own per_turn context
+    (a 4-D mask built by `PackCollator`), and its position ids continue from that context, so every reply
+    is predicted from exactly what per_turn gives it. Samples join a pack while their context extends
+    the trunk and the pack fits in `max_length` (the pack length); a truncated context (older rounds dropped) does not
+    extend the trunk and so starts a new window.
+    """
+    packs, cur = [], None
+    for s in samples:
+        n_ctx = next(i for i, t in enumerate(s.labels) if t != IGNORE_INDEX)
+        cut = n_ctx - gen_len  # the branch starts with the generation prompt
+        prefix, branch, branch_labels = s.input_ids[:cut], s.input_ids[cut:], s.labels[cut:]
+        if cur is not None:
+            size = len(prefix) + sum(len(b[1]) for b in cur["branches"]) + len(branch)
+            if prefix[: len(cur["trunk"])] == cur["trunk"] and size <= max_length:
+                cur["trunk"] = prefix
+                cur["branches"].append((len(prefix), branch, branch_labels, s))
+                continue
+        cur = {"trunk": prefix, "branches": [(len(prefix), branch, branch_labels, s)]}
+        packs.append(cur)
+    return [assemble_pack(p["branches"][0][3].dialogue_index, p["trunk"],
+                          [(v, ids, labels, s.turn_index, s.message_index) for v, ids, labels, s in p["branches"]])
+            for p in packs]
+
+
+def assemble_pack(dialogue_index: int, trunk: list[int], branches):
+    """One packed sequence: the trunk, then each branch (visible trunk length, branch ids, branch labels,
+    turn index, message index) with position ids continuing from what that branch sees."""
+    ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
+    for visible, branch, branch_labels, _, _ in branches:
+        spans.append((len(ids), visible))
+        ids += branch
+        labels += branch_labels
+        pos += range(visible, visible + len(branch))
+    from .samples import Sample  # samples imports this module; the dataclass is its own
+
+    return Sample(dialogue_index, [b[3] for b in branches], [b[4] for b in branches], ids, labels, pos, spans)
+
+
+def features(sample) -> dict:
+    """What the collator takes from a sample (packs also carry position ids and branch spans)."""
+    item = {"input_ids": sample.input_ids, "labels": sample.labels}
+    if sample.branches is not None:
+        item["position_ids"] = sample.position_ids
+        item["branches"] = sample.branches
+    return item
+
+
+def supervised_positions(labels):
+    """Positions whose next token is supervised in some row: the only ones whose logits the loss needs.
+    Passed to the model as `logits_to_keep`, so the LM head (151,669 logits a position for Qwen3) runs
+    there alone -- about a quarter of a shared_prefix pack -- instead of everywhere."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+
+
+class PackCollator:
+    """Dynamic padding (labels padded with -100). Batches holding shared_prefix packs get a 4-D boolean
+    attention mask -- each reply's branch sees its own part of the trunk and itself, causally -- and
+    explicit position ids; plain samples get the usual 2-D padding mask. Counts padding as it goes."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, features):
+        width = max(len(f["input_ids"]) for f in features)
+        if self.multiple:
+            width = -(-width // self.multiple) * self.multiple
+        rows = [f["input_ids"] for f in features]
+        labels = pad([f["labels"] for f in features], IGNORE_INDEX, width)
+        self.real_tokens += sum(len(r) for r in rows)
+        self.padded_tokens += len(rows) * width - sum(len(r) for r in rows)
+        batch = {"input_ids": pad(rows, self.pad_id, width), "labels": labels,
+                 "logits_to_keep": supervised_positions(labels)}
+        if not any("branches" in f for f in features):
+            batch["attention_mask"] = padding_mask(rows, width)
+            return batch
+        batch["attention_mask"], batch["position_ids"] = tree_mask(features, width)
+        return batch
+
+    def padding_share(self) -> float:
+        total = self.real_tokens + self.padded_tokens
+        return self.padded_tokens / total if total else 0.0
+
+
+def tree_mask(features, width: int):
+    """(4-D boolean attention mask, position ids) for packs padded to `width`: a branch sees the part of
+    the trunk that is its own context and itself, causally; padding rows see themselves only."""
+    import torch
+
+    n = len(features)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
+    idx = torch.arange(width)
+    causal = idx[None, :] <= idx[:, None]
+    for row, f in enumerate(features):
+        length = len(f["input_ids"])
+        seg = torch.full((width,), -1, dtype=torch.long)  # -1 padding, 0 trunk, b+1 branch b
+        seg[:length] = 0
+        visible = torch.zeros(width, dtype=torch.long)
+        spans = f.get("branches") or []
+        for b, (start, vis) in enumerate(spans):
+            end = spans[b + 1][0] if b + 1 < len(spans) else length
+            seg[start:end] = b + 1
+            visible[start:end] = vis
+        same = seg[None, :] == seg[:, None]
+        trunk_part = (seg[None, :] == 0) & (idx[None, :] < visible[:, None])
+        m = causal & (same | trunk_part) & (seg[:, None] >= 0)
+        m[idx[length:], idx[length:]] = True  # padding rows see themselves only (no empty softmax rows)
+        mask[row, 0] = m
+        pos[row, :length] = torch.tensor(f.get("position_ids") or list(range(length)))
+    return mask, pos
