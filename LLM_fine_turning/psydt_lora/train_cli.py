@@ -259,110 +259,29 @@ def main(argv=None) -> int:
 
 def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_samples, data_stats, prompt_fmt, *,
           resume, steps) -> int:
-    import torch
-    from transformers import Trainer, TrainerState, TrainingArguments, set_seed
-    from transformers.trainer_callback import ProgressCallback
+    """Setup -> train -> save, each a named step of the training module."""
+    from transformers import set_seed
 
     from . import training as T
-    from .models import load_base_model, pick_dtype, pick_device
-    from .packing import PackCollator
+    from .models import pick_dtype, pick_device
 
     set_seed(args.seed)
-    output_dir = Path(args.output_dir)
     device = pick_device("auto")
     dtype = pick_dtype(args.dtype, device)
     if T.is_main_process():
         print("\n".join(T.device_lines(device, dtype, args.dtype)), flush=True)
-    quantization = T.four_bit_config(dtype) if args.load_in_4bit else None
-    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization)
-    if quantization is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-    base_config = model.config
-    targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
-    model = T.add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing)
-
-    reporters = [r.strip() for r in args.report_to.split(",") if r.strip() and r.strip() != "none"]
-    callbacks = []
-    run_config = {k: v for k, v in vars(args).items()}
-    run_config["data"] = {k: {kk: vv for kk, vv in v.items() if kk != "notes"} for k, v in data_stats.items()}
-    if "swanlab" in reporters:
-        reporters.remove("swanlab")
-        if T.is_main_process():
-            mode = T.resolve_swanlab_mode(args.swanlab_mode)
-            callbacks.append(T.make_swanlab_callback(args.swanlab_project, args.swanlab_run_name, mode, output_dir / "swanlog", run_config))
-    stop = T.make_stop_callback()
-    callbacks.append(stop)
-
-    do_eval = bool(eval_samples)
-    targs = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps,
-        logging_steps=args.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        eval_strategy="steps" if do_eval else "no",
-        eval_steps=args.eval_steps if do_eval else None,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        seed=args.seed,
-        report_to=reporters or "none",
-        remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
-        dataloader_pin_memory=device == "cuda",
-        use_cpu=device == "cpu",
-        ddp_find_unused_parameters=False,
-        deepspeed=args.deepspeed,
-    )
-    collator = PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
-    trainer = Trainer(
-        model=model,
-        args=targs,
-        train_dataset=T.SampleDataset(train_samples),
-        eval_dataset=T.SampleDataset(eval_samples) if do_eval else None,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        compute_loss_func=T.supervised_loss,  # logits only where the loss is (the collator says where)
-    )
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(T.make_progress_callback())
+    model, base_config = T.build_model(args, model_dir, dtype)
+    trainer, collator, stop = T.build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stats, device, dtype)
     if T.is_main_process():
         tokens = sum(len(s.input_ids) for s in train_samples)
-        print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, output_dir)), flush=True)
-
-    # 4. train (resuming when a checkpoint is there)
-    main_rank = T.is_main_process()
-    if resume and T.checkpoint_step(resume) >= steps:  # trained, but the final save did not happen: save now
-        if main_rank:
-            print(f"[续训] {resume} 已是最后一步，只补上保存 adapter", flush=True)
-        T.load_checkpoint_adapter(trainer.model, resume)
-        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
-        result = None
-    else:
-        if resume and main_rank:
-            print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
-        stop.install()  # on every rank: a launcher's SIGTERM reaches them all
-        result = trainer.train(resume_from_checkpoint=resume)
+        print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, Path(args.output_dir))), flush=True)
+    result = T.run(trainer, stop, resume, steps)
     if stop.exit_code:
         if trainer.is_world_process_zero():
-            print(f"[中断] 已保存检查点到 {output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
+            print(f"[中断] 已保存检查点到 {args.output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
         return stop.exit_code
-
-    # 5. save: adapter + run JSON, metrics, loss curve
     metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
-    if do_eval:
+    if eval_samples:
         metrics["eval"] = T.final_eval(trainer)
     info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
     save_outputs(args, trainer, tokenizer, metrics, info, collator.padding_share())

@@ -201,6 +201,113 @@ def batch_loss(model, batch: dict, num_items_in_batch=None, full_logits: bool = 
     return supervised_loss(model(**batch), labels, num_items_in_batch)
 
 
+# -- the run, step by step ----------------------------------------------------------------------------
+def build_model(args, model_dir, dtype):
+    """The base model (4-bit for QLoRA when asked) with LoRA on the target modules; (model, base config)."""
+    from .models import load_base_model
+
+    quantization = four_bit_config(dtype) if args.load_in_4bit else None
+    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    base_config = model.config
+    targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+    return add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing), base_config
+
+
+def make_callbacks(args, data_stats) -> tuple[list, list, object]:
+    """(Trainer reporters, callbacks, the stop-on-signal callback). SwanLab through its own callback."""
+    reporters = [r.strip() for r in args.report_to.split(",") if r.strip() and r.strip() != "none"]
+    callbacks = []
+    if "swanlab" in reporters:
+        reporters.remove("swanlab")
+        if is_main_process():
+            config = {**vars(args), "data": {k: {kk: vv for kk, vv in v.items() if kk != "notes"} for k, v in data_stats.items()}}
+            callbacks.append(make_swanlab_callback(args.swanlab_project, args.swanlab_run_name,
+                                                   resolve_swanlab_mode(args.swanlab_mode), Path(args.output_dir) / "swanlog", config))
+    stop = make_stop_callback()
+    return reporters, callbacks + [stop], stop
+
+
+def training_arguments(args, reporters, dtype, device: str, do_eval: bool):
+    """The CLI's flags in transformers 5's TrainingArguments."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(args.output_dir),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps,
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        eval_strategy="steps" if do_eval else "no",
+        eval_steps=args.eval_steps if do_eval else None,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        seed=args.seed,
+        report_to=reporters or "none",
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+        dataloader_pin_memory=device == "cuda",
+        use_cpu=device == "cpu",
+        ddp_find_unused_parameters=False,
+        deepspeed=args.deepspeed,
+    )
+
+
+def build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stats, device: str, dtype):
+    """(Trainer, collator, stop callback): our collator and loss, our progress printer."""
+    from transformers import Trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    from .packing import PackCollator
+
+    reporters, callbacks, stop = make_callbacks(args, data_stats)
+    collator = PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(args, reporters, dtype, device, bool(eval_samples)),
+        train_dataset=SampleDataset(train_samples),
+        eval_dataset=SampleDataset(eval_samples) if eval_samples else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        compute_loss_func=supervised_loss,  # logits only where the loss is (the collator says where)
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(make_progress_callback())
+    return trainer, collator, stop
+
+
+def run(trainer, stop, resume: str | None, steps: int):
+    """Train, resuming from `resume`; a checkpoint already at the last step is only loaded (the final save
+    did not happen). Returns the Trainer's result, or None when nothing was trained."""
+    from transformers import TrainerState
+
+    main = is_main_process()
+    if resume and checkpoint_step(resume) >= steps:
+        if main:
+            print(f"[续训] {resume} 已是最后一步，只补上保存 adapter", flush=True)
+        load_checkpoint_adapter(trainer.model, resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        return None
+    if resume and main:
+        print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
+    stop.install()  # on every rank: a launcher's SIGTERM reaches them all
+    return trainer.train(resume_from_checkpoint=resume)
+
+
 # -- checkpoints ----------------------------------------------------------------------------------
 def _nonempty(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
