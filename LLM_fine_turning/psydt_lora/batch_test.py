@@ -98,100 +98,32 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
 
     output_file = Path(output_file)
     partial = output_file.with_name(output_file.name + ".partial.jsonl")
-    fingerprint = _fingerprint({**meta, "system_override": system_override, "compare_base": compare_base}, items)
-    done = _load_partial(partial, fingerprint)
-    if done:
-        print(f"[续跑] 已完成 {len(done)}/{len(items)} 条，继续剩下的。")
-    if not partial.is_file():
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", "utf-8")
-
-    todo = []
-    for pos, item in enumerate(items):
-        if pos in done:
-            continue
-        msgs, reference = _context_messages(item, system_override)
-        if not msgs or msgs[-1]["role"] != "user":
-            raise PsyDTError(f"测试条目 {item.index}（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
-        ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, context_limit, settings.enable_thinking)
-        todo.append((pos, item, msgs, reference, ids, dropped))
-    # longest first: similar lengths share a batch (less padding), and memory trouble shows up at once
-    todo.sort(key=lambda t: -len(t[4]))
-
+    done = _resume(partial, _fingerprint({**meta, "system_override": system_override, "compare_base": compare_base},
+                                         items), len(items))
+    todo = _plan(items, done, tokenizer, settings, context_limit, system_override)
     set_seed(meta.get("seed", 42))
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    bar = None
-    if progress and batches:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="批量测试", unit="条")
     started = time.time()
-    new_tokens = 0
-    with open(partial, "a", encoding="utf-8") as sink:
-        for batch in batches:
-            texts, counts = generate_batch(model, tokenizer, [t[4] for t in batch], settings)
-            new_tokens += sum(counts)
-            base_texts = [None] * len(batch)
-            if compare_base:  # the same model with the LoRA layers switched off: loaded once
-                with model.disable_adapter():
-                    base_texts, base_counts = generate_batch(model, tokenizer, [t[4] for t in batch], settings)
-                new_tokens += sum(base_counts)
-            for (pos, item, msgs, reference, ids, dropped), text, n, base_text in zip(batch, texts, counts, base_texts):
-                entry = {
-                    "position": pos,
-                    "index": item.index,
-                    "id": item.id,
-                    "normalizedTag": item.tag,
-                    "history_turns": sum(1 for m in msgs if m["role"] == "user") - 1,
-                    "dropped_rounds": dropped,
-                    "prompt_tokens": len(ids),
-                    "response_tokens": n,
-                    "hit_max_new_tokens": n >= settings.max_new_tokens,
-                    "history_tail": [m for m in msgs if m["role"] != "system"][-3:],
-                    "response": text,
-                    "reference": reference,
-                }
-                if compare_base:
-                    entry["base_response"] = base_text
-                if safety is not None:
-                    entry.update(safety.annotate(msgs[-1]["content"], text))
-                    if compare_base:
-                        base = safety.annotate(msgs[-1]["content"], base_text)
-                        entry["base_screened"] = base["screened"]
-                        if base["screened"]:
-                            entry["base_screened_response"] = base["screened_response"]
-                sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                done[pos] = entry
-            sink.flush()
-            os.fsync(sink.fileno())
-            if bar is not None:
-                bar.update(len(batch))
-            if after_batch is not None:
-                after_batch(len(done))
-    if bar is not None:
-        bar.close()
+    new_tokens = _generate_all(model, tokenizer, todo, settings, batch_size, partial, done, safety, compare_base,
+                               progress, after_batch)
     elapsed = time.time() - started
     results = [done[p] for p in range(len(items))]
     for r in results:
         r.pop("position", None)
-    report = {
-        "meta": {
-            **meta,
-            "finished": datetime.now().isoformat(timespec="seconds"),
-            "items": len(results),
-            "generated_this_run": len(todo),
-            "seconds_this_run": round(elapsed, 2),
-            "new_tokens_this_run": new_tokens,
-            "tokens_per_second": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
-            "generation": settings.as_dict(),
-            "hit_max_new_tokens": sum(1 for r in results if r.get("hit_max_new_tokens")),
-            "batch_size": batch_size,
-        },
-        "results": results,
-    }
+    report = {"meta": {
+        **meta,
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "items": len(results),
+        "generated_this_run": len(todo),
+        "seconds_this_run": round(elapsed, 2),
+        "new_tokens_this_run": new_tokens,
+        "tokens_per_second": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
+        "generation": settings.as_dict(),
+        "hit_max_new_tokens": sum(1 for r in results if r.get("hit_max_new_tokens")),
+        "batch_size": batch_size,
+    }, "results": results}
     if safety is not None:
         report["meta"]["safety"] = safety.summary(results)
-    scored = [r for r in results if r.get("reference") is not None]
+    scored = any(r.get("reference") is not None for r in results)
     if scored:
         report["metrics"] = evaluate(model, tokenizer, items, results, system_override, context_limit,
                                      batch_size, compare_base, "lora" if meta.get("adapter") else "base")
@@ -203,6 +135,96 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
         md, png = write_report(report, output_file, loss_curve=loss_curve)
         print(f"[评估] 报告 {md}，图表 {png}")
     return report
+
+
+def _resume(partial: Path, fingerprint: str, total: int) -> dict:
+    """Entries finished by an earlier run with the same settings; starts the partial file when there is none."""
+    done = _load_partial(partial, fingerprint)
+    if done:
+        print(f"[续跑] 已完成 {len(done)}/{total} 条，继续剩下的。")
+    if not partial.is_file():
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", "utf-8")
+    return done
+
+
+def _plan(items, done, tokenizer, settings, context_limit, system_override) -> list:
+    """(position, item, messages, reference, context ids, dropped rounds) for what is left, longest first:
+    similar lengths share a batch (less padding), and memory trouble shows up at once."""
+    todo = []
+    for pos, item in enumerate(items):
+        if pos in done:
+            continue
+        msgs, reference = _context_messages(item, system_override)
+        if not msgs or msgs[-1]["role"] != "user":
+            raise PsyDTError(f"测试条目 {item.index}（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
+        ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, context_limit, settings.enable_thinking)
+        todo.append((pos, item, msgs, reference, ids, dropped))
+    return sorted(todo, key=lambda t: -len(t[4]))
+
+
+def _generate_all(model, tokenizer, todo, settings, batch_size, partial, done, safety, compare_base, progress,
+                  after_batch) -> int:
+    """Generate batch by batch, appending each finished batch to the partial file; returns new tokens."""
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    bar = None
+    if progress and batches:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="批量测试", unit="条")
+    new_tokens = 0
+    with open(partial, "a", encoding="utf-8") as sink:
+        for batch in batches:
+            contexts = [t[4] for t in batch]
+            texts, counts = generate_batch(model, tokenizer, contexts, settings)
+            new_tokens += sum(counts)
+            base_texts = [None] * len(batch)
+            if compare_base:  # the same model with the LoRA layers switched off: loaded once
+                with model.disable_adapter():
+                    base_texts, base_counts = generate_batch(model, tokenizer, contexts, settings)
+                new_tokens += sum(base_counts)
+            for planned, text, n, base_text in zip(batch, texts, counts, base_texts):
+                entry = _entry(planned, text, n, base_text, settings, safety, compare_base)
+                sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                done[entry["position"]] = entry
+            sink.flush()
+            os.fsync(sink.fileno())
+            if bar is not None:
+                bar.update(len(batch))
+            if after_batch is not None:
+                after_batch(len(done))
+    if bar is not None:
+        bar.close()
+    return new_tokens
+
+
+def _entry(planned, text, n, base_text, settings, safety, compare_base) -> dict:
+    """One result: the raw reply (scored) with its context facts and safety fields."""
+    pos, item, msgs, reference, ids, dropped = planned
+    entry = {
+        "position": pos,
+        "index": item.index,
+        "id": item.id,
+        "normalizedTag": item.tag,
+        "history_turns": sum(1 for m in msgs if m["role"] == "user") - 1,
+        "dropped_rounds": dropped,
+        "prompt_tokens": len(ids),
+        "response_tokens": n,
+        "hit_max_new_tokens": n >= settings.max_new_tokens,
+        "history_tail": [m for m in msgs if m["role"] != "system"][-3:],
+        "response": text,
+        "reference": reference,
+    }
+    if compare_base:
+        entry["base_response"] = base_text
+    if safety is not None:
+        entry.update(safety.annotate(msgs[-1]["content"], text))
+        if compare_base:
+            base = safety.annotate(msgs[-1]["content"], base_text)
+            entry["base_screened"] = base["screened"]
+            if base["screened"]:
+                entry["base_screened_response"] = base["screened_response"]
+    return entry
 
 
 def evaluate(model, tokenizer, items, results, system_override, context_limit, batch_size, compare_base, name):
