@@ -81,9 +81,10 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_f
                                 stdout=sink, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
         # wait until the model is loaded and steps are running, then press Ctrl-C
         start = time.time()
-        while "trainable params" not in log.read_text() and time.time() - start < 120:
+        while "[日志] 第 1/" not in log.read_text() and time.time() - start < 120:
             assert proc.poll() is None
             time.sleep(0.1)
+        assert "[日志] 第 1/" in log.read_text(), "training never reached its first step"
         time.sleep(2)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
