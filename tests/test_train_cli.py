@@ -51,7 +51,7 @@ def test_dry_run_dump_matches_independent_rendering_on_real_data(tmp_path):
     dump = tmp_path / "samples.jsonl"
     res = run(["--model_local_dir", str(REAL_TOKENIZER), "--train_file", str(train), "--no-do_eval", "--dry_run",
                "--dump_samples", str(dump), "--max_train_items", "0", "--output_dir", str(tmp_path / "out"),
-               "--sample_mode", "per_turn"])
+               "--sample_mode", "per_turn", "--no-sample_cache"])
     assert res.returncode == 0, res.stderr
     assert "样本 273" in res.stdout
     assert not (tmp_path / "out").exists()  # a dry run writes no outputs

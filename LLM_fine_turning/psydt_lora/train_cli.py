@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "dialogue：整段对话一个序列（目标不同）")
     g.add_argument("--pack_length", type=int, default=0,
                    help="shared_prefix：每个打包序列的最大 token 数（默认 0 = 1.5 × max_length）；任何回复看到的上下文都不超过 max_length")
+    g.add_argument("--sample_cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="把构建好的训练样本缓存在数据文件旁的 .psydt_cache/ 里，数据、分词器、模板和设置都不变时直接读取")
     g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
 
     g = p.add_argument_group("训练")
@@ -216,8 +218,20 @@ def main(argv=None) -> int:
     train_dialogues, train_read = read_dialogues(train_file, limit=limit)
     check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
     main_rank = is_main_process()
-    train_samples, train_stats = build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
-                                                        pack_length=args.pack_length or None)
+    def build():
+        return build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
+                                      pack_length=args.pack_length or None)
+
+    if args.sample_cache:  # rank 0 builds and stores; the other ranks then read it
+        from .sample_cache import load_or_build
+
+        settings = {"max_length": args.max_length, "mode": args.sample_mode, "pack_length": args.pack_length,
+                    "records": limit, "enable_thinking": False}
+        with main_process_first():
+            train_samples, train_stats = load_or_build(train_file, tokenizer, settings, build,
+                                                       say=print if main_rank else (lambda *a: None))
+    else:
+        train_samples, train_stats = build()
     if main_rank:
         print_stats("训练", train_read, train_stats)
     if not train_samples:
@@ -273,7 +287,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     model, base_config = T.build_model(args, model_dir, dtype)
     trainer, collator, stop = T.build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stats, device, dtype)
     if T.is_main_process():
-        tokens = sum(len(s.input_ids) for s in train_samples)
+        tokens = data_stats["train"]["tokens"]
         print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, Path(args.output_dir))), flush=True)
     result = T.run(trainer, stop, resume, steps)
     if stop.exit_code:

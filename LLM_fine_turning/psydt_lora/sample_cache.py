@@ -1,0 +1,100 @@
+"""Tokenised training samples kept as a `datasets.Dataset` on disk, keyed by a fingerprint of everything
+that decides them: the data file's bytes, which records are used, the tokenizer, the chat template, the
+sample settings and the code that builds samples. A rerun or a resume with the same fingerprint loads the
+Arrow files (memory-mapped) instead of rendering and tokenising again.
+
+The cache lives next to the data file (`.psydt_cache/<fingerprint>/`), written to a temporary folder and
+renamed into place, so an interrupted write is never read back. Where that folder is not writable the
+samples are simply built.
+"""
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .files import atomic_write_json, write_dir
+from .samples import Sample, SampleStats
+
+CACHE_DIR = ".psydt_cache"
+_CODE = ("samples.py", "packing.py", "prompt.py", "dialogues.py", "sample_cache.py")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(data_file, tokenizer, settings: dict) -> str:
+    here = Path(__file__).parent
+    vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else json.dumps(
+        tokenizer.get_vocab(), sort_keys=True)
+    parts = {
+        "data": _sha256_file(Path(data_file)),
+        "tokenizer": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "template": tokenizer.get_chat_template(),
+        "settings": settings,
+        "code": [hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _CODE],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
+
+
+class CachedSamples:
+    """The cached samples as a sequence of `Sample` (rows are read from the Arrow files on demand)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        row = self.dataset[i]
+        packed = bool(row["branches"])
+        one = lambda v: v if packed or len(v) != 1 else v[0]  # noqa: E731  (per_turn samples hold one reply)
+        return Sample(row["dialogue_index"], one(row["turn_index"]), one(row["message_index"]), row["input_ids"],
+                      row["labels"], row["position_ids"] if packed else None,
+                      [tuple(b) for b in row["branches"]] if packed else None)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def _as_columns(samples) -> dict:
+    listed = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
+    return {
+        "dialogue_index": [s.dialogue_index for s in samples],
+        "turn_index": [listed(s.turn_index) for s in samples],
+        "message_index": [listed(s.message_index) for s in samples],
+        "input_ids": [s.input_ids for s in samples],
+        "labels": [s.labels for s in samples],
+        "position_ids": [s.position_ids or [] for s in samples],
+        "branches": [[list(b) for b in s.branches] if s.branches else [] for s in samples],
+    }
+
+
+def load_or_build(data_file, tokenizer, settings: dict, build, say=print):
+    """(samples, stats): from the cache when its fingerprint matches, else `build()` and store the result."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    key = fingerprint(data_file, tokenizer, settings)
+    folder = Path(data_file).parent / CACHE_DIR / key
+    if (folder / "stats.json").is_file():
+        stats = SampleStats(**json.loads((folder / "stats.json").read_text("utf-8")))
+        say(f"[样本] cache hit：直接读取 {folder}（数据、分词器、模板和设置都没变）")
+        return CachedSamples(datasets.load_from_disk(str(folder / "samples"))), stats
+    samples, stats = build()
+    try:
+        def fill(tmp):
+            datasets.Dataset.from_dict(_as_columns(samples)).save_to_disk(str(tmp / "samples"))
+            atomic_write_json(tmp / "stats.json", asdict(stats))
+
+        write_dir(folder, fill)
+        say(f"[样本] 已缓存到 {folder}，下次相同设置直接读取")
+    except OSError as err:  # a read-only data folder: no cache, nothing else changes
+        say(f"[样本] 无法写入样本缓存（{err.strerror}），下次仍会重新构建")
+    return samples, stats

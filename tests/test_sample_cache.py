@@ -1,0 +1,65 @@
+"""The sample cache: a rerun reads exactly what a build gives, and anything that decides the samples
+invalidates it."""
+import json
+import shutil
+
+import pytest
+
+import train_psydt_lora
+from conftest import REAL_TOKENIZER, SHAPED_TRAIN, require
+from psydt_lora.errors import run_cli
+
+
+def dry_run(model_dir, train, dump, *extra):
+    return run_cli(train_psydt_lora.main, ["--model_local_dir", str(model_dir), "--train_file", str(train), "--no-do_eval",
+                                           "--dry_run", "--dump_samples", str(dump), *extra])
+
+
+@pytest.mark.parametrize("mode", ["shared_prefix", "per_turn"])
+def test_a_rerun_reads_back_exactly_what_was_built(tmp_path, capsys, mode):
+    train = tmp_path / "train.json"
+    shutil.copy(require(SHAPED_TRAIN), train)
+    require(REAL_TOKENIZER / "vocab.json")
+    assert dry_run(REAL_TOKENIZER, train, tmp_path / "built.jsonl", "--sample_mode", mode) == 0
+    first = capsys.readouterr().out
+    assert dry_run(REAL_TOKENIZER, train, tmp_path / "cached.jsonl", "--sample_mode", mode) == 0
+    second = capsys.readouterr().out
+    assert "已缓存到" in first and "cache hit" in second and "cache hit" not in first
+    assert (tmp_path / "built.jsonl").read_bytes() == (tmp_path / "cached.jsonl").read_bytes()
+    stats = [line for line in first.splitlines() if line.startswith("[训练]")]
+    assert stats and stats == [line for line in second.splitlines() if line.startswith("[训练]")]
+    assert dry_run(REAL_TOKENIZER, train, tmp_path / "plain.jsonl", "--sample_mode", mode, "--no-sample_cache") == 0
+    assert (tmp_path / "plain.jsonl").read_bytes() == (tmp_path / "built.jsonl").read_bytes()
+
+
+def test_what_decides_the_samples_invalidates_the_cache(tiny_model_dir, data_files, tmp_path, capsys):
+    train, _ = data_files
+    dump = tmp_path / "d.jsonl"
+    assert dry_run(tiny_model_dir, train, dump) == 0
+    assert "cache hit" in (capsys.readouterr(), dry_run(tiny_model_dir, train, dump), capsys.readouterr().out)[2]
+    for extra in (["--max_length", "150"], ["--sample_mode", "per_turn"], ["--pack_length", "200"], ["--max_train_items", "1"]):
+        assert dry_run(tiny_model_dir, train, dump, *extra) == 0
+        assert "cache hit" not in capsys.readouterr().out, extra
+    records = json.loads(train.read_text("utf-8"))
+    records[0]["messages"][2]["content"] += "。"
+    train.write_text(json.dumps(records, ensure_ascii=False), "utf-8")  # the data changed
+    assert dry_run(tiny_model_dir, train, dump) == 0
+    assert "cache hit" not in capsys.readouterr().out
+    other = tmp_path / "model"  # the same weights and vocabulary, another chat template
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "tokenizer_config.json").read_text("utf-8"))
+    template = (other / "chat_template.jinja") if (other / "chat_template.jinja").is_file() else None
+    if template is not None:
+        template.write_text(template.read_text("utf-8").replace("<|im_start|>system", "<|im_start|>system "), "utf-8")
+    else:
+        config["chat_template"] = config["chat_template"].replace("<|im_start|>system", "<|im_start|>system ")
+        (other / "tokenizer_config.json").write_text(json.dumps(config), "utf-8")
+    assert dry_run(other, train, dump) == 0
+    assert "cache hit" not in capsys.readouterr().out
+
+
+def test_an_unwritable_cache_folder_just_builds(tiny_model_dir, data_files, tmp_path, capsys):
+    train, _ = data_files
+    (train.parent / ".psydt_cache").write_text("not a folder")  # as unusable as a read-only one, for root too
+    assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl") == 0
+    assert "无法写入样本缓存" in capsys.readouterr().out and (tmp_path / "d.jsonl").is_file()
