@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .files import atomic_write_json, write_dir
+from .packing import IGNORE_INDEX
 from .samples import Sample, SampleStats
 
 CACHE_DIR = ".psydt_cache"
@@ -53,27 +54,49 @@ class CachedSamples:
 
     def __getitem__(self, i):
         row = self.dataset[i]
-        packed = bool(row["branches"])
+        flat = row["branches"]
+        packed = bool(flat)
         one = lambda v: v if packed or len(v) != 1 else v[0]  # noqa: E731  (per_turn samples hold one reply)
-        return Sample(row["dialogue_index"], one(row["turn_index"]), one(row["message_index"]), row["input_ids"],
-                      row["labels"], row["position_ids"] if packed else None,
-                      [tuple(b) for b in row["branches"]] if packed else None)
+        ids = row["input_ids"]
+        labels = [t if on else IGNORE_INDEX for t, on in zip(ids, row["supervised"])]
+        return Sample(row["dialogue_index"], one(row["turn_index"]), one(row["message_index"]), ids,
+                      labels, row["position_ids"] if packed else None,
+                      [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)] if packed else None)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
 
-def _as_columns(samples) -> dict:
+def _list_column(rows, dtype="int32"):
+    """A list<int32> Arrow column from Python lists, built from one flat array (much faster than
+    letting Arrow convert millions of Python ints one list at a time)."""
+    from itertools import chain
+
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(chain.from_iterable(rows), dtype=dtype, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def _as_table(samples):
+    import pyarrow as pa
+
     listed = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
-    return {
-        "dialogue_index": [s.dialogue_index for s in samples],
-        "turn_index": [listed(s.turn_index) for s in samples],
-        "message_index": [listed(s.message_index) for s in samples],
-        "input_ids": [s.input_ids for s in samples],
-        "labels": [s.labels for s in samples],
-        "position_ids": [s.position_ids or [] for s in samples],
-        "branches": [[list(b) for b in s.branches] if s.branches else [] for s in samples],
-    }
+    flat_branches = [[x for b in s.branches for x in b] if s.branches else [] for s in samples]
+    return pa.table({
+        "dialogue_index": pa.array([s.dialogue_index for s in samples], type=pa.int64()),
+        "turn_index": _list_column([listed(s.turn_index) for s in samples]),
+        "message_index": _list_column([listed(s.message_index) for s in samples]),
+        "input_ids": _list_column([s.input_ids for s in samples]),
+        # labels are the input ids where supervised: one byte a token instead of a second copy of the ids
+        "supervised": _list_column([[t != IGNORE_INDEX for t in s.labels] for s in samples], "uint8"),
+        "position_ids": _list_column([s.position_ids or [] for s in samples]),
+        "branches": _list_column(flat_branches),  # (start, visible) pairs, flattened
+    })
 
 
 def load_or_build(data_file, tokenizer, settings: dict, build, say=print):
@@ -90,7 +113,7 @@ def load_or_build(data_file, tokenizer, settings: dict, build, say=print):
     samples, stats = build()
     try:
         def fill(tmp):
-            datasets.Dataset.from_dict(_as_columns(samples)).save_to_disk(str(tmp / "samples"))
+            datasets.Dataset(_as_table(samples)).save_to_disk(str(tmp / "samples"))
             atomic_write_json(tmp / "stats.json", asdict(stats))
 
         write_dir(folder, fill)
