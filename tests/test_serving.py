@@ -251,3 +251,23 @@ def test_the_chat_page_in_a_real_browser(server, tmp_path):
         assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
     finally:
         browser.quit()
+
+
+def test_the_base_model_as_guard_shares_the_model_safely_across_streams(tiny_model_dir, memorised_adapter):
+    """--safety_model base switches the adapter off to judge: never while another request is generating."""
+    s = Server("--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+               "--max_new_tokens", "60", "--safety_model", "base")
+    try:
+        client = s.client()
+
+        def one(i):
+            chunks = list(client.chat.completions.create(model="psydt", messages=[{"role": "user", "content": D0[1]["content"]}],
+                                                         stream=True, temperature=0, max_tokens=60))
+            return chunks[0].safety["layers"], "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(one, range(4)))
+        assert all("base" in layers for layers, _ in results)
+        assert [reply for _, reply in results] == [D0[2]["content"]] * 4  # the adapter was on for every reply
+    finally:
+        s.stop()

@@ -62,20 +62,24 @@ class Guard:
     name = "guard"
 
     def __init__(self):
+        import threading
+
         self.calls = 0
         self.seconds = 0.0
         self.malformed = 0
+        self.lock = threading.Lock()  # one check at a time (the server calls from several threads)
 
     def ms_per_call(self) -> float:
         return 1000 * self.seconds / self.calls if self.calls else 0.0
 
     def _timed(self, fn, *args):
-        start = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self.calls += 1
-            self.seconds += time.perf_counter() - start
+        with self.lock:
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.calls += 1
+                self.seconds += time.perf_counter() - start
 
     def check_user(self, messages: list[dict]) -> Verdict | None:
         """The last user turn, with a few turns before it."""

@@ -340,7 +340,9 @@ def run_serve(args, loaded, safety, settings, system, adapter) -> int:
         if safety is None:
             print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
     else:
-        backend = serving.HFBackend(loaded[0], loaded[1], loaded[4])
+        # a guard on this same model (--safety_model base) switches the adapter off: never during a generation
+        lock = safety.guard.lock if safety is not None and getattr(safety.guard, "model", None) is loaded[0] else None
+        backend = serving.HFBackend(loaded[0], loaded[1], loaded[4], lock=lock)
     if args.host not in serving.LOCAL_HOSTS and not key:
         print(f"[警告] 服务监听 {args.host}，局域网/公网上的任何人都能访问，而且没有设置 API key（--api_key 或环境变量 PSYDT_API_KEY）。")
     print(f"[服务] 对话页面 http://{args.host}:{args.port}/ ；OpenAI 兼容接口 http://{args.host}:{args.port}/v1"

@@ -62,9 +62,9 @@ class Outcome:
 class HFBackend:
     """The model in this process. Replies are generated one at a time (a lock around the model)."""
 
-    def __init__(self, model, tokenizer, context_limit: int):
+    def __init__(self, model, tokenizer, context_limit: int, lock=None):
         self.model, self.tokenizer, self.limit = model, tokenizer, context_limit
-        self.lock = threading.Lock()
+        self.lock = lock or threading.Lock()  # shared with a guard that uses this same model (--safety_model base)
 
     async def stream(self, turn, settings: GenerationSettings, seed, outcome: Outcome):
         loop = asyncio.get_running_loop()
@@ -289,9 +289,11 @@ def create_app(backend, safety, config: ServeConfig):
         if admitted["n"] >= config.max_concurrency:
             return JSONResponse(error_body(f"服务繁忙：已有 {config.max_concurrency} 个请求在处理，请稍后重试", "rate_limit_exceeded"),
                                 status_code=429, headers={"Retry-After": "1"})
-        turn = prepare_turn(messages, safety=safety, history_turns=config.history_turns,
-                            tokenizer=getattr(backend, "tokenizer", None), max_new_tokens=settings.max_new_tokens,
-                            limit=getattr(backend, "limit", None), enable_thinking=settings.enable_thinking)
+        # rendering and the guard model are blocking work: off the event loop, so other streams keep flowing
+        turn = await asyncio.to_thread(
+            prepare_turn, messages, safety=safety, history_turns=config.history_turns,
+            tokenizer=getattr(backend, "tokenizer", None), max_new_tokens=settings.max_new_tokens,
+            limit=getattr(backend, "limit", None), enable_thinking=settings.enable_thinking)
         admitted["n"] += 1  # released when the reply (or its stream) ends
         if turn.crisis:
             safety.record("crisis_detected", turn.detection)
@@ -338,7 +340,7 @@ async def stream_events(backend, safety, config, turn, settings, seed, include_u
         yield f"data: {json.dumps(error_body(f'生成失败：{type(err).__name__}', 'backend_error'))}\n\n"
         yield "data: [DONE]\n\n"
         return
-    rest, screened = reply.finish()
+    rest, screened = await asyncio.to_thread(reply.finish)  # the guard screens the whole reply
     if rest:
         yield chunk(rid, model, created, {"content": rest})
     yield chunk(rid, model, created, {}, finish=outcome.finish_reason, safety=safety_block(safety, turn, screened))
@@ -354,7 +356,7 @@ async def complete(backend, safety, config, turn, settings, seed, rid, created) 
     shown = []
     async for piece in backend.stream(turn, settings, seed, outcome):
         shown.append(reply.feed(piece))
-    rest, screened = reply.finish()
+    rest, screened = await asyncio.to_thread(reply.finish)  # the guard screens the whole reply
     return {
         "id": rid, "object": "chat.completion", "created": created, "model": config.model_name,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(shown) + rest},
