@@ -79,7 +79,7 @@ def model_problems(folder) -> list[str]:
     return problems
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -92,7 +92,7 @@ def dataset_file_problem(path: Path) -> str | None:
     if not path.is_file():
         return "文件不存在"
     known = KNOWN_FILES.get(path.name)
-    if known and path.stat().st_size == known[0] and _sha256(path) == known[1]:
+    if known and path.stat().st_size == known[0] and sha256_file(path) == known[1]:
         return None
     # Not the known version: accept any complete JSON/JSON Lines file (the user may have edited
     # it, or upstream may have updated it); a truncated download does not parse.

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .files import atomic_write_json, write_dir
+from .hub import sha256_file
 from .packing import IGNORE_INDEX
 from .samples import Sample, SampleStats
 
@@ -20,20 +21,12 @@ CACHE_DIR = ".psydt_cache"
 _CODE = ("samples.py", "packing.py", "prompt.py", "dialogues.py", "sample_cache.py")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(data_file, tokenizer, settings: dict) -> str:
     here = Path(__file__).parent
     vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else json.dumps(
         tokenizer.get_vocab(), sort_keys=True)
     parts = {
-        "data": _sha256_file(Path(data_file)),
+        "data": sha256_file(Path(data_file)),
         "tokenizer": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
         "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
         "template": tokenizer.get_chat_template(),
