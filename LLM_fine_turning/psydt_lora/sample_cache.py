@@ -61,21 +61,20 @@ class CachedSamples:
 
 
 def _list_column(rows, dtype="int32"):
-    """A list<int32> Arrow column from Python lists, built from one flat array (much faster than
-    letting Arrow convert millions of Python ints one list at a time)."""
-    from itertools import chain
-
+    """A list<int> Arrow column from Python lists, through one flat NumPy array (each list converted by
+    NumPy in C, much faster than letting Arrow convert millions of Python ints one by one)."""
     import numpy as np
     import pyarrow as pa
 
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    arrays = [np.asarray(r, dtype=dtype) for r in rows]
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.fromiter(chain.from_iterable(rows), dtype=dtype, count=int(offsets[-1]))
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 def _as_table(samples):
+    import numpy as np
     import pyarrow as pa
 
     listed = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
@@ -86,7 +85,7 @@ def _as_table(samples):
         "message_index": _list_column([listed(s.message_index) for s in samples]),
         "input_ids": _list_column([s.input_ids for s in samples]),
         # labels are the input ids where supervised: one byte a token instead of a second copy of the ids
-        "supervised": _list_column([[t != IGNORE_INDEX for t in s.labels] for s in samples], "uint8"),
+        "supervised": _list_column([np.asarray(s.labels) != IGNORE_INDEX for s in samples], "uint8"),
         "position_ids": _list_column([s.position_ids or [] for s in samples]),
         "branches": _list_column(flat_branches),  # (start, visible) pairs, flattened
     })
