@@ -62,7 +62,8 @@ def _where(path, index, record=None) -> str:
     return f"文件 {path} 第 {index} 条记录{rid}"
 
 
-def _load_records(path: Path) -> list:
+def load_records(path: Path) -> list:
+    """The records of a JSON array or JSON Lines file, or a PsyDTError naming the file and the line."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -163,7 +164,7 @@ def _validate(path, index, record, stats: ReadStats) -> Dialogue:
 def read_dialogues(path, limit: int | None = None) -> tuple[list[Dialogue], ReadStats]:
     """Read and validate a dialogue file; `limit` (>0) keeps the first N records."""
     path = Path(path)
-    records = _load_records(path)
+    records = load_records(path)
     if not isinstance(records, list):
         raise PsyDTError(f"数据文件 {path} 的顶层必须是记录列表。")
     if not records:

@@ -12,6 +12,7 @@ import shutil
 import struct
 from pathlib import Path
 
+from .dialogues import load_records
 from .errors import PsyDTError
 from .files import temp_dir_beside
 
@@ -97,14 +98,8 @@ def dataset_file_problem(path: Path) -> str | None:
     # Not the known version: accept any complete JSON/JSON Lines file (the user may have edited
     # it, or upstream may have updated it); a truncated download does not parse.
     try:
-        text = path.read_text("utf-8-sig")
-        if text.lstrip().startswith("["):
-            json.loads(text)
-        else:
-            for line in text.splitlines():
-                if line.strip():
-                    json.loads(line)
-    except (ValueError, OSError):
+        load_records(path)
+    except PsyDTError:
         size = path.stat().st_size
         expected = f"，应为 {known[0]:,} 字节" if known else ""
         return f"文件不完整或已损坏（{size:,} 字节{expected}）"
