@@ -293,12 +293,14 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     if stop.exit_code:
         if trainer.is_world_process_zero():
             print(f"[中断] 已保存检查点到 {args.output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
+        T.finish_distributed()
         return stop.exit_code
     metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
     if eval_samples:
         metrics["eval"] = T.final_eval(trainer)
     info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
     save_outputs(args, trainer, tokenizer, metrics, info, collator.padding_share())
+    T.finish_distributed()
     return 0
 
 

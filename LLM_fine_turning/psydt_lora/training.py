@@ -308,6 +308,16 @@ def run(trainer, stop, resume: str | None, steps: int):
     return trainer.train(resume_from_checkpoint=resume)
 
 
+def finish_distributed() -> None:
+    """Leave the process group together: a rank that exits while the others still hold it can abort in
+    the communication library's teardown ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # -- checkpoints ----------------------------------------------------------------------------------
 def _nonempty(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
