@@ -181,21 +181,18 @@ class Reply:
     """One reply on its way out: screened as it streams (held whole on a crisis turn, as in the chat)."""
 
     def __init__(self, safety, turn):
-        self.safety, self.turn = safety, turn
+        self.safety = safety
         self.screen = safety.screen(turn.crisis, turn.messages[-1]["content"]) if safety is not None else None
-        self.raw = []
 
     def feed(self, piece: str) -> str:
-        self.raw.append(piece)
         return piece if self.screen is None else self.screen.feed(piece)
 
     def finish(self) -> tuple[str, bool]:
         """(the rest to send, screened). A screened reply ends with the safe reply instead."""
         if self.screen is None:
             return "", False
-        rest, blocked = self.screen.finish("".join(self.raw))
+        rest, blocked = self.screen.finish(self.screen.text)  # the screen keeps the whole raw reply
         if blocked:
-            self.safety.record("reply_screened")
             return ("\n" if self.screen.shown else "") + self.safety.safe_reply(), True
         return rest, False
 
@@ -295,8 +292,6 @@ def create_app(backend, safety, config: ServeConfig):
             tokenizer=getattr(backend, "tokenizer", None), max_new_tokens=settings.max_new_tokens,
             limit=getattr(backend, "limit", None), enable_thinking=settings.enable_thinking)
         admitted["n"] += 1  # released when the reply (or its stream) ends
-        if turn.crisis:
-            safety.record("crisis_detected", turn.detection)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if stream:
             events = stream_events(backend, safety, config, turn, settings, seed, include_usage, rid, created)
