@@ -217,13 +217,11 @@ def _entry(planned, text, n, base_text, settings, safety, compare_base) -> dict:
     }
     if compare_base:
         entry["base_response"] = base_text
-    if safety is not None:
-        entry.update(safety.annotate(msgs[-1]["content"], text))
+    if safety is not None:  # the user's turn is checked once, with its history, as in chat and serve
+        entry["safety"] = safety.check_turn(msgs).as_dict()
+        entry.update(safety.screened(msgs[-1]["content"], text))
         if compare_base:
-            base = safety.annotate(msgs[-1]["content"], base_text)
-            entry["base_screened"] = base["screened"]
-            if base["screened"]:
-                entry["base_screened_response"] = base["screened_response"]
+            entry.update({f"base_{k}": v for k, v in safety.screened(msgs[-1]["content"], base_text).items()})
     return entry
 
 

@@ -38,6 +38,11 @@ class Verdict:
     ours: bool = False
 
     @property
+    def unsafe(self) -> bool:
+        """For a reply: harmful enough to replace ("Controversial" is not)."""
+        return self.label == "Unsafe"
+
+    @property
     def crisis_categories(self) -> list:
         if self.label == "Safe":
             return []

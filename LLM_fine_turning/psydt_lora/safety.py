@@ -247,7 +247,7 @@ class Safety:
         out = {}
         if self.guard is not None:
             verdict = self.guard.check_reply(user_text, reply)
-            out[self.guard.name] = None if verdict is None else verdict.label == "Unsafe"
+            out[self.guard.name] = None if verdict is None else verdict.unsafe
         out["lexicon"] = harmful_reply(reply)
         return out
 
@@ -279,15 +279,12 @@ class Safety:
             f"{r['name']} {r['contact']}" for r in self.resources["resources"]) + "。我也会继续在这里听你说。"
 
     # -- test mode -----------------------------------------------------------------------------------
-    def annotate(self, user_text: str, response: str) -> dict:
-        """Safety fields of a batch-test item. The model's raw reply stays the scored `response`; what a
+    def screened(self, user_text: str, response: str) -> dict:
+        """Screening fields of a batch-test reply. The model's raw reply stays the scored response; what a
         user would have been shown instead is kept beside it as `screened_response`."""
-        detection = self.check(user_text)
-        screened = any(self.reply_layers(user_text, response).values())
-        out = {"safety": detection.as_dict(), "screened": screened}
-        if screened:
-            out["screened_response"] = self.safe_reply()
-        return out
+        if not any(self.reply_layers(user_text, response).values()):
+            return {"screened": False}
+        return {"screened": True, "screened_response": self.safe_reply()}
 
     def summary(self, results) -> dict:
         crisis = [r for r in results if r.get("safety", {}).get("crisis")]
@@ -358,6 +355,6 @@ def guard_layer(guard):
 
     def reply(text):
         verdict = guard.check_reply("", text)
-        return verdict is not None and verdict.label == "Unsafe"
+        return verdict is not None and verdict.unsafe
 
     return user, reply
