@@ -134,10 +134,8 @@ def test_items(args, system):
 
     if args.questions_file:
         return questions_as_items(read_questions(args.questions_file), system), str(args.questions_file)
-    if args.test_file:
+    if args.test_file:  # check_local made sure it is there
         path = Path(args.test_file)
-        if not path.is_file():
-            raise PsyDTError(f"--test_file {path} 不存在。")
     else:
         path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
     items, _ = read_dialogues(path)
@@ -215,12 +213,18 @@ def add_guard(args, safety, loaded) -> None:
     """The second safety layer (--safety_model), loaded once; says which layers are on."""
     if safety is None:
         return
+    safety.guard = guard_for(args, loaded)
+    print(f"[安全] 启用的安全层：{safety.layers()}", flush=True)
+
+
+def guard_for(args, loaded):
+    """The guard of --safety_model, on the device inference uses; `loaded` (model, tokenizer, info, device,
+    limit) is what `base` needs, None when no model is loaded here."""
     from .guard import load_guard
     from .models import pick_device
 
     model, tokenizer, device = (loaded[0], loaded[1], loaded[3]) if loaded else (None, None, pick_device(args.device))
-    safety.guard = load_guard(args.safety_model, args.hub, model, tokenizer, device)
-    print(f"[安全] 启用的安全层：{safety.layers()}", flush=True)
+    return load_guard(args.safety_model, args.hub, model, tokenizer, device)
 
 
 def run_safety_eval(args) -> int:
@@ -228,7 +232,6 @@ def run_safety_eval(args) -> int:
     Loads no base model unless --safety_model base needs one."""
     import json
 
-    from .guard import load_guard
     from .safety import EVAL_LISTS, evaluate_layers, guard_layer, lexicon_layer, read_eval_cases
 
     path = args.safety_eval
@@ -236,7 +239,7 @@ def run_safety_eval(args) -> int:
     layers = {"lexicon": lexicon_layer()}
     if args.safety_model != "none":
         loaded = load(args, None if args.no_adapter else args.adapter_path) if args.safety_model == "base" else None
-        guard = load_guard(args.safety_model, args.hub, *((loaded[0], loaded[1], loaded[3]) if loaded else (None, None)))
+        guard = guard_for(args, loaded)
         if guard is not None:
             layers[guard.name] = guard_layer(guard)
     results = evaluate_layers(cases, layers)

@@ -120,9 +120,9 @@ def check_args(args) -> None:
         raise PsyDTError(f"--lora_dropout 必须在 [0, 1) 之间，收到 {args.lora_dropout}。")
     if args.deepspeed and not Path(args.deepspeed).is_file():
         raise PsyDTError(f"--deepspeed {args.deepspeed} 不存在（示例配置在 examples/deepspeed/）。")
-    check_local(args)
     if args.learning_rate <= 0:
         raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
+    check_local(args)
     if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
         from .training import four_bit_config
 
@@ -148,16 +148,13 @@ def data_files(args) -> tuple[Path, Path | None]:
     """The train and eval files, downloading the PsyDTCorpus ones into dataset_dir when missing."""
     from .hub import ensure_dataset_file
 
-    def resolve(given, default_name, flag):
-        if given:
-            path = Path(given)
-            if not path.is_file():
-                raise PsyDTError(f"{flag} {path} 不存在。")
-            return path
+    def resolve(given, default_name):
+        if given:  # check_local made sure it is there
+            return Path(given)
         return ensure_dataset_file(args.dataset_repo, args.dataset_dir, default_name, args.hub)
 
-    train = resolve(args.train_file, TRAIN_FILE, "--train_file")
-    evalf = resolve(args.eval_file, TEST_FILE, "--eval_file") if args.do_eval else None
+    train = resolve(args.train_file, TRAIN_FILE)
+    evalf = resolve(args.eval_file, TEST_FILE) if args.do_eval else None
     return train, evalf
 
 
@@ -218,6 +215,7 @@ def main(argv=None) -> int:
     train_dialogues, train_read = read_dialogues(train_file, limit=limit)
     check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
     main_rank = is_main_process()
+
     def build():
         return build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
                                       pack_length=args.pack_length or None)
