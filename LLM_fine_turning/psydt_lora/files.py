@@ -74,10 +74,11 @@ def temp_dir_beside(path) -> Path:
     return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
 
 
-def write_dir(final_dir, fill) -> None:
-    """Write a folder atomically: `fill(tmp)` writes everything into a temporary folder beside it,
-    which then replaces `final_dir`; on any failure the temporary folder is removed."""
-    tmp = temp_dir_beside(final_dir)
+def write_dir(final_dir, fill, tmp=None) -> None:
+    """Write a folder atomically: `fill(tmp)` writes everything into a temporary folder beside it
+    (`tmp` when given, e.g. one that several processes have already written into), which then replaces
+    `final_dir`; on any failure the temporary folder is removed."""
+    tmp = temp_dir_beside(final_dir) if tmp is None else Path(tmp)
     try:
         fill(tmp)
         replace_dir(tmp, final_dir)

@@ -297,12 +297,12 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     if eval_samples:
         metrics["eval"] = T.final_eval(trainer)
     info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
-    save_outputs(args, trainer, tokenizer, metrics, info, collator.padding_share())
+    save_outputs(args, trainer, metrics, info, collator.padding_share())
     T.finish_distributed()
     return 0
 
 
-def save_outputs(args, trainer, tokenizer, metrics, info, padding_share) -> None:
+def save_outputs(args, trainer, metrics, info, padding_share) -> None:
     """Metrics, loss curve and run JSON from the main process; the adapter through every rank."""
     from . import training as T
     from .plots import plot_losses
@@ -321,7 +321,7 @@ def save_outputs(args, trainer, tokenizer, metrics, info, padding_share) -> None
         plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
         info["metrics"] = {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")}
     adapter_dir = output_dir / T.ADAPTER_DIR
-    T.save_adapter(trainer, tokenizer, adapter_dir, info, extra_files=[plot])
+    T.save_adapter(trainer, adapter_dir, info, extra_files=[plot])
     if main_rank:
         print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / T.METRICS_FILE}；损失曲线 {plot}", flush=True)
 

@@ -504,16 +504,17 @@ def most_common_system_prompt(dialogues) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def save_adapter(trainer, tokenizer, adapter_dir: Path, run_info: dict, extra_files=()) -> None:
+def save_adapter(trainer, adapter_dir: Path, run_info: dict, extra_files=()) -> None:
     """Adapter (safetensors) + tokenizer/chat template + run JSON, written to a folder beside
     `adapter_dir` and renamed into place, so `adapter_dir` is never half-written.
 
     Called on every rank: the weights go through the Trainer's own save, which gathers parameters that
-    DeepSpeed ZeRO-3 or FSDP partitioned across ranks; the main process writes the rest."""
-    from .files import replace_dir
+    DeepSpeed ZeRO-3 or FSDP partitioned across ranks and writes the tokenizer (its processing class);
+    the main process adds the rest and renames the folder."""
+    from .files import write_dir
 
     adapter_dir = Path(adapter_dir)
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.saving")
+    tmp = adapter_dir.with_name(f".{adapter_dir.name}.saving")  # the same path on every rank
     main = trainer.is_world_process_zero()
     if getattr(trainer, "is_fsdp_enabled", False):  # a sharded state dict would not save the adapter whole
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -523,17 +524,15 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, run_info: dict, extra_fi
     trainer.save_model(str(tmp))  # every rank takes part; the main process writes
     if not main:
         return
-    try:
-        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run JSON holds the settings
-        tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / RUN_FILE, run_info)
+
+    def fill(folder):
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run JSON holds the settings
+        atomic_write_json(folder / RUN_FILE, run_info)
         for f in extra_files:
             if Path(f).is_file():
-                shutil.copy2(f, tmp / Path(f).name)
-        replace_dir(tmp, adapter_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                shutil.copy2(f, folder / Path(f).name)
+
+    write_dir(adapter_dir, fill, tmp=tmp)
 
 
 def run_info(args, base_config, prompt_fmt: dict, system_prompt, data_stats: dict) -> dict:
