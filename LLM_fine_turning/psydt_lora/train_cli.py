@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def main_process_first():
     """With several processes (torchrun, accelerate launch), let rank 0 download before the others look."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    from .training import world_size
+
+    if world_size() <= 1:
         yield
         return
     from accelerate import PartialState
