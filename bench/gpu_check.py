@@ -68,7 +68,7 @@ def main():
     import corpus
     from psydt_lora.samples import IGNORE_INDEX, build_training_samples
     from psydt_lora.packing import PackCollator, features
-    from psydt_lora.training import batch_loss
+    from psydt_lora.loss import batch_loss
 
     assets = Path(args.assets)
     corpus.ASSETS, corpus.TOKENIZER = assets, assets / "qwen3-tokenizer"

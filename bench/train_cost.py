@@ -17,7 +17,7 @@ from pathlib import Path
 from corpus import ASSETS, TOKENIZER, require_assets
 
 
-def run_mode(mode, n_dialogues, batch_size, max_length, full_logits):
+def run_mode(mode, n_dialogues, batch_size, max_length, head):
     import resource
 
     import torch
@@ -27,7 +27,7 @@ def run_mode(mode, n_dialogues, batch_size, max_length, full_logits):
     from psydt_lora.dialogues import read_dialogues
     from psydt_lora.samples import IGNORE_INDEX, build_training_samples
     from psydt_lora.packing import PackCollator, features
-    from psydt_lora.training import batch_loss
+    from psydt_lora.loss import batch_loss
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
@@ -44,12 +44,12 @@ def run_mode(mode, n_dialogues, batch_size, max_length, full_logits):
     for i in range(0, len(feats), batch_size):
         batch = collate(feats[i:i + batch_size])
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        batch_loss(model, batch, n, full_logits).backward()
+        batch_loss(model, batch, n, head).backward()
         opt.step()
         opt.zero_grad()
     wall = time.perf_counter() - start
     return {
-        "mode": mode + (" (full logits)" if full_logits else ""), "sequences": len(samples), "tokens": stats.tokens, "supervised": stats.supervised_tokens,
+        "mode": f"{mode} ({head})", "sequences": len(samples), "tokens": stats.tokens, "supervised": stats.supervised_tokens,
         "padding_share": collate.padding_share(), "seconds": wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -61,31 +61,32 @@ def main():
     p.add_argument("--batch_size", type=int, default=2)
     p.add_argument("--max_length", type=int, default=2048)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--full_logits", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--head", default="fused", help=argparse.SUPPRESS)
     args = p.parse_args()
     require_assets()
     if args.one:
-        print(json.dumps(run_mode(args.one, args.dialogues, args.batch_size, args.max_length, args.full_logits)))
+        print(json.dumps(run_mode(args.one, args.dialogues, args.batch_size, args.max_length, args.head)))
         return
     rows = []
-    # the baseline first: per_turn with logits everywhere (how training computed the loss before)
-    for mode, full in (("per_turn", True), ("shared_prefix", True), ("per_turn", False), ("shared_prefix", False),
-                       ("dialogue", False)):
+    # the baseline first: per_turn with logits everywhere (how training computed the loss at first)
+    for mode, head in (("per_turn", "full"), ("shared_prefix", "full"), ("per_turn", "kept"), ("shared_prefix", "kept"),
+                       ("per_turn", "fused"), ("shared_prefix", "fused"), ("dialogue", "fused")):
         out = subprocess.run([sys.executable, __file__, "--one", mode, "--dialogues", str(args.dialogues),
                               "--batch_size", str(args.batch_size), "--max_length", str(args.max_length)]
-                             + (["--full_logits"] if full else []),
+                             + ["--head", head],
                              capture_output=True, text=True, cwd=Path(__file__).parent, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
     print(f"{args.dialogues} dialogues of psydt-shaped, batch size {args.batch_size}, CPU, 2-layer Qwen3 with the real vocabulary")
-    print(f"{'mode':<28}{'seqs':>6}{'tokens':>9}{'superv.':>9}{'padding':>9}{'seconds':>9}{'sup tok/s':>11}{'peak MiB':>10}{'tokens ratio':>14}{'sup tok/s ratio':>17}")
+    print(f"{'mode':<26}{'seqs':>6}{'tokens':>9}{'superv.':>9}{'padding':>9}{'seconds':>9}{'sup tok/s':>11}{'peak MiB':>10}{'tokens ratio':>14}{'sup tok/s ratio':>17}")
     for r in rows:
         rate = r["supervised"] / r["seconds"]
-        print(f"{r['mode']:<28}{r['sequences']:>6}{r['tokens']:>9,}{r['supervised']:>9,}{100 * r['padding_share']:>8.1f}%"
+        print(f"{r['mode']:<26}{r['sequences']:>6}{r['tokens']:>9,}{r['supervised']:>9,}{100 * r['padding_share']:>8.1f}%"
               f"{r['seconds']:>9.1f}{rate:>11.1f}{r['peak_rss_mib']:>10.0f}{base['tokens'] / r['tokens']:>13.2f}x"
               f"{rate / (base['supervised'] / base['seconds']):>16.2f}x")
     print("shared_prefix trains exactly per_turn's objective; dialogue mode trains a different one (see README).")
-    print("(full logits): the LM head on every position, as before; otherwise only where the loss is, as training does now.")
+    print("(full): the LM head on every position, as at first; (kept): logits only where the loss is, through cross_entropy;")
+    print("(fused): as training does now -- only where the loss is, the head applied by the chunked linear_cross_entropy.")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.dialogues import read_dialogues
 from psydt_lora.samples import IGNORE_INDEX, build_training_samples
 from psydt_lora.packing import PackCollator, features
-from psydt_lora.training import batch_loss
+from psydt_lora.loss import batch_loss
 
 
 def real_dialogues():
@@ -48,17 +48,18 @@ def test_token_savings_on_real_lengths(real_tokenizer):
     assert (pt.tokens, sp.per_turn_tokens) == (219943, 219943)
 
 
-def loss_and_grads(model, samples, collate, micro_batch=2, full_logits=False):
+def loss_and_grads(model, samples, collate, micro_batch=2, head="fused"):
     """One optimizer step's loss and gradients as the Trainer computes them: micro-batches accumulated,
     each loss summed over tokens and divided by the step's total supervised tokens (num_items_in_batch).
-    Training's way: logits at the supervised positions only and `supervised_loss`; `full_logits`:
-    transformers' own loss on every position's logits (the reference)."""
+    head="fused": training's way (the head applied by the chunked loss at the supervised positions only);
+    "kept": the kept logits through cross_entropy; "full": transformers' own loss on every position's
+    logits (the reference)."""
     model.zero_grad()
     feats = [features(s) for s in samples]
     n = sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in feats)
     total = 0.0
     for i in range(0, len(feats), micro_batch):
-        loss = batch_loss(model, collate(feats[i:i + micro_batch]), n, full_logits)
+        loss = batch_loss(model, collate(feats[i:i + micro_batch]), n, head)
         loss.backward()
         total += loss.item()
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
@@ -84,9 +85,12 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
     per_turn, _ = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
     packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
     collate = PackCollator(real_tokenizer.pad_token_id)
-    loss_a, grads_a = loss_and_grads(model, per_turn, collate, full_logits=True)  # the reference objective
-    for samples in (per_turn, packs):  # as training computes it: logits only where the loss is
-        loss_b, grads_b = loss_and_grads(model, samples, collate)
+    from psydt_lora.loss import fused_head
+
+    assert fused_head(model) is not None  # the fused path really runs below (this torch has it)
+    loss_a, grads_a = loss_and_grads(model, per_turn, collate, head="full")  # the reference objective
+    for samples, head in ((per_turn, "fused"), (packs, "fused"), (packs, "kept")):
+        loss_b, grads_b = loss_and_grads(model, samples, collate, head=head)
         assert loss_b == pytest.approx(loss_a, rel=1e-5)
         assert grads_a.keys() == grads_b.keys() and grads_a
         for k in grads_a:

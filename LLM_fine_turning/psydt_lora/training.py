@@ -14,7 +14,7 @@ from .errors import PsyDTError
 from .files import atomic_write_json
 from .hub import safetensors_complete
 from .models import RUN_FILE, base_model_signature
-from .packing import IGNORE_INDEX, features, supervised_positions
+from .packing import IGNORE_INDEX, features
 
 ADAPTER_DIR = "lora_adapter"
 METRICS_FILE = "metrics.json"
@@ -61,12 +61,15 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
 
 
 def run_summary(model, n_samples: int, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
+    from .loss import describe_head, fused_head
+
     trainable, total = model.get_nb_trainable_parameters()
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
     return [
         f"[运行] 注意力实现：{attention}；LoRA r={args.lora_r} α={args.lora_alpha}，可训练参数 {trainable:,} / {total:,}"
         f"（{100 * trainable / max(total, 1):.2f}%）",
+        f"[运行] 损失：{describe_head(fused_head(model))}",
         f"[运行] 训练样本 {n_samples:,} 个（{tokens:,} token）；有效批量 {args.per_device_train_batch_size} × "
         f"{args.gradient_accumulation_steps}（梯度累积）× {world_size()}（进程）= {batch}；计划 {steps} 步",
         f"[运行] 输出目录：{output_dir.resolve()}（检查点每 {args.save_steps} 步，最终 adapter 在 {ADAPTER_DIR}/）",
@@ -170,37 +173,6 @@ class SampleDataset:
         return features(self.samples[i])
 
 
-def supervised_loss(outputs, labels, num_items_in_batch=None):
-    """The causal-LM loss on logits computed at `supervised_positions(labels)` only: the same value and
-    gradients as transformers' loss on full logits (summed cross-entropy in fp32 over the supervised
-    tokens, divided by the step's supervised-token count when the Trainer gives it, else their number).
-    Used as the Trainer's `compute_loss_func`."""
-    import torch.nn.functional as F
-
-    keep = supervised_positions(labels)
-    logits = outputs.logits
-    target = labels[:, 1:][:, keep].to(logits.device)
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    if num_items_in_batch is None:
-        num_items_in_batch = (target != IGNORE_INDEX).sum()
-    if isinstance(num_items_in_batch, int):
-        return total / max(num_items_in_batch, 1)
-    return total / num_items_in_batch.to(total.device).clamp(min=1)  # no host sync on a GPU
-
-
-def batch_loss(model, batch: dict, num_items_in_batch=None, full_logits: bool = False):
-    """The loss training computes on one collated batch (the Trainer does the same with
-    `supervised_loss`). `full_logits`: transformers' own loss on every position's logits -- the
-    reference the tests compare against, and what training did before."""
-    batch = dict(batch)
-    if full_logits:
-        batch.pop("logits_to_keep", None)
-        return model(**batch, num_items_in_batch=num_items_in_batch).loss
-    labels = batch.pop("labels")
-    return supervised_loss(model(**batch), labels, num_items_in_batch)
-
-
 # -- the run, step by step ----------------------------------------------------------------------------
 def build_model(args, model_dir, dtype):
     """The base model (4-bit for QLoRA when asked) with LoRA on the target modules; (model, base config)."""
@@ -258,6 +230,7 @@ def training_arguments(args, reporters, dtype, device: str, do_eval: bool):
         seed=args.seed,
         report_to=reporters or "none",
         remove_unused_columns=False,
+        prediction_loss_only=True,  # evaluation keeps the loss only, not every position's logits
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         dataloader_pin_memory=device == "cuda",
         use_cpu=device == "cpu",
@@ -266,16 +239,33 @@ def training_arguments(args, reporters, dtype, device: str, do_eval: bool):
     )
 
 
+def make_trainer_class():
+    from transformers import Trainer
+
+    from .loss import head_detached
+
+    class SupervisedTrainer(Trainer):
+        """The Trainer, with the model's LM head detached during each loss computation: the loss
+        (`loss.SupervisedLoss`) applies it, chunked, at the supervised positions only."""
+
+        def compute_loss_context_manager(self):
+            stack = super().compute_loss_context_manager()
+            stack.enter_context(head_detached(self.model, self.compute_loss_func.head))
+            return stack
+
+    return SupervisedTrainer
+
+
 def build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stats, device: str, dtype):
     """(Trainer, collator, stop callback): our collator and loss, our progress printer."""
-    from transformers import Trainer
     from transformers.trainer_callback import ProgressCallback
 
+    from .loss import SupervisedLoss, fused_head
     from .packing import PackCollator
 
     reporters, callbacks, stop = make_callbacks(args, data_stats)
     collator = PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
-    trainer = Trainer(
+    trainer = make_trainer_class()(
         model=model,
         args=training_arguments(args, reporters, dtype, device, bool(eval_samples)),
         train_dataset=SampleDataset(train_samples),
@@ -283,7 +273,7 @@ def build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stat
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
-        compute_loss_func=supervised_loss,  # logits only where the loss is (the collator says where)
+        compute_loss_func=SupervisedLoss(fused_head(model)),  # logits only where the loss is (the collator says where)
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(make_progress_callback())
