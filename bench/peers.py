@@ -7,12 +7,12 @@ Each peer lives in its own virtual environment (never a dependency of this proje
 
     python3 -m venv /tmp/peers/swift && /tmp/peers/swift/bin/pip install torch==2.13.0 ms-swift==4.6.0
     python3 -m venv /tmp/peers/trl && /tmp/peers/trl/bin/pip install torch==2.13.0 trl==1.16.0 peft
-    python3 -m venv /tmp/peers/lf && /tmp/peers/lf/bin/pip install torch==2.13.0 llamafactory==0.9.5 \
-        && /tmp/peers/lf/bin/pip install torch==2.13.0 && bash bench/peer_lf_fixup.sh /tmp/peers/lf
+    python3 -m venv /tmp/peers/lf && /tmp/peers/lf/bin/pip install torch==2.13.0 \
+        && /tmp/peers/lf/bin/pip install --no-deps llamafactory==0.9.5 && bash bench/peer_lf_fixup.sh /tmp/peers/lf
 
-(LLaMA-Factory 0.9.5 pulls a CUDA torch, torchvision and torchaudio: the second line puts the CPU torch
-back, and the fix-up script drops torchvision and gives it an empty torchaudio package, which it imports
-but a text model never uses.) A peer whose interpreter is not given is left out of the table.
+(LLaMA-Factory 0.9.5 asks for torchvision and torchaudio, which pull a CUDA torch of several GB and fail
+beside the CPU one: the fix-up installs the rest of its requirements around the torch that is there and
+gives it an empty torchaudio package, imported but never used by a text model.) A peer whose interpreter is not given is left out of the table.
 
 Setting, the same for every tool: a random Qwen3 with the real tokenizer and vocabulary (2 layers,
 hidden 64, tied embeddings; written once as safetensors), the psydt-shaped dialogues in the PsyDTCorpus

@@ -291,6 +291,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
         print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, Path(args.output_dir))), flush=True)
     result = T.run(trainer, stop, resume, steps)
     if stop.exit_code:
+        stop.leaving()
         if trainer.is_world_process_zero():
             print(f"[中断] 已保存检查点到 {args.output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
         T.finish_distributed()

@@ -421,6 +421,12 @@ def make_stop_callback():
             signal.signal(signal.SIGINT, handler)
             signal.signal(signal.SIGTERM, handler)
 
+        def leaving(self):
+            """The checkpoint is saved and every rank leaves with the agreed code. torchrun sends SIGTERM to
+            the other ranks as soon as one exits; arriving during interpreter shutdown, when Python's
+            handlers are gone, it would turn this rank's exit into -15. Ignored from here on."""
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
         def on_step_end(self, args, state, control, **kwargs):
             code = EXIT_CODES.get(self.requested, 0)
             if world_size() > 1:
