@@ -20,7 +20,9 @@ schema, CPU fp32, batch 1, gradient accumulation 4, LoRA r=8, alpha=32, dropout 
 no gradient checkpointing, max length 2048, one epoch, no evaluation, no checkpoints. Runs are
 interleaved (every configuration once per round) so a slower minute of the machine hits all of them;
 the time is the Trainer's own `train_runtime` (the training loop: no model load, no preprocessing), the
-median over the rounds. Ratios are against this project's `shared_prefix` in the same run.
+median over the rounds. Ratios are against this project's `shared_prefix` on the same dialogues in the
+same run. TRL trains on the first --small_dialogues (12) only -- it is ~25x slower than the others here --
+beside a `shared_prefix` run on those same dialogues, its reference.
 
 What each objective is: this project's `shared_prefix` and `per_turn` (and TRL's prompt-completion
 route) train every reply on exactly the prompt the model sees at inference; `dialogue`, ms-swift's
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from corpus import ASSETS, ROOT, TOKENIZER, require_assets
@@ -67,6 +70,7 @@ def write_model(folder: Path) -> None:
 def write_data(folder: Path, n: int) -> Path:
     """The first n psydt-shaped dialogues (PsyDTCorpus schema), plus LLaMA-Factory's dataset_info.json."""
     records = json.loads((ASSETS / "psydt-shaped" / "train.json").read_text("utf-8"))[:n]
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.json"
     path.write_text(json.dumps(records, ensure_ascii=False), "utf-8")
     tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
@@ -119,8 +123,8 @@ def lf_command(model: Path, data: Path, out: Path, python: str):
               "include_num_input_tokens_seen": True, "seed": COMMON["seed"], "dataloader_num_workers": 0,
               "disable_gradient_checkpointing": True, "preprocessing_num_workers": 1, "use_cpu": True}
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "lf.json"
-    path.write_text(json.dumps(config), "utf-8")
+    path = out / "lf.yaml"  # its JSON reader is broken in 0.9.5; JSON scalars are valid YAML
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()), "utf-8")
     return [str(Path(python).parent / "llamafactory-cli"), "train", str(path)]
 
 
@@ -138,34 +142,47 @@ def runtime_from_log(out: Path, stdout: str):
     return float(seconds[-1]), (int(float(tokens[-1])) if tokens else None)
 
 
-CONFIGS = [  # (label, objective, which interpreter, command, runtime reader)
-    ("this project, shared_prefix", "per-turn exact", "ours", *ours("shared_prefix")),
-    ("this project, per_turn", "per-turn exact", "ours", *ours("per_turn")),
-    ("this project, dialogue", "whole dialogue", "ours", *ours("dialogue")),
-    ("ms-swift 4.6, default", "whole dialogue", "swift", swift_command, runtime_from_log),
-    ("LLaMA-Factory 0.9.5, neat_packing", "whole dialogue", "llamafactory", lf_command, runtime_from_log),
-    ("TRL 1.16, prompt-completion + packing", "per-turn exact", "trl", trl_command, runtime_from_log),
-]
+@dataclass
+class Config:
+    label: str
+    objective: str
+    python: str  # which interpreter: ours, swift, llamafactory, trl
+    command: object
+    reader: object
+    small: bool = False  # on the first --small_dialogues only (TRL: ~25x slower than the rest here)
 
 
-def run_one(config, model: Path, data: Path, work: Path, python: str, timeout: int) -> dict:
-    label, _, _, command, reader = config
+def configs_for(small: int) -> list:
+    sp = ("per-turn exact", "ours", *ours("shared_prefix"))
+    return [
+        Config("this project, shared_prefix", *sp),
+        Config("this project, per_turn", "per-turn exact", "ours", *ours("per_turn")),
+        Config("this project, dialogue", "whole dialogue", "ours", *ours("dialogue")),
+        Config("ms-swift 4.6, default", "whole dialogue", "swift", swift_command, runtime_from_log),
+        Config("LLaMA-Factory 0.9.5, neat_packing", "whole dialogue", "llamafactory", lf_command, runtime_from_log),
+        Config(f"this project, shared_prefix ({small} dialogues)", *sp, small=True),
+        Config("TRL 1.16, prompt-completion + packing", "per-turn exact", "trl", trl_command, runtime_from_log,
+               small=True),
+    ]
+
+
+def run_one(config: Config, model: Path, data: Path, work: Path, python: str, timeout: int) -> dict:
     out = Path(tempfile.mkdtemp(dir=work))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "MODELSCOPE_OFFLINE": "1", "WANDB_DISABLED": "true", "PSYDT_SAFETY_MODEL": "none",
            "USE_HUB": "0", "DISABLE_VERSION_CHECK": "1"}
     start = time.perf_counter()
-    proc = subprocess.run(command(model, data, out, python), capture_output=True, text=True, env=env, cwd=work,
-                          timeout=timeout)
+    proc = subprocess.run(config.command(model, data, out, python), capture_output=True, text=True, env=env,
+                          cwd=work, timeout=timeout)
     wall = time.perf_counter() - start
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         (work / f"failed-{len(list(work.glob('failed-*')))}.log").write_text(log, "utf-8")
-        print(f"  {label}: exit {proc.returncode}; last lines:\n" + "\n".join(log.splitlines()[-15:]), flush=True)
+        print(f"  {config.label}: exit {proc.returncode}; last lines:\n" + "\n".join(log.splitlines()[-15:]), flush=True)
         return {"failed": True}
-    seconds, tokens = reader(out, log)
+    seconds, tokens = config.reader(out, log)
     shutil.rmtree(out, ignore_errors=True)
-    print(f"  {label}: train {seconds:.1f} s, command {wall:.1f} s", flush=True)
+    print(f"  {config.label}: train {seconds:.1f} s, command {wall:.1f} s", flush=True)
     return {"seconds": seconds, "wall": wall, "tokens": tokens}
 
 
@@ -175,44 +192,51 @@ def main():
     p.add_argument("--llamafactory", help="python of a venv with llamafactory 0.9.5")
     p.add_argument("--trl", help="python of a venv with trl 1.16.0")
     p.add_argument("--dialogues", type=int, default=48)
+    p.add_argument("--small_dialogues", type=int, default=12, help="TRL's share (and a shared_prefix run beside it)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", default="", help="comma-separated labels' first words to run (e.g. 'this,ms-swift')")
+    p.add_argument("--only", default="", help="run the configurations whose label starts with one of these "
+                                                "(separated by '|', e.g. 'this project|ms-swift')")
     p.add_argument("--timeout", type=int, default=3600, help="seconds for one configuration")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     require_assets()
     pythons = {"ours": sys.executable, "swift": args.swift, "llamafactory": args.llamafactory, "trl": args.trl}
-    configs = [c for c in CONFIGS if pythons[c[2]]]
+    configs = [c for c in configs_for(args.small_dialogues) if pythons[c.python]]
+    if not args.trl:  # the small shared_prefix run is TRL's reference
+        configs = [c for c in configs if not c.small]
     if args.only:
-        configs = [c for c in configs if any(c[0].lower().startswith(w.strip().lower()) for w in args.only.split(","))]
+        configs = [c for c in configs if any(c.label.lower().startswith(w.strip().lower()) for w in args.only.split("|"))]
     work = Path(tempfile.mkdtemp(prefix="psydt-peers-"))
     print(f"work folder {work}; {len(configs)} configurations x {args.repeats} rounds, interleaved", flush=True)
     write_model(work / "model")
-    data = write_data(work, args.dialogues)
-    results = {c[0]: [] for c in configs}
+    data = {False: write_data(work / "all", args.dialogues), True: write_data(work / "small", args.small_dialogues)}
+    results = {c.label: [] for c in configs}
     for r in range(args.repeats):
         print(f"round {r + 1}/{args.repeats}", flush=True)
         for c in configs:
-            results[c[0]].append(run_one(c, work / "model", data, work, pythons[c[2]], args.timeout))
-    print_table(configs, results, args.dialogues)
+            results[c.label].append(run_one(c, work / "model", data[c.small], work, pythons[c.python], args.timeout))
+    print_table(configs, results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1), "utf-8")
 
 
-def print_table(configs, results, n):
+def print_table(configs, results, args):
     def median(label, key):
         values = [r[key] for r in results[label] if not r.get("failed") and r.get(key) is not None]
         return statistics.median(values) if values else None
 
-    base = median(configs[0][0], "seconds")
-    print(f"\n{n} psydt-shaped dialogues, CPU fp32, batch 1 x accumulation 4, LoRA r8/a32 on 7 projections, "
-          f"median train_runtime over rounds\n")
-    print("| tool, mode | objective | tokens seen | train time | vs shared_prefix |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for label, objective, *_ in configs:
-        s, t = median(label, "seconds"), median(label, "tokens")
-        ratio = f"{s / base:.2f}x" if s and base else "-"
-        print(f"| {label} | {objective} | {f'{int(t):,}' if t else '-'} | {f'{s:.1f} s' if s else 'failed'} | {ratio} |")
+    base = {small: next((median(c.label, "seconds") for c in configs if c.small == small and "shared_prefix" in c.label), None)
+            for small in (False, True)}
+    print(f"\npsydt-shaped dialogues, CPU fp32, batch 1 x accumulation 4, LoRA r8/a32 on 7 projections, "
+          f"median train_runtime of {args.repeats} interleaved rounds; ratio = time / this project's shared_prefix "
+          f"time on the same dialogues\n")
+    print("| tool, mode | objective | dialogues | tokens | train time | ratio |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for c in configs:
+        s, t = median(c.label, "seconds"), median(c.label, "tokens")
+        ratio = f"{s / base[c.small]:.2f}x" if s and base[c.small] else "-"
+        n = args.small_dialogues if c.small else args.dialogues
+        print(f"| {c.label} | {c.objective} | {n} | {f'{int(t):,}' if t else '-'} | {f'{s:.1f} s' if s else 'failed'} | {ratio} |")
 
 
 if __name__ == "__main__":
