@@ -69,3 +69,25 @@ def prompt_tokenizer(folder):
     from psydt_lora.models import load_tokenizer
 
     return load_tokenizer(folder)
+
+
+def test_trainer_flags_pass_through_by_name():
+    """A flag named like a TrainingArguments field reaches it without a hand-written copy; the ones the
+    run decides itself are listed, and every other flag is one of ours (not a Trainer field)."""
+    from dataclasses import fields
+
+    import torch
+    from transformers import TrainingArguments
+
+    from psydt_lora import training as T
+    from psydt_lora.train_cli import build_parser
+
+    args = build_parser().parse_args(["--learning_rate", "3e-5", "--warmup_steps", "7", "--save_total_limit", "2",
+                                      "--lr_scheduler_type", "cosine", "--seed", "5"])
+    names = {f.name for f in fields(TrainingArguments)}
+    through = T.passed_through(args)
+    assert set(through) == (vars(args).keys() & names) - set(T.OWN_HANDLING)
+    assert {"learning_rate", "warmup_steps", "save_total_limit", "lr_scheduler_type", "seed", "deepspeed"} <= set(through)
+    ta = T.training_arguments(args, [], torch.float32, "cpu", do_eval=False)
+    assert (ta.learning_rate, ta.warmup_steps, ta.save_total_limit, ta.seed) == (3e-5, 7, 2, 5)
+    assert ta.lr_scheduler_type.value == "cosine" and ta.eval_strategy.value == "no"

@@ -106,21 +106,33 @@ def round_starts(messages) -> list[int]:
     return starts
 
 
-def fit_history(tokenizer, messages, budget: int, enable_thinking: bool = False, first_round: int = 0):
+def oldest_round_that_fits(starts: list[int], context_len, budget: int) -> int:
+    """The truncation rule, for training samples and chat history alike: the index of the oldest round
+    (by its first message, from `round_starts`) from which the context -- system prompt + the rounds from
+    there on + generation prompt, `context_len(first message)` tokens -- is at most `budget` tokens;
+    the most recent round when none is."""
+    for r, start in enumerate(starts[:-1]):
+        if context_len(start) <= budget:
+            return r
+    return len(starts) - 1
+
+
+def fit_history(tokenizer, messages, budget: int, enable_thinking: bool = False):
     """Context ids for `messages` (history ending with a user turn) in at most `budget` tokens:
     keep the system prompt, drop the oldest whole rounds. The most recent round always stays.
     Returns (ids, dropped_rounds); the ids may exceed `budget` when even the last round alone does not
     fit -- the caller decides what to do then."""
-    has_sys = bool(messages) and messages[0]["role"] == "system"
-    sys_msgs = messages[:1] if has_sys else []
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rendered = {}
+
+    def ids(start):
+        if start not in rendered:
+            rendered[start] = prompt_ids(tokenizer, system + messages[start:], enable_thinking)
+        return rendered[start]
+
     starts = round_starts(messages)
-    for dropped, start in enumerate(starts):
-        if dropped < first_round and start != starts[-1]:
-            continue
-        ids = prompt_ids(tokenizer, sys_msgs + messages[start:], enable_thinking)
-        if len(ids) <= budget or start == starts[-1]:
-            return ids, dropped
-    raise AssertionError("unreachable")
+    dropped = oldest_round_that_fits(starts, lambda start: len(ids(start)), budget)
+    return ids(starts[dropped]), dropped
 
 
 def generation_prompt(tokenizer, enable_thinking: bool = False) -> str:

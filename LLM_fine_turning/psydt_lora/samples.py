@@ -8,23 +8,25 @@ For reply k the sample is
 i.e. exactly the context inference renders, followed by what the model should say.
 
 Speed: rendering and tokenising every prefix from scratch is quadratic in the dialogue length.
-Instead each dialogue is rendered and tokenised once (the context of its last reply); the context of
-an earlier reply is a prefix of it, cut where that reply's turn starts, plus the generation prompt.
-This relies on the chat template rendering history the same way whatever follows, which holds for
-Qwen3 when the history ends with a user turn. It is checked against exact rendering on the first
-dialogues of every run (and on every turn of real data in the tests); a reply whose history does not
-end with a user turn, or that must be truncated, is always built the exact way.
+Instead each dialogue is rendered and tokenised once (the context of its last reply), and a reply's
+context -- system prompt + messages[j:a] + generation prompt -- is cut from that one tokenisation
+(`SpanContexts`). This relies on the chat template rendering history the same way whatever follows,
+which holds for Qwen3 when the history ends with a user turn. Before anything is built it is checked
+against exact rendering (`RenderedContexts`) on the first dialogues, for whole and cut histories; if it
+does not hold, every context of the run is rendered exactly. A dialogue whose rendering is not one turn
+per message, or with a reply not preceded by a user turn, is always rendered exactly.
 
 Truncation (context + reply > max_length): keep the system prompt and the whole reply, drop the
 oldest whole rounds (a round starts at a user turn) -- the most recent round always stays; if even
 that does not fit, the reply's end is cut; if the context alone does not fit, the sample is dropped.
+The round is chosen by `prompt.oldest_round_that_fits`, the rule inference applies to a chat's history.
 """
 import json
 from dataclasses import asdict, dataclass, field
 
 from .packing import IGNORE_INDEX, assemble_pack, default_pack_length, pack_shared_prefix
-from .prompt import (encode, encode_many, end_of_turn_id, fit_history, generation_prompt, prompt_ids, render,
-                     render_many, round_starts)
+from .prompt import (encode, encode_many, end_of_turn_id, generation_prompt, oldest_round_that_fits, prompt_ids,
+                     render, render_many, round_starts)
 
 SELF_CHECK_DIALOGUES = 3
 CHUNK = 512  # dialogues tokenised per batch
@@ -65,172 +67,133 @@ class SampleStats:
         return d
 
 
-class _Builder:
-    def __init__(self, tokenizer, max_length: int, enable_thinking: bool, pack_length: int | None = None):
-        self.tok = tokenizer
-        self.max_length = max_length
-        self.pack_length = pack_length or max_length
-        self.enable_thinking = enable_thinking
-        self.gen_ids = encode(tokenizer, generation_prompt(tokenizer, enable_thinking))
-        self.turn_start = self.gen_ids[0]
-        self.eot = end_of_turn_id(tokenizer)
-        self.stats = SampleStats()
-        self.fast_ok = True
-        self.span_ok = True  # truncated contexts can be spliced from token spans (checked on the first ones)
-        self.span_checks = 0
+def count(stats: SampleStats, length: int, supervised: int) -> None:
+    """One sample of `length` tokens, `supervised` of them learned."""
+    stats.samples += 1
+    stats.tokens += length
+    stats.supervised_tokens += supervised
+    stats.max_sample_tokens = max(stats.max_sample_tokens, length)
 
-    # -- exact path -------------------------------------------------------------------------------
-    def exact_context(self, messages, a: int, reply_len: int, first_round: int = 0):
-        """Context ids for the reply at message `a`, rendered exactly, truncated by whole rounds.
-        Returns (ids, dropped_rounds, reply_room) or None when even the last round does not fit."""
-        ids, dropped = fit_history(self.tok, messages[:a], self.max_length - reply_len, self.enable_thinking, first_round)
-        room = min(reply_len, self.max_length - len(ids))
-        return None if room <= 0 else (ids, dropped, room)
 
-    # -- token-span arithmetic on a dialogue's one rendering ----------------------------------------
-    def turn_starts(self, ctx_ids, targets):
-        """Token positions where each message's turn starts in the rendering of the dialogue up to its
-        last target, or None when the fast path is off or the rendering is not one turn per message
-        followed by the generation prompt."""
-        if not self.fast_ok or ctx_ids is None:
+# -- a reply's context: system prompt + messages[j:a] + generation prompt, two ways to get its ids -------
+class SpanContexts:
+    """Contexts cut from the dialogue's one tokenisation (the rendering up to its last target): the
+    system prompt's tokens, then the turns of messages j..a-1, then the generation prompt."""
+
+    exact = False
+
+    def __init__(self, ids, starts, messages, gen_ids):
+        self.ids_, self.starts, self.gen_ids = ids, starts, gen_ids
+        self.sys_len = starts[1] if messages[0]["role"] == "system" else 0
+
+    @classmethod
+    def of(cls, ids, messages, targets, gen_ids):
+        """None unless the rendering is one turn per message followed by the generation prompt and every
+        reply's history ends with a user turn (what the cut relies on)."""
+        starts = [i for i, t in enumerate(ids) if t == gen_ids[0]]
+        if (len(starts) != targets[-1] + 1 or ids[-len(gen_ids):] != gen_ids
+                or any(messages[a - 1]["role"] != "user" for a in targets)):
             return None
-        starts = [i for i, t in enumerate(ctx_ids) if t == self.turn_start]
-        if len(starts) != targets[-1] + 1 or ctx_ids[-len(self.gen_ids):] != self.gen_ids:
-            return None
-        return starts
+        return cls(ids, starts, messages, gen_ids)
 
-    def first_fitting_round(self, msgs, a, starts, sys_len, reply_len):
-        """(rounds, r): the rounds of msgs[:a] and the oldest one from which system prompt + history +
-        generation prompt + reply fit in max_length (the last round when none does)."""
-        rounds = round_starts(msgs[:a])
-        for r, i in enumerate(rounds):
-            if sys_len + starts[a] - starts[i] + len(self.gen_ids) + reply_len <= self.max_length:
-                return rounds, r
-        return rounds, len(rounds) - 1
+    def trunk(self, j: int, a: int) -> list[int]:
+        return self.ids_[:self.sys_len] + self.ids_[self.starts[j]:self.starts[a]]
 
-    # -- one dialogue -----------------------------------------------------------------------------
-    def direct_packs(self, d, targets, ctx_ids, reply_ids):
-        """shared_prefix built straight from the dialogue's one tokenisation, without materialising
-        per-reply samples. Each reply's per_turn context is system + messages[j:a] (j = first kept
-        message; the whole history when nothing is dropped), found by token-span arithmetic as in
-        `per_turn_samples`. Consecutive replies with the same j share a trunk; a pack closes when the
-        next branch would not fit in pack_length. None when the general path is needed."""
-        msgs = d.messages
-        starts = self.turn_starts(ctx_ids, targets) if self.span_ok else None
-        if starts is None or any(msgs[a - 1]["role"] != "user" for a in targets):
-            return None
-        has_sys = msgs[0]["role"] == "system"
-        sys_len = starts[1] if has_sys else 0
-        first_body = 1 if has_sys else 0
-        g = len(self.gen_ids)
-        st = self.stats
-        plan = []  # (j, a, reply) per reply; j = first kept message index
-        for a, reply in zip(targets, reply_ids):
-            j = first_body
-            if starts[a] + g + len(reply) > self.max_length:
-                rounds, r = self.first_fitting_round(msgs, a, starts, sys_len, len(reply))
-                j = rounds[r]
-                ctx_len = sys_len + starts[a] - starts[j] + g
-                if ctx_len >= self.max_length:
-                    st.dropped_too_long_samples += 1
-                    continue
-                if j != first_body:
-                    st.truncated_history_samples += 1
-                    st.dropped_rounds += r
-                if ctx_len + len(reply) > self.max_length:
-                    st.truncated_reply_samples += 1
-                    reply = reply[: self.max_length - ctx_len]
-            plan.append((j, a, reply))
-            length = sys_len + starts[a] - starts[j] + g + len(reply)
-            st.samples += 1
-            st.tokens += length
-            st.supervised_tokens += len(reply)
-            st.max_sample_tokens = max(st.max_sample_tokens, length)
-        packs, cur = [], None
-        for turn, (j, a, reply) in enumerate(plan):
-            head = ctx_ids[:sys_len] if j != first_body else []
-            visible = len(head) + starts[a] - starts[j] if j != first_body else starts[a]
-            if cur is not None and cur["j"] == j and visible + cur["branches"] + g + len(reply) <= self.pack_length:
-                cur["a"] = a
-                cur["items"].append((turn, a, visible, reply))
-                cur["branches"] += g + len(reply)
-                continue
-            cur = {"j": j, "a": a, "head": head, "items": [(turn, a, visible, reply)], "branches": g + len(reply)}
-            packs.append(cur)
-        out = []
-        for p in packs:
-            j = p["j"]
-            trunk = ctx_ids[:starts[p["a"]]] if j == first_body else p["head"] + ctx_ids[starts[j]:starts[p["a"]]]
-            branches = [(visible, self.gen_ids + reply, [IGNORE_INDEX] * g + reply, turn, a)
-                        for turn, a, visible, reply in p["items"]]
-            out.append(assemble_pack(d.index, trunk, branches))
-        return out
+    def ids(self, j: int, a: int) -> list[int]:
+        return self.trunk(j, a) + self.gen_ids
 
-    def per_turn_samples(self, d, targets, ctx_ids, reply_ids, check: bool):
-        msgs = d.messages
-        starts = self.turn_starts(ctx_ids, targets)
-        fast = starts is not None
-        has_sys = msgs[0]["role"] == "system"
-        out = []
-        for turn, (a, reply) in enumerate(zip(targets, reply_ids)):
-            context, dropped, room = None, 0, len(reply)
-            if fast and msgs[a - 1]["role"] == "user":
-                context = ctx_ids[: starts[a]] + self.gen_ids
-                if check:
-                    exact = prompt_ids(self.tok, msgs[:a], self.enable_thinking)
-                    if exact != context:
-                        self.fast_ok = fast = False
-                        self.stats.fast_path_disabled = True
-                        self.stats.notes.append(
-                            f"chat template renders history differently by prefix (record {d.index}); "
-                            "using exact per-reply rendering for the whole run"
-                        )
-                        context = None
-                if context is not None and len(context) + len(reply) > self.max_length:
-                    # Drop the oldest rounds by token spans: system + the most recent rounds that fit.
-                    sys_len = starts[1] if has_sys else 0
-                    rounds, first = self.first_fitting_round(msgs, a, starts, sys_len, len(reply))
-                    spliced = ctx_ids[:sys_len] + ctx_ids[starts[rounds[first]]: starts[a]] + self.gen_ids
-                    result = None
-                    if self.span_checks < SELF_CHECK_DIALOGUES or not self.span_ok:
-                        # the same self-check as above, for contexts whose oldest rounds were dropped
-                        self.span_checks += 1
-                        self.stats.exact_path_samples += 1
-                        result = self.exact_context(msgs, a, len(reply), first_round=first)
-                        if result is None or result[0] != spliced:
-                            self.span_ok = False
-                    if self.span_ok:
-                        room = min(len(reply), self.max_length - len(spliced))
-                        result = (spliced, first, room) if room > 0 else None
-                    context = None
-                    if result is None:
-                        self.stats.dropped_too_long_samples += 1
-                        continue
-                    context, dropped, room = result
-            if context is None:
-                self.stats.exact_path_samples += 1
-                result = self.exact_context(msgs, a, len(reply))
-                if result is None:
-                    self.stats.dropped_too_long_samples += 1
-                    continue
-                context, dropped, room = result
-            if dropped:
-                self.stats.truncated_history_samples += 1
-                self.stats.dropped_rounds += dropped
-            if room < len(reply):
-                self.stats.truncated_reply_samples += 1
-                reply = reply[:room]
-            ids = context + reply
-            labels = [IGNORE_INDEX] * len(context) + reply
-            out.append(Sample(d.index, turn, a, ids, labels))
-        return out
+    def length(self, j: int, a: int) -> int:
+        return self.sys_len + self.starts[a] - self.starts[j] + len(self.gen_ids)
 
-    def add(self, sample: Sample):
-        s = self.stats
-        s.samples += 1
-        s.tokens += len(sample.input_ids)
-        s.supervised_tokens += len(sample.labels) - sample.labels.count(IGNORE_INDEX)
-        s.max_sample_tokens = max(s.max_sample_tokens, len(sample.input_ids))
+
+class RenderedContexts:
+    """Contexts rendered one by one by the chat template (the reference; any template)."""
+
+    exact = True
+
+    def __init__(self, tokenizer, messages, enable_thinking: bool):
+        self.tok, self.messages, self.enable_thinking = tokenizer, messages, enable_thinking
+        self.system = messages[:1] if messages and messages[0]["role"] == "system" else []
+        self.cache = {}
+
+    def ids(self, j: int, a: int) -> list[int]:
+        if (j, a) not in self.cache:
+            self.cache[(j, a)] = prompt_ids(self.tok, self.system + self.messages[j:a], self.enable_thinking)
+        return self.cache[(j, a)]
+
+    def length(self, j: int, a: int) -> int:
+        return len(self.ids(j, a))
+
+
+def spans_match_template(tokenizer, dialogues, plans, texts, gen_ids, enable_thinking) -> bool:
+    """Whether cutting contexts from one tokenisation gives exactly the template's rendering, checked on
+    the given (first) dialogues for every reply's whole history and for its history from a middle round
+    on (the shape of a truncated context). Run once, before any sample is built."""
+    for d, targets, ids in zip(dialogues, plans, encode_many(tokenizer, texts)):
+        spans = SpanContexts.of(ids, d.messages, targets, gen_ids)
+        if spans is None:
+            continue
+        rendered = RenderedContexts(tokenizer, d.messages, enable_thinking)
+        for a in targets:
+            rounds = round_starts(d.messages[:a])
+            for j in {rounds[0], rounds[len(rounds) // 2]}:
+                if spans.ids(j, a) != rendered.ids(j, a):
+                    return False
+    return True
+
+
+# -- the truncation rule, applied to every reply -----------------------------------------------------
+def plan_replies(contexts, messages, targets, replies, max_length: int, stats: SampleStats) -> list:
+    """[(turn, a, j, reply)]: the reply at message a trained after system + messages[j:a], where j is the
+    oldest round from which context + reply fit in max_length (prompt.oldest_round_that_fits: the same
+    rule inference uses); the reply's end is cut when even the last round does not leave it room, and
+    the reply is dropped when the context alone does not fit."""
+    plan = []
+    for turn, (a, reply) in enumerate(zip(targets, replies)):
+        rounds = round_starts(messages[:a])
+        dropped = oldest_round_that_fits(rounds, lambda j: contexts.length(j, a), max_length - len(reply))
+        j = rounds[dropped]
+        room = max_length - contexts.length(j, a)
+        if room <= 0:
+            stats.dropped_too_long_samples += 1
+            continue
+        if dropped:
+            stats.truncated_history_samples += 1
+            stats.dropped_rounds += dropped
+        if room < len(reply):
+            stats.truncated_reply_samples += 1
+            reply = reply[:room]
+        plan.append((turn, a, j, reply))
+    return plan
+
+
+def per_turn_samples(index: int, contexts, plan) -> list:
+    out = []
+    for turn, a, j, reply in plan:
+        context = contexts.ids(j, a)
+        out.append(Sample(index, turn, a, context + reply, [IGNORE_INDEX] * len(context) + reply))
+    return out
+
+
+def span_packs(index: int, spans: SpanContexts, plan, pack_length: int) -> list:
+    """shared_prefix packs straight from the plan, without materialising per-reply samples: consecutive
+    replies with the same first kept message j share a trunk (the longest of their contexts); a pack
+    closes when the next branch would not fit in pack_length."""
+    g = len(spans.gen_ids)
+    groups, cur = [], None
+    for turn, a, j, reply in plan:
+        visible = spans.length(j, a) - g
+        if cur is not None and cur["j"] == j and visible + cur["size"] + g + len(reply) <= pack_length:
+            cur["a"] = a
+            cur["items"].append((turn, a, visible, reply))
+            cur["size"] += g + len(reply)
+            continue
+        cur = {"j": j, "a": a, "items": [(turn, a, visible, reply)], "size": g + len(reply)}
+        groups.append(cur)
+    return [assemble_pack(index, spans.trunk(p["j"], p["a"]),
+                          [(visible, spans.gen_ids + reply, [IGNORE_INDEX] * g + reply, turn, a)
+                           for turn, a, visible, reply in p["items"]])
+            for p in groups]
 
 
 def build_samples(
@@ -247,59 +210,58 @@ def build_samples(
     single-turn-split eval items, whose only target is the final (reference) reply.
     Returns (samples, SampleStats); in pack mode the stats count packs and keep per_turn's counts beside."""
     pack_length = pack_length or default_pack_length(max_length)
-    b = _Builder(tokenizer, max_length, enable_thinking, pack_length)
-    samples: list[Sample] = []
-    packs: list[Sample] = []
-    plans = []
-    for d in dialogues:
-        targets = d.targets()
-        plans.append(targets[-1:] if last_reply_only else targets)
+    gen_ids = encode(tokenizer, generation_prompt(tokenizer, enable_thinking))
+    eot = end_of_turn_id(tokenizer)
+    stats, out = SampleStats(), []
+    plans = [d.targets()[-1:] if last_reply_only else d.targets() for d in dialogues]
     # every dialogue rendered once (in parallel for big corpora: the sandboxed template engine is slow)
-    all_contexts = render_many(tokenizer, [d.messages[: t[-1]] for d, t in zip(dialogues, plans)], True, enable_thinking)
+    texts = render_many(tokenizer, [d.messages[: t[-1]] for d, t in zip(dialogues, plans)], True, enable_thinking)
+    n = SELF_CHECK_DIALOGUES
+    spans_ok = spans_match_template(tokenizer, dialogues[:n], plans[:n], texts[:n], gen_ids, enable_thinking)
+    if not spans_ok:
+        stats.fast_path_disabled = True
+        stats.notes.append("chat template renders history differently by prefix; using exact per-reply rendering")
     chunks = range(0, len(dialogues), CHUNK)
     if progress:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc="构建样本", unit="批", total=len(chunks))
     for c0 in chunks:
-        chunk = dialogues[c0 : c0 + CHUNK]
-        chunk_plans = plans[c0 : c0 + CHUNK]
-        ctx_ids = encode_many(tokenizer, all_contexts[c0 : c0 + CHUNK])
-        replies = [d.messages[a]["content"] for d, t in zip(chunk, chunk_plans) for a in t]
-        reply_ids = encode_many(tokenizer, replies) if replies else []
+        chunk, chunk_plans = dialogues[c0:c0 + CHUNK], plans[c0:c0 + CHUNK]
+        replies = encode_many(tokenizer, [d.messages[a]["content"] for d, t in zip(chunk, chunk_plans) for a in t])
         pos = 0
-        for d, targets, ids in zip(chunk, chunk_plans, ctx_ids):
-            these = [r + [b.eot] for r in reply_ids[pos : pos + len(targets)]]
+        for d, targets, ids in zip(chunk, chunk_plans, encode_many(tokenizer, texts[c0:c0 + CHUNK])):
+            these = [r + [eot] for r in replies[pos:pos + len(targets)]]
             pos += len(targets)
-            check = b.stats.dialogues < SELF_CHECK_DIALOGUES
-            b.stats.dialogues += 1
-            if pack and not check:
-                direct = b.direct_packs(d, targets, ids, these)
-                if direct is not None:
-                    packs.extend(direct)
-                    continue
-            per_turn = b.per_turn_samples(d, targets, ids, these, check)
-            for s in per_turn:
-                b.add(s)
-            if pack:
-                packs.extend(pack_shared_prefix(per_turn, len(b.gen_ids), pack_length))
-            else:
-                samples.extend(per_turn)
+            stats.dialogues += 1
+            contexts = SpanContexts.of(ids, d.messages, targets, gen_ids) if spans_ok else None
+            contexts = contexts or RenderedContexts(tokenizer, d.messages, enable_thinking)
+            plan = plan_replies(contexts, d.messages, targets, these, max_length, stats)
+            if pack and not contexts.exact:
+                packs = span_packs(d.index, contexts, plan, pack_length)
+                for turn, a, j, reply in plan:  # per_turn's counts, without building its samples
+                    count(stats, contexts.length(j, a) + len(reply), len(reply))
+                out.extend(packs)
+                continue
+            samples = per_turn_samples(d.index, contexts, plan)
+            stats.exact_path_samples += len(samples) if contexts.exact else 0
+            for s in samples:
+                count(stats, len(s.input_ids), len(s.labels) - s.labels.count(IGNORE_INDEX))
+            out.extend(pack_shared_prefix(samples, len(gen_ids), pack_length) if pack else samples)
     if pack:
-        st = b.stats
-        st.per_turn_samples, st.per_turn_tokens = st.samples, st.tokens
-        st.samples, st.tokens = len(packs), sum(len(p.input_ids) for p in packs)
-        st.max_sample_tokens = max((len(p.input_ids) for p in packs), default=0)
-        return packs, st
-    return samples, b.stats
+        stats.per_turn_samples, stats.per_turn_tokens = stats.samples, stats.tokens
+        stats.samples, stats.tokens = len(out), sum(len(p.input_ids) for p in out)
+        stats.max_sample_tokens = max((len(p.input_ids) for p in out), default=0)
+    return out, stats
 
 
 def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinking: bool = False):
     """What other tools train: each dialogue rendered once, every reply supervised in that one sequence.
     Not the per_turn objective: a reply's context is rendered as history (for Qwen3, the last reply gets
     the empty think block and earlier ones do not), and a dialogue longer than max_length is cut."""
-    b = _Builder(tokenizer, max_length, enable_thinking)
-    out = []
+    turn_start = encode(tokenizer, generation_prompt(tokenizer, enable_thinking))[0]
+    eot = end_of_turn_id(tokenizer)
+    stats, out = SampleStats(), []
     for d in dialogues:
         targets = d.targets()
         msgs = d.messages[: targets[-1] + 1]
@@ -307,7 +269,7 @@ def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinkin
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         labels = [IGNORE_INDEX] * len(ids)
-        starts = [i for i, t in enumerate(ids) if t == b.turn_start]
+        starts = [i for i, t in enumerate(ids) if t == turn_start]
         for k in targets:
             first_token = starts[k] if k < len(starts) else 0
             at = text.find(msgs[k]["content"], offsets[first_token][0])
@@ -316,18 +278,18 @@ def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinkin
                 c0, c1 = offsets[i]
                 if c0 >= at and c1 <= end and c1 > c0:
                     labels[i] = ids[i]
-                elif c0 >= end and ids[i] == b.eot:
+                elif c0 >= end and ids[i] == eot:
                     labels[i] = ids[i]
                     break
         if len(ids) > max_length:
-            b.stats.truncated_reply_samples += 1
+            stats.truncated_reply_samples += 1
             ids, labels = ids[:max_length], labels[:max_length]
         sample = Sample(d.index, list(range(len(targets))), targets, ids, labels)
         if any(t != IGNORE_INDEX for t in labels):
-            b.add(sample)
+            count(stats, len(ids), len(labels) - labels.count(IGNORE_INDEX))
             out.append(sample)
-        b.stats.dialogues += 1
-    return out, b.stats
+        stats.dialogues += 1
+    return out, stats
 
 
 SAMPLE_MODES = ("shared_prefix", "per_turn", "dialogue")

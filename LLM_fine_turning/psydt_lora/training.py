@@ -203,31 +203,36 @@ def make_callbacks(args, data_stats) -> tuple[list, list, object]:
     return reporters, callbacks + [stop], stop
 
 
+# CLI flags named like a TrainingArguments field that the run sets itself rather than passing through
+OWN_HANDLING = ("output_dir", "report_to", "do_eval", "eval_steps", "gradient_checkpointing", "resume_from_checkpoint")
+
+
+def passed_through(args) -> list[str]:
+    """The CLI flags that go to TrainingArguments as they are: every flag named like one of its fields
+    (so a new Trainer option is one `add_argument`), except OWN_HANDLING."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return sorted(k for k in vars(args) if k in names and k not in OWN_HANDLING)
+
+
 def training_arguments(args, reporters, dtype, device: str, do_eval: bool):
-    """The CLI's flags in transformers 5's TrainingArguments."""
+    """TrainingArguments: the passed-through flags, then what the run decides (precision from the
+    resolved dtype, evaluation only when there is eval data, activation checkpointing done by PEFT)."""
     import torch
     from transformers import TrainingArguments
 
     return TrainingArguments(
+        **{k: getattr(args, k) for k in passed_through(args)},
         output_dir=str(args.output_dir),
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps,
-        logging_steps=args.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
         eval_strategy="steps" if do_eval else "no",
         eval_steps=args.eval_steps if do_eval else None,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        seed=args.seed,
         report_to=reporters or "none",
         remove_unused_columns=False,
         prediction_loss_only=True,  # evaluation keeps the loss only, not every position's logits
@@ -235,7 +240,6 @@ def training_arguments(args, reporters, dtype, device: str, do_eval: bool):
         dataloader_pin_memory=device == "cuda",
         use_cpu=device == "cpu",
         ddp_find_unused_parameters=False,
-        deepspeed=args.deepspeed,
     )
 
 
