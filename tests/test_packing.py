@@ -3,7 +3,7 @@ import pytest
 
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.dialogues import read_dialogues
-from psydt_lora.samples import IGNORE_INDEX, build_training_samples
+from psydt_lora.samples import IGNORE_INDEX, build_samples, build_training_samples
 from psydt_lora.packing import PackCollator, features
 from psydt_lora.loss import batch_loss
 
@@ -11,8 +11,7 @@ from psydt_lora.loss import batch_loss
 def real_dialogues():
     sample, _ = read_dialogues(require(REAL_SAMPLE))
     shaped, _ = read_dialogues(require(SHAPED_TRAIN), limit=4)
-    # the long real record last: the first dialogues of a run take the self-checked general path,
-    # later ones the direct span-based path, and both must be exact (also when truncated)
+    # the long real record last, after the dialogues the span check runs on; exact also when truncated
     sample[0].index = 99
     return shaped + sample
 
@@ -20,8 +19,14 @@ def real_dialogues():
 @pytest.mark.parametrize("max_length", [4096, 700])
 def test_every_branch_is_exactly_a_per_turn_sample(real_tokenizer, max_length):
     dialogues = real_dialogues()
-    per_turn, pt_stats = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
+    # the reference: per-reply samples each made whole from its own context (no packs involved)
+    per_turn, pt_stats = build_samples(dialogues, real_tokenizer, max_length)
     packs, sp_stats = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
+    view, view_stats = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
+    # per_turn mode reads its samples out of the packs: the same samples, the same counts
+    assert [(s.dialogue_index, s.turn_index, s.message_index, s.input_ids, s.labels) for s in view] == \
+        [(s.dialogue_index, s.turn_index, s.message_index, s.input_ids, s.labels) for s in per_turn]
+    assert view_stats == pt_stats
     rebuilt = []
     for p in packs:
         assert len(p.input_ids) <= max_length + max_length // 2  # the default pack length
@@ -82,7 +87,7 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     dialogues = real_dialogues()[-2:]
-    per_turn, _ = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
+    per_turn, _ = build_samples(dialogues, real_tokenizer, max_length)  # each made whole from its own context
     packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
     collate = PackCollator(real_tokenizer.pad_token_id)
     from psydt_lora.loss import fused_head

@@ -15,7 +15,7 @@ from pathlib import Path
 from .files import atomic_write_json, write_dir
 from .hub import sha256_file
 from .packing import IGNORE_INDEX
-from .samples import Sample, SampleStats
+from .samples import PerTurnView, Sample, SampleStats
 
 CACHE_DIR = ".psydt_cache"
 _CODE = ("samples.py", "packing.py", "prompt.py", "dialogues.py", "sample_cache.py")
@@ -59,6 +59,9 @@ class CachedSamples:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def branch_counts(self) -> list[int]:
+        return [len(flat) // 2 for flat in self.dataset["branches"]]
+
 
 def _list_column(rows, dtype="int32"):
     """A list<int> Arrow column from Python lists, through one flat NumPy array (each list converted by
@@ -99,14 +102,17 @@ def load_or_build(data_file, tokenizer, settings: dict, build, say=print):
     key = fingerprint(data_file, tokenizer, settings)
     folder = Path(data_file).parent / CACHE_DIR / key
     if (folder / "stats.json").is_file():
-        stats = SampleStats(**json.loads((folder / "stats.json").read_text("utf-8")))
+        saved = json.loads((folder / "stats.json").read_text("utf-8"))
+        view = saved.pop("per_turn_view", False)
         say(f"[样本] cache hit：直接读取 {folder}（数据、分词器、模板和设置都没变）")
-        return CachedSamples(datasets.load_from_disk(str(folder / "samples"))), stats
+        samples = CachedSamples(datasets.load_from_disk(str(folder / "samples")))
+        return (PerTurnView(samples) if view else samples), SampleStats(**saved)
     samples, stats = build()
+    view = isinstance(samples, PerTurnView)  # per_turn: its packs are stored, the samples read out of them
     try:
         def fill(tmp):
-            datasets.Dataset(_as_table(samples)).save_to_disk(str(tmp / "samples"))
-            atomic_write_json(tmp / "stats.json", asdict(stats))
+            datasets.Dataset(_as_table(samples.packs if view else samples)).save_to_disk(str(tmp / "samples"))
+            atomic_write_json(tmp / "stats.json", {**asdict(stats), "per_turn_view": view})
 
         write_dir(folder, fill)
         say(f"[样本] 已缓存到 {folder}，下次相同设置直接读取")

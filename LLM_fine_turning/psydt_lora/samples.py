@@ -22,7 +22,7 @@ that does not fit, the reply's end is cut; if the context alone does not fit, th
 The round is chosen by `prompt.oldest_round_that_fits`, the rule inference applies to a chat's history.
 """
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from .packing import IGNORE_INDEX, assemble_pack, default_pack_length, pack_shared_prefix
 from .prompt import (encode, encode_many, end_of_turn_id, generation_prompt, oldest_round_that_fits, prompt_ids,
@@ -292,6 +292,43 @@ def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinkin
     return out, stats
 
 
+class PerTurnView:
+    """per_turn's samples read out of shared_prefix packs: sample k of a pack is the trunk up to what
+    branch k sees, then branch k -- exactly the per_turn sample (tests compare them) -- built when it is
+    read, so a run never holds (or caches) per_turn's ~3.4x more tokens."""
+
+    def __init__(self, packs):
+        self.packs = packs
+        if hasattr(packs, "branch_counts"):  # cached packs know their branch counts without reading rows
+            counts = packs.branch_counts()
+        else:
+            counts = [len(p.branches) for p in packs]
+        self.index = [(p, b) for p, n in enumerate(counts) for b in range(n)]
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        p, b = self.index[i]
+        pack = self.packs[p]
+        start, visible = pack.branches[b]
+        end = pack.branches[b + 1][0] if b + 1 < len(pack.branches) else len(pack.input_ids)
+        return Sample(pack.dialogue_index, pack.turn_index[b], pack.message_index[b],
+                      pack.input_ids[:visible] + pack.input_ids[start:end],
+                      [IGNORE_INDEX] * visible + pack.labels[start:end])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def per_turn_stats(packs, stats: SampleStats) -> SampleStats:
+    """The shared_prefix build's stats as per_turn's (its per-turn counts kept beside the pack counts)."""
+    longest = max((visible + (pack.branches[b + 1][0] if b + 1 < len(pack.branches) else len(pack.input_ids)) - start
+                   for pack in packs for b, (start, visible) in enumerate(pack.branches)), default=0)
+    return replace(stats, samples=stats.per_turn_samples, tokens=stats.per_turn_tokens, max_sample_tokens=longest,
+                   per_turn_samples=None, per_turn_tokens=None)
+
+
 SAMPLE_MODES = ("shared_prefix", "per_turn", "dialogue")
 
 
@@ -300,8 +337,9 @@ def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix
     """Samples for `mode`; see README for what each one trains. Returns (samples, SampleStats)."""
     if mode == "dialogue":
         return build_dialogue_samples(dialogues, tokenizer, max_length, enable_thinking)
-    return build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress,
-                         pack=mode == "shared_prefix", pack_length=pack_length)
+    packs, stats = build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress,
+                                 pack=True, pack_length=pack_length)
+    return (packs, stats) if mode == "shared_prefix" else (PerTurnView(packs), per_turn_stats(packs, stats))
 
 
 def dump_samples(samples, path) -> None:
