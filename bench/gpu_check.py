@@ -1,13 +1,14 @@
 """Benchmark 3: per_turn vs shared_prefix on one GPU at the real Qwen3-1.7B shape (random weights).
 
-    python bench/gpu_check.py                      # H100/H200: ~3-4 minutes, nothing to download
+    python bench/gpu_check.py                      # H100/H200: ~8-10 minutes, nothing to download
     python bench/gpu_check.py --tiny --steps 2     # a smoke test on CPU
 
 Needs the real Qwen3 tokenizer + config and the PsyDTCorpus-shaped data: ../shared/assets by default,
 or --assets DIR with qwen3-tokenizer/, psydt-sample/, psydt-shaped/. Builds Qwen3-1.7B from config.json
-with random weights (bf16), LoRA r=8 on all linear layers, activation checkpointing, max_length 2048,
-and trains a few optimizer steps per mode and attention kernel. Prints tokens/s, supervised tokens/s,
-MFU and peak memory.
+with random weights (bf16), LoRA r=8 on all linear layers, activation checkpointing, and trains a few
+optimizer steps for each sample length (2,048 and 8,192), attention kernel (sdpa, flex_attention), way of
+applying the LM head (fused: training's chunked linear_cross_entropy; kept: logits then cross_entropy)
+and sample mode. Prints tokens/s, supervised tokens/s, MFU and peak memory.
 
 FLOPs are counted honestly per processed token: every matmul forward (2 x params), its recomputation
 under activation checkpointing (decoder layers only), the backward pass for activations (2 x params;
@@ -41,7 +42,7 @@ def flops_per_batch(cfg, batch, lora_r, recompute=True):
     tokens = real
     layers_fwd = 2 * (per_layer + lora_per_layer) * tokens * L
     attn_fwd = 2 * 2 * nq * hd * keys * L  # QK^T and AV
-    head_fwd = 2 * d * V * tokens
+    head_fwd = 2 * d * V * int(batch["logits_to_keep"].numel()) * batch["input_ids"].shape[0]  # kept positions only
     fwd = layers_fwd + attn_fwd + head_fwd
     recompute_cost = (layers_fwd + attn_fwd) if recompute else 0
     bwd = 2 * per_layer * tokens * L + 2 * 2 * lora_per_layer * tokens * L + 2 * attn_fwd + 2 * head_fwd
@@ -55,8 +56,10 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--grad_accum", type=int, default=4)
-    p.add_argument("--max_length", type=int, default=2048)
+    p.add_argument("--max_lengths", default="2048,8192", help="sample lengths to measure (comma-separated)")
     p.add_argument("--attn", default="sdpa,flex_attention", help="attention kernels to try")
+    p.add_argument("--heads", default="fused,kept", help="how the LM head is applied: fused (training's chunked "
+                                                          "linear_cross_entropy) and/or kept (logits, then cross_entropy)")
     p.add_argument("--peak_tflops", type=float, default=989.0)
     p.add_argument("--tiny", action="store_true", help="2 small layers on CPU, to check the script runs")
     args = p.parse_args()
@@ -82,61 +85,69 @@ def main():
     dialogues = corpus.build(400 if not args.tiny else 12)
     print(f"device {device}; corpus: {corpus.describe(dialogues)}")
     results = []
-    for attn in args.attn.split(","):
-        for mode in ("per_turn", "shared_prefix"):
-            torch.manual_seed(0)
-            samples, stats = build_training_samples(dialogues, tok, args.max_length, mode)
-            try:
-                cfg._attn_implementation = attn
-                model = Qwen3ForCausalLM(cfg).to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-                model.config.use_cache = False
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                model.enable_input_require_grads()
-                model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM",
-                                                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-                opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-                collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8)
-                feats = [features(s) for s in samples]
-                per_step = args.batch_size * args.grad_accum
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                flops = tokens = supervised = 0
-                t0 = None
-                for step in range(args.warmup + args.steps):
-                    if step == args.warmup:
-                        if device == "cuda":
-                            torch.cuda.synchronize()
-                        t0 = time.perf_counter()
-                    chunk = feats[(step * per_step) % len(feats):][:per_step]
-                    micro = [collate(chunk[i:i + args.batch_size]) for i in range(0, len(chunk), args.batch_size)]
-                    n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-                    for b in micro:
-                        if step >= args.warmup:
-                            flops += flops_per_batch(cfg, b, 8)
-                            tokens += int(b["attention_mask"].any(-1).sum()) if b["attention_mask"].dim() == 4 else int(b["attention_mask"].sum())
-                            supervised += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
-                        b = {k: v.to(device) for k, v in b.items()}
-                        batch_loss(model, b, n).backward()  # as training: logits at supervised positions only
-                    opt.step()
-                    opt.zero_grad()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                secs = time.perf_counter() - t0
-                peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-                results.append((attn, mode, tokens / secs, supervised / secs, flops / secs / 1e12 / args.peak_tflops, peak, stats.tokens / stats.supervised_tokens))
-            except Exception as err:  # e.g. a kernel that does not take these masks
-                print(f"[{attn} / {mode}] failed: {type(err).__name__}: {str(err)[:200]}")
-            finally:
-                model = opt = None
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-    print(f"{'attention':<16}{'mode':<15}{'tokens/s':>11}{'superv. tok/s':>15}{'MFU':>8}{'peak GiB':>10}{'tokens per superv.':>20}")
-    for attn, mode, tps, sps, mfu, peak, ratio in results:
-        print(f"{attn:<16}{mode:<15}{tps:>11,.0f}{sps:>15,.0f}{100 * mfu:>7.1f}%{peak:>10.1f}{ratio:>20.1f}")
-    by = {(a, m): s for a, m, _, s, *_ in results}
-    for attn in args.attn.split(","):
-        if (attn, "per_turn") in by and (attn, "shared_prefix") in by:
-            print(f"{attn}: shared_prefix trains {by[(attn, 'shared_prefix')] / by[(attn, 'per_turn')]:.2f}x more supervised tokens per second")
+    runs = [(length, attn, head, mode) for length in map(int, args.max_lengths.split(",")) for attn in args.attn.split(",")
+            for head in args.heads.split(",") for mode in ("per_turn", "shared_prefix")]
+    built = {}
+    for length, attn, head, mode in runs:
+        torch.manual_seed(0)
+        if (length, mode) not in built:
+            built[(length, mode)] = build_training_samples(dialogues, tok, length, mode)
+        samples, stats = built[(length, mode)]
+        try:
+            cfg._attn_implementation = attn
+            model = Qwen3ForCausalLM(cfg).to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+            model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM",
+                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+            opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+            collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8)
+            feats = [features(s) for s in samples]
+            per_step = args.batch_size * args.grad_accum
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            flops = tokens = supervised = 0
+            t0 = None
+            for step in range(args.warmup + args.steps):
+                if step == args.warmup:
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                chunk = feats[(step * per_step) % len(feats):][:per_step]
+                micro = [collate(chunk[i:i + args.batch_size]) for i in range(0, len(chunk), args.batch_size)]
+                n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+                for b in micro:
+                    if step >= args.warmup:
+                        flops += flops_per_batch(cfg, b, 8)
+                        tokens += int(b["attention_mask"].any(-1).sum()) if b["attention_mask"].dim() == 4 else int(b["attention_mask"].sum())
+                        supervised += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+                    b = {k: v.to(device) for k, v in b.items()}
+                    batch_loss(model, b, n, head).backward()  # as training: logits at supervised positions only
+                opt.step()
+                opt.zero_grad()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            results.append((length, attn, head, mode, tokens / secs, supervised / secs,
+                            flops / secs / 1e12 / args.peak_tflops, peak, stats.tokens / stats.supervised_tokens))
+            print(f"[{length} / {attn} / {head} / {mode}] {supervised / secs:,.0f} supervised tokens/s, peak {peak:.1f} GiB", flush=True)
+        except Exception as err:  # e.g. a kernel that does not take these masks, or out of memory
+            print(f"[{length} / {attn} / {head} / {mode}] failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+        finally:
+            model = opt = None
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    print(f"{'length':>7} {'attention':<16}{'head':<7}{'mode':<15}{'tokens/s':>11}{'superv. tok/s':>15}{'MFU':>8}"
+          f"{'peak GiB':>10}{'tokens per superv.':>20}")
+    for length, attn, head, mode, tps, sps, mfu, peak, ratio in results:
+        print(f"{length:>7} {attn:<16}{head:<7}{mode:<15}{tps:>11,.0f}{sps:>15,.0f}{100 * mfu:>7.1f}%{peak:>10.1f}{ratio:>20.1f}")
+    by = {r[:4]: r[5] for r in results}
+    for length, attn, head, mode in runs:
+        if mode == "shared_prefix" and (length, attn, head, "per_turn") in by and (length, attn, head, mode) in by:
+            print(f"{length} / {attn} / {head}: shared_prefix trains "
+                  f"{by[(length, attn, head, mode)] / by[(length, attn, head, 'per_turn')]:.2f}x more supervised tokens per second")
 
 
 if __name__ == "__main__":

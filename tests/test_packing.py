@@ -112,3 +112,43 @@ def test_dialogue_mode_supervises_every_reply_once(real_tokenizer):
     learned = real_tokenizer.decode([t for t in sample.labels if t != IGNORE_INDEX])
     replies = [m["content"] + "<|im_end|>" for m in dialogues[0].messages if m["role"] == "assistant"]
     assert learned == "".join(replies)
+
+
+def test_block_mask_is_the_tree_mask(real_tokenizer):
+    """flex_attention's BlockMask (for --attn_implementation flex_attention) allows exactly what the
+    4-D mask allows, on real packs batched with padding."""
+    import torch
+    from torch.nn.attention.flex_attention import create_mask
+
+    from psydt_lora.packing import tree_block_mask, tree_mask
+
+    packs, _ = build_training_samples(real_dialogues(), real_tokenizer, 700, "shared_prefix")
+    feats = [features(p) for p in packs[:3]]
+    width = max(len(f["input_ids"]) for f in feats) + 5
+    dense, pos = tree_mask(feats, width)
+    block, block_pos = tree_block_mask(feats, width)
+    assert torch.equal(create_mask(block.mask_mod, len(feats), 1, width, width, device="cpu"), dense)
+    assert torch.equal(pos, block_pos) and block.shape == (len(feats), 1, width, width)
+    assert not dense.all() and dense.any(-1).all()  # a real tree (not causal, not empty), every row sees something
+
+
+@pytest.mark.slow
+def test_flex_attention_forward_gives_the_sdpa_loss(real_tokenizer):
+    """The same packs through flex_attention with the BlockMask and through SDPA with the 4-D mask: the
+    same loss (forward only -- PyTorch's flex_attention has no backward pass on the CPU; training with it
+    is for CUDA, where bench/gpu_check.py measures it)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    packs, _ = build_training_samples(real_dialogues()[-2:], real_tokenizer, 700, "shared_prefix")
+    config = Qwen3Config(vocab_size=len(real_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=8192)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config)
+    losses = {}
+    for attn, block in (("sdpa", False), ("flex_attention", True)):
+        model.config._attn_implementation = attn
+        collate = PackCollator(real_tokenizer.pad_token_id, block_mask=block)
+        with torch.no_grad():
+            losses[attn] = [batch_loss(model, collate([features(p)]), None).item() for p in packs[:2]]
+    assert losses["flex_attention"] == pytest.approx(losses["sdpa"], rel=1e-5)

@@ -39,6 +39,15 @@ def test_qlora_without_cuda_is_a_clear_error(tiny_model_dir, data_files, capsys)
     assert rc == 2 and "需要 NVIDIA GPU" in capsys.readouterr().err
 
 
+def test_flex_attention_without_cuda_is_a_clear_error(tiny_model_dir, data_files, tmp_path, capsys):
+    train, _ = data_files
+    rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train),
+                                         "--no-do_eval", "--report_to", "none", "--output_dir", str(tmp_path / "o"),
+                                         "--attn_implementation", "flex_attention"])
+    assert rc == 2 and "只能在 CUDA GPU 上训练" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_deepspeed_config_must_exist(tiny_model_dir, data_files, capsys):
     train, _ = data_files
     rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train),

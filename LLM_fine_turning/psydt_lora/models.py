@@ -50,10 +50,13 @@ def load_tokenizer(path, trust_remote_code: bool = False):
     return tok
 
 
-def load_base_model(path, dtype, device: str | None = None, trust_remote_code: bool = False, quantization_config=None):
+def load_base_model(path, dtype, device: str | None = None, trust_remote_code: bool = False, quantization_config=None,
+                    attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
     extra = {"quantization_config": quantization_config, "device_map": {"": _local_cuda()}} if quantization_config else {}
+    if attn_implementation:
+        extra["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **extra

@@ -97,12 +97,14 @@ def supervised_positions(labels):
 
 class PackCollator:
     """Dynamic padding (labels padded with -100). Batches holding shared_prefix packs get a 4-D boolean
-    attention mask -- each reply's branch sees its own part of the trunk and itself, causally -- and
-    explicit position ids; plain samples get the usual 2-D padding mask. Counts padding as it goes."""
+    attention mask -- each reply's branch sees its own part of the trunk and itself, causally -- (or the
+    same mask as a flex_attention BlockMask) and explicit position ids; plain samples get the usual 2-D
+    padding mask. Counts padding as it goes."""
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, block_mask: bool = False):
         self.pad_id = pad_id
         self.multiple = pad_to_multiple_of
+        self.block_mask = block_mask  # packs get a flex_attention BlockMask instead of the 4-D tensor
         self.real_tokens = 0
         self.padded_tokens = 0
 
@@ -119,7 +121,7 @@ class PackCollator:
         if not any("branches" in f for f in features):
             batch["attention_mask"] = padding_mask(rows, width)
             return batch
-        batch["attention_mask"], batch["position_ids"] = tree_mask(features, width)
+        batch["attention_mask"], batch["position_ids"] = (tree_block_mask if self.block_mask else tree_mask)(features, width)
         return batch
 
     def padding_share(self) -> float:
@@ -127,30 +129,55 @@ class PackCollator:
         return self.padded_tokens / total if total else 0.0
 
 
-def tree_mask(features, width: int):
-    """(4-D boolean attention mask, position ids) for packs padded to `width`: a branch sees the part of
-    the trunk that is its own context and itself, causally; padding rows see themselves only."""
+def tree_layout(features, width: int):
+    """Per token of each pack padded to `width`: its segment (-1 padding, 0 trunk, b+1 branch b), how
+    much of the trunk it may see, and its position id. (seg, visible, pos), each (n, width)."""
     import torch
 
     n = len(features)
+    seg = torch.full((n, width), -1, dtype=torch.long)
+    visible = torch.zeros((n, width), dtype=torch.long)
     pos = torch.zeros((n, width), dtype=torch.long)
-    mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
-    idx = torch.arange(width)
-    causal = idx[None, :] <= idx[:, None]
     for row, f in enumerate(features):
         length = len(f["input_ids"])
-        seg = torch.full((width,), -1, dtype=torch.long)  # -1 padding, 0 trunk, b+1 branch b
-        seg[:length] = 0
-        visible = torch.zeros(width, dtype=torch.long)
+        seg[row, :length] = 0
         spans = f.get("branches") or []
         for b, (start, vis) in enumerate(spans):
             end = spans[b + 1][0] if b + 1 < len(spans) else length
-            seg[start:end] = b + 1
-            visible[start:end] = vis
-        same = seg[None, :] == seg[:, None]
-        trunk_part = (seg[None, :] == 0) & (idx[None, :] < visible[:, None])
-        m = causal & (same | trunk_part) & (seg[:, None] >= 0)
-        m[idx[length:], idx[length:]] = True  # padding rows see themselves only (no empty softmax rows)
-        mask[row, 0] = m
+            seg[row, start:end] = b + 1
+            visible[row, start:end] = vis
         pos[row, :length] = torch.tensor(f.get("position_ids") or list(range(length)))
-    return mask, pos
+    return seg, visible, pos
+
+
+def tree_allows(seg, visible, q, kv):
+    """Whether query position q may attend to key position kv (indexable by tensors, broadcasting): a
+    branch sees the part of the trunk that is its own context and itself, causally; padding sees itself."""
+    causal = kv <= q
+    trunk = (seg[kv] == 0) & (kv < visible[q])
+    return (causal & ((seg[q] == seg[kv]) | trunk) & (seg[q] >= 0)) | ((seg[q] < 0) & (q == kv))
+
+
+def tree_mask(features, width: int):
+    """(4-D boolean attention mask, position ids) for packs padded to `width` (see `tree_allows`)."""
+    import torch
+
+    seg, visible, pos = tree_layout(features, width)
+    idx = torch.arange(width)
+    q, kv = idx[:, None], idx[None, :]
+    mask = torch.stack([tree_allows(seg[r], visible[r], q, kv) for r in range(len(features))])
+    return mask[:, None], pos
+
+
+def tree_block_mask(features, width: int, device=None):
+    """(flex_attention BlockMask, position ids): the same mask as `tree_mask`, for flex_attention, which
+    skips the blocks no query of the block may see."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg, visible, pos = tree_layout(features, width)
+    seg, visible = seg.to(device), visible.to(device)
+
+    def mask_mod(b, h, q, kv):
+        return tree_allows(seg[b], visible[b], q, kv)
+
+    return create_block_mask(mask_mod, len(features), None, width, width, device=device), pos

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto：CUDA 支持时用 bf16，否则 fp32")
     g.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="重算激活值以节省显存")
+    g.add_argument("--attn_implementation", choices=("sdpa", "flex_attention", "eager"), default="sdpa",
+                   help="注意力实现；flex_attention（只在 CUDA 上）按 shared_prefix 打包的树形掩码跳过看不到的块")
     g.add_argument("--group_by_length", action="store_true", help="把长度相近的样本放进同一批（减少 padding）")
     g.add_argument("--deepspeed", default=None, metavar="CONFIG", help="Trainer 用的 DeepSpeed 配置（见 examples/deepspeed/）")
     g.add_argument("--load_in_4bit", action="store_true", help="QLoRA：以 4-bit NF4 加载基础模型（需要 CUDA + bitsandbytes）")
@@ -124,6 +126,12 @@ def check_args(args) -> None:
         raise PsyDTError(f"--deepspeed {args.deepspeed} 不存在（示例配置在 examples/deepspeed/）。")
     if args.learning_rate <= 0:
         raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
+    if args.attn_implementation == "flex_attention":
+        import torch
+
+        if not torch.cuda.is_available():  # PyTorch's flex_attention has no backward pass on the CPU
+            raise PsyDTError("--attn_implementation flex_attention 只能在 CUDA GPU 上训练（PyTorch 的 flex_attention "
+                             "在 CPU 上不支持反向传播）；CPU 上请用默认的 sdpa。")
     check_local(args)
     if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
         from .training import four_bit_config

@@ -179,7 +179,8 @@ def build_model(args, model_dir, dtype):
     from .models import load_base_model
 
     quantization = four_bit_config(dtype) if args.load_in_4bit else None
-    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization)
+    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization,
+                            attn_implementation=args.attn_implementation)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -244,6 +245,7 @@ def training_arguments(args, reporters, dtype, device: str, do_eval: bool):
 
 
 def make_trainer_class():
+    import torch
     from transformers import Trainer
 
     from .loss import head_detached
@@ -257,6 +259,14 @@ def make_trainer_class():
             stack.enter_context(head_detached(self.model, self.compute_loss_func.head))
             return stack
 
+        def _prepare_inputs(self, inputs):
+            """Tensors go to the device as usual; a flex_attention BlockMask (not a tensor) too."""
+            mask = inputs.get("attention_mask")
+            inputs = super()._prepare_inputs(inputs)
+            if mask is not None and not isinstance(mask, torch.Tensor):
+                inputs["attention_mask"] = mask.to(self.args.device)
+            return inputs
+
     return SupervisedTrainer
 
 
@@ -268,7 +278,8 @@ def build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stat
     from .packing import PackCollator
 
     reporters, callbacks, stop = make_callbacks(args, data_stats)
-    collator = PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
+    collator = PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None,
+                            block_mask=args.attn_implementation == "flex_attention")
     trainer = make_trainer_class()(
         model=model,
         args=training_arguments(args, reporters, dtype, device, bool(eval_samples)),
