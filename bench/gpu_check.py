@@ -102,7 +102,8 @@ def main():
             model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM",
                                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
             opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-            collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8)
+            collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8, block_mask=attn == "flex_attention")
+            counted = PackCollator(tok.pad_token_id, pad_to_multiple_of=8)  # the dense mask, to count FLOPs
             feats = [features(s) for s in samples]
             per_step = args.batch_size * args.grad_accum
             if device == "cuda":
@@ -117,10 +118,12 @@ def main():
                 chunk = feats[(step * per_step) % len(feats):][:per_step]
                 micro = [collate(chunk[i:i + args.batch_size]) for i in range(0, len(chunk), args.batch_size)]
                 n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-                for b in micro:
+                for i, b in enumerate(micro):
                     if step >= args.warmup:
-                        flops += flops_per_batch(cfg, b, 8)
-                        tokens += int(b["attention_mask"].any(-1).sum()) if b["attention_mask"].dim() == 4 else int(b["attention_mask"].sum())
+                        dense = counted(chunk[i * args.batch_size:(i + 1) * args.batch_size])
+                        flops += flops_per_batch(cfg, dense, 8)
+                        mask = dense["attention_mask"]
+                        tokens += int(mask.any(-1).sum()) if mask.dim() == 4 else int(mask.sum())
                         supervised += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
                     b = {k: v.to(device) for k, v in b.items()}
                     batch_loss(model, b, n, head).backward()  # as training: logits at supervised positions only
