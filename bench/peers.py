@@ -21,7 +21,7 @@ no gradient checkpointing, max length 2048, one epoch, no evaluation, no checkpo
 interleaved (every configuration once per round) so a slower minute of the machine hits all of them;
 the time is the Trainer's own `train_runtime` (the training loop: no model load, no preprocessing), the
 median over the rounds. Ratios are against this project's `shared_prefix` on the same dialogues in the
-same run. TRL trains on the first --small_dialogues (12) only -- it is ~25x slower than the others here --
+same run. TRL trains on the first --small_dialogues (12) only -- about 5 minutes for those here --
 beside a `shared_prefix` run on those same dialogues, its reference.
 
 What each objective is: this project's `shared_prefix` and `per_turn` (and TRL's prompt-completion
@@ -149,7 +149,7 @@ class Config:
     python: str  # which interpreter: ours, swift, llamafactory, trl
     command: object
     reader: object
-    small: bool = False  # on the first --small_dialogues only (TRL: ~25x slower than the rest here)
+    small: bool = False  # on the first --small_dialogues only (TRL: minutes where the others take seconds)
 
 
 def configs_for(small: int) -> list:
