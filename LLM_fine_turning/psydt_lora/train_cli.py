@@ -203,14 +203,54 @@ def print_stats(title, read_stats, sample_stats) -> None:
         print(f"[{title}] 注意：{note}")
 
 
+def train_samples_for(args, tokenizer, train_file):
+    """(dialogues, read stats, samples, sample stats) of the training file, through the sample cache when on
+    (rank 0 builds and stores; the other ranks then read it)."""
+    from .dialogues import check_format, read_dialogues
+    from .samples import build_training_samples
+
+    limit = args.max_train_items if args.max_train_items > 0 else None
+    dialogues, read = read_dialogues(train_file, limit=limit)
+    check_format(dialogues, train_file, expect_split=False, flag="--train_file")
+    main_rank = is_main_process()
+
+    def build():
+        return build_training_samples(dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
+                                      pack_length=args.pack_length or None)
+
+    if not args.sample_cache:
+        return (dialogues, read, *build())
+    from .sample_cache import load_or_build
+
+    settings = {"max_length": args.max_length, "mode": args.sample_mode, "pack_length": args.pack_length,
+                "records": limit, "enable_thinking": False}
+    with main_process_first():
+        samples, stats = load_or_build(train_file, tokenizer, settings, build, say=print if main_rank else (lambda *a: None))
+    return dialogues, read, samples, stats
+
+
+def eval_samples_for(args, tokenizer, eval_file):
+    """(samples, stats dict) of --max_eval_items items spread over the eval file's dialogues."""
+    from .dialogues import check_format, read_dialogues, select_spread
+    from .samples import build_samples
+
+    items, read = read_dialogues(eval_file)
+    check_format(items, eval_file, expect_split=True, flag="--eval_file")
+    items = select_spread(items, args.max_eval_items)
+    read.records = len(items)
+    samples, stats = build_samples(items, tokenizer, args.max_length, last_reply_only=True)
+    if is_main_process():
+        print_stats("验证", read, stats)
+    return samples, {"file": str(eval_file), **read.as_dict(), **stats.as_dict()}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     from . import hub
-    from .dialogues import check_format, read_dialogues, select_spread
     from .models import load_tokenizer
     from .prompt import prompt_format
-    from .samples import build_samples, build_training_samples, dump_samples
+    from .samples import dump_samples
 
     # 1. fetch what is missing (under torchrun / accelerate: the main process first, the others then find it)
     model_dir = Path(args.model_local_dir)
@@ -221,39 +261,15 @@ def main(argv=None) -> int:
 
     # 2. read dialogues, build samples
     tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
-    limit = args.max_train_items if args.max_train_items > 0 else None
-    train_dialogues, train_read = read_dialogues(train_file, limit=limit)
-    check_format(train_dialogues, train_file, expect_split=False, flag="--train_file")
+    train_dialogues, train_read, train_samples, train_stats = train_samples_for(args, tokenizer, train_file)
     main_rank = is_main_process()
-
-    def build():
-        return build_training_samples(train_dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
-                                      pack_length=args.pack_length or None)
-
-    if args.sample_cache:  # rank 0 builds and stores; the other ranks then read it
-        from .sample_cache import load_or_build
-
-        settings = {"max_length": args.max_length, "mode": args.sample_mode, "pack_length": args.pack_length,
-                    "records": limit, "enable_thinking": False}
-        with main_process_first():
-            train_samples, train_stats = load_or_build(train_file, tokenizer, settings, build,
-                                                       say=print if main_rank else (lambda *a: None))
-    else:
-        train_samples, train_stats = build()
     if main_rank:
         print_stats("训练", train_read, train_stats)
     if not train_samples:
         raise PsyDTError(f"{train_file} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
     eval_samples, data_stats = [], {"train": {"file": str(train_file), **train_read.as_dict(), **train_stats.as_dict()}}
     if eval_file is not None:
-        eval_items, eval_read = read_dialogues(eval_file)
-        check_format(eval_items, eval_file, expect_split=True, flag="--eval_file")
-        eval_items = select_spread(eval_items, args.max_eval_items)
-        eval_read.records = len(eval_items)
-        eval_samples, eval_stats = build_samples(eval_items, tokenizer, args.max_length, last_reply_only=True)
-        if main_rank:
-            print_stats("验证", eval_read, eval_stats)
-        data_stats["eval"] = {"file": str(eval_file), **eval_read.as_dict(), **eval_stats.as_dict()}
+        eval_samples, data_stats["eval"] = eval_samples_for(args, tokenizer, eval_file)
     if args.dump_samples and main_rank:
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
