@@ -83,8 +83,10 @@ class SupervisedLoss:
         else:
             import torch
 
+            # kept positions are supervised in *some* row of the batch; the head runs on each row's own only
+            rows = target != IGNORE_INDEX
             options = torch.nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=HEAD_CHUNK)
-            total = F.linear_cross_entropy(flat, self.head.weight, target, ignore_index=IGNORE_INDEX,
+            total = F.linear_cross_entropy(flat[rows], self.head.weight, target[rows], ignore_index=IGNORE_INDEX,
                                            reduction="sum", options=options)
         if num_items_in_batch is None:
             num_items_in_batch = (target != IGNORE_INDEX).sum()
