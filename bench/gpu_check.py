@@ -108,23 +108,24 @@ def main():
             per_step = args.batch_size * args.grad_accum
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+            chunks = [feats[(step * per_step) % len(feats):][:per_step] for step in range(args.warmup + args.steps)]
             flops = tokens = supervised = 0
+            for chunk in chunks[args.warmup:]:  # counted before the clock starts, on the dense mask
+                for i in range(0, len(chunk), args.batch_size):
+                    dense = counted(chunk[i:i + args.batch_size])
+                    flops += flops_per_batch(cfg, dense, 8)
+                    mask = dense["attention_mask"]
+                    tokens += int(mask.any(-1).sum()) if mask.dim() == 4 else int(mask.sum())
+                    supervised += int((dense["labels"][:, 1:] != IGNORE_INDEX).sum())
             t0 = None
-            for step in range(args.warmup + args.steps):
+            for step, chunk in enumerate(chunks):
                 if step == args.warmup:
                     if device == "cuda":
                         torch.cuda.synchronize()
                     t0 = time.perf_counter()
-                chunk = feats[(step * per_step) % len(feats):][:per_step]
                 micro = [collate(chunk[i:i + args.batch_size]) for i in range(0, len(chunk), args.batch_size)]
                 n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-                for i, b in enumerate(micro):
-                    if step >= args.warmup:
-                        dense = counted(chunk[i * args.batch_size:(i + 1) * args.batch_size])
-                        flops += flops_per_batch(cfg, dense, 8)
-                        mask = dense["attention_mask"]
-                        tokens += int(mask.any(-1).sum()) if mask.dim() == 4 else int(mask.sum())
-                        supervised += int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+                for b in micro:
                     b = {k: v.to(device) for k, v in b.items()}
                     batch_loss(model, b, n, head).backward()  # as training: logits at supervised positions only
                 opt.step()

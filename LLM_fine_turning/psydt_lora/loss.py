@@ -78,18 +78,18 @@ class SupervisedLoss:
         states = outputs.logits
         target = labels[:, 1:][:, keep].to(states.device).reshape(-1)
         flat = states.reshape(-1, states.shape[-1])
+        supervised = target != IGNORE_INDEX
         if self.head is None:
             total = F.cross_entropy(flat.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
         else:
             import torch
 
             # kept positions are supervised in *some* row of the batch; the head runs on each row's own only
-            rows = target != IGNORE_INDEX
             options = torch.nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=HEAD_CHUNK)
-            total = F.linear_cross_entropy(flat[rows], self.head.weight, target[rows], ignore_index=IGNORE_INDEX,
-                                           reduction="sum", options=options)
+            total = F.linear_cross_entropy(flat[supervised], self.head.weight, target[supervised],
+                                           ignore_index=IGNORE_INDEX, reduction="sum", options=options)
         if num_items_in_batch is None:
-            num_items_in_batch = (target != IGNORE_INDEX).sum()
+            num_items_in_batch = supervised.sum()
         if isinstance(num_items_in_batch, int):
             return total / max(num_items_in_batch, 1)
         return total / num_items_in_batch.to(total.device).clamp(min=1)  # no host sync on a GPU

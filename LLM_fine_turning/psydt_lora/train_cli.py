@@ -312,7 +312,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_samples, eval_sampl
     trainer, collator, stop = T.build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stats, device, dtype)
     if T.is_main_process():
         tokens = data_stats["train"]["tokens"]
-        print("\n".join(T.run_summary(trainer.model, len(train_samples), tokens, args, steps, Path(args.output_dir))), flush=True)
+        print("\n".join(T.run_summary(trainer, len(train_samples), tokens, args, steps, Path(args.output_dir))), flush=True)
     result = T.run(trainer, stop, resume, steps)
     if stop.exit_code:
         stop.leaving()

@@ -60,16 +60,17 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
     return lines + launcher
 
 
-def run_summary(model, n_samples: int, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
-    from .loss import describe_head, fused_head
+def run_summary(trainer, n_samples: int, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
+    from .loss import describe_head
 
+    model = trainer.model
     trainable, total = model.get_nb_trainable_parameters()
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
     return [
         f"[运行] 注意力实现：{attention}；LoRA r={args.lora_r} α={args.lora_alpha}，可训练参数 {trainable:,} / {total:,}"
         f"（{100 * trainable / max(total, 1):.2f}%）",
-        f"[运行] 损失：{describe_head(fused_head(model))}",
+        f"[运行] 损失：{describe_head(trainer.compute_loss_func.head)}",  # the head build_trainer chose
         f"[运行] 训练样本 {n_samples:,} 个（{tokens:,} token）；有效批量 {args.per_device_train_batch_size} × "
         f"{args.gradient_accumulation_steps}（梯度累积）× {world_size()}（进程）= {batch}；计划 {steps} 步",
         f"[运行] 输出目录：{output_dir.resolve()}（检查点每 {args.save_steps} 步，最终 adapter 在 {ADAPTER_DIR}/）",
