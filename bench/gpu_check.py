@@ -1,14 +1,16 @@
 """Benchmark 3: per_turn vs shared_prefix on one GPU at the real Qwen3-1.7B shape (random weights).
 
-    python bench/gpu_check.py                      # H100/H200: ~8-10 minutes, nothing to download
+    python bench/gpu_check.py                      # H100/H200: ~6-8 minutes (estimated), nothing to download
     python bench/gpu_check.py --tiny --steps 2     # a smoke test on CPU
 
 Needs the real Qwen3 tokenizer + config and the PsyDTCorpus-shaped data: ../shared/assets by default,
 or --assets DIR with qwen3-tokenizer/, psydt-sample/, psydt-shaped/. Builds Qwen3-1.7B from config.json
 with random weights (bf16), LoRA r=8 on all linear layers, activation checkpointing, and trains a few
 optimizer steps for each sample length (2,048 and 8,192), attention kernel (sdpa, flex_attention), way of
-applying the LM head (fused: training's chunked linear_cross_entropy; kept: logits then cross_entropy)
-and sample mode. Prints tokens/s, supervised tokens/s, MFU and peak memory.
+applying the LM head (fused: training's chunked linear_cross_entropy; --heads fused,kept adds logits then
+cross_entropy)
+and sample mode (per_turn, shared_prefix, and shared_prefix with --packing: several dialogues' packs a
+row). Prints tokens/s, supervised tokens/s, MFU and peak memory.
 
 FLOPs are counted honestly per processed token: every matmul forward (2 x params), its recomputation
 under activation checkpointing (decoder layers only), the backward pass for activations (2 x params;
@@ -49,6 +51,74 @@ def flops_per_batch(cfg, batch, lora_r, recompute=True):
     return fwd + recompute_cost + bwd
 
 
+def lora_model(cfg, attn: str, device: str):
+    """Qwen3 at `cfg` (random weights) with LoRA r=8 on the 7 projections, as training builds it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3ForCausalLM
+
+    cfg._attn_implementation = attn
+    model = Qwen3ForCausalLM(cfg).to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM",
+                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+
+
+def rows_for(samples, mode: str, length: int) -> list[dict]:
+    """The collator's inputs: one sample a row, or with "+packing" several a row up to the pack length."""
+    from psydt_lora.packing import default_pack_length, features, fill_rows, merge_features
+
+    feats = [features(s) for s in samples]
+    if not mode.endswith("+packing"):
+        return feats
+    rows = fill_rows([len(f["input_ids"]) for f in feats], default_pack_length(length))
+    return [merge_features([feats[i] for i in r]) for r in rows]
+
+
+def count(chunks, cfg, batch_size: int) -> tuple[int, int, int]:
+    """(FLOPs, tokens, supervised tokens) of the timed steps, on the dense mask (before the clock starts)."""
+    from psydt_lora.packing import IGNORE_INDEX, PackCollator
+
+    counted = PackCollator(0, pad_to_multiple_of=8)
+    flops = tokens = supervised = 0
+    for chunk in chunks:
+        for i in range(0, len(chunk), batch_size):
+            dense = counted(chunk[i:i + batch_size])
+            flops += flops_per_batch(cfg, dense, 8)
+            mask = dense["attention_mask"]
+            tokens += int(mask.any(-1).sum()) if mask.dim() == 4 else int(mask.sum())
+            supervised += int((dense["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return flops, tokens, supervised
+
+
+def timed_steps(model, chunks, collate, warmup: int, batch_size: int, head: str, device: str) -> float:
+    """Seconds for the optimizer steps after `warmup`, each over one chunk of rows, as training computes them."""
+    import torch
+
+    from psydt_lora.loss import batch_loss
+    from psydt_lora.packing import IGNORE_INDEX
+
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    t0 = None
+    for step, chunk in enumerate(chunks):
+        if step == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        micro = [collate(chunk[i:i + batch_size]) for i in range(0, len(chunk), batch_size)]
+        n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+        for b in micro:
+            b = {k: v.to(device) for k, v in b.items()}
+            batch_loss(model, b, n, head).backward()  # as training: logits at supervised positions only
+        opt.step()
+        opt.zero_grad()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--assets", default=str(HERE.parent.parent / "shared" / "assets"))
@@ -58,20 +128,20 @@ def main():
     p.add_argument("--grad_accum", type=int, default=4)
     p.add_argument("--max_lengths", default="2048,8192", help="sample lengths to measure (comma-separated)")
     p.add_argument("--attn", default="sdpa,flex_attention", help="attention kernels to try")
-    p.add_argument("--heads", default="fused,kept", help="how the LM head is applied: fused (training's chunked "
+    p.add_argument("--heads", default="fused", help="how the LM head is applied: fused (training's chunked "
                                                           "linear_cross_entropy) and/or kept (logits, then cross_entropy)")
+    p.add_argument("--modes", default="per_turn,shared_prefix,shared_prefix+packing",
+                   help="sample modes; '+packing': several samples a row up to the pack length (--packing)")
     p.add_argument("--peak_tflops", type=float, default=989.0)
     p.add_argument("--tiny", action="store_true", help="2 small layers on CPU, to check the script runs")
     args = p.parse_args()
 
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer, Qwen3Config
 
     import corpus
-    from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-    from psydt_lora.packing import PackCollator, features
-    from psydt_lora.loss import batch_loss
+    from psydt_lora.packing import PackCollator
+    from psydt_lora.samples import build_training_samples
 
     assets = Path(args.assets)
     corpus.ASSETS, corpus.TOKENIZER = assets, assets / "qwen3-tokenizer"
@@ -85,54 +155,27 @@ def main():
     dialogues = corpus.build(400 if not args.tiny else 12)
     print(f"device {device}; corpus: {corpus.describe(dialogues)}")
     results = []
+    modes = args.modes.split(",")
     runs = [(length, attn, head, mode) for length in map(int, args.max_lengths.split(",")) for attn in args.attn.split(",")
-            for head in args.heads.split(",") for mode in ("per_turn", "shared_prefix")]
+            for head in args.heads.split(",") for mode in modes]
     built = {}
     for length, attn, head, mode in runs:
         torch.manual_seed(0)
-        if (length, mode) not in built:
-            built[(length, mode)] = build_training_samples(dialogues, tok, length, mode)
-        samples, stats = built[(length, mode)]
+        base_mode = mode.removesuffix("+packing")
+        if (length, base_mode) not in built:
+            built[(length, base_mode)] = build_training_samples(dialogues, tok, length, base_mode)
+        samples, stats = built[(length, base_mode)]
+        model = None
         try:
-            cfg._attn_implementation = attn
-            model = Qwen3ForCausalLM(cfg).to(device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-            model.config.use_cache = False
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-            model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM",
-                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-            opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-            collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8, block_mask=attn == "flex_attention")
-            counted = PackCollator(tok.pad_token_id, pad_to_multiple_of=8)  # the dense mask, to count FLOPs
-            feats = [features(s) for s in samples]
+            model = lora_model(cfg, attn, device)
+            rows = rows_for(samples, mode, length)
             per_step = args.batch_size * args.grad_accum
+            chunks = [rows[(step * per_step) % len(rows):][:per_step] for step in range(args.warmup + args.steps)]
+            flops, tokens, supervised = count(chunks[args.warmup:], cfg, args.batch_size)
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            chunks = [feats[(step * per_step) % len(feats):][:per_step] for step in range(args.warmup + args.steps)]
-            flops = tokens = supervised = 0
-            for chunk in chunks[args.warmup:]:  # counted before the clock starts, on the dense mask
-                for i in range(0, len(chunk), args.batch_size):
-                    dense = counted(chunk[i:i + args.batch_size])
-                    flops += flops_per_batch(cfg, dense, 8)
-                    mask = dense["attention_mask"]
-                    tokens += int(mask.any(-1).sum()) if mask.dim() == 4 else int(mask.sum())
-                    supervised += int((dense["labels"][:, 1:] != IGNORE_INDEX).sum())
-            t0 = None
-            for step, chunk in enumerate(chunks):
-                if step == args.warmup:
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                micro = [collate(chunk[i:i + args.batch_size]) for i in range(0, len(chunk), args.batch_size)]
-                n = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-                for b in micro:
-                    b = {k: v.to(device) for k, v in b.items()}
-                    batch_loss(model, b, n, head).backward()  # as training: logits at supervised positions only
-                opt.step()
-                opt.zero_grad()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            secs = time.perf_counter() - t0
+            collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8, block_mask=attn == "flex_attention")
+            secs = timed_steps(model, chunks, collate, args.warmup, args.batch_size, head, device)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
             results.append((length, attn, head, mode, tokens / secs, supervised / secs,
                             flops / secs / 1e12 / args.peak_tflops, peak, stats.tokens / stats.supervised_tokens))
@@ -140,18 +183,22 @@ def main():
         except Exception as err:  # e.g. a kernel that does not take these masks, or out of memory
             print(f"[{length} / {attn} / {head} / {mode}] failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
         finally:
-            model = opt = None
+            model = None
             if device == "cuda":
                 torch.cuda.empty_cache()
-    print(f"{'length':>7} {'attention':<16}{'head':<7}{'mode':<15}{'tokens/s':>11}{'superv. tok/s':>15}{'MFU':>8}"
+    print_results(results, runs)
+
+
+def print_results(results, runs):
+    print(f"{'length':>7} {'attention':<16}{'head':<7}{'mode':<23}{'tokens/s':>11}{'superv. tok/s':>15}{'MFU':>8}"
           f"{'peak GiB':>10}{'tokens per superv.':>20}")
     for length, attn, head, mode, tps, sps, mfu, peak, ratio in results:
-        print(f"{length:>7} {attn:<16}{head:<7}{mode:<15}{tps:>11,.0f}{sps:>15,.0f}{100 * mfu:>7.1f}%{peak:>10.1f}{ratio:>20.1f}")
+        print(f"{length:>7} {attn:<16}{head:<7}{mode:<23}{tps:>11,.0f}{sps:>15,.0f}{100 * mfu:>7.1f}%{peak:>10.1f}{ratio:>20.1f}")
     by = {r[:4]: r[5] for r in results}
     for length, attn, head, mode in runs:
-        if mode == "shared_prefix" and (length, attn, head, "per_turn") in by and (length, attn, head, mode) in by:
-            print(f"{length} / {attn} / {head}: shared_prefix trains "
-                  f"{by[(length, attn, head, mode)] / by[(length, attn, head, 'per_turn')]:.2f}x more supervised tokens per second")
+        if mode != "per_turn" and (length, attn, head, "per_turn") in by and (length, attn, head, mode) in by:
+            print(f"{length} / {attn} / {head}: {mode} trains "
+                  f"{by[(length, attn, head, mode)] / by[(length, attn, head, 'per_turn')]:.2f}x per_turn's supervised tokens per second")
 
 
 if __name__ == "__main__":

@@ -81,9 +81,9 @@ def write_data(folder: Path, n: int) -> Path:
 
 
 # -- one command per configuration ------------------------------------------------------------------
-def ours(mode: str):
+def ours(mode: str, *extra: str):
     def command(model: Path, data: Path, out: Path, python: str):
-        return [python, str(ROOT / "LLM_fine_turning" / "train_psydt_lora.py"), "--model_local_dir", str(model),
+        return [python, str(ROOT / "LLM_fine_turning" / "train_psydt_lora.py"), *extra, "--model_local_dir", str(model),
                 "--train_file", str(data), "--max_train_items", "0", "--no-do_eval", "--sample_mode", mode,
                 "--no-sample_cache", "--dtype", "fp32", "--no-gradient_checkpointing", "--num_train_epochs", "1",
                 "--per_device_train_batch_size", str(COMMON["batch"]),
@@ -158,6 +158,8 @@ def configs_for(small: int) -> list:
         Config("this project, shared_prefix", *sp),
         Config("this project, per_turn", "per-turn exact", "ours", *ours("per_turn")),
         Config("this project, dialogue", "whole dialogue", "ours", *ours("dialogue")),
+        Config("this project, shared_prefix --packing", "per-turn exact", "ours", *ours("shared_prefix", "--packing")),
+        Config("this project, per_turn --packing", "per-turn exact", "ours", *ours("per_turn", "--packing")),
         Config("ms-swift 4.6, default", "whole dialogue", "swift", swift_command, runtime_from_log),
         Config("LLaMA-Factory 0.9.5, neat_packing", "whole dialogue", "llamafactory", lf_command, runtime_from_log),
         Config(f"this project, shared_prefix ({small} dialogues)", *sp, small=True),

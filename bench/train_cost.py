@@ -1,11 +1,14 @@
 """Benchmark 2: the cost of one epoch in each sample mode, on CPU, same data, same model.
 
     python bench/train_cost.py [--dialogues 6] [--batch_size 2]
+    python bench/train_cost.py --dialogues 48 --batch_size 1 --heads fused   # the peer benchmark's dialogues
 
 A small random Qwen3 (2 layers, hidden 64, the real 151,936-token vocabulary) with LoRA on all linear
 layers trains one epoch over the first dialogues of psydt-shaped/train.json (real tokenizer) in
 per_turn, shared_prefix and dialogue modes. Each mode runs in its own process so peak memory (max RSS)
-is its own. Ratios are against per_turn, measured in the same run.
+is its own. Ratios are against per_turn, measured in the same run. With the fused head it also times the
+head and loss alone on the same supervised positions: both modes must compute exactly that, so per_turn's
+epoch divided by it bounds how much faster than per_turn any exact implementation can be on this model.
 """
 import argparse
 import json
@@ -48,11 +51,34 @@ def run_mode(mode, n_dialogues, batch_size, max_length, head):
         opt.step()
         opt.zero_grad()
     wall = time.perf_counter() - start
-    return {
+    return {"head_seconds": head_alone(model, collate, feats, batch_size, head), **{
         "mode": f"{mode} ({head})", "sequences": len(samples), "tokens": stats.tokens, "supervised": stats.supervised_tokens,
         "padding_share": collate.padding_share(), "seconds": wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    }}
+
+
+def head_alone(model, collate, feats, batch_size, head):
+    """Seconds the fused LM head and loss alone take on the epoch's supervised positions (random hidden
+    states of the model's width, forward and backward): what any exact implementation must spend."""
+    import torch
+    import torch.nn.functional as F
+
+    from psydt_lora.loss import HEAD_CHUNK, fused_head
+    from psydt_lora.samples import IGNORE_INDEX
+
+    if head != "fused":
+        return None
+    weight = fused_head(model).weight
+    options = torch.nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=HEAD_CHUNK)
+    counts = [int((collate(feats[i:i + batch_size])["labels"][:, 1:] != IGNORE_INDEX).sum())
+              for i in range(0, len(feats), batch_size)]
+    start = time.perf_counter()
+    for n in counts:
+        states = torch.randn(n, weight.shape[1], requires_grad=True)
+        F.linear_cross_entropy(states, weight, torch.randint(0, weight.shape[0], (n,)), reduction="sum",
+                               options=options).backward()
+    return time.perf_counter() - start
 
 
 def main():
@@ -62,6 +88,7 @@ def main():
     p.add_argument("--max_length", type=int, default=2048)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--head", default="fused", help=argparse.SUPPRESS)
+    p.add_argument("--heads", default="full,kept,fused", help="LM head algorithms to run (the first is the baseline)")
     args = p.parse_args()
     require_assets()
     if args.one:
@@ -69,8 +96,9 @@ def main():
         return
     rows = []
     # the baseline first: per_turn with logits everywhere (how training computed the loss at first)
-    for mode, head in (("per_turn", "full"), ("shared_prefix", "full"), ("per_turn", "kept"), ("shared_prefix", "kept"),
-                       ("per_turn", "fused"), ("shared_prefix", "fused"), ("dialogue", "fused")):
+    heads = args.heads.split(",")
+    runs = [(mode, head) for head in heads for mode in ("per_turn", "shared_prefix")] + [("dialogue", heads[-1])]
+    for mode, head in runs:
         out = subprocess.run([sys.executable, __file__, "--one", mode, "--dialogues", str(args.dialogues),
                               "--batch_size", str(args.batch_size), "--max_length", str(args.max_length)]
                              + ["--head", head],
@@ -84,6 +112,13 @@ def main():
         print(f"{r['mode']:<26}{r['sequences']:>6}{r['tokens']:>9,}{r['supervised']:>9,}{100 * r['padding_share']:>8.1f}%"
               f"{r['seconds']:>9.1f}{rate:>11.1f}{r['peak_rss_mib']:>10.0f}{base['tokens'] / r['tokens']:>13.2f}x"
               f"{rate / (base['supervised'] / base['seconds']):>16.2f}x")
+    head = {r["mode"]: r["head_seconds"] for r in rows if r["head_seconds"]}
+    print("LM head + loss alone (fused, same supervised positions, random states): "
+          + ", ".join(f"{m} {h:.1f} s" for m, h in head.items()))
+    pt = next((r for r in rows if r["mode"] == "per_turn (fused)"), None)
+    if pt and head:
+        print(f"so no exact implementation can train shared_prefix more than {pt['seconds'] / min(head.values()):.2f}x "
+              f"faster than per_turn here (per_turn's whole epoch / the fastest head alone, which every mode must compute)")
     print("shared_prefix trains exactly per_turn's objective; dialogue mode trains a different one (see README).")
     print("(full): the LM head on every position, as at first; (kept): logits only where the loss is, through cross_entropy;")
     print("(fused): as training does now -- only where the loss is, the head applied by the chunked linear_cross_entropy.")

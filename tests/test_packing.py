@@ -4,7 +4,7 @@ import pytest
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.dialogues import read_dialogues
 from psydt_lora.samples import IGNORE_INDEX, build_samples, build_training_samples
-from psydt_lora.packing import PackCollator, features
+from psydt_lora.packing import PackCollator, features, fill_rows, merge_features
 from psydt_lora.loss import batch_loss
 
 
@@ -53,6 +53,14 @@ def test_token_savings_on_real_lengths(real_tokenizer):
     assert (pt.tokens, sp.per_turn_tokens) == (219943, 219943)
 
 
+def merged(samples, capacity):
+    """The rows --packing makes of `samples`: several samples a row, up to `capacity` tokens."""
+    feats = [features(s) for s in samples]
+    rows = fill_rows([len(f["input_ids"]) for f in feats], capacity)
+    assert any(len(r) > 1 for r in rows)  # the rows really hold several samples
+    return [merge_features([feats[i] for i in r]) for r in rows]
+
+
 def loss_and_grads(model, samples, collate, micro_batch=2, head="fused"):
     """One optimizer step's loss and gradients as the Trainer computes them: micro-batches accumulated,
     each loss summed over tokens and divided by the step's total supervised tokens (num_items_in_batch).
@@ -60,7 +68,7 @@ def loss_and_grads(model, samples, collate, micro_batch=2, head="fused"):
     "kept": the kept logits through cross_entropy; "full": transformers' own loss on every position's
     logits (the reference)."""
     model.zero_grad()
-    feats = [features(s) for s in samples]
+    feats = [s if isinstance(s, dict) else features(s) for s in samples]
     n = sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in feats)
     total = 0.0
     for i in range(0, len(feats), micro_batch):
@@ -94,7 +102,10 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
 
     assert fused_head(model) is not None  # the fused path really runs below (this torch has it)
     loss_a, grads_a = loss_and_grads(model, per_turn, collate, head="full")  # the reference objective
-    for samples, head in ((per_turn, "fused"), (packs, "fused"), (packs, "kept")):
+    # --packing: packs of both dialogues in one row, per_turn samples several a row; nothing sees another
+    pack_rows, turn_rows = merged(packs, sum(len(p.input_ids) for p in packs)), merged(per_turn, 1500)
+    for samples, head in ((per_turn, "fused"), (packs, "fused"), (packs, "kept"), (pack_rows, "fused"),
+                          (turn_rows, "fused"), (turn_rows, "kept")):
         loss_b, grads_b = loss_and_grads(model, samples, collate, head=head)
         assert loss_b == pytest.approx(loss_a, rel=1e-5)
         assert grads_a.keys() == grads_b.keys() and grads_a
@@ -123,13 +134,42 @@ def test_block_mask_is_the_tree_mask(real_tokenizer):
     from psydt_lora.packing import tree_block_mask, tree_mask
 
     packs, _ = build_training_samples(real_dialogues(), real_tokenizer, 700, "shared_prefix")
-    feats = [features(p) for p in packs[:3]]
+    per_turn, _ = build_samples(real_dialogues()[:2], real_tokenizer, 700)
+    # single packs, packs merged into rows and per_turn samples merged into rows (--packing), with padding
+    busiest = lambda rows: sorted(rows, key=lambda f: -len(f.get("starts") or [0]))[:2]  # noqa: E731
+    feats = [features(p) for p in packs[:3]] + busiest(merged(packs[3:7], 2100)) + busiest(merged(per_turn, 1100))
     width = max(len(f["input_ids"]) for f in feats) + 5
     dense, pos = tree_mask(feats, width)
     block, block_pos = tree_block_mask(feats, width)
     assert torch.equal(create_mask(block.mask_mod, len(feats), 1, width, width, device="cpu"), dense)
     assert torch.equal(pos, block_pos) and block.shape == (len(feats), 1, width, width)
     assert not dense.all() and dense.any(-1).all()  # a real tree (not causal, not empty), every row sees something
+    r = len(feats) - 2
+    row = feats[r]  # per_turn samples in one row: each sees itself causally and nothing of the others
+    bounds = row["starts"] + [len(row["input_ids"])]
+    assert len(bounds) > 2 and len(feats[r - 2]["starts"]) > 1
+    for a, b in zip(bounds, bounds[1:]):
+        assert torch.equal(dense[r, 0, a:b, :len(row["input_ids"])],
+                           torch.ones(b - a, len(row["input_ids"]), dtype=torch.bool).tril(a)
+                           & (torch.arange(len(row["input_ids"])) >= a))
+
+
+def test_fill_rows_places_every_sample_once_within_the_capacity():
+    lengths = [700, 300, 1200, 50, 2000, 900, 400, 3500]
+    rows = fill_rows(lengths, 2048)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 2048 for r in rows if len(r) > 1)
+    assert [7] in rows  # longer than a row: alone
+    assert len(rows) == 4 and rows == fill_rows(lengths, 2048)  # 9,050 tokens in 4 rows (5 would be first fit in order)
+
+
+def test_merged_row_keeps_each_sample_and_predicts_none_from_another():
+    a = {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]}
+    b = {"input_ids": [4, 5, 6, 7], "labels": [4, IGNORE_INDEX, 6, 7], "position_ids": [0, 1, 5, 6], "branches": [(2, 1)]}
+    row = merge_features([a, b])
+    assert row["input_ids"] == [1, 2, 3, 4, 5, 6, 7] and row["starts"] == [0, 3]
+    assert row["labels"] == [IGNORE_INDEX, 2, 3, IGNORE_INDEX, IGNORE_INDEX, 6, 7]  # 4 would be predicted from a's 3
+    assert row["position_ids"] == [0, 1, 2, 0, 1, 5, 6] and row["branches"] == [(5, 1)]
 
 
 @pytest.mark.slow

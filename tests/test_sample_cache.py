@@ -63,3 +63,24 @@ def test_an_unwritable_cache_folder_just_builds(tiny_model_dir, data_files, tmp_
     (train.parent / ".psydt_cache").write_text("not a folder")  # as unusable as a read-only one, for root too
     assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl") == 0
     assert "无法写入样本缓存" in capsys.readouterr().out and (tmp_path / "d.jsonl").is_file()
+
+
+@pytest.mark.parametrize("mode", ["shared_prefix", "per_turn"])
+def test_sample_lengths_without_reading_tokens_are_the_lengths(real_tokenizer, tmp_path, mode):
+    """--packing sizes its rows from `sample_lengths`: for built samples, a per_turn view and the cache
+    (read from the Arrow columns) it gives each sample's real length."""
+    from psydt_lora.dialogues import read_dialogues
+    from psydt_lora.sample_cache import CachedSamples, load_or_build
+    from psydt_lora.samples import build_training_samples, sample_lengths
+
+    train = tmp_path / "train.json"
+    shutil.copy(require(SHAPED_TRAIN), train)
+    dialogues, _ = read_dialogues(train, limit=6)
+    build = lambda: build_training_samples(dialogues, real_tokenizer, 700, mode)  # noqa: E731
+    settings = {"mode": mode, "max_length": 700}
+    built, _ = load_or_build(train, real_tokenizer, settings, build, say=lambda *a: None)
+    cached, _ = load_or_build(train, real_tokenizer, settings, build, say=lambda *a: None)
+    assert isinstance(getattr(cached, "packs", cached), CachedSamples)  # the second came from the cache
+    truth = [len(s.input_ids) for s in built]
+    assert len(set(truth)) > 5
+    assert sample_lengths(built) == truth == sample_lengths(cached) == [len(s.input_ids) for s in cached]

@@ -102,6 +102,25 @@ def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(ti
     assert sorted(cfg["target_modules"]) == sorted(TUTORIAL_FLAGS["--target_modules"].split(","))
 
 
+def test_packing_trains_fewer_rows_and_plans_steps_by_rows(tiny_model_dir, data_files, tmp_path, capsys):
+    import re
+
+    train, _ = data_files
+    out = tmp_path / "out"
+    argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval", "--output_dir", str(out),
+            "--report_to", "none", "--num_train_epochs", "1", "--gradient_accumulation_steps", "1",
+            "--sample_mode", "per_turn", "--packing", "--pack_length", "200", "--save_steps", "100"]
+    assert train_psydt_lora.main(argv) == 0
+    said = capsys.readouterr().out
+    samples, rows, capacity = map(lambda v: int(v.replace(",", "")), re.search(
+        r"训练样本 ([\d,]+) 个.*--packing 拼成 ([\d,]+) 行（每行最多 ([\d,]+) token", said).groups())
+    assert 1 < rows < samples and capacity == 200
+    assert f"计划 {rows} 步" in said  # one epoch, one row a step
+    state = json.loads((out / f"checkpoint-{rows}" / "trainer_state.json").read_text("utf-8"))
+    assert state["global_step"] == state["max_steps"] == rows  # the Trainer ran the steps we planned
+    assert (out / "lora_adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_rerunning_a_finished_run_changes_nothing_and_says_so(tiny_model_dir, data_files, tmp_path, capsys):
     from safetensors.torch import load_file
 

@@ -88,6 +88,38 @@ def features(sample) -> dict:
     return item
 
 
+def fill_rows(lengths, capacity: int) -> list[list[int]]:
+    """Sample indices grouped into rows of at most `capacity` tokens (first fit, longest first; a sample
+    longer than `capacity` gets a row of its own). Deterministic; rows in order of their first sample."""
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fit = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if fit is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+    return sorted((sorted(r) for r in rows), key=lambda r: r[0])
+
+
+def merge_features(parts: list[dict]) -> dict:
+    """Several samples' features as one row: each starts a tree of its own (`starts`), keeps its position
+    ids and sees nothing of the others (`tree_allows`). A sample's first label is never a target (nothing
+    before it in the sample predicts it), so it is set to -100: no sample is predicted from another."""
+    if len(parts) == 1:
+        return parts[0]
+    row = {"input_ids": [], "labels": [], "position_ids": [], "branches": [], "starts": []}
+    for f in parts:
+        offset = len(row["input_ids"])
+        row["starts"].append(offset)
+        row["input_ids"] += f["input_ids"]
+        row["labels"] += [IGNORE_INDEX] + list(f["labels"][1:])
+        row["position_ids"] += f.get("position_ids") or list(range(len(f["input_ids"])))
+        row["branches"] += [(offset + start, visible) for start, visible in f.get("branches") or []]
+    return row
+
+
 def supervised_positions(labels):
     """Positions whose next token is supervised in some row: the only ones whose logits the loss needs.
     Passed to the model as `logits_to_keep`, so the LM head (151,669 logits a position for Qwen3) runs
@@ -118,7 +150,7 @@ class PackCollator:
         self.padded_tokens += len(rows) * width - sum(len(r) for r in rows)
         batch = {"input_ids": pad(rows, self.pad_id, width), "labels": labels,
                  "logits_to_keep": supervised_positions(labels)}
-        if not any("branches" in f for f in features):
+        if not any("branches" in f or "starts" in f for f in features):
             batch["attention_mask"] = padding_mask(rows, width)
             return batch
         batch["attention_mask"], batch["position_ids"] = (tree_block_mask if self.block_mask else tree_mask)(features, width)
@@ -130,42 +162,49 @@ class PackCollator:
 
 
 def tree_layout(features, width: int):
-    """Per token of each pack padded to `width`: its segment (-1 padding, 0 trunk, b+1 branch b), how
-    much of the trunk it may see, and its position id. (seg, visible, pos), each (n, width)."""
+    """Per token of each row padded to `width`: its segment (-1 padding; otherwise one id per trunk and one
+    per branch, unique in the row), the window [lo, hi) of its tree's trunk it may see besides its own
+    segment (empty for trunk tokens and plain samples), and its position id. A row holds one sample, or
+    several (`merge_features`) each starting a tree at one of its `starts`. (seg, lo, hi, pos), each (n, width)."""
     import torch
 
     n = len(features)
     seg = torch.full((n, width), -1, dtype=torch.long)
-    visible = torch.zeros((n, width), dtype=torch.long)
+    lo = torch.zeros((n, width), dtype=torch.long)
+    hi = torch.zeros((n, width), dtype=torch.long)
     pos = torch.zeros((n, width), dtype=torch.long)
     for row, f in enumerate(features):
         length = len(f["input_ids"])
-        seg[row, :length] = 0
+        starts = f.get("starts") or [0]
         spans = f.get("branches") or []
-        for b, (start, vis) in enumerate(spans):
-            end = spans[b + 1][0] if b + 1 < len(spans) else length
-            seg[row, start:end] = b + 1
-            visible[row, start:end] = vis
+        bounds = sorted(set(starts) | {s for s, _ in spans}) + [length]
+        for k in range(len(bounds) - 1):
+            seg[row, bounds[k]:bounds[k + 1]] = k
+        for b, (start, visible) in enumerate(spans):
+            end = min(x for x in bounds if x > start)
+            tree = max(s for s in starts if s <= start)
+            lo[row, start:end], hi[row, start:end] = tree, tree + visible
         pos[row, :length] = torch.tensor(f.get("position_ids") or list(range(length)))
-    return seg, visible, pos
+    return seg, lo, hi, pos
 
 
-def tree_allows(seg, visible, q, kv):
-    """Whether query position q may attend to key position kv (indexable by tensors, broadcasting): a
-    branch sees the part of the trunk that is its own context and itself, causally; padding sees itself."""
-    causal = kv <= q
-    trunk = (seg[kv] == 0) & (kv < visible[q])
-    return (causal & ((seg[q] == seg[kv]) | trunk) & (seg[q] >= 0)) | ((seg[q] < 0) & (q == kv))
+def tree_allows(seg, lo, hi, q, kv):
+    """Whether query position q may attend to key position kv (indexable by tensors, broadcasting): a token
+    sees its own segment causally and, in a branch, the part of its tree's trunk that is its own context;
+    no sample of a row sees another; padding sees itself."""
+    own = (seg[q] == seg[kv]) & (kv <= q)
+    trunk = (lo[q] <= kv) & (kv < hi[q])
+    return ((own | trunk) & (seg[q] >= 0)) | ((seg[q] < 0) & (q == kv))
 
 
 def tree_mask(features, width: int):
     """(4-D boolean attention mask, position ids) for packs padded to `width` (see `tree_allows`)."""
     import torch
 
-    seg, visible, pos = tree_layout(features, width)
+    seg, lo, hi, pos = tree_layout(features, width)
     idx = torch.arange(width)
     q, kv = idx[:, None], idx[None, :]
-    mask = torch.stack([tree_allows(seg[r], visible[r], q, kv) for r in range(len(features))])
+    mask = torch.stack([tree_allows(seg[r], lo[r], hi[r], q, kv) for r in range(len(features))])
     return mask[:, None], pos
 
 
@@ -174,10 +213,10 @@ def tree_block_mask(features, width: int, device=None):
     skips the blocks no query of the block may see."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    seg, visible, pos = tree_layout(features, width)
-    seg, visible = seg.to(device), visible.to(device)
+    seg, lo, hi, pos = tree_layout(features, width)
+    seg, lo, hi = seg.to(device), lo.to(device), hi.to(device)
 
     def mask_mod(b, h, q, kv):
-        return tree_allows(seg[b], visible[b], q, kv)
+        return tree_allows(seg[b], lo[b], hi[b], q, kv)
 
     return create_block_mask(mask_mod, len(features), None, width, width, device=device), pos

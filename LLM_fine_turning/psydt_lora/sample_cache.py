@@ -54,13 +54,23 @@ class CachedSamples:
         labels = [t if on else IGNORE_INDEX for t, on in zip(ids, row["supervised"])]
         return Sample(row["dialogue_index"], one(row["turn_index"]), one(row["message_index"]), ids,
                       labels, row["position_ids"] if packed else None,
-                      [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)] if packed else None)
+                      _pairs(flat) if packed else None)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def branch_counts(self) -> list[int]:
-        return [len(flat) // 2 for flat in self.dataset["branches"]]
+    def spans(self) -> list[list[tuple[int, int]]]:
+        """Each row's branch spans, read from one column (no token ids)."""
+        return [_pairs(flat) for flat in self.dataset["branches"]]
+
+    def lengths(self) -> list[int]:
+        import pyarrow.compute as pc
+
+        return pc.list_value_length(self.dataset.data.column("input_ids")).to_pylist()
+
+
+def _pairs(flat):
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 def _list_column(rows, dtype="int32"):

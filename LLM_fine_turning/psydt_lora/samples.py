@@ -299,10 +299,8 @@ class PerTurnView:
 
     def __init__(self, packs):
         self.packs = packs
-        if hasattr(packs, "branch_counts"):  # cached packs know their branch counts without reading rows
-            counts = packs.branch_counts()
-        else:
-            counts = [len(p.branches) for p in packs]
+        # cached packs know their branches without reading token ids
+        counts = [len(sp) for sp in packs.spans()] if hasattr(packs, "spans") else [len(p.branches) for p in packs]
         self.index = [(p, b) for p, n in enumerate(counts) for b in range(n)]
 
     def __len__(self):
@@ -319,6 +317,21 @@ class PerTurnView:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+
+def sample_lengths(samples) -> list[int]:
+    """Each sample's token count, without building per_turn samples or reading cached token ids."""
+    if isinstance(samples, PerTurnView):
+        packs = samples.packs
+        if hasattr(packs, "lengths"):
+            sizes, spans = packs.lengths(), packs.spans()
+        else:
+            sizes, spans = [len(p.input_ids) for p in packs], [p.branches for p in packs]
+        return [visible + (sp[b + 1][0] if b + 1 < len(sp) else size) - start
+                for size, sp in zip(sizes, spans) for b, (start, visible) in enumerate(sp)]
+    if hasattr(samples, "lengths"):
+        return samples.lengths()
+    return [len(s.input_ids) for s in samples]
 
 
 def per_turn_stats(packs, stats: SampleStats) -> SampleStats:

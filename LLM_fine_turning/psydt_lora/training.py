@@ -14,7 +14,8 @@ from .errors import PsyDTError
 from .files import atomic_write_json
 from .hub import safetensors_complete
 from .models import RUN_FILE, base_model_signature
-from .packing import IGNORE_INDEX, features
+from .packing import IGNORE_INDEX, default_pack_length, features, fill_rows, merge_features
+from .samples import sample_lengths
 
 ADAPTER_DIR = "lora_adapter"
 METRICS_FILE = "metrics.json"
@@ -60,18 +61,20 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
     return lines + launcher
 
 
-def run_summary(trainer, n_samples: int, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
+def run_summary(trainer, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
     from .loss import describe_head
 
     model = trainer.model
     trainable, total = model.get_nb_trainable_parameters()
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
+    data = trainer.train_dataset
+    rows = "" if data.rows is None else f"，--packing 拼成 {len(data):,} 行（每行最多 {pack_capacity(args):,} token，样本互不可见）"
     return [
         f"[运行] 注意力实现：{attention}；LoRA r={args.lora_r} α={args.lora_alpha}，可训练参数 {trainable:,} / {total:,}"
         f"（{100 * trainable / max(total, 1):.2f}%）",
         f"[运行] 损失：{describe_head(trainer.compute_loss_func.head)}",  # the head build_trainer chose
-        f"[运行] 训练样本 {n_samples:,} 个（{tokens:,} token）；有效批量 {args.per_device_train_batch_size} × "
+        f"[运行] 训练样本 {len(data.samples):,} 个（{tokens:,} token）{rows}；有效批量 {args.per_device_train_batch_size} × "
         f"{args.gradient_accumulation_steps}（梯度累积）× {world_size()}（进程）= {batch}；计划 {steps} 步",
         f"[运行] 输出目录：{output_dir.resolve()}（检查点每 {args.save_steps} 步，最终 adapter 在 {ADAPTER_DIR}/）",
     ]
@@ -161,17 +164,33 @@ def four_bit_config(compute_dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-class SampleDataset:
-    """A list of samples as the Trainer wants them (dicts of token id lists)."""
+def pack_capacity(args) -> int:
+    """Tokens a row may hold: --pack_length, by default 1.5 x --max_length (a shared_prefix pack's limit)."""
+    return args.pack_length or default_pack_length(args.max_length)
 
-    def __init__(self, samples):
+
+def datasets_for(args, train_samples, eval_samples):
+    """(train set, eval set or None), merged into rows with --packing."""
+    capacity = pack_capacity(args)
+    train_set = SampleDataset(train_samples, args.packing, capacity)
+    return train_set, (SampleDataset(eval_samples, args.packing, capacity) if eval_samples else None)
+
+
+class SampleDataset:
+    """Samples as the Trainer wants them (dicts of token id lists): one a row, or with `--packing` several
+    a row (`packing.fill_rows` up to the pack length), each isolated from the others."""
+
+    def __init__(self, samples, packing: bool = False, capacity: int = 0):
         self.samples = samples
+        self.rows = fill_rows(sample_lengths(samples), capacity) if packing and len(samples) else None
 
     def __len__(self):
-        return len(self.samples)
+        return len(self.rows) if self.rows is not None else len(self.samples)
 
     def __getitem__(self, i):
-        return features(self.samples[i])
+        if self.rows is None:
+            return features(self.samples[i])
+        return merge_features([features(self.samples[j]) for j in self.rows[i]])
 
 
 # -- the run, step by step ----------------------------------------------------------------------------
@@ -271,7 +290,7 @@ def make_trainer_class():
     return SupervisedTrainer
 
 
-def build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stats, device: str, dtype):
+def build_trainer(args, model, tokenizer, train_set, eval_set, data_stats, device: str, dtype):
     """(Trainer, collator, stop callback): our collator and loss, our progress printer."""
     from transformers.trainer_callback import ProgressCallback
 
@@ -283,9 +302,9 @@ def build_trainer(args, model, tokenizer, train_samples, eval_samples, data_stat
                             block_mask=args.attn_implementation == "flex_attention")
     trainer = make_trainer_class()(
         model=model,
-        args=training_arguments(args, reporters, dtype, device, bool(eval_samples)),
-        train_dataset=SampleDataset(train_samples),
-        eval_dataset=SampleDataset(eval_samples) if eval_samples else None,
+        args=training_arguments(args, reporters, dtype, device, eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
