@@ -24,6 +24,9 @@ median over the rounds. Ratios are against this project's `shared_prefix` on the
 same run. TRL trains on the first --small_dialogues (12) only -- about 5 minutes for those here --
 beside a `shared_prefix` run on those same dialogues, its reference.
 
+This project also runs with `--packing` (several samples a row up to the pack length, each isolated),
+in both exact modes.
+
 What each objective is: this project's `shared_prefix` and `per_turn` (and TRL's prompt-completion
 route) train every reply on exactly the prompt the model sees at inference; `dialogue`, ms-swift's
 default and LLaMA-Factory's sharegpt route train the whole dialogue as one sequence, so earlier replies

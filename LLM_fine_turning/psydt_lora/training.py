@@ -170,10 +170,10 @@ def pack_capacity(args) -> int:
 
 
 def datasets_for(args, train_samples, eval_samples):
-    """(train set, eval set or None), merged into rows with --packing."""
-    capacity = pack_capacity(args)
-    train_set = SampleDataset(train_samples, args.packing, capacity)
-    return train_set, (SampleDataset(eval_samples, args.packing, capacity) if eval_samples else None)
+    """(train set, eval set or None). --packing merges the training samples into rows; evaluation keeps one
+    sample a row, so its loss (the Trainer averages per batch) stays comparable between runs."""
+    train_set = SampleDataset(train_samples, args.packing, pack_capacity(args))
+    return train_set, (SampleDataset(eval_samples) if eval_samples else None)
 
 
 class SampleDataset:
