@@ -119,7 +119,7 @@ def timed_steps(model, chunks, collate, warmup: int, batch_size: int, head: str,
     return time.perf_counter() - t0
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--assets", default=str(HERE.parent.parent / "shared" / "assets"))
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per configuration")
@@ -134,8 +134,11 @@ def main():
                    help="sample modes; '+packing': several samples a row up to the pack length (--packing)")
     p.add_argument("--peak_tflops", type=float, default=989.0)
     p.add_argument("--tiny", action="store_true", help="2 small layers on CPU, to check the script runs")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def main():
+    args = parse_args()
     import torch
     from transformers import AutoTokenizer, Qwen3Config
 
