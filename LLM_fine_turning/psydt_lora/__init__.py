@@ -9,7 +9,8 @@ Modules, by what they hold:
     dialogues -- reading and validating dialogue files, picking eval/test items
     prompt    -- the one prompt rendering shared by training and inference
     samples   -- dialogues -> token ids + labels (assistant-only loss), truncation
-    packing   -- the shared_prefix layout: packs, padding, the tree mask (4-D or BlockMask), the collator
+    packing   -- the shared_prefix layout: packs, rows of several samples (--packing), padding, the tree mask
+                 (4-D or BlockMask), the collator
     sample_cache -- built samples kept as a datasets.Dataset, keyed by a fingerprint
     models    -- loading tokenizer / base model / adapter
     loss      -- the training loss: the LM head at supervised positions, chunked linear_cross_entropy

@@ -1,11 +1,13 @@
-"""The shared-prefix layout, from packs to the batch the model sees.
+"""The shared-prefix layout, from packs (and rows of several samples) to the batch the model sees.
 
 A pack holds one trunk (a dialogue's history, stored once) and one branch per reply (the generation
 prompt and the reply); each branch records where it starts and how much of the trunk it may see.
 `PackCollator` turns a list of packs (or plain samples) into padded tensors: for packs a 4-D boolean
 attention mask -- each branch sees its own part of the trunk and itself, causally -- and position ids
 that continue from what each branch sees, so every reply is predicted from exactly its per_turn
-context. Padding is done here, for training, batch generation and reference perplexity alike.
+context. With --packing a row holds several samples (`fill_rows`, `merge_features`), each a tree of its
+own that sees nothing of the others. Padding is done here, for training, batch generation and reference
+perplexity alike.
 """
 IGNORE_INDEX = -100
 
