@@ -43,41 +43,38 @@ def run_mode(mode, n_dialogues, batch_size, max_length, head):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     collate = PackCollator(tok.pad_token_id)
     feats = [features(s) for s in samples]
+    counts = []  # supervised tokens of each batch
     start = time.perf_counter()
     for i in range(0, len(feats), batch_size):
         batch = collate(feats[i:i + batch_size])
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        batch_loss(model, batch, n, head).backward()
+        counts.append(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))
+        batch_loss(model, batch, counts[-1], head).backward()
         opt.step()
         opt.zero_grad()
     wall = time.perf_counter() - start
-    return {"head_seconds": head_alone(model, collate, feats, batch_size, head), **{
+    return {"head_seconds": head_alone(model, counts) if head == "fused" else None, **{
         "mode": f"{mode} ({head})", "sequences": len(samples), "tokens": stats.tokens, "supervised": stats.supervised_tokens,
         "padding_share": collate.padding_share(), "seconds": wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }}
 
 
-def head_alone(model, collate, feats, batch_size, head):
-    """Seconds the fused LM head and loss alone take on the epoch's supervised positions (random hidden
-    states of the model's width, forward and backward): what any exact implementation must spend."""
+def head_alone(model, counts):
+    """Seconds training's loss (the fused LM head, `loss.SupervisedLoss`) alone takes, forward and backward,
+    on as many supervised positions per batch as the epoch had (random hidden states of the model's
+    width): what any exact implementation must spend."""
+    from types import SimpleNamespace
+
     import torch
-    import torch.nn.functional as F
 
-    from psydt_lora.loss import HEAD_CHUNK, fused_head
-    from psydt_lora.samples import IGNORE_INDEX
+    from psydt_lora.loss import SupervisedLoss, fused_head
 
-    if head != "fused":
-        return None
-    weight = fused_head(model).weight
-    options = torch.nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=HEAD_CHUNK)
-    counts = [int((collate(feats[i:i + batch_size])["labels"][:, 1:] != IGNORE_INDEX).sum())
-              for i in range(0, len(feats), batch_size)]
+    head = fused_head(model)
     start = time.perf_counter()
     for n in counts:
-        states = torch.randn(n, weight.shape[1], requires_grad=True)
-        F.linear_cross_entropy(states, weight, torch.randint(0, weight.shape[0], (n,)), reduction="sum",
-                               options=options).backward()
+        states = torch.randn(1, n, head.weight.shape[1], requires_grad=True)
+        labels = torch.randint(0, head.weight.shape[0], (1, n + 1))  # every next token supervised
+        SupervisedLoss(head)(SimpleNamespace(logits=states), labels).backward()
     return time.perf_counter() - start
 
 

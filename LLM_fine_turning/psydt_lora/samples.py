@@ -318,26 +318,27 @@ class PerTurnView:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-
-def sample_lengths(samples) -> list[int]:
-    """Each sample's token count, without building per_turn samples or reading cached token ids."""
-    if isinstance(samples, PerTurnView):
-        packs = samples.packs
-        if hasattr(packs, "lengths"):
+    def lengths(self) -> list[int]:
+        """Each sample's token count (what it sees of the trunk + its branch), without building it."""
+        packs = self.packs
+        if hasattr(packs, "lengths"):  # cached packs: from the Arrow columns, no token ids read
             sizes, spans = packs.lengths(), packs.spans()
         else:
             sizes, spans = [len(p.input_ids) for p in packs], [p.branches for p in packs]
         return [visible + (sp[b + 1][0] if b + 1 < len(sp) else size) - start
                 for size, sp in zip(sizes, spans) for b, (start, visible) in enumerate(sp)]
-    if hasattr(samples, "lengths"):
+
+
+def sample_lengths(samples) -> list[int]:
+    """Each sample's token count, without building per_turn samples or reading cached token ids."""
+    if hasattr(samples, "lengths"):  # a PerTurnView or cached samples
         return samples.lengths()
     return [len(s.input_ids) for s in samples]
 
 
-def per_turn_stats(packs, stats: SampleStats) -> SampleStats:
+def per_turn_stats(view: PerTurnView, stats: SampleStats) -> SampleStats:
     """The shared_prefix build's stats as per_turn's (its per-turn counts kept beside the pack counts)."""
-    longest = max((visible + (pack.branches[b + 1][0] if b + 1 < len(pack.branches) else len(pack.input_ids)) - start
-                   for pack in packs for b, (start, visible) in enumerate(pack.branches)), default=0)
+    longest = max(view.lengths(), default=0)
     return replace(stats, samples=stats.per_turn_samples, tokens=stats.per_turn_tokens, max_sample_tokens=longest,
                    per_turn_samples=None, per_turn_tokens=None)
 
@@ -352,7 +353,10 @@ def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix
         return build_dialogue_samples(dialogues, tokenizer, max_length, enable_thinking)
     packs, stats = build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress,
                                  pack=True, pack_length=pack_length)
-    return (packs, stats) if mode == "shared_prefix" else (PerTurnView(packs), per_turn_stats(packs, stats))
+    if mode == "shared_prefix":
+        return packs, stats
+    view = PerTurnView(packs)
+    return view, per_turn_stats(view, stats)
 
 
 def dump_samples(samples, path) -> None:
