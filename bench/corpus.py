@@ -23,7 +23,7 @@ def rounds_of(dialogue):
 
 def build(n=4760, seed=0):
     """List of records in the PsyDTCorpus schema."""
-    from psydt_lora.dialogues import Dialogue
+    from psydt_lora.data.dialogues import Dialogue
 
     record = json.loads((ASSETS / "psydt-sample" / "train.json").read_text("utf-8"))
     shaped = json.loads((ASSETS / "psydt-shaped" / "train.json").read_text("utf-8"))

@@ -68,7 +68,7 @@ def lora_model(cfg, attn: str, device: str):
 
 def rows_for(samples, mode: str, length: int) -> list[dict]:
     """The collator's inputs: one sample a row, or with "+packing" several a row up to the pack length."""
-    from psydt_lora.packing import default_pack_length, features, fill_rows, merge_features
+    from psydt_lora.data.packing import default_pack_length, features, fill_rows, merge_features
 
     feats = [features(s) for s in samples]
     if not mode.endswith("+packing"):
@@ -79,7 +79,7 @@ def rows_for(samples, mode: str, length: int) -> list[dict]:
 
 def count(chunks, cfg, batch_size: int) -> tuple[int, int, int]:
     """(FLOPs, tokens, supervised tokens) of the timed steps, on the dense mask (before the clock starts)."""
-    from psydt_lora.packing import IGNORE_INDEX, PackCollator
+    from psydt_lora.data.packing import IGNORE_INDEX, PackCollator
 
     counted = PackCollator(0, pad_to_multiple_of=8)
     flops = tokens = supervised = 0
@@ -97,8 +97,8 @@ def timed_steps(model, chunks, collate, warmup: int, batch_size: int, head: str,
     """Seconds for the optimizer steps after `warmup`, each over one chunk of rows, as training computes them."""
     import torch
 
-    from psydt_lora.loss import batch_loss
-    from psydt_lora.packing import IGNORE_INDEX
+    from psydt_lora.train.loss import batch_loss
+    from psydt_lora.data.packing import IGNORE_INDEX
 
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     t0 = None
@@ -143,8 +143,8 @@ def main():
     from transformers import AutoTokenizer, Qwen3Config
 
     import corpus
-    from psydt_lora.packing import PackCollator
-    from psydt_lora.samples import build_training_samples
+    from psydt_lora.data.packing import PackCollator
+    from psydt_lora.data.samples import build_training_samples
 
     assets = Path(args.assets)
     corpus.ASSETS, corpus.TOKENIZER = assets, assets / "qwen3-tokenizer"

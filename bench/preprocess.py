@@ -40,7 +40,7 @@ def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from transformers import AutoTokenizer
 
-    from psydt_lora.samples import build_training_samples
+    from psydt_lora.data.samples import build_training_samples
 
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
     slow = AutoTokenizer.from_pretrained(str(TOKENIZER), use_fast=False)
@@ -77,8 +77,8 @@ def cache_rows(corpus, tok, max_length, rows):
     import tempfile
     from pathlib import Path
 
-    from psydt_lora.sample_cache import load_or_build
-    from psydt_lora.samples import build_training_samples
+    from psydt_lora.data.sample_cache import load_or_build
+    from psydt_lora.data.samples import build_training_samples
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.json"

@@ -27,10 +27,10 @@ def run_mode(mode, n_dialogues, batch_size, max_length, head):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    from psydt_lora.dialogues import read_dialogues
-    from psydt_lora.samples import IGNORE_INDEX, build_training_samples
-    from psydt_lora.packing import PackCollator, features
-    from psydt_lora.loss import batch_loss
+    from psydt_lora.data.dialogues import read_dialogues
+    from psydt_lora.data.samples import IGNORE_INDEX, build_training_samples
+    from psydt_lora.data.packing import PackCollator, features
+    from psydt_lora.train.loss import batch_loss
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
@@ -67,7 +67,7 @@ def head_alone(model, counts):
 
     import torch
 
-    from psydt_lora.loss import SupervisedLoss, fused_head
+    from psydt_lora.train.loss import SupervisedLoss, fused_head
 
     head = fused_head(model)
     start = time.perf_counter()

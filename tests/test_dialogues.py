@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import DIALOGUES, SHAPED_TEST, require, single_turn_split
-from psydt_lora.dialogues import group_prefix_items, read_dialogues, select_spread
+from psydt_lora.data.dialogues import group_prefix_items, read_dialogues, select_spread
 from psydt_lora.errors import PsyDTError
 
 

@@ -7,8 +7,8 @@ import pytest
 
 import inference_psydt_lora
 from conftest import DIALOGUES
-from psydt_lora.guard import BaseModelGuard, GenGuard, Guard, parse_verdict
-from psydt_lora.safety import Safety
+from psydt_lora.safety.guard import BaseModelGuard, GenGuard, Guard, parse_verdict
+from psydt_lora.safety.rules import Safety
 
 
 @pytest.mark.parametrize("text, label, cats, ours, refusal", [
@@ -63,7 +63,7 @@ def test_the_guard_sees_what_qwen3guard_documents_and_layers_combine():
 
 def test_a_malformed_verdict_falls_back_to_the_lexicon_with_a_warning(caplog):
     safety = Safety(guard=Scripted(lambda m: "I cannot help with that"))
-    with caplog.at_level(logging.WARNING, logger="psydt_lora.guard"):
+    with caplog.at_level(logging.WARNING, logger="psydt_lora.safety.guard"):
         found = safety.check("我不想活了")
     assert found.crisis and found.categories == ["suicide"]  # the lexicon still decides
     assert found.layers["qwen3guard"] == {"error": "malformed verdict"} and "只用词典" in caplog.text
@@ -79,13 +79,13 @@ def test_a_guard_verdict_screens_a_reply_the_lexicon_misses():
 
 def test_a_small_local_checkpoint_runs_the_guard_path_end_to_end(tiny_model_dir, caplog):
     """Random weights give garbage verdicts: what is tested is the real prompt, generation and the fallback."""
-    from psydt_lora.guard import load_guard
+    from psydt_lora.safety.guard import load_guard
 
     guard = load_guard(str(tiny_model_dir))
     assert isinstance(guard, GenGuard)
     msgs = [{"role": "user", "content": "我不想活了"}]
     assert guard.prompt(msgs) == guard.tokenizer.apply_chat_template(msgs, tokenize=False)  # its own template
-    with caplog.at_level(logging.WARNING, logger="psydt_lora.guard"):
+    with caplog.at_level(logging.WARNING, logger="psydt_lora.safety.guard"):
         found = Safety(guard=guard).check("我不想活了")
     assert found.crisis and guard.calls == 1 and guard.malformed == 1 and "只用词典" in caplog.text
 

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import DIALOGUES, ROOT, SHAPED_TEST, build_tiny_model, require
 import inference_psydt_lora
-from psydt_lora.chat import Chat
+from psydt_lora.inference.chat import Chat
 from psydt_lora.errors import PsyDTError
-from psydt_lora.generation import GenerationSettings, ThinkFilter, prepare_context
+from psydt_lora.inference.generation import GenerationSettings, ThinkFilter, prepare_context
 from psydt_lora.models import load_for_inference
 from psydt_lora.prompt import strip_think
 
@@ -194,7 +194,7 @@ def test_save_merged_loads_with_plain_transformers_and_says_the_same(tiny_model_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from psydt_lora.generation import generate_batch
+    from psydt_lora.inference.generation import generate_batch
     from psydt_lora.prompt import prompt_ids
 
     merged = tmp_path / "merged"
@@ -228,8 +228,8 @@ def test_questions_are_independent_conversations(tiny_model_dir, memorised_adapt
 
 
 def test_interrupted_test_run_resumes_and_writes_every_item_once(loaded, data_files, tmp_path):
-    from psydt_lora.batch_test import run_test
-    from psydt_lora.dialogues import read_dialogues
+    from psydt_lora.evaluation.batch_test import run_test
+    from psydt_lora.data.dialogues import read_dialogues
 
     model, tok, _, _ = loaded
     _, test = data_files

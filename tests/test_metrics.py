@@ -5,7 +5,7 @@ import math
 import pytest
 
 import inference_psydt_lora
-from psydt_lora.metrics import bleu4, chars, distinct, item_scores, reference_losses, rouge, summarize
+from psydt_lora.evaluation.metrics import bleu4, chars, distinct, item_scores, reference_losses, rouge, summarize
 
 
 def test_identical_empty_and_think_blocks():
@@ -45,9 +45,9 @@ def test_distinct_and_summary_count_empty_responses():
 def test_reference_perplexity_is_exp_of_the_training_loss(tiny_model_dir, memorised_adapter, data_files):
     import torch
 
-    from psydt_lora.dialogues import read_dialogues
+    from psydt_lora.data.dialogues import read_dialogues
     from psydt_lora.models import load_for_inference
-    from psydt_lora.samples import build_samples
+    from psydt_lora.data.samples import build_samples
 
     model, tok, _, _ = load_for_inference(tiny_model_dir, memorised_adapter, device="cpu")
     _, test = data_files
@@ -97,7 +97,7 @@ def test_compare_base_writes_both_columns_a_report_and_a_png(tiny_model_dir, mem
 
 
 def _report(responses, base=None):
-    from psydt_lora.metrics import item_scores, summarize
+    from psydt_lora.evaluation.metrics import item_scores, summarize
 
     entries = [{"response": r, "reference": "我能理解你的感受。", "scores": item_scores(r, "我能理解你的感受。")}
                for r in responses]
@@ -110,7 +110,7 @@ def _report(responses, base=None):
 
 
 def test_summary_says_when_every_reply_is_empty():
-    from psydt_lora.report import summary_lines
+    from psydt_lora.evaluation.report import summary_lines
 
     lines = "\n".join(summary_lines(_report(["\n\n", "  ", "\n"])))  # a model that emits only blank lines
     assert "空回复 100.0%" in lines and "[警告]" in lines and "100% 的回复是空的" in lines
@@ -120,13 +120,13 @@ def test_summary_says_when_every_reply_is_empty():
 
 
 def test_markdown_keeps_multi_line_replies_on_their_line():
-    from psydt_lora.report import md_text
+    from psydt_lora.evaluation.report import md_text
 
     assert md_text("第一行\n第二行\r\n- 第三行 *强调* <think>|") == "第一行<br>第二行<br>- 第三行 \\*强调\\* &lt;think&gt;\\|"
 
 
 def test_chart_scales_to_realistic_scores_and_puts_ppl_on_its_own_axis(tmp_path, monkeypatch):
-    from psydt_lora import report
+    from psydt_lora.evaluation import report
 
     figures = []
     monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
@@ -138,7 +138,7 @@ def test_chart_scales_to_realistic_scores_and_puts_ppl_on_its_own_axis(tmp_path,
 
 
 def test_generation_settings_in_words():
-    from psydt_lora.generation import GenerationSettings
+    from psydt_lora.inference.generation import GenerationSettings
 
     assert "temperature" not in GenerationSettings(do_sample=False).describe()
     assert "temperature 0.7，top_p 0.8" in GenerationSettings().describe()

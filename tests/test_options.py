@@ -6,7 +6,7 @@ import inference_psydt_lora
 import train_psydt_lora
 from conftest import DIALOGUES
 from psydt_lora import prompt
-from psydt_lora.dialogues import Dialogue
+from psydt_lora.data.dialogues import Dialogue
 
 
 def test_parallel_rendering_equals_one_by_one(tiny_tokenizer, monkeypatch):
@@ -79,7 +79,7 @@ def test_trainer_flags_pass_through_by_name():
     import torch
     from transformers import TrainingArguments
 
-    from psydt_lora import training as T
+    from psydt_lora.train import training as T
     from psydt_lora.train_cli import build_parser
 
     args = build_parser().parse_args(["--learning_rate", "3e-5", "--warmup_steps", "7", "--save_total_limit", "2",

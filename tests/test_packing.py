@@ -2,10 +2,10 @@
 import pytest
 
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
-from psydt_lora.dialogues import read_dialogues
-from psydt_lora.samples import IGNORE_INDEX, build_samples, build_training_samples
-from psydt_lora.packing import PackCollator, features, fill_rows, merge_features
-from psydt_lora.loss import batch_loss
+from psydt_lora.data.dialogues import read_dialogues
+from psydt_lora.data.samples import IGNORE_INDEX, build_samples, build_training_samples
+from psydt_lora.data.packing import PackCollator, features, fill_rows, merge_features
+from psydt_lora.train.loss import batch_loss
 
 
 def real_dialogues():
@@ -98,7 +98,7 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
     per_turn, _ = build_samples(dialogues, real_tokenizer, max_length)  # each made whole from its own context
     packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
     collate = PackCollator(real_tokenizer.pad_token_id)
-    from psydt_lora.loss import fused_head
+    from psydt_lora.train.loss import fused_head
 
     assert fused_head(model) is not None  # the fused path really runs below (this torch has it)
     loss_a, grads_a = loss_and_grads(model, per_turn, collate, head="full")  # the reference objective
@@ -131,7 +131,7 @@ def test_block_mask_is_the_tree_mask(real_tokenizer):
     import torch
     from torch.nn.attention.flex_attention import create_mask
 
-    from psydt_lora.packing import tree_block_mask, tree_mask
+    from psydt_lora.data.packing import tree_block_mask, tree_mask
 
     packs, _ = build_training_samples(real_dialogues(), real_tokenizer, 700, "shared_prefix")
     per_turn, _ = build_samples(real_dialogues()[:2], real_tokenizer, 700)

@@ -91,7 +91,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_f
     stdout = log.read_text()
     assert proc.returncode == 130, stderr[-2000:]
     assert "用同样的命令重新运行即可继续训练" in stdout
-    from psydt_lora.training import find_checkpoint
+    from psydt_lora.train.training import find_checkpoint
 
     assert find_checkpoint(out, "auto") is not None
     assert not (out / "lora_adapter").exists()
@@ -124,7 +124,7 @@ def test_a_cut_short_partial_line_is_ignored_on_resume(tiny_model_dir, memorised
     out.unlink()
     partial = out.with_name(out.name + ".partial.jsonl")
     argv_crash = list(argv)
-    import psydt_lora.batch_test as bt
+    import psydt_lora.evaluation.batch_test as bt
 
     original = bt.generate_batch
     calls = {"n": 0}

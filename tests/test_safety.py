@@ -11,11 +11,11 @@ import pytest
 from conftest import DIALOGUES, ROOT
 from safety_cases import EN_NEGATIVE, EN_POSITIVE, ZH_NEGATIVE, ZH_POSITIVE
 import inference_psydt_lora
-from psydt_lora import chat as chat_module
-from psydt_lora.chat import Chat
+from psydt_lora.inference import chat as chat_module
+from psydt_lora.inference.chat import Chat
 from psydt_lora.errors import PsyDTError
-from psydt_lora.generation import GenerationSettings
-from psydt_lora.safety import ReplyScreen, Safety, detect, harmful_reply, load_resources
+from psydt_lora.inference.generation import GenerationSettings
+from psydt_lora.safety.rules import ReplyScreen, Safety, detect, harmful_reply, load_resources
 
 SCRIPT = ROOT / "LLM_fine_turning" / "inference_psydt_lora.py"
 
@@ -98,7 +98,7 @@ class FakeStream:
 def session(tiny_tokenizer, monkeypatch, lines, reply, safety):
     fake = FakeStream(reply)
     monkeypatch.setattr(chat_module, "stream_reply", fake)
-    import psydt_lora.conversation as conversation_module
+    import psydt_lora.inference.conversation as conversation_module
 
     real_prepare = conversation_module.prepare_context
 
@@ -188,7 +188,7 @@ def test_cli_chat_with_custom_resources_and_with_safety_off(tiny_model_dir, memo
 
 
 def test_test_mode_json_carries_safety_fields_and_counts(tiny_model_dir, memorised_adapter, tmp_path, monkeypatch):
-    from psydt_lora import batch_test
+    from psydt_lora.evaluation import batch_test
 
     items = [
         {"id": 1, "normalizedTag": "情绪", "messages": [{"role": "user", "content": "我不想活了"}, {"role": "assistant", "content": "我在"}]},
@@ -266,7 +266,7 @@ def test_safety_eval_counts_each_list_and_refuses_malformed_files(tmp_path, caps
 
 
 def _lexicon():
-    from psydt_lora.safety import LEXICON
+    from psydt_lora.safety.rules import LEXICON
 
     return json.loads(LEXICON.read_text("utf-8"))
 
@@ -275,7 +275,7 @@ def _lexicon():
 def test_each_rule_matches_its_own_examples_with_its_category(rule):
     """Every rule entry carries a few examples; the rule's own pattern must take its positives and leave its
     negatives, and detect() must report the rule's category for them (harm to others is not suicide)."""
-    from psydt_lora.safety import load_rules, normalize
+    from psydt_lora.safety.rules import load_rules, normalize
 
     pattern = re.compile("|".join(f"(?:{p})" for p in rule["patterns"]))
     benign = load_rules()["benign"]
@@ -288,7 +288,7 @@ def test_each_rule_matches_its_own_examples_with_its_category(rule):
 
 @pytest.mark.parametrize("rule", _lexicon()["harmful_reply"]["rules"], ids=lambda r: r["id"])
 def test_each_reply_rule_matches_its_own_examples(rule):
-    from psydt_lora.safety import normalize
+    from psydt_lora.safety.rules import normalize
 
     pattern = re.compile("|".join(f"(?:{p})" for p in rule["patterns"]))
     for text in rule["examples"]["match"]:
@@ -307,7 +307,7 @@ def test_ids_are_unique():
 @pytest.mark.parametrize("entry", _lexicon()["policy"]["rules"], ids=lambda e: e["id"])
 def test_each_policy_entry_is_what_drops_its_examples(entry):
     """A policy entry's examples are not crises -- and would be without that very entry."""
-    from psydt_lora.safety import load_rules
+    from psydt_lora.safety.rules import load_rules
 
     rules = load_rules()
     without = {**rules, "policy": [p for p in rules["policy"] if p.id != entry["id"]]}

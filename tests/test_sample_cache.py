@@ -69,9 +69,9 @@ def test_an_unwritable_cache_folder_just_builds(tiny_model_dir, data_files, tmp_
 def test_sample_lengths_without_reading_tokens_are_the_lengths(real_tokenizer, tmp_path, mode):
     """--packing sizes its rows from `sample_lengths`: for built samples, a per_turn view and the cache
     (read from the Arrow columns) it gives each sample's real length."""
-    from psydt_lora.dialogues import read_dialogues
-    from psydt_lora.sample_cache import CachedSamples, load_or_build
-    from psydt_lora.samples import build_training_samples, sample_lengths
+    from psydt_lora.data.dialogues import read_dialogues
+    from psydt_lora.data.sample_cache import CachedSamples, load_or_build
+    from psydt_lora.data.samples import build_training_samples, sample_lengths
 
     train = tmp_path / "train.json"
     shutil.copy(require(SHAPED_TRAIN), train)

@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import DIALOGUES, REAL_SAMPLE, SHAPED_TEST, SHAPED_TRAIN, SYSTEM, require
-from psydt_lora.dialogues import Dialogue, read_dialogues
+from psydt_lora.data.dialogues import Dialogue, read_dialogues
 from psydt_lora.prompt import render_prompt
-from psydt_lora.samples import IGNORE_INDEX, build_samples
+from psydt_lora.data.samples import IGNORE_INDEX, build_samples
 
 
 def dialogue(messages, index=0):

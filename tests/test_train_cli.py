@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REAL_TOKENIZER, ROOT, SHAPED_TRAIN, require
-from psydt_lora.samples import IGNORE_INDEX
+from psydt_lora.data.samples import IGNORE_INDEX
 import train_psydt_lora
 
 SCRIPT = ROOT / "LLM_fine_turning" / "train_psydt_lora.py"

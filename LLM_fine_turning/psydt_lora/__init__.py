@@ -1,28 +1,24 @@
 """PsyDT-LoRA: fine-tune Qwen3 with LoRA on PsyDTCorpus and talk to the result.
 
-Modules, by what they hold:
+The package is a ground floor and wings above it; imports only go down (tests/test_layout.py walks them).
+
+Ground floor (this folder):
     errors    -- the one exception type users see, and the CLI edge that prints it
+    files     -- atomic writes, reading user JSON / JSON Lines, local path checks
     cli       -- the Chinese --help both scripts share
-    files     -- atomic writes, reading user JSON, local path checks
     plots     -- PNG charts (loss curve; helpers for the report's chart)
-    hub       -- fetching the model and the PsyDTCorpus files (modelscope / huggingface)
-    dialogues -- reading and validating dialogue files, picking eval/test items
     prompt    -- the one prompt rendering shared by training and inference
-    samples   -- dialogues -> token ids + labels (assistant-only loss), truncation
-    packing   -- the shared_prefix layout: packs, rows of several samples (--packing), padding, the tree mask
-                 (4-D or BlockMask), the collator
-    sample_cache -- built samples kept as a datasets.Dataset, keyed by a fingerprint
+    hub       -- fetching the model and the dataset files (modelscope / huggingface)
     models    -- loading tokenizer / base model / adapter
-    loss      -- the training loss: the LM head at supervised positions, chunked linear_cross_entropy
-    training  -- LoRA + Trainer + SwanLab + outputs
-    generation -- streaming generation and its settings in words
-    chat      -- the interactive terminal chat
-    batch_test-- the batch test on the test split
-    metrics   -- reference-based scores and reference perplexity
-    report    -- the batch test's Markdown report, chart and console summary
-    safety    -- crisis-language detection, help resources, reply screening, measuring the layers
-    guard     -- the guard model beside the lexicon (Qwen3Guard-Gen, or the base model zero-shot)
-    conversation -- one turn as every front end prepares it (window, safety, context)
-    serving   -- the OpenAI-compatible server and the chat page
-    train_cli, infer_cli -- the two command-line programs (the scripts in LLM_fine_turning/ call them)
+Wings, lowest first:
+    data/       dialogues (reading, validating, picking items), samples (dialogues -> ids + reply-only labels),
+                packing (the shared_prefix layout, rows of several samples, padding, the tree mask, the collator),
+                sample_cache (built samples as a datasets.Dataset keyed by a fingerprint)
+    safety/     rules (crisis-language lexicon, help resources, reply screening, measuring the layers),
+                guard (Qwen3Guard-Gen or the base model zero-shot beside the lexicon)
+    train/      training (LoRA + Trainer + SwanLab + outputs), loss (the LM head at supervised positions)
+    inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
+                it), chat (the terminal chat), serving (the OpenAI-compatible server and the chat page)
+    evaluation/ batch_test (the batch test), metrics (reference scores, perplexity), report (Markdown, chart)
+Top floor: train_cli, infer_cli -- the two command-line programs (the scripts in LLM_fine_turning/ call them).
 """

@@ -12,9 +12,8 @@ import shutil
 import struct
 from pathlib import Path
 
-from .dialogues import load_records
-from .errors import PsyDTError
-from .files import temp_dir_beside
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import load_records, temp_dir_beside
 
 TRAIN_FILE = "PsyDTCorpus_train_mulit_turn_packing.json"  # sic: the dataset's own spelling
 TEST_FILE = "PsyDTCorpus_test_single_turn_split.json"

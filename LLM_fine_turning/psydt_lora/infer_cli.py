@@ -19,9 +19,9 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from .cli import make_parser
-from .errors import PsyDTError, run_cli
-from .hub import HUBS, TEST_FILE
+from psydt_lora.cli import make_parser
+from psydt_lora.errors import PsyDTError, run_cli
+from psydt_lora.hub import HUBS, TEST_FILE
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -113,8 +113,8 @@ def check_args(args) -> None:
 
 def check_local(args) -> None:
     """Every local path, in a moment, before any download or weight load."""
-    from .files import check_can_write, check_files_exist
-    from .models import check_inference_paths
+    from psydt_lora.files import check_can_write, check_files_exist
+    from psydt_lora.models import check_inference_paths
 
     if not (args.mode == "serve" and args.backend == "openai"):  # a remote engine needs no local weights
         check_inference_paths(args.model_path, None if args.no_adapter else args.adapter_path)
@@ -128,9 +128,9 @@ def check_local(args) -> None:
 
 
 def test_items(args, system):
-    from .batch_test import questions_as_items, read_questions
-    from .dialogues import check_format, read_dialogues, select_spread
-    from .hub import ensure_dataset_file
+    from psydt_lora.evaluation.batch_test import questions_as_items, read_questions
+    from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
+    from psydt_lora.hub import ensure_dataset_file
 
     if args.questions_file:
         return questions_as_items(read_questions(args.questions_file), system), str(args.questions_file)
@@ -173,9 +173,9 @@ def main(argv=None) -> int:
     if args.safety_eval:
         return run_safety_eval(args)
     check_local(args)
-    from .generation import GenerationSettings
-    from .models import read_run_info
-    from .safety import Safety
+    from psydt_lora.inference.generation import GenerationSettings
+    from psydt_lora.models import read_run_info
+    from psydt_lora.safety.rules import Safety
 
     safety = Safety(args.safety_resources) if args.safety == "on" else None
     settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         items, source = test_items(args, system)
     loaded = load(args, adapter)
     if args.save_merged:
-        from .models import save_merged
+        from psydt_lora.models import save_merged
 
         save_merged(loaded[0], loaded[1], args.save_merged)
         print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {args.save_merged}（safetensors，可直接用 transformers 加载）")
@@ -220,8 +220,8 @@ def add_guard(args, safety, loaded) -> None:
 def guard_for(args, loaded):
     """The guard of --safety_model, on the device inference uses; `loaded` (model, tokenizer, info, device,
     limit) is what `base` needs, None when no model is loaded here."""
-    from .guard import load_guard
-    from .models import pick_device
+    from psydt_lora.safety.guard import load_guard
+    from psydt_lora.models import pick_device
 
     model, tokenizer, device = (loaded[0], loaded[1], loaded[3]) if loaded else (None, None, pick_device(args.device))
     return load_guard(args.safety_model, args.hub, model, tokenizer, device)
@@ -232,7 +232,7 @@ def run_safety_eval(args) -> int:
     Loads no base model unless --safety_model base needs one."""
     import json
 
-    from .safety import EVAL_LISTS, evaluate_layers, guard_layer, lexicon_layer, read_eval_cases
+    from psydt_lora.safety.rules import EVAL_LISTS, evaluate_layers, guard_layer, lexicon_layer, read_eval_cases
 
     path = args.safety_eval
     cases = read_eval_cases(path)
@@ -258,8 +258,8 @@ def run_safety_eval(args) -> int:
 
 def load(args, adapter):
     """(model, tokenizer, run info, device, context limit), with a note when thinking differs from training."""
-    from .generation import context_limit
-    from .models import load_for_inference
+    from psydt_lora.inference.generation import context_limit
+    from psydt_lora.models import load_for_inference
 
     model, tokenizer, info, device = load_for_inference(
         args.model_path, adapter, merge=args.merge_lora or bool(args.save_merged), device=args.device,
@@ -273,8 +273,8 @@ def load(args, adapter):
 def run_chat(args, loaded, safety, settings, system, adapter) -> int:
     from transformers import set_seed
 
-    from .chat import DISCLAIMER, Chat
-    from .safety import format_resources
+    from psydt_lora.inference.chat import DISCLAIMER, Chat
+    from psydt_lora.safety.rules import format_resources
 
     model, tokenizer, _, _, limit = loaded
     print(DISCLAIMER)
@@ -289,8 +289,8 @@ def run_chat(args, loaded, safety, settings, system, adapter) -> int:
 
 
 def run_batch_test(args, loaded, safety, settings, items, source, adapter) -> int:
-    from .batch_test import run_test
-    from .report import summary_lines
+    from psydt_lora.evaluation.batch_test import run_test
+    from psydt_lora.evaluation.report import summary_lines
 
     model, tokenizer, _, device, limit = loaded
     meta = {
@@ -327,8 +327,8 @@ def run_serve(args, loaded, safety, settings, system, adapter) -> int:
     """The HTTP API and chat page; `loaded` is None for the openai backend (a remote engine generates)."""
     import os
 
-    from . import serving
-    from .chat import DISCLAIMER
+    from psydt_lora.inference import serving
+    from psydt_lora.inference.chat import DISCLAIMER
 
     key = args.api_key or os.environ.get("PSYDT_API_KEY") or None
     config = serving.ServeConfig(
@@ -357,7 +357,7 @@ def run_serve(args, loaded, safety, settings, system, adapter) -> int:
 def remote_tokenizer(args, adapter):
     """For the openai backend: the local tokenizer (adapter folder, else model folder) to fit the history into
     --max_context tokens; without one, the history window alone applies."""
-    from .models import load_tokenizer
+    from psydt_lora.models import load_tokenizer
 
     for folder in (adapter, args.model_path):
         if folder and (Path(folder) / "tokenizer_config.json").is_file():

@@ -3,7 +3,7 @@ unless the user asks for it."""
 import json
 from pathlib import Path
 
-from .errors import PsyDTError
+from psydt_lora.errors import PsyDTError
 
 RUN_FILE = "psydt_run.json"  # written next to the adapter by training, read by inference
 
@@ -96,7 +96,7 @@ def base_model_signature(config) -> dict:
 
 def check_inference_paths(model_path, adapter_path=None) -> None:
     """The folders inference loads from, checked in a moment before anything is read or fetched."""
-    from .hub import safetensors_complete
+    from psydt_lora.hub import safetensors_complete
 
     model_path = Path(model_path)
     if not (model_path / "config.json").is_file():
@@ -165,7 +165,7 @@ def load_for_inference(model_path, adapter_path=None, *, merge=False, device="au
 
 def save_merged(model, tokenizer, folder) -> None:
     """A standalone model (safetensors + tokenizer + chat template) that plain transformers loads."""
-    from .files import write_dir
+    from psydt_lora.files import write_dir
 
     def fill(tmp):
         model.save_pretrained(str(tmp), safe_serialization=True)

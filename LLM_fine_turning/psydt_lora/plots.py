@@ -3,7 +3,7 @@ training loss curve (the batch test's chart is drawn in report.py with the same 
 import io
 from pathlib import Path
 
-from .files import atomic_write_bytes
+from psydt_lora.files import atomic_write_bytes
 
 
 def pyplot():

@@ -20,11 +20,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from .cli import make_parser
-from .errors import PsyDTError, run_cli
-from .hub import HUBS, TEST_FILE, TRAIN_FILE
-from .samples import SAMPLE_MODES
-from .training import DEFAULT_TARGET_MODULES, is_main_process
+from psydt_lora.cli import make_parser
+from psydt_lora.errors import PsyDTError, run_cli
+from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE
+from psydt_lora.data.samples import SAMPLE_MODES
+from psydt_lora.train.training import DEFAULT_TARGET_MODULES, is_main_process
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def main_process_first():
     """With several processes (torchrun, accelerate launch), let rank 0 download before the others look."""
-    from .training import world_size
+    from psydt_lora.train.training import world_size
 
     if world_size() <= 1:
         yield
@@ -139,15 +139,15 @@ def check_args(args) -> None:
                              "在 CPU 上不支持反向传播）；CPU 上请用默认的 sdpa。")
     check_local(args)
     if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
-        from .training import four_bit_config
+        from psydt_lora.train.training import four_bit_config
 
         four_bit_config(None)
 
 
 def check_local(args) -> None:
     """Every local argument, in a moment, before any download, tokenisation or weight load."""
-    from .files import check_can_write, check_files_exist
-    from .training import find_checkpoint
+    from psydt_lora.files import check_can_write, check_files_exist
+    from psydt_lora.train.training import find_checkpoint
 
     check_files_exist({"--train_file": args.train_file, "--eval_file": args.eval_file if args.do_eval else None,
                        "--deepspeed": args.deepspeed})
@@ -161,7 +161,7 @@ def check_local(args) -> None:
 
 def data_files(args) -> tuple[Path, Path | None]:
     """The train and eval files, downloading the PsyDTCorpus ones into dataset_dir when missing."""
-    from .hub import ensure_dataset_file
+    from psydt_lora.hub import ensure_dataset_file
 
     def resolve(given, default_name):
         if given:  # check_local made sure it is there
@@ -211,8 +211,8 @@ def print_stats(title, read_stats, sample_stats) -> None:
 def train_samples_for(args, tokenizer, train_file):
     """(dialogues, read stats, samples, sample stats) of the training file, through the sample cache when on
     (rank 0 builds and stores; the other ranks then read it)."""
-    from .dialogues import check_format, read_dialogues
-    from .samples import build_training_samples
+    from psydt_lora.data.dialogues import check_format, read_dialogues
+    from psydt_lora.data.samples import build_training_samples
 
     limit = args.max_train_items if args.max_train_items > 0 else None
     dialogues, read = read_dialogues(train_file, limit=limit)
@@ -225,7 +225,7 @@ def train_samples_for(args, tokenizer, train_file):
 
     if not args.sample_cache:
         return (dialogues, read, *build())
-    from .sample_cache import load_or_build
+    from psydt_lora.data.sample_cache import load_or_build
 
     settings = {"max_length": args.max_length, "mode": args.sample_mode, "pack_length": args.pack_length,
                 "records": limit, "enable_thinking": False}
@@ -236,8 +236,8 @@ def train_samples_for(args, tokenizer, train_file):
 
 def eval_samples_for(args, tokenizer, eval_file):
     """(samples, stats dict) of --max_eval_items items spread over the eval file's dialogues."""
-    from .dialogues import check_format, read_dialogues, select_spread
-    from .samples import build_samples
+    from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
+    from psydt_lora.data.samples import build_samples
 
     items, read = read_dialogues(eval_file)
     check_format(items, eval_file, expect_split=True, flag="--eval_file")
@@ -252,10 +252,10 @@ def eval_samples_for(args, tokenizer, eval_file):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from . import hub
-    from .models import load_tokenizer
-    from .prompt import prompt_format
-    from .samples import dump_samples
+    from psydt_lora import hub
+    from psydt_lora.models import load_tokenizer
+    from psydt_lora.prompt import prompt_format
+    from psydt_lora.data.samples import dump_samples
 
     # 1. fetch what is missing (under torchrun / accelerate: the main process first, the others then find it)
     model_dir = Path(args.model_local_dir)
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
         return 0
 
     # 3. model + LoRA + Trainer -- unless this output folder already holds the finished run
-    from . import training as T
+    from psydt_lora.train import training as T
 
     output_dir = Path(args.output_dir)
     train_set, eval_set = T.datasets_for(args, train_samples, eval_samples)
@@ -306,8 +306,8 @@ def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data
     """Setup -> train -> save, each a named step of the training module."""
     from transformers import set_seed
 
-    from . import training as T
-    from .models import pick_dtype, pick_device
+    from psydt_lora.train import training as T
+    from psydt_lora.models import pick_dtype, pick_device
 
     set_seed(args.seed)
     device = pick_device("auto")
@@ -337,8 +337,8 @@ def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data
 
 def save_outputs(args, trainer, metrics, info, padding_share) -> None:
     """Metrics, loss curve and run JSON from the main process; the adapter through every rank."""
-    from . import training as T
-    from .plots import plot_losses
+    from psydt_lora.train import training as T
+    from psydt_lora.plots import plot_losses
 
     output_dir = Path(args.output_dir)
     plot = output_dir / T.LOSS_PLOT

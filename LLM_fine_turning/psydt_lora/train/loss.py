@@ -12,7 +12,7 @@ torch, ZeRO-3's partitioned weights, a head with a bias or LoRA on it) the kept 
 """
 from contextlib import contextmanager
 
-from .packing import IGNORE_INDEX, supervised_positions
+from psydt_lora.data.packing import IGNORE_INDEX, supervised_positions
 
 HEAD_CHUNK = 256  # positions per chunk: a 150 MB fp32 logits buffer at Qwen3's vocabulary (fastest here on CPU)
 

@@ -4,10 +4,10 @@ import os
 import re
 from pathlib import Path
 
-from .files import atomic_write_text
-from .plots import pyplot, save_figure
-from .generation import describe_generation
-from .metrics import HIGHER_IS_BETTER, LABELS
+from psydt_lora.files import atomic_write_text
+from psydt_lora.plots import pyplot, save_figure
+from psydt_lora.inference.generation import describe_generation
+from psydt_lora.evaluation.metrics import HIGHER_IS_BETTER, LABELS
 
 TABLE_KEYS = ("bleu4_char", "bleu4_word", "rouge1", "rouge2", "rougeL", "chrf", "distinct1", "distinct2",
               "mean_length", "empty_rate", "ppl", "ref_loss")

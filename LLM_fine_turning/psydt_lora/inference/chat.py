@@ -10,9 +10,9 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .files import atomic_write_text
-from .conversation import Turn, prepare_turn, window
-from .generation import stream_reply
+from psydt_lora.files import atomic_write_text
+from psydt_lora.inference.conversation import Turn, prepare_turn, window
+from psydt_lora.inference.generation import stream_reply
 
 DISCLAIMER = "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
 HELP = """命令：

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .conversation import prepare_turn
-from .generation import GenerationSettings, stream_reply
+from psydt_lora.inference.conversation import prepare_turn
+from psydt_lora.inference.generation import GenerationSettings, stream_reply
 
 PAGE = Path(__file__).with_name("web") / "chat.html"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -10,10 +10,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .dialogues import Dialogue
-from .errors import PsyDTError
-from .files import atomic_write_json
-from .generation import generate_batch, prepare_context
+from psydt_lora.data.dialogues import Dialogue
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import atomic_write_json
+from psydt_lora.inference.generation import generate_batch, prepare_context
 
 
 def read_questions(path) -> list[str]:
@@ -130,7 +130,7 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
     atomic_write_json(output_file, report)
     partial.unlink(missing_ok=True)
     if scored:
-        from .report import write_report
+        from psydt_lora.evaluation.report import write_report
 
         md, png = write_report(report, output_file, loss_curve=loss_curve)
         print(f"[评估] 报告 {md}，图表 {png}")
@@ -227,7 +227,7 @@ def _entry(planned, text, n, base_text, settings, safety, compare_base) -> dict:
 
 def evaluate(model, tokenizer, items, results, system_override, context_limit, batch_size, compare_base, name):
     """Reference-based metrics and reference perplexity, per model, overall and per normalizedTag."""
-    from .metrics import LABELS, by_tag, item_scores, reference_losses, summarize
+    from psydt_lora.evaluation.metrics import LABELS, by_tag, item_scores, reference_losses, summarize
 
     print("[评估] 计算指标与参考回复困惑度 ...", flush=True)
     contexts = []

@@ -2,8 +2,8 @@
 import threading
 from dataclasses import asdict, dataclass
 
-from .packing import pad, padding_mask
-from .prompt import end_of_turn_id, fit_history, strip_think
+from psydt_lora.data.packing import pad, padding_mask
+from psydt_lora.prompt import end_of_turn_id, fit_history, strip_think
 
 
 @dataclass

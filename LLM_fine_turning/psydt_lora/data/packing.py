@@ -76,7 +76,7 @@ def assemble_pack(dialogue_index: int, trunk: list[int], branches):
         ids += branch
         labels += branch_labels
         pos += range(visible, visible + len(branch))
-    from .samples import Sample  # samples imports this module; the dataclass is its own
+    from psydt_lora.data.samples import Sample  # samples imports this module; the dataclass is its own
 
     return Sample(dialogue_index, [b[3] for b in branches], [b[4] for b in branches], ids, labels, pos, spans)
 

@@ -3,8 +3,8 @@ the history window, crisis detection on the user's turn, the per-turn safety ins
 context fitted to the model's window. The front ends differ only in how they show the reply."""
 from dataclasses import dataclass
 
-from .generation import prepare_context
-from .prompt import round_starts
+from psydt_lora.inference.generation import prepare_context
+from psydt_lora.prompt import round_starts
 
 
 def window(messages: list[dict], history_turns: int) -> list[dict]:

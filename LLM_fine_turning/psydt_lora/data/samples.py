@@ -24,8 +24,8 @@ The round is chosen by `prompt.oldest_round_that_fits`, the rule inference appli
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from .packing import IGNORE_INDEX, assemble_pack, default_pack_length, pack_shared_prefix
-from .prompt import (encode, encode_many, end_of_turn_id, generation_prompt, oldest_round_that_fits, prompt_ids,
+from psydt_lora.data.packing import IGNORE_INDEX, assemble_pack, default_pack_length, pack_shared_prefix
+from psydt_lora.prompt import (encode, encode_many, end_of_turn_id, generation_prompt, oldest_round_that_fits, prompt_ids,
                      render, render_many, round_starts)
 
 SELF_CHECK_DIALOGUES = 3
@@ -361,7 +361,7 @@ def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix
 
 def dump_samples(samples, path) -> None:
     """JSON Lines, one sample per line: dialogue_index, turn_index, message_index, input_ids, labels."""
-    from .files import atomic_write_text
+    from psydt_lora.files import atomic_write_text
 
     lines = (json.dumps({k: v for k, v in asdict(s).items() if v is not None}, ensure_ascii=False) for s in samples)
     atomic_write_text(path, "".join(line + "\n" for line in lines))

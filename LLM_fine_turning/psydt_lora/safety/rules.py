@@ -1,7 +1,7 @@
 """Counselling safety: crisis-language detection, help resources, steering and reply screening.
 
-The rules live in `safety_data/lexicon.json` and the default help resources in
-`safety_data/resources_zh.json` (replace with `--safety_resources FILE`). Nothing here logs or uploads
+The rules live in `data/lexicon.json` and the default help resources in
+`data/resources_zh.json` (replace with `--safety_resources FILE`). Nothing here logs or uploads
 text: detections are kept in memory for the session (and in the local output files).
 """
 import json
@@ -12,10 +12,10 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import PsyDTError
-from .files import read_json
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import read_json
 
-DATA = Path(__file__).resolve().parent / "safety_data"
+DATA = Path(__file__).resolve().parent / "data"
 LEXICON = DATA / "lexicon.json"
 DEFAULT_RESOURCES = DATA / "resources_zh.json"
 LEVELS = ("concern", "imminent")

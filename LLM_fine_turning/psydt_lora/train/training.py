@@ -10,12 +10,12 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import PsyDTError
-from .files import atomic_write_json
-from .hub import safetensors_complete
-from .models import RUN_FILE, base_model_signature
-from .packing import IGNORE_INDEX, default_pack_length, features, fill_rows, merge_features
-from .samples import sample_lengths
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import atomic_write_json
+from psydt_lora.hub import safetensors_complete
+from psydt_lora.models import RUN_FILE, base_model_signature
+from psydt_lora.data.packing import IGNORE_INDEX, default_pack_length, features, fill_rows, merge_features
+from psydt_lora.data.samples import sample_lengths
 
 ADAPTER_DIR = "lora_adapter"
 METRICS_FILE = "metrics.json"
@@ -62,7 +62,7 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
 
 
 def run_summary(trainer, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
-    from .loss import describe_head
+    from psydt_lora.train.loss import describe_head
 
     model = trainer.model
     trainable, total = model.get_nb_trainable_parameters()
@@ -196,7 +196,7 @@ class SampleDataset:
 # -- the run, step by step ----------------------------------------------------------------------------
 def build_model(args, model_dir, dtype):
     """The base model (4-bit for QLoRA when asked) with LoRA on the target modules; (model, base config)."""
-    from .models import load_base_model
+    from psydt_lora.models import load_base_model
 
     quantization = four_bit_config(dtype) if args.load_in_4bit else None
     model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization,
@@ -268,7 +268,7 @@ def make_trainer_class():
     import torch
     from transformers import Trainer
 
-    from .loss import head_detached
+    from psydt_lora.train.loss import head_detached
 
     class SupervisedTrainer(Trainer):
         """The Trainer, with the model's LM head detached during each loss computation: the loss
@@ -294,8 +294,8 @@ def build_trainer(args, model, tokenizer, train_set, eval_set, data_stats, devic
     """(Trainer, collator, stop callback): our collator and loss, our progress printer."""
     from transformers.trainer_callback import ProgressCallback
 
-    from .loss import SupervisedLoss, fused_head
-    from .packing import PackCollator
+    from psydt_lora.train.loss import SupervisedLoss, fused_head
+    from psydt_lora.data.packing import PackCollator
 
     reporters, callbacks, stop = make_callbacks(args, data_stats)
     collator = PackCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None,
@@ -542,7 +542,7 @@ def save_adapter(trainer, adapter_dir: Path, run_info: dict, extra_files=()) -> 
     Called on every rank: the weights go through the Trainer's own save, which gathers parameters that
     DeepSpeed ZeRO-3 or FSDP partitioned across ranks and writes the tokenizer (its processing class);
     the main process adds the rest and renames the folder."""
-    from .files import write_dir
+    from psydt_lora.files import write_dir
 
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.saving")  # the same path on every rank

@@ -12,17 +12,18 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .files import atomic_write_json, write_dir
-from .hub import sha256_file
-from .packing import IGNORE_INDEX
-from .samples import PerTurnView, Sample, SampleStats
+from psydt_lora.files import atomic_write_json, write_dir
+from psydt_lora.hub import sha256_file
+from psydt_lora.data.packing import IGNORE_INDEX
+from psydt_lora.data.samples import PerTurnView, Sample, SampleStats
 
 CACHE_DIR = ".psydt_cache"
-_CODE = ("samples.py", "packing.py", "prompt.py", "dialogues.py", "sample_cache.py")
+# the code that decides a sample: any change to it makes a new fingerprint (paths from the package root)
+_CODE = ("data/samples.py", "data/packing.py", "prompt.py", "data/dialogues.py", "data/sample_cache.py")
 
 
 def fingerprint(data_file, tokenizer, settings: dict) -> str:
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]
     vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else json.dumps(
         tokenizer.get_vocab(), sort_keys=True)
     parts = {

@@ -9,7 +9,7 @@ training code itself (same prompt rendering, same masking).
 import math
 from collections import defaultdict
 
-from .prompt import strip_think
+from psydt_lora.prompt import strip_think
 
 LABELS = {
     "bleu4_char": "BLEU-4（字符，nltk sentence_bleu，smoothing method3，×100）",
@@ -124,8 +124,8 @@ def reference_losses(model, tokenizer, items, max_length: int, batch_size: int =
     import torch
     import torch.nn.functional as F
 
-    from .packing import IGNORE_INDEX, pad, padding_mask
-    from .samples import build_samples
+    from psydt_lora.data.packing import IGNORE_INDEX, pad, padding_mask
+    from psydt_lora.data.samples import build_samples
 
     samples, _ = build_samples(items, tokenizer, max_length, last_reply_only=True)
     device = next(model.parameters()).device

@@ -14,8 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PsyDTError
-from .prompt import strip_think
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import load_records
+from psydt_lora.prompt import strip_think
 
 ROLES = ("system", "user", "assistant")
 
@@ -62,56 +63,6 @@ def _where(path, index, record=None) -> str:
     return f"文件 {path} 第 {index} 条记录{rid}"
 
 
-def load_records(path: Path) -> list:
-    """The records of a JSON array or JSON Lines file, or a PsyDTError naming the file and the line."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise PsyDTError(f"找不到数据文件 {path}。") from None
-    except OSError as err:
-        raise PsyDTError(f"无法读取数据文件 {path}：{err.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise PsyDTError(
-            f"数据文件 {path} 不是 UTF-8 编码（第 {err.start} 个字节处无法解码）。请把文件另存为 UTF-8。"
-        ) from None
-    stripped = text.lstrip()
-    if not stripped:
-        raise PsyDTError(f"数据文件 {path} 是空的。")
-    if stripped[0] == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise PsyDTError(
-                f"数据文件 {path} 不是合法的 JSON（第 {err.lineno} 行第 {err.colno} 列：{err.msg}），"
-                "文件可能下载不完整或被截断。"
-            ) from None
-        return data
-    if stripped[0] == "{":
-        # JSON Lines: one record per non-empty line. A whole-file single object is not a dataset.
-        if stripped.count("\n") > 0 and not stripped.splitlines()[0].rstrip().endswith("}"):
-            try:
-                json.loads(text)
-                raise PsyDTError(f"数据文件 {path} 的顶层必须是记录列表 [...]，而它是单个 JSON 对象。")
-            except json.JSONDecodeError:
-                pass
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise PsyDTError(
-                    f"数据文件 {path} 第 {lineno} 行不是合法的 JSON（第 {err.colno} 列：{err.msg}）。"
-                    "JSON Lines 文件每行必须是一条完整的记录。"
-                ) from None
-        return records
-    raise PsyDTError(
-        f"数据文件 {path} 的顶层必须是 JSON 数组 [...] 或 JSON Lines（每行一个 {{...}}），"
-        f"而文件以 {stripped[:1]!r} 开头。"
-    )
 
 
 def _validate(path, index, record, stats: ReadStats) -> Dialogue:

@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-log = logging.getLogger("psydt_lora.guard")
+log = logging.getLogger("psydt_lora.safety.guard")
 
 DEFAULT_GUARD = "Qwen/Qwen3Guard-Gen-0.6B"
 LABELS = ("Safe", "Unsafe", "Controversial")
@@ -156,7 +156,7 @@ class BaseModelGuard(Guard):
 
         import torch
 
-        from .prompt import prompt_ids
+        from psydt_lora.prompt import prompt_ids
 
         is_user = messages[-1]["role"] == "user"
         question = (ZERO_SHOT_USER.format(text=messages[-1]["content"]) if is_user else
@@ -176,7 +176,7 @@ def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, d
     When it cannot be had, say so once with the fix and return None: the lexicon works alone."""
     from pathlib import Path
 
-    from .errors import PsyDTError
+    from psydt_lora.errors import PsyDTError
 
     if spec == "none":
         return None
@@ -185,8 +185,8 @@ def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, d
             print("[安全] --safety_model base 需要在本进程里加载的基础模型（--backend openai 时没有）；只用词典。")
             return None
         return BaseModelGuard(model, tokenizer)
-    from . import hub as hubs
-    from .models import load_base_model, load_tokenizer, pick_dtype
+    from psydt_lora import hub as hubs
+    from psydt_lora.models import load_base_model, load_tokenizer, pick_dtype
 
     folder = Path(spec) if Path(spec).is_dir() else Path(".") / spec
     try:
