@@ -3,6 +3,7 @@ behaves like Qwen3's (ChatML, empty think block in the generation prompt when th
 and the real Qwen3 tokenizer / PsyDTCorpus samples from ../shared/assets when present."""
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The inference CLI's default second safety layer is a Qwen3Guard checkpoint fetched from the hub; tests
 # that are not about it run with the lexicon alone (tests/test_guard.py covers the default path).
 os.environ.setdefault("PSYDT_SAFETY_MODEL", "none")
+# The per-user cache (samples of read-only data, hub datasets) goes to a temporary folder, not the tester's home.
+os.environ.setdefault("PSYDT_CACHE_DIR", tempfile.mkdtemp(prefix="psydt-test-cache-"))
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 

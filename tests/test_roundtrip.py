@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from conftest import DIALOGUES
+from conftest import DIALOGUES, SYSTEM
+from format_files import FORMATS, write_format
 
 from psydt_lora.prompt import render_prompt, strip_think
 
@@ -53,3 +54,27 @@ def test_adapter_folder_holds_safetensors_tokenizer_and_run_json(memorised):
     assert info["system_prompt"] == DIALOGUES[0]["messages"][0]["content"]
     assert info["data"]["train"]["samples"] == 2 and info["data"]["train"]["per_turn_samples"] == 4  # two packs
     assert info["base_model"]["signature"]["num_hidden_layers"] == 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_trains_exactly_the_inference_prompt(tiny_tokenizer, tmp_path, fmt):
+    """The same dialogues written in each format: the reader detects it, and every training sample is the
+    chat template's rendering of the original history (ids and reply-only labels) -- format-blind from here."""
+    from psydt_lora.data.datasets import build_mix, entries_from_args
+    from psydt_lora.data.samples import IGNORE_INDEX, build_samples
+
+    path = write_format(tmp_path, fmt, DIALOGUES)
+    mix = build_mix(entries_from_args([str(path)], None, None), system_prompt=SYSTEM, say=lambda *a: None)
+    assert mix.rows[0]["format"] == fmt and mix.rows[0]["detected"]
+    samples, _ = build_samples(mix.train, tiny_tokenizer, max_length=100_000)
+    replies = [(i, k) for i, d in enumerate(DIALOGUES) for k, m in enumerate(d["messages"]) if m["role"] == "assistant"]
+    assert [(s.dialogue_index, s.message_index) for s in samples] == replies
+    tok = tiny_tokenizer
+    for s in samples:
+        msgs = DIALOGUES[s.dialogue_index]["messages"]
+        k = s.message_index
+        ctx = tok.apply_chat_template(msgs[:k], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        ctx_ids = tok(ctx, add_special_tokens=False)["input_ids"]
+        reply_ids = tok(msgs[k]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        assert s.input_ids == ctx_ids + reply_ids
+        assert s.labels == [IGNORE_INDEX] * len(ctx_ids) + reply_ids

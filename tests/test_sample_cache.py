@@ -58,11 +58,37 @@ def test_what_decides_the_samples_invalidates_the_cache(tiny_model_dir, data_fil
     assert "cache hit" not in capsys.readouterr().out
 
 
-def test_an_unwritable_cache_folder_just_builds(tiny_model_dir, data_files, tmp_path, capsys):
+def test_an_unusable_cache_folder_beside_the_data_moves_the_cache_to_the_user_folder(tiny_model_dir, data_files,
+                                                                                      tmp_path, capsys, monkeypatch):
     train, _ = data_files
+    monkeypatch.setenv("PSYDT_CACHE_DIR", str(tmp_path / "user-cache"))
     (train.parent / ".psydt_cache").write_text("not a folder")  # as unusable as a read-only one, for root too
     assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl") == 0
-    assert "无法写入样本缓存" in capsys.readouterr().out and (tmp_path / "d.jsonl").is_file()
+    said = capsys.readouterr().out
+    assert f"样本缓存在 {tmp_path / 'user-cache' / 'samples'}" in said and (tmp_path / "d.jsonl").is_file()
+    assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl") == 0
+    assert "cache hit" in capsys.readouterr().out
+
+
+def test_a_read_only_data_folder_gets_nothing_written_into_it(tiny_model_dir, data_files, tmp_path, capsys,
+                                                               monkeypatch):
+    train, _ = data_files
+    monkeypatch.setenv("PSYDT_CACHE_DIR", str(tmp_path / "user-cache"))
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    shutil.copy(train, folder / "train.json")
+    folder.chmod(0o555)  # a shared mount or a package's data (root ignores the bits: the code must not)
+    try:
+        assert dry_run(tiny_model_dir, folder / "train.json", tmp_path / "d.jsonl") == 0
+        assert sorted(p.name for p in folder.iterdir()) == ["train.json"]
+    finally:
+        folder.chmod(0o755)
+    assert f"样本缓存在 {tmp_path / 'user-cache' / 'samples'}" in capsys.readouterr().out
+    assert any((tmp_path / "user-cache" / "samples").iterdir())
+    chosen = tmp_path / "chosen"  # and the user's choice wins
+    assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl", "--sample_cache_dir", str(chosen)) == 0
+    assert f"样本缓存在 {chosen}" in capsys.readouterr().out and any(chosen.iterdir())
+    assert not (train.parent / ".psydt_cache").exists()
 
 
 @pytest.mark.parametrize("mode", ["shared_prefix", "per_turn"])

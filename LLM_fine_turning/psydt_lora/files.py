@@ -154,3 +154,12 @@ def load_records(path: Path) -> list:
         f"数据文件 {path} 的顶层必须是 JSON 数组 [...] 或 JSON Lines（每行一个 {{...}}），"
         f"而文件以 {stripped[:1]!r} 开头。"
     )
+
+
+def user_cache_dir(*parts) -> Path:
+    """This tool's per-user cache folder (like `datasets`' own ~/.cache/huggingface): $PSYDT_CACHE_DIR, else
+    $XDG_CACHE_HOME/psydt_lora, else ~/.cache/psydt_lora. Created by whoever writes into it."""
+    root = os.environ.get("PSYDT_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "psydt_lora"
+    return Path(root).expanduser().joinpath(*parts)

@@ -1,4 +1,4 @@
-"""Fetching the base model and the PsyDTCorpus files, from ModelScope (default) or Hugging Face.
+"""Fetching the base model, the PsyDTCorpus files and other datasets by id, from ModelScope (default) or Hugging Face.
 
 Nothing is downloaded when the files are already in place: ModelScope never falls back to local
 files by itself and takes ~20 s to fail offline, so presence is checked here first.
@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
-from psydt_lora.files import load_records, temp_dir_beside
+from psydt_lora.files import load_records, temp_dir_beside, user_cache_dir, write_dir
 
 TRAIN_FILE = "PsyDTCorpus_train_mulit_turn_packing.json"  # sic: the dataset's own spelling
 TEST_FILE = "PsyDTCorpus_test_single_turn_split.json"
@@ -250,4 +250,60 @@ def ensure_dataset_file(repo: str, dataset_dir, filename: str, hub: str = "model
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_if_empty(made)
+    return target
+
+
+# -- whole datasets by id ----------------------------------------------------------------------------------
+HUB_DATASET_MARK = ".psydt_complete"  # written last: a folder without it is an interrupted download
+
+
+def _modelscope_dataset(repo: str, folder: Path, patterns) -> None:
+    from modelscope.hub.snapshot_download import dataset_snapshot_download
+
+    dataset_snapshot_download(dataset_id=repo, local_dir=str(folder), allow_patterns=patterns)
+
+
+def _huggingface_dataset(repo: str, folder: Path, patterns) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo_id=repo, repo_type="dataset", local_dir=str(folder), allow_patterns=patterns)
+
+
+DATASET_DOWNLOADERS = {"modelscope": _modelscope_dataset, "huggingface": _huggingface_dataset}
+DATA_PATTERNS = ["*.json", "*.jsonl", "*.parquet", "*.csv", "*.arrow", "*.txt", "**/*.json", "**/*.jsonl",
+                 "**/*.parquet", "**/*.csv", "**/*.arrow", "**/*.txt"]
+
+
+def hub_dataset_dir(repo: str, hub: str) -> Path:
+    return user_cache_dir("datasets", hub, *repo.split("/"))
+
+
+def ensure_hub_dataset(repo: str, hub: str = "modelscope", filename: str | None = None) -> Path:
+    """The local copy of dataset `repo` (its data files, or just `filename`) in the per-user cache, downloaded
+    once; later runs use the copy without touching the network. Returns the file, or the folder."""
+    if hub not in DATASET_DOWNLOADERS:
+        raise PsyDTError(f"未知的 hub {hub!r}，可选：{', '.join(HUBS)}")
+    folder = hub_dataset_dir(repo, hub) / (filename.replace("/", "__") if filename else "_all")
+    target = folder / filename if filename else folder
+    if (folder / HUB_DATASET_MARK).is_file():
+        return target
+    print(f"[下载] 从 {hub} 下载数据集 {repo}{'/' + filename if filename else ''} 到 {folder} ...", flush=True)
+
+    def fill(tmp):
+        with quiet_hub_logs():
+            DATASET_DOWNLOADERS[hub](repo, tmp, [filename] if filename else DATA_PATTERNS)
+        if filename and not (tmp / filename).is_file():
+            raise PsyDTError(f"{hub} 上的数据集 {repo} 里没有文件 {filename}。")
+        (tmp / HUB_DATASET_MARK).write_text(repo, "utf-8")
+
+    try:
+        write_dir(folder, fill)
+    except PsyDTError:
+        raise
+    except Exception as err:  # any network / hub failure: stop with what to do by hand
+        raise PsyDTError(
+            f"从 {hub} 下载数据集 {repo} 失败：{type(err).__name__}: {err}。请检查网络，或在能上网的机器上从 "
+            f"{HUB_SITES[hub]} 下载它的数据文件，用 --train_file 指向本地文件或文件夹"
+            f"（也可以换一个 --hub）。"
+        ) from None
     return target

@@ -22,10 +22,9 @@ from pathlib import Path
 from psydt_lora.cli import make_parser
 from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.hub import HUBS, TEST_FILE
+from psydt_lora.prompt import DEFAULT_SYSTEM
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
-
-DEFAULT_SYSTEM = "你是一位专业、温暖的心理咨询师，善于倾听，能够共情来访者并给予支持和引导。"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="求助资源 JSON 文件，替换内置的（中国大陆）列表")
 
     g = p.add_argument_group("批量测试（--mode test）")
-    g.add_argument("--test_file", default=None, help=f"单轮拆分格式的测试文件；默认 <dataset_dir>/{TEST_FILE}")
+    g.add_argument("--test_file", default=None, help="单轮拆分格式的测试文件；默认：adapter 训练时用 --val_size 留出的对话，"
+                                                    f"否则 <dataset_dir>/{TEST_FILE}")
     g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="数据集在模型库上的 id（用于默认测试文件）")
     g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="PsyDTCorpus 文件所在的文件夹")
     g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少测试文件时从哪里下载")
@@ -136,11 +136,24 @@ def test_items(args, system):
         return questions_as_items(read_questions(args.questions_file), system), str(args.questions_file)
     if args.test_file:  # check_local made sure it is there
         path = Path(args.test_file)
+    elif heldout_file(args):
+        path = heldout_file(args)
+        print(f"[测试] 使用训练时留出的验证对话 {path}（--val_size；它们没有参与训练）")
     else:
         path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
     items, _ = read_dialogues(path)
     check_format(items, path, expect_split=True, flag="--test_file")
     return select_spread(items, args.max_test_items), str(path)
+
+
+def heldout_file(args) -> Path | None:
+    """The held-out dialogues the adapter's training set aside (--val_size), when that file is still there."""
+    from psydt_lora.models import read_run_info
+
+    if args.no_adapter or not Path(args.adapter_path).is_dir():
+        return None
+    path = read_run_info(args.adapter_path).get("data", {}).get("heldout_file")
+    return Path(path) if path and Path(path).is_file() else None
 
 
 def _loss_curve(adapter):

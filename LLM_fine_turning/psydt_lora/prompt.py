@@ -9,6 +9,8 @@ and is never a training target. A reply ends with the tokenizer's end-of-turn to
 import hashlib
 import re
 
+# The system prompt for dialogues that bring none: training adds it, chat / serve use it when the adapter names none.
+DEFAULT_SYSTEM = "你是一位专业、温暖的心理咨询师，善于倾听，能够共情来访者并给予支持和引导。"
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 

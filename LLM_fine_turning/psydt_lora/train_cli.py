@@ -23,6 +23,7 @@ from pathlib import Path
 from psydt_lora.cli import make_parser
 from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE
+from psydt_lora.prompt import DEFAULT_SYSTEM
 from psydt_lora.data.samples import SAMPLE_MODES
 from psydt_lora.train.training import DEFAULT_TARGET_MODULES, is_main_process
 
@@ -37,9 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少模型或数据时从哪里下载")
     g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="数据集在模型库上的 id")
     g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="PsyDTCorpus 文件所在的文件夹")
-    g.add_argument("--train_file", default=None, help=f"训练对话（JSON/JSONL）；默认 <dataset_dir>/{TRAIN_FILE}")
+    g.add_argument("--train_file", action="append", default=None, metavar="PATH",
+                   help="训练数据：文件或文件夹（JSON/JSONL/Parquet/CSV/Arrow、CPsyCounD 的 .txt），或 hub:数据集id；"
+                        f"可以给多次或用逗号分隔，格式自动识别；默认 <dataset_dir>/{TRAIN_FILE}")
+    g.add_argument("--dataset_spec", default=None, metavar="FILE",
+                   help="数据集说明（JSON/YAML）：每个数据集的路径或 hub id、格式、列名与角色标签、系统提示词、条数上限、权重（见 README 的“数据”）")
+    g.add_argument("--system_prompt", default=DEFAULT_SYSTEM,
+                   help="给没有系统提示词的对话加上的系统提示词（语料自带的不变）；\"\" 表示不加")
+    g.add_argument("--val_size", type=float, default=0,
+                   help="从训练对话中按对话留出验证集（小于 1 是比例，≥ 1 是段数，按 --seed 确定）；训练时验证和批量测试都用它")
     g.add_argument("--eval_file", default=None, help=f"验证条目（单轮拆分格式）；默认 <dataset_dir>/{TEST_FILE}")
-    g.add_argument("--max_train_items", type=int, default=300, help="只用前 N 条训练对话；0 或 -1 = 全部")
+    g.add_argument("--max_train_items", type=int, default=300, help="每个数据集只用前 N 段对话；0 或 -1 = 全部")
     g.add_argument("--max_eval_items", type=int, default=20, help="从不同对话中均匀取 N 条验证条目；0 或 -1 = 全部")
     g.add_argument("--max_length", type=int, default=2048, help="每个样本的最大 token 数（超出时丢弃最早的几轮）")
     g.add_argument("--sample_mode", choices=SAMPLE_MODES, default="shared_prefix",
@@ -53,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "样本之间互不可见，损失不变（同 LLaMA-Factory 的 neat_packing）。行数和步数随之减少。"
                         "在 CPU + sdpa 上实测更慢（稠密掩码随行长平方增长）；为 GPU + --attn_implementation flex_attention 准备")
     g.add_argument("--sample_cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="把构建好的训练样本缓存在数据文件旁的 .psydt_cache/ 里，数据、分词器、模板和设置都不变时直接读取")
+                   help="把构建好的训练样本缓存在数据旁的 .psydt_cache/ 里（那里不可写时放在用户缓存文件夹），"
+                        "数据、分词器、模板和设置都不变时直接读取")
+    g.add_argument("--sample_cache_dir", default=None, metavar="DIR", help="样本缓存放在这里（默认见上）")
     g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
 
     g = p.add_argument_group("训练")
@@ -129,6 +140,10 @@ def check_args(args) -> None:
         raise PsyDTError(f"--lora_dropout 必须在 [0, 1) 之间，收到 {args.lora_dropout}。")
     if args.deepspeed and not Path(args.deepspeed).is_file():
         raise PsyDTError(f"--deepspeed {args.deepspeed} 不存在（示例配置在 examples/deepspeed/）。")
+    if args.val_size < 0 or args.val_size >= 1 and args.val_size != int(args.val_size):
+        raise PsyDTError(f"--val_size 必须是 0 到 1 之间的比例或正整数段数，收到 {args.val_size:g}。")
+    if args.val_size and args.eval_file:
+        raise PsyDTError("--val_size（从训练数据留出验证集）和 --eval_file 只能给一个。")
     if args.learning_rate <= 0:
         raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
     if args.attn_implementation == "flex_attention":
@@ -149,8 +164,11 @@ def check_local(args) -> None:
     from psydt_lora.files import check_can_write, check_files_exist
     from psydt_lora.train.training import find_checkpoint
 
-    check_files_exist({"--train_file": args.train_file, "--eval_file": args.eval_file if args.do_eval else None,
-                       "--deepspeed": args.deepspeed})
+    from psydt_lora.data.datasets import check_local_entries, entries_from_args
+
+    check_files_exist({"--eval_file": args.eval_file if args.do_eval else None, "--deepspeed": args.deepspeed,
+                       "--dataset_spec": args.dataset_spec})
+    check_local_entries(entries_from_args(args.train_file, args.dataset_spec, None))
     if not args.dry_run:
         check_can_write(args.output_dir, "--output_dir")
         if args.resume_from_checkpoint not in ("auto", "none"):
@@ -159,18 +177,28 @@ def check_local(args) -> None:
         check_can_write(args.dump_samples, "--dump_samples")
 
 
-def data_files(args) -> tuple[Path, Path | None]:
-    """The train and eval files, downloading the PsyDTCorpus ones into dataset_dir when missing."""
-    from psydt_lora.hub import ensure_dataset_file
+def read_data(args):
+    """(Mix, eval file or None): every training dataset read and mixed (fetching what is missing), and the
+    eval file (PsyDTCorpus's test file when training on PsyDTCorpus; none for other corpora without --val_size)."""
+    from psydt_lora.data.datasets import DatasetEntry, build_mix, entries_from_args
+    from psydt_lora.hub import ensure_dataset_file, ensure_hub_dataset
 
-    def resolve(given, default_name):
-        if given:  # check_local made sure it is there
-            return Path(given)
-        return ensure_dataset_file(args.dataset_repo, args.dataset_dir, default_name, args.hub)
-
-    train = resolve(args.train_file, TRAIN_FILE)
-    evalf = resolve(args.eval_file, TEST_FILE) if args.do_eval else None
-    return train, evalf
+    limit = args.max_train_items if args.max_train_items > 0 else None
+    entries = entries_from_args(args.train_file, args.dataset_spec, limit)
+    if not entries:
+        path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TRAIN_FILE, args.hub)
+        entries = [DatasetEntry("PsyDTCorpus", "--train_file", path=str(path), max_items=limit)]
+    say = print if is_main_process() else (lambda *a: None)
+    mix = build_mix(entries, hub=args.hub, seed=args.seed, system_prompt=args.system_prompt or None,
+                    val_size=args.val_size, fetch=ensure_hub_dataset, say=say)
+    if not args.do_eval or args.val_size:
+        return mix, None
+    if args.eval_file:  # check_local made sure it is there
+        return mix, Path(args.eval_file)
+    if all(e.path and Path(e.path).name == TRAIN_FILE for e in entries):
+        return mix, ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
+    say("[验证] 这些数据没有配套的验证文件：训练时不做验证。要验证请加 --val_size 0.05（留出 5% 的对话）或 --eval_file。")
+    return mix, None
 
 
 def preflight(output_dir: Path, need_bytes: int) -> None:
@@ -208,45 +236,50 @@ def print_stats(title, read_stats, sample_stats) -> None:
         print(f"[{title}] 注意：{note}")
 
 
-def train_samples_for(args, tokenizer, train_file):
-    """(dialogues, read stats, samples, sample stats) of the training file, through the sample cache when on
-    (rank 0 builds and stores; the other ranks then read it)."""
-    from psydt_lora.data.dialogues import check_format, read_dialogues
+def train_samples_for(args, tokenizer, mix):
+    """(samples, sample stats) of the mixed training dialogues, through the sample cache when on (rank 0
+    builds and stores; the other ranks then read it)."""
     from psydt_lora.data.samples import build_training_samples
 
-    limit = args.max_train_items if args.max_train_items > 0 else None
-    dialogues, read = read_dialogues(train_file, limit=limit)
-    check_format(dialogues, train_file, expect_split=False, flag="--train_file")
     main_rank = is_main_process()
 
     def build():
-        return build_training_samples(dialogues, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
+        return build_training_samples(mix.train, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
                                       pack_length=args.pack_length or None)
 
     if not args.sample_cache:
-        return (dialogues, read, *build())
-    from psydt_lora.data.sample_cache import load_or_build
+        return build()
+    from psydt_lora.data.datasets import digest
+    from psydt_lora.data.sample_cache import cache_root, load_or_build
 
     settings = {"max_length": args.max_length, "mode": args.sample_mode, "pack_length": args.pack_length,
-                "records": limit, "enable_thinking": False}
+                "enable_thinking": False}
+    where = mix.rows[0]["location"]
+    say = print if main_rank else (lambda *a: None)
+    say(f"[样本] 样本缓存在 {cache_root(where, args.sample_cache_dir)}")
     with main_process_first():
-        samples, stats = load_or_build(train_file, tokenizer, settings, build, say=print if main_rank else (lambda *a: None))
-    return dialogues, read, samples, stats
+        return load_or_build(where, tokenizer, settings, build, say=say, data_digest=digest(mix.train),
+                             cache_dir=args.sample_cache_dir)
 
 
-def eval_samples_for(args, tokenizer, eval_file):
-    """(samples, stats dict) of --max_eval_items items spread over the eval file's dialogues."""
-    from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
+def eval_samples_for(args, tokenizer, eval_file, heldout=None):
+    """(samples, stats dict) of --max_eval_items items spread over the dialogues of the eval file, or of the
+    held-out dialogues (one item per reply, as in a test file)."""
+    from psydt_lora.data.dialogues import ReadStats, check_format, read_dialogues, select_spread
+    from psydt_lora.data.datasets import as_test_items
     from psydt_lora.data.samples import build_samples
 
-    items, read = read_dialogues(eval_file)
-    check_format(items, eval_file, expect_split=True, flag="--eval_file")
+    if heldout is not None:
+        items, read = as_test_items(heldout), ReadStats()
+    else:
+        items, read = read_dialogues(eval_file)
+        check_format(items, eval_file, expect_split=True, flag="--eval_file")
     items = select_spread(items, args.max_eval_items)
     read.records = len(items)
     samples, stats = build_samples(items, tokenizer, args.max_length, last_reply_only=True)
     if is_main_process():
         print_stats("验证", read, stats)
-    return samples, {"file": str(eval_file), **read.as_dict(), **stats.as_dict()}
+    return samples, {"file": str(eval_file) if heldout is None else "--val_size", **read.as_dict(), **stats.as_dict()}
 
 
 def main(argv=None) -> int:
@@ -257,24 +290,29 @@ def main(argv=None) -> int:
     from psydt_lora.prompt import prompt_format
     from psydt_lora.data.samples import dump_samples
 
-    # 1. fetch what is missing (under torchrun / accelerate: the main process first, the others then find it)
+    # 1. fetch what is missing, data first: a bad data file stops before any model download
+    # (under torchrun / accelerate: the main process first, the others then find it)
     model_dir = Path(args.model_local_dir)
     with main_process_first():
+        mix, eval_file = read_data(args)
         if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
             hub.ensure_model(args.model_repo, model_dir, args.hub)
-        train_file, eval_file = data_files(args)
 
-    # 2. read dialogues, build samples
+    # 2. build samples
     tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
-    train_dialogues, train_read, train_samples, train_stats = train_samples_for(args, tokenizer, train_file)
+    train_samples, train_stats = train_samples_for(args, tokenizer, mix)
     main_rank = is_main_process()
+    train_read = mix.read_stats()
     if main_rank:
         print_stats("训练", train_read, train_stats)
+    locations = ", ".join(r["location"] for r in mix.rows)
     if not train_samples:
-        raise PsyDTError(f"{train_file} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
-    eval_samples, data_stats = [], {"train": {"file": str(train_file), **train_read.as_dict(), **train_stats.as_dict()}}
-    if eval_file is not None:
-        eval_samples, data_stats["eval"] = eval_samples_for(args, tokenizer, eval_file)
+        raise PsyDTError(f"{locations} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
+    data_stats = {"train": {"file": locations, **train_read.as_dict(), **train_stats.as_dict()},
+                  "datasets": mix.rows, "duplicates_dropped": mix.duplicates, "system_prompts": mix.system_prompts()}
+    eval_samples = []
+    if eval_file is not None or mix.heldout:
+        eval_samples, data_stats["eval"] = eval_samples_for(args, tokenizer, eval_file, mix.heldout or None)
     if args.dump_samples and main_rank:
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
@@ -297,8 +335,20 @@ def main(argv=None) -> int:
         return 0
     n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
-    return train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data_stats,
+    if mix.heldout and main_rank:  # the batch test reads it (infer --mode test finds it through the adapter)
+        data_stats["heldout_file"] = write_heldout(output_dir, mix.heldout)
+    return train(args, model_dir, tokenizer, mix.train, train_set, eval_set, data_stats,
                  prompt_format(tokenizer), resume=resume, steps=steps)
+
+
+def write_heldout(output_dir: Path, heldout) -> str:
+    from psydt_lora.data.datasets import HELDOUT_FILE, as_test_items, test_records
+    from psydt_lora.files import atomic_write_json
+
+    path = (output_dir / HELDOUT_FILE).resolve()
+    atomic_write_json(path, test_records(as_test_items(heldout)))
+    print(f"[验证] 留出的 {len(heldout)} 段对话（按回复拆成测试条目）写入 {path}，批量测试默认用它", flush=True)
+    return str(path)
 
 
 def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data_stats, prompt_fmt, *,

@@ -27,6 +27,7 @@ class Dialogue:
     id: object  # the record's "id", as given (may be None)
     tag: str | None  # the record's "normalizedTag"
     messages: list[dict]  # [{"role", "content"}], validated and cleaned
+    source: str | None = None  # the dataset it came from, when several are mixed
 
     def targets(self) -> list[int]:
         """Indices of the assistant messages that are training targets."""
@@ -56,7 +57,7 @@ class ReadStats:
         }
 
 
-def _where(path, index, record=None) -> str:
+def where_is(path, index, record=None) -> str:
     rid = ""
     if isinstance(record, dict) and "id" in record:
         rid = f"（id={record['id']!r}）"
@@ -66,7 +67,7 @@ def _where(path, index, record=None) -> str:
 
 
 def _validate(path, index, record, stats: ReadStats) -> Dialogue:
-    where = _where(path, index, record)
+    where = where_is(path, index, record)
     if not isinstance(record, dict):
         raise PsyDTError(f"{where}：记录必须是 JSON 对象，实际是 {type(record).__name__}。")
     if "messages" not in record:
@@ -77,21 +78,34 @@ def _validate(path, index, record, stats: ReadStats) -> Dialogue:
     tag = record.get("normalizedTag")
     if tag is not None and not isinstance(tag, str):
         raise PsyDTError(f"{where}：字段 \"normalizedTag\" 必须是字符串。")
-    clean = []
+    turns = []
     for j, m in enumerate(messages):
-        field_name = f"messages[{j}]"
         if not isinstance(m, dict):
-            raise PsyDTError(f"{where}：{field_name} 必须是 {{\"role\", \"content\"}} 对象。")
-        role, content = m.get("role"), m.get("content")
+            raise PsyDTError(f"{where}：messages[{j}] 必须是 {{\"role\", \"content\"}} 对象。")
+        role = m.get("role")
         if role not in ROLES:
-            raise PsyDTError(
-                f"{where}：{field_name}.role 是 {role!r}，只允许 system / user / assistant。"
-            )
+            raise PsyDTError(f"{where}：messages[{j}].role 是 {role!r}，只允许 system / user / assistant。")
+        turns.append((role, m.get("content", MISSING), f"messages[{j}].content"))
+    return to_dialogue(where, index, record.get("id"), tag, turns, stats)
+
+
+MISSING = object()
+
+
+def to_dialogue(where: str, index: int, rid, tag, turns, stats: ReadStats, source: str | None = None) -> Dialogue:
+    """The one dialogue every format becomes. `turns` are (role in ROLES, content, field name as the user's
+    file spells it); the checks and clean-ups here are the same for every format."""
+    clean = []
+    for j, (role, content, field_name) in enumerate(turns):
         if not isinstance(content, str):
-            what = "缺失" if "content" not in m else f"类型是 {type(content).__name__}"
-            raise PsyDTError(f"{where}：{field_name}.content 必须是字符串（{what}）。")
+            what = "缺失" if content is MISSING else f"类型是 {type(content).__name__}"
+            raise PsyDTError(f"{where}：{field_name} 必须是字符串（{what}）。")
         if role == "system" and j != 0:
             raise PsyDTError(f"{where}：{field_name} 是 system 消息，但 system 只能是第一条消息。")
+        if role == "assistant" and clean and clean[-1]["role"] == "assistant":
+            # inference always asks for a reply right after the client spoke: such a target has no prompt to match
+            raise PsyDTError(f"{where}：{field_name} 是咨询师的回复，紧跟在另一条咨询师回复之后——"
+                             "回复之间必须有来访者的发言（同一人连续的几段话请合并成一条）。")
         if role == "assistant" and ("<think>" in content or "</think>" in content):
             content = strip_think(content)
             stats.think_blocks_removed += 1
@@ -99,7 +113,7 @@ def _validate(path, index, record, stats: ReadStats) -> Dialogue:
     while clean and clean[-1]["role"] == "user":
         clean.pop()
         stats.dropped_trailing_user_turns += 1
-    dialogue = Dialogue(index=index, id=record.get("id"), tag=tag, messages=clean)
+    dialogue = Dialogue(index=index, id=rid, tag=tag, messages=clean, source=source)
     seen_user = False
     for m in clean:
         seen_user = seen_user or m["role"] == "user"

@@ -3,16 +3,19 @@ that decides them: the data file's bytes, which records are used, the tokenizer,
 sample settings and the code that builds samples. A rerun or a resume with the same fingerprint loads the
 Arrow files (memory-mapped) instead of rendering and tokenising again.
 
-The cache lives next to the data file (`.psydt_cache/<fingerprint>/`), written to a temporary folder and
-renamed into place, so an interrupted write is never read back. Where that folder is not writable the
-samples are simply built.
+The cache lives next to the data (`.psydt_cache/<fingerprint>/`) when that folder is writable, else in the
+per-user cache folder (files.user_cache_dir, like `datasets`' own), or where the caller says; it is written
+to a temporary folder and renamed into place, so an interrupted write is never read back. Where even that
+fails the samples are simply built.
 """
 import hashlib
 import json
+import os
+import stat
 from dataclasses import asdict
 from pathlib import Path
 
-from psydt_lora.files import atomic_write_json, write_dir
+from psydt_lora.files import atomic_write_json, user_cache_dir, write_dir
 from psydt_lora.hub import sha256_file
 from psydt_lora.data.packing import IGNORE_INDEX
 from psydt_lora.data.samples import PerTurnView, Sample, SampleStats
@@ -22,12 +25,12 @@ CACHE_DIR = ".psydt_cache"
 _CODE = ("data/samples.py", "data/packing.py", "prompt.py", "data/dialogues.py", "data/sample_cache.py")
 
 
-def fingerprint(data_file, tokenizer, settings: dict) -> str:
+def fingerprint(data_file, tokenizer, settings: dict, data_digest: str | None = None) -> str:
     here = Path(__file__).parents[1]
     vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else json.dumps(
         tokenizer.get_vocab(), sort_keys=True)
     parts = {
-        "data": sha256_file(Path(data_file)),
+        "data": data_digest or sha256_file(Path(data_file)),  # the digest: of the dialogues read, when given
         "tokenizer": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
         "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
         "template": tokenizer.get_chat_template(),
@@ -105,13 +108,34 @@ def _as_table(samples):
     })
 
 
-def load_or_build(data_file, tokenizer, settings: dict, build, say=print):
+def cache_root(data_path, chosen=None) -> Path:
+    """Beside the data when its folder can take a .psydt_cache/ (a read-only mount or a package's data
+    cannot), else the per-user cache folder; `chosen` (the user's) wins."""
+    if chosen:
+        return Path(chosen)
+    folder = Path(data_path) if Path(data_path).is_dir() else Path(data_path).parent
+    beside = folder / CACHE_DIR
+    if _writable(beside) if beside.exists() else _writable(folder):
+        return beside
+    return user_cache_dir("samples")
+
+
+def _writable(folder: Path) -> bool:
+    """A folder we may write into: access() says so (a read-only mount says no even to root), and its owner
+    has not made it read-only (root would otherwise write into a folder marked r-x)."""
+    try:
+        return folder.is_dir() and bool(folder.stat().st_mode & stat.S_IWUSR) and os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        return False
+
+
+def load_or_build(data_file, tokenizer, settings: dict, build, say=print, data_digest=None, cache_dir=None):
     """(samples, stats): from the cache when its fingerprint matches, else `build()` and store the result."""
     import datasets
 
     datasets.disable_progress_bars()
-    key = fingerprint(data_file, tokenizer, settings)
-    folder = Path(data_file).parent / CACHE_DIR / key
+    key = fingerprint(data_file, tokenizer, settings, data_digest)
+    folder = cache_root(data_file, cache_dir) / key
     if (folder / "stats.json").is_file():
         saved = json.loads((folder / "stats.json").read_text("utf-8"))
         view = saved.pop("per_turn_view", False)
