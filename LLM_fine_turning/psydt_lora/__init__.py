@@ -11,7 +11,9 @@ Ground floor (this folder):
     hub       -- fetching the model and the dataset files (modelscope / huggingface)
     models    -- loading tokenizer / base model / adapter
 Wings, lowest first:
-    data/       dialogues (reading, validating, picking items), samples (dialogues -> ids + reply-only labels),
+    data/       dialogues (the one dialogue type, validating, picking items), formats (every file format, detected),
+                datasets (the dataset spec, mixing several, duplicates, the held-out split),
+                samples (dialogues -> ids + reply-only labels),
                 packing (the shared_prefix layout, rows of several samples, padding, the tree mask, the collator),
                 sample_cache (built samples as a datasets.Dataset keyed by a fingerprint)
     safety/     rules (crisis-language lexicon, help resources, reply screening, measuring the layers),

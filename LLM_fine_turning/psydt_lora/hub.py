@@ -296,11 +296,14 @@ def ensure_hub_dataset(repo: str, hub: str = "modelscope", filename: str | None 
             raise PsyDTError(f"{hub} 上的数据集 {repo} 里没有文件 {filename}。")
         (tmp / HUB_DATASET_MARK).write_text(repo, "utf-8")
 
+    made = created_folders(folder)
     try:
         write_dir(folder, fill)
     except PsyDTError:
+        remove_if_empty(made)
         raise
     except Exception as err:  # any network / hub failure: stop with what to do by hand
+        remove_if_empty(made)
         raise PsyDTError(
             f"从 {hub} 下载数据集 {repo} 失败：{type(err).__name__}: {err}。请检查网络，或在能上网的机器上从 "
             f"{HUB_SITES[hub]} 下载它的数据文件，用 --train_file 指向本地文件或文件夹"

@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"可以给多次或用逗号分隔，格式自动识别；默认 <dataset_dir>/{TRAIN_FILE}")
     g.add_argument("--dataset_spec", default=None, metavar="FILE",
                    help="数据集说明（JSON/YAML）：每个数据集的路径或 hub id、格式、列名与角色标签、系统提示词、条数上限、权重（见 README 的“数据”）")
-    g.add_argument("--system_prompt", default=DEFAULT_SYSTEM,
-                   help="给没有系统提示词的对话加上的系统提示词（语料自带的不变）；\"\" 表示不加")
+    g.add_argument("--system_prompt", default=None,
+                   help="给没有系统提示词的对话加上的系统提示词（语料自带的不变；默认是内置的那一个）；\"\" 表示不加")
     g.add_argument("--val_size", type=float, default=0,
                    help="从训练对话中按对话留出验证集（小于 1 是比例，≥ 1 是段数，按 --seed 确定）；训练时验证和批量测试都用它")
     g.add_argument("--eval_file", default=None, help=f"验证条目（单轮拆分格式）；默认 <dataset_dir>/{TEST_FILE}")
@@ -189,7 +189,8 @@ def read_data(args):
         path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TRAIN_FILE, args.hub)
         entries = [DatasetEntry("PsyDTCorpus", "--train_file", path=str(path), max_items=limit)]
     say = print if is_main_process() else (lambda *a: None)
-    mix = build_mix(entries, hub=args.hub, seed=args.seed, system_prompt=args.system_prompt or None,
+    system = DEFAULT_SYSTEM if args.system_prompt is None else args.system_prompt or None
+    mix = build_mix(entries, hub=args.hub, seed=args.seed, system_prompt=system,
                     val_size=args.val_size, fetch=ensure_hub_dataset, say=say)
     if not args.do_eval or args.val_size:
         return mix, None
@@ -308,8 +309,9 @@ def main(argv=None) -> int:
     locations = ", ".join(r["location"] for r in mix.rows)
     if not train_samples:
         raise PsyDTError(f"{locations} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
-    data_stats = {"train": {"file": locations, **train_read.as_dict(), **train_stats.as_dict()},
-                  "datasets": mix.rows, "duplicates_dropped": mix.duplicates, "system_prompts": mix.system_prompts()}
+    # (every value a dict: SwanLab's config reads them; no dialogue or prompt text here, it is uploaded)
+    data_stats = {"train": {"file": locations, "duplicates_dropped": mix.duplicates, **train_read.as_dict(),
+                            **train_stats.as_dict()}, "datasets": {row["name"]: row for row in mix.rows}}
     eval_samples = []
     if eval_file is not None or mix.heldout:
         eval_samples, data_stats["eval"] = eval_samples_for(args, tokenizer, eval_file, mix.heldout or None)
@@ -336,7 +338,7 @@ def main(argv=None) -> int:
     n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
     if mix.heldout and main_rank:  # the batch test reads it (infer --mode test finds it through the adapter)
-        data_stats["heldout_file"] = write_heldout(output_dir, mix.heldout)
+        data_stats["eval"]["heldout_file"] = write_heldout(output_dir, mix.heldout)
     return train(args, model_dir, tokenizer, mix.train, train_set, eval_set, data_stats,
                  prompt_format(tokenizer), resume=resume, steps=steps)
 
@@ -379,7 +381,10 @@ def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data
     metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
     if eval_set is not None:
         metrics["eval"] = T.final_eval(trainer)
+    from psydt_lora.data.datasets import system_prompts
+
     info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
+    info["system_prompts"] = system_prompts(train_dialogues)  # each dataset's; chat / test / serve use system_prompt
     save_outputs(args, trainer, metrics, info, collator.padding_share())
     T.finish_distributed()
     return 0

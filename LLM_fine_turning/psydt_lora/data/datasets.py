@@ -72,15 +72,6 @@ class Mix:
                 setattr(total, k, getattr(total, k) + getattr(st, k))
         return total
 
-    def system_prompts(self) -> dict:
-        """The system prompt each dataset trained with (its most common one)."""
-        out = {}
-        for row in self.rows:
-            counts = Counter(d.messages[0]["content"] for d in self.train
-                             if d.source == row["name"] and d.messages[0]["role"] == "system")
-            out[row["name"]] = counts.most_common(1)[0][0] if counts else None
-        return out
-
 
 # -- which datasets ------------------------------------------------------------------------------------
 def entries_from_args(train_files, spec_file, max_items) -> list[DatasetEntry]:
@@ -234,6 +225,15 @@ def build_mix(entries, *, hub: str = "modelscope", seed: int = 42, system_prompt
     for row in rows:
         say(describe(row))
     return mix
+
+
+def system_prompts(dialogues: list[Dialogue]) -> dict:
+    """The system prompt each dataset trained with (its most common one; None: without)."""
+    counts = {}
+    for d in dialogues:
+        first = d.messages[0]
+        counts.setdefault(d.source, Counter())[first["content"] if first["role"] == "system" else None] += 1
+    return {name: c.most_common(1)[0][0] for name, c in counts.items()}
 
 
 def describe(row: dict) -> str:
