@@ -260,7 +260,7 @@ def test_training_on_the_published_corpora_mixed_with_weights_and_a_heldout_spli
                  "--max_eval_items", "3")
     rows = info["data"]["datasets"]
     assert (rows["smile"]["format"], rows["e"]["format"]) == ("smilechat", "cpsycoune")
-    held = json.loads(Path(info["data"]["eval"]["heldout_file"]).read_text("utf-8"))
+    held = json.loads(Path(info["data"]["heldout"]["file"]).read_text("utf-8"))
     held_ids = {(r["source"], r["id"]) for r in held}
     n = {s: sum(1 for src, _ in held_ids if src == s) for s in ("smile", "e")}
     assert sum(n.values()) == 2 and rows["smile"]["heldout"] == n["smile"]
@@ -270,7 +270,7 @@ def test_training_on_the_published_corpora_mixed_with_weights_and_a_heldout_spli
     assert info["system_prompt"] == DEFAULT_SYSTEM == info["system_prompts"]["smile"] == info["system_prompts"]["e"]
     args = inference_psydt_lora.build_parser().parse_args(["--mode", "test", "--adapter_path",
                                                            str(tmp_path / "out" / "lora_adapter")])
-    assert heldout_file(args) == Path(info["data"]["eval"]["heldout_file"])  # the batch test's default test file
+    assert heldout_file(args) == Path(info["data"]["heldout"]["file"])  # the batch test's default test file
 
 
 def variant(dialogues, mark):

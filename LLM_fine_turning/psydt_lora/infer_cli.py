@@ -152,7 +152,7 @@ def heldout_file(args) -> Path | None:
 
     if args.no_adapter or not Path(args.adapter_path).is_dir():
         return None
-    path = read_run_info(args.adapter_path).get("data", {}).get("eval", {}).get("heldout_file")
+    path = read_run_info(args.adapter_path).get("data", {}).get("heldout", {}).get("file")
     return Path(path) if path and Path(path).is_file() else None
 
 

@@ -283,6 +283,24 @@ def eval_samples_for(args, tokenizer, eval_file, heldout=None):
     return samples, {"file": str(eval_file) if heldout is None else "--val_size", **read.as_dict(), **stats.as_dict()}
 
 
+def samples_for(args, tokenizer, mix, eval_file):
+    """(train samples, eval samples, data stats) with the statistics printed."""
+    train_samples, train_stats = train_samples_for(args, tokenizer, mix)
+    train_read = mix.read_stats()
+    if is_main_process():
+        print_stats("训练", train_read, train_stats)
+    locations = ", ".join(r["location"] for r in mix.rows)
+    if not train_samples:
+        raise PsyDTError(f"{locations} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
+    # (every value a dict: SwanLab's config reads them; no dialogue or prompt text here, it is uploaded)
+    data_stats = {"train": {"file": locations, "duplicates_dropped": mix.duplicates, **train_read.as_dict(),
+                            **train_stats.as_dict()}, "datasets": {row["name"]: row for row in mix.rows}}
+    eval_samples = []
+    if eval_file is not None or mix.heldout and args.do_eval:
+        eval_samples, data_stats["eval"] = eval_samples_for(args, tokenizer, eval_file, mix.heldout or None)
+    return train_samples, eval_samples, data_stats
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -301,20 +319,8 @@ def main(argv=None) -> int:
 
     # 2. build samples
     tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
-    train_samples, train_stats = train_samples_for(args, tokenizer, mix)
+    train_samples, eval_samples, data_stats = samples_for(args, tokenizer, mix, eval_file)
     main_rank = is_main_process()
-    train_read = mix.read_stats()
-    if main_rank:
-        print_stats("训练", train_read, train_stats)
-    locations = ", ".join(r["location"] for r in mix.rows)
-    if not train_samples:
-        raise PsyDTError(f"{locations} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
-    # (every value a dict: SwanLab's config reads them; no dialogue or prompt text here, it is uploaded)
-    data_stats = {"train": {"file": locations, "duplicates_dropped": mix.duplicates, **train_read.as_dict(),
-                            **train_stats.as_dict()}, "datasets": {row["name"]: row for row in mix.rows}}
-    eval_samples = []
-    if eval_file is not None or mix.heldout:
-        eval_samples, data_stats["eval"] = eval_samples_for(args, tokenizer, eval_file, mix.heldout or None)
     if args.dump_samples and main_rank:
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
@@ -338,7 +344,7 @@ def main(argv=None) -> int:
     n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
     if mix.heldout and main_rank:  # the batch test reads it (infer --mode test finds it through the adapter)
-        data_stats["eval"]["heldout_file"] = write_heldout(output_dir, mix.heldout)
+        data_stats["heldout"] = {"file": write_heldout(output_dir, mix.heldout), "dialogues": len(mix.heldout)}
     return train(args, model_dir, tokenizer, mix.train, train_set, eval_set, data_stats,
                  prompt_format(tokenizer), resume=resume, steps=steps)
 
