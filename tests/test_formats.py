@@ -57,6 +57,17 @@ def test_smilechat_as_published_is_detected_and_read_turn_for_turn():
     assert sum(len(d.targets()) for d in src.dialogues) == replies(want)
 
 
+def test_smilechat_repository_layout_one_dialogue_a_file_reads_the_same(tmp_path):
+    """SmileChat's own repository keeps each dialogue in data/<id>.json; a bare messages list is read alike."""
+    for i, d in enumerate(json.loads(require(SMILE).read_text("utf-8"))[:12]):
+        write_json(tmp_path / "data" / f"{i}.json", d)
+    src = read_source(tmp_path / "data")
+    assert src.format == "smilechat" and [d.messages for d in src.dialogues] == smile_expected()[:12]
+    assert [d.id for d in src.dialogues][:3] == ["0.json", "1.json", "2.json"]
+    bare = write_json(tmp_path / "bare.json", DIALOGUES[0]["messages"])
+    assert read_source(bare).dialogues[0].messages == DIALOGUES[0]["messages"]
+
+
 def test_cpsycoune_as_published_is_one_dialogue_a_file():
     want = cpsycoune_expected()
     src = read_source(CPSYCOUNE)

@@ -264,11 +264,12 @@ def _system_turn(record, layout: Layout, where):
 
 
 def _from_turns(record, where, layout: Layout):
-    name = layout.turns or ""
-    items = record if layout.turns is None else _column(record, layout.turns, where, list)
+    bare = layout.turns is None or isinstance(record, list)  # the record is the turn list itself
+    name = "" if bare else layout.turns
+    items = record if bare else _column(record, layout.turns, where, list)
     if not isinstance(items, list):
         raise PsyDTError(f"{where}：一段对话必须是轮次的列表，实际是 {type(items).__name__}。")
-    turns = _system_turn(record, layout, where) if layout.turns is not None else []
+    turns = [] if bare else _system_turn(record, layout, where)
     for j, t in enumerate(items):
         field_name = f"{name}[{j}]"
         if not isinstance(t, dict):
