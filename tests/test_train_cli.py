@@ -212,3 +212,53 @@ def test_bad_input_stops_with_exit_2_and_no_traceback(tiny_model_dir, data_files
 def test_missing_train_file_is_named(tiny_model_dir, tmp_path):
     res = run(["--model_local_dir", str(tiny_model_dir), "--train_file", str(tmp_path / "nope.json"), "--no-do_eval"])
     assert res.returncode == 2 and "nope.json 不存在" in res.stderr
+
+
+@pytest.mark.parametrize("path", ["finished", "interrupted", "crashed"])
+def test_training_in_process_gives_back_its_signal_handlers(tiny_model_dir, tiny_tokenizer, data_files, tmp_path,
+                                                            monkeypatch, path):
+    """After an in-process run (a test, a notebook, a script calling main()) SIGINT and SIGTERM are what they
+    were, whichever way training ended: a forked worker that inherited training's handler would only record
+    `Pool.terminate()`'s SIGTERM, and the parallel template rendering would wait for it for ever."""
+    import multiprocessing
+    import signal
+
+    from transformers import Trainer
+
+    from psydt_lora import prompt
+
+    train_step = Trainer.training_step
+
+    def step(self, *a, **kw):
+        if path == "interrupted":  # Ctrl-C during the first step
+            signal.raise_signal(signal.SIGINT)
+        if path == "crashed":
+            raise RuntimeError("boom")
+        return train_step(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", step)
+    train, _ = data_files
+    argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval", "--output_dir",
+            str(tmp_path / "out"), "--report_to", "none", "--max_steps", "2", "--gradient_accumulation_steps", "1",
+            "--no-sample_cache"]
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if path == "crashed":
+        with pytest.raises(RuntimeError, match="boom"):
+            train_psydt_lora.main(argv)
+    else:
+        assert train_psydt_lora.main(argv) == {"finished": 0, "interrupted": 130}[path]
+    after = {s: signal.getsignal(s) for s in before}
+    for s, handler in before.items():  # a failure here must not leave the handlers to the next tests
+        signal.signal(s, handler)
+    assert after == before
+
+    # the parallel renderer's fork Pool: its workers end on terminate() and the texts are the serial ones
+    monkeypatch.setattr(prompt, "PARALLEL_FROM", 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    forked = []
+    real_context = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda m=None: forked.append(m) or real_context(m))
+    conversations = [[{"role": "user", "content": f"第{i}轮"}] for i in range(8)]
+    texts = prompt.render_many(tiny_tokenizer, conversations, True)
+    assert forked == ["fork"] and not multiprocessing.active_children()
+    assert texts == [prompt.render(tiny_tokenizer, c, True) for c in conversations]

@@ -365,6 +365,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data
     from transformers import set_seed
 
     from psydt_lora.train import training as T
+    from psydt_lora.train.signals import ignore_sigterm_while_leaving
     from psydt_lora.models import pick_dtype, pick_device
 
     set_seed(args.seed)
@@ -379,7 +380,7 @@ def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data
         print("\n".join(T.run_summary(trainer, tokens, args, steps, Path(args.output_dir))), flush=True)
     result = T.run(trainer, stop, resume, steps)
     if stop.exit_code:
-        stop.leaving()
+        ignore_sigterm_while_leaving()
         if trainer.is_world_process_zero():
             print(f"[中断] 已保存检查点到 {args.output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
         T.finish_distributed()

@@ -4,7 +4,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -16,19 +15,12 @@ from psydt_lora.hub import safetensors_complete
 from psydt_lora.models import RUN_FILE, base_model_signature
 from psydt_lora.data.packing import IGNORE_INDEX, default_pack_length, features, fill_rows, merge_features
 from psydt_lora.data.samples import sample_lengths
+from psydt_lora.train.signals import is_main_process, make_stop_callback, world_size
 
 ADAPTER_DIR = "lora_adapter"
 METRICS_FILE = "metrics.json"
 LOSS_PLOT = "loss_curve.png"
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def planned_steps(n_samples: int, batch_size: int, accumulation: int, epochs: float, max_steps: int) -> int:
@@ -329,8 +321,8 @@ def run(trainer, stop, resume: str | None, steps: int):
         return None
     if resume and main:
         print(f"[续训] 从检查点 {resume} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
-    stop.install()  # on every rank: a launcher's SIGTERM reaches them all
-    return trainer.train(resume_from_checkpoint=resume)
+    with stop.installed():  # on every rank: a launcher's SIGTERM reaches them all
+        return trainer.train(resume_from_checkpoint=resume)
 
 
 def finish_distributed() -> None:
@@ -428,57 +420,6 @@ def find_checkpoint(output_dir, requested: str) -> str | None:
             return str(p)
         print(f"[续训] 跳过不完整的检查点 {p}", flush=True)
     return None
-
-
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
-
-
-def make_stop_callback():
-    """Ctrl-C (SIGINT) or SIGTERM (cluster preemption): finish the current step, save one checkpoint,
-    stop. Installed on every rank; at each step end the ranks agree (an all-reduce of the exit code)
-    so all of them stop at the same step even when only some got the signal. A second Ctrl-C
-    interrupts at once."""
-    from transformers import TrainerCallback
-
-    class StopOnSignal(TrainerCallback):
-        def __init__(self):
-            self.requested = None  # the signal's name, on the ranks that got it
-            self.exit_code = 0  # agreed by all ranks
-
-        def install(self):
-            def handler(signum, frame):
-                first = self.requested is None
-                self.requested = signal.Signals(signum).name
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                if first and is_main_process():
-                    print(f"\n[中断] 收到 {self.requested}，保存检查点后退出（再按一次 Ctrl-C 立即退出）...", flush=True)
-
-            signal.signal(signal.SIGINT, handler)
-            signal.signal(signal.SIGTERM, handler)
-
-        def leaving(self):
-            """The checkpoint is saved and every rank leaves with the agreed code. torchrun sends SIGTERM to
-            the other ranks as soon as one exits; arriving during interpreter shutdown, when Python's
-            handlers are gone, it would turn this rank's exit into -15. Ignored from here on."""
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            code = EXIT_CODES.get(self.requested, 0)
-            if world_size() > 1:
-                import torch
-                import torch.distributed as dist
-
-                if dist.is_available() and dist.is_initialized():
-                    flag = torch.tensor([code], device=args.device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    code = int(flag.item())
-            if code:
-                self.exit_code = code
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    return StopOnSignal()
 
 
 # -- SwanLab ----------------------------------------------------------------------------------------
