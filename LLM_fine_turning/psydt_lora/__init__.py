@@ -22,5 +22,7 @@ Wings, lowest first:
     inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
                 it), chat (the terminal chat), serving (the OpenAI-compatible server and the chat page)
     evaluation/ batch_test (the batch test), metrics (reference scores, perplexity), report (Markdown, chart)
+    export/     merged (the merged folder), template (the training defaults in the chat template), card (the
+                model card), gguf (llama.cpp's converters), modelfile (Ollama), recipes (serving commands), run (the steps)
 Top floor: train_cli, infer_cli -- the two command-line programs (the scripts in LLM_fine_turning/ call them).
 """

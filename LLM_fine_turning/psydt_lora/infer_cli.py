@@ -34,7 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adapter_path", default="./output/qwen3-1_7b-psydt-lora/lora_adapter", help="LoRA adapter 文件夹")
     g.add_argument("--no_adapter", action="store_true", help="不加载 adapter，直接和基础模型对话")
     g.add_argument("--merge_lora", action="store_true", help="在内存中把 adapter 合并进权重（生成更快）")
-    g.add_argument("--save_merged", default=None, metavar="DIR", help="把基础模型 + adapter 合并保存为独立模型到 DIR，然后退出")
+    g.add_argument("--save_merged", default=None, metavar="DIR",
+                   help="把基础模型 + adapter 合并保存为独立模型到 DIR（默认关闭思考的 chat template、训练时的系统提示词、"
+                        "推荐的生成参数、模型卡），打印部署命令，然后退出")
+    g.add_argument("--export", default=None, metavar="FORMATS",
+                   help="和 --save_merged 一起用，另外导出：gguf（llama.cpp 用的完整模型和 LoRA GGUF，写到 DIR-gguf/）、"
+                        "ollama（再加一个 Modelfile）；逗号分隔")
+    g.add_argument("--gguf_types", default="f16,q8_0", help="完整模型 GGUF 的精度，逗号分隔：f32、f16、bf16、q8_0")
+    g.add_argument("--llama_cpp", default=None, metavar="DIR",
+                   help="llama.cpp 源码目录（含 convert_hf_to_gguf.py）；默认从 PyPI 的 llama-cpp-python 源码包取转换脚本")
     g.add_argument("--device", default="auto", help="运行设备：auto、cuda、cuda:1、cpu、mps")
     g.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="auto：CUDA 支持时用 bf16，否则 fp32")
     g.add_argument("--trust_remote_code", action="store_true", help="允许模型文件夹运行它自带的 Python 代码")
@@ -102,6 +110,8 @@ def check_args(args) -> None:
         raise PsyDTError(f"--top_p 必须在 (0, 1] 之间，收到 {args.top_p}。")
     if args.no_adapter and (args.merge_lora or args.save_merged):
         raise PsyDTError("--no_adapter 不能和 --merge_lora / --save_merged 一起用。")
+    if args.export:
+        check_export_args(args)
     if args.mode == "serve":
         if args.backend == "openai" and not args.backend_url:
             raise PsyDTError("--backend openai 需要 --backend_url（例如 http://127.0.0.1:8001/v1）。")
@@ -109,6 +119,18 @@ def check_args(args) -> None:
             raise PsyDTError("--port 必须在 1–65535 之间，--max_concurrency 和 --max_body_bytes 必须是正数。")
     if args.compare_base and (args.no_adapter or args.merge_lora):
         raise PsyDTError("--compare_base 需要加载未合并的 adapter：不能和 --no_adapter / --merge_lora 一起用。")
+
+
+def check_export_args(args) -> None:
+    """The export flags, and llama.cpp's converters at hand, before the weights are loaded."""
+    from psydt_lora.export.gguf import converters, parse_types
+    from psydt_lora.export.run import parse_formats
+
+    if not args.save_merged:
+        raise PsyDTError("--export 需要 --save_merged DIR（GGUF 从合并后的模型转换）。")
+    if "gguf" in parse_formats(args.export):
+        parse_types(args.gguf_types)
+        converters(args.llama_cpp)
 
 
 def check_local(args) -> None:
@@ -206,11 +228,9 @@ def main(argv=None) -> int:
         items, source = test_items(args, system)
     loaded = load(args, adapter)
     if args.save_merged:
-        from psydt_lora.models import save_merged
+        from psydt_lora.export.run import run_export
 
-        save_merged(loaded[0], loaded[1], args.save_merged)
-        print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {args.save_merged}（safetensors，可直接用 transformers 加载）")
-        return 0
+        return run_export(args, loaded[0], loaded[1], loaded[2], system, settings)
     print(startup_summary(args, loaded[0], loaded[3], adapter, where, settings, loaded[4]))
     add_guard(args, safety, loaded)
     if safety is None:

@@ -162,13 +162,3 @@ def load_for_inference(model_path, adapter_path=None, *, merge=False, device="au
     model.eval()
     return model, tokenizer, info, device
 
-
-def save_merged(model, tokenizer, folder) -> None:
-    """A standalone model (safetensors + tokenizer + chat template) that plain transformers loads."""
-    from psydt_lora.files import write_dir
-
-    def fill(tmp):
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-
-    write_dir(Path(folder), fill)

@@ -1,0 +1,1 @@
+"""Taking the fine-tune elsewhere: the merged folder, GGUF files, an Ollama Modelfile, serving recipes."""

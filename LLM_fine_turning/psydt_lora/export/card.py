@@ -1,0 +1,62 @@
+"""The model card (README.md of the merged folder): where the model comes from, how it was trained,
+what the run measured, what it is for, and where to get help in a crisis."""
+import json
+
+from psydt_lora.safety.rules import load_resources
+
+TRAINING_KEYS = ("sample_mode", "max_length", "max_train_items", "num_train_epochs", "max_steps", "learning_rate",
+                 "lr_scheduler_type", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r",
+                 "lora_alpha", "lora_dropout", "target_modules", "dtype", "seed")
+DATA_KEYS = ("dialogues", "samples", "tokens", "supervised_tokens")
+
+
+def front_matter(base_repo: str, dataset_repo: str) -> str:
+    meta = {"license": "apache-2.0", "language": ["zh"], "base_model": base_repo, "datasets": [dataset_repo],
+            "library_name": "transformers", "pipeline_tag": "text-generation",
+            "tags": ["qwen3", "lora", "psychological-counseling", "psydt-lora"]}
+    # YAML is a superset of JSON: one JSON value per key is valid front matter
+    return "---\n" + "".join(f"{k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in meta.items()) + "---\n"
+
+
+def help_lines() -> list[str]:
+    resources, _ = load_resources()
+    return [f"- **{r['name']}**：{r['contact']}（{r.get('note', '')}）" for r in resources["resources"]]
+
+
+def _table(rows) -> list[str]:
+    return ["| 项 | 值 |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def model_card(info: dict, *, base: str, adapter: str, system_prompt, settings, recipes) -> str:
+    """Markdown with YAML front matter. `info` is the adapter's psydt_run.json ({} when missing)."""
+    args = info.get("args", {})
+    base_repo = info.get("base_model", {}).get("repo") or args.get("model_repo") or base
+    dataset = args.get("dataset_repo") or "YIRONGCHEN/PsyDTCorpus"
+    train_data = info.get("data", {}).get("train", {})
+    metrics = info.get("metrics") or {}
+    out = [front_matter(base_repo, dataset), f"# {base_repo} + PsyDTCorpus LoRA（已合并）", "",
+           "> **这不是心理咨询师。** 模型的回复不能替代专业心理咨询、诊断或治疗。如果你或身边的人正处于危机中，请立即求助：", ">"]
+    out += [f"> {line}" for line in help_lines()] + ["",
+            "## 来源", "",
+            f"- 基础模型：`{base_repo}`（Apache-2.0），本地路径 `{base}`",
+            f"- 数据：`{dataset}`（PsyDTCorpus，中文多轮心理咨询对话，Apache-2.0）",
+            f"- LoRA adapter：`{adapter}`，用 PsyDT-LoRA 训练后合并进权重（safetensors）", "",
+            "## 训练设置", ""]
+    out += _table((k, args[k]) for k in TRAINING_KEYS if k in args) + ["", "## 本次训练的指标", ""]
+    rows = [(f"训练数据 {k}", train_data[k]) for k in DATA_KEYS if k in train_data]
+    rows += [(k, metrics[k]) for k in ("final_train_loss", "final_eval_loss") if metrics.get(k) is not None]
+    out += (_table(rows) if rows else ["（adapter 旁没有 psydt_run.json 的指标）"]) + [""]
+    out += ["## 提示词格式", "",
+            "- 训练时每条回复前都有一个空的思考块（`enable_thinking=False`）。本文件夹的 chat template 默认就是这样："
+            "不传任何参数的 `apply_chat_template(messages, add_generation_prompt=True)` 得到的正是训练时的提示词；"
+            "显式传 `enable_thinking=True` 仍可开启思考（模型没有在这种格式上训练过）。",
+            "- 对话里没有 system 消息时，chat template 会加上训练数据中的系统提示词（见下）；对话自带 system 消息时用它自己的。",
+            f"- `generation_config.json`：{settings.describe()}（停止符 `<|im_end|>`）。", ""]
+    if system_prompt:
+        out += ["<details><summary>默认系统提示词</summary>", "", "```text", system_prompt, "```", "", "</details>", ""]
+    out += ["## 用法", "", "```bash"] + list(recipes) + ["```", "",
+            "## 预期用途与限制", "",
+            "- 用于心理咨询对话技术的研究和教学；不用于真实来访者的诊断、治疗或危机干预。",
+            "- 模型可能给出不准确、不恰当甚至有害的回复；面向用户部署时请加上危机语言检测和人工转介"
+            "（PsyDT-LoRA 的 `--mode serve` 自带这一层）。", ""]
+    return "\n".join(out)
