@@ -225,6 +225,9 @@ def bad_cases(tmp_path):
     again = write_json(tmp_path / "again.json", sg[::-1])
     weight = write_json(tmp_path / "w.json", {"datasets": [{"path": str(first), "weight": 0}]})
     text = write_json(tmp_path / "s.json", {"datasets": [{"path": str(first), "weight": "2"}]})
+    yaml_bad = tmp_path / "bad.yaml"
+    yaml_bad.write_text("datasets:\n  - path: [unclosed\n", "utf-8")
+    key = write_json(tmp_path / "k.json", [{"paths": str(first)}])
     return [
         (["--train_file", str(unknown)], [str(unknown), "第 1 条记录", "conversations[1].from", "'bot'"]),
         (["--train_file", str(twice)], [str(twice), "第 0 条记录", "conversations[4].value", "紧跟在另一条咨询师回复之后"]),
@@ -232,6 +235,9 @@ def bad_cases(tmp_path):
         (["--train_file", f"{first},{again}"], [str(again), "没有剩下可训练的对话", "重复 2 条"]),
         (["--dataset_spec", str(weight)], [str(weight), "第 0 个数据集", "weight 必须是正数", "0"]),
         (["--dataset_spec", str(text)], [str(text), "weight 必须是正数", "'2'"]),
+        (["--dataset_spec", str(yaml_bad)], [str(yaml_bad), "不是合法的 YAML"]),
+        (["--dataset_spec", str(key)], [str(key), "第 0 个数据集", "'paths'"]),
+        (["--train_file", "hub:no-owner"], ["--train_file hub:no-owner", "作者/名字"]),
     ]
 
 

@@ -89,6 +89,9 @@ def entries_from_args(train_files, spec_file, max_items) -> list[DatasetEntry]:
     for e in entries:
         if e.max_items is None and max_items:
             e.max_items = max_items
+    for e in entries:
+        if e.hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", e.hub):
+            raise PsyDTError(f"{e.where}：hub 数据集 id 应该是 作者/名字 的形式（例如 YIRONGCHEN/PsyDTCorpus），收到 {e.hub!r}。")
     names = Counter(e.name for e in entries)
     for e in entries:  # two files of the same name from different folders: tell them apart
         if names[e.name] > 1 and e.path:
