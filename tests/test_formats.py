@@ -116,7 +116,10 @@ def test_tables_read_like_json_lines(tmp_path):
         w.write_table(pa.Table.from_pylist(rows))
     flat = [{**r, "conversations": json.dumps(r["conversations"], ensure_ascii=False)} for r in rows]
     pcsv.write_csv(pa.Table.from_pylist(flat), tmp_path / "a.csv")  # a CSV cell holds the turn list as JSON text
-    for name in ("a.parquet", "a.arrow", "a.csv"):
+    import pyarrow.feather as feather
+
+    feather.write_feather(pa.Table.from_pylist(rows), str(tmp_path / "b.arrow"))  # the Arrow file layout
+    for name in ("a.parquet", "a.arrow", "b.arrow", "a.csv"):
         src = read_source(tmp_path / name)
         assert src.format == "sharegpt", name
         assert [d.messages for d in src.dialogues] == [d["messages"] for d in DIALOGUES], name
@@ -322,3 +325,10 @@ def test_training_on_sharegpt_alpaca_and_an_unseen_shape_through_a_spec(tiny_mod
     per_dialogue = [sum(m["role"] == "assistant" for m in d["messages"]) for d in DIALOGUES]
     assert info["data"]["train"]["samples"] == 2 * sum(per_dialogue) + per_dialogue[0] + sum(per_dialogue)
     assert (tmp_path / "out" / "lora_adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_broken_table_file_is_named(tmp_path):
+    bad = tmp_path / "x.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(PsyDTError, match=re.escape(str(bad))):
+        read_source(bad)

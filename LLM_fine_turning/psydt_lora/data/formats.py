@@ -149,7 +149,12 @@ def _table_records(file: Path, builder: str) -> list:
     datasets.disable_progress_bars()
     try:
         if builder == "arrow":
-            return datasets.Dataset.from_file(str(file)).to_list()
+            try:
+                return datasets.Dataset.from_file(str(file)).to_list()  # the stream format `datasets` writes
+            except Exception:  # noqa: BLE001  (pyarrow's errors vary) -- the other Arrow layout, Feather v2
+                import pyarrow.feather as feather
+
+                return feather.read_table(str(file)).to_pylist()
         reader = datasets.Dataset.from_parquet if builder == "parquet" else datasets.Dataset.from_csv
         return reader(str(file), keep_in_memory=True).to_list()
     except Exception as err:  # a broken table file: say which one, not a pyarrow traceback
