@@ -175,7 +175,8 @@ def check_local_entries(entries) -> None:
     """The local paths exist (in a moment, before any download or weight load)."""
     for e in entries:
         if e.path and not Path(e.path).exists():
-            raise PsyDTError(f"{e.where}：{e.path} 不存在。")
+            what = e.where if e.where.startswith("--train_file") else f"{e.where}的 path {e.path}"
+            raise PsyDTError(f"{what} 不存在（既不是文件也不是文件夹）。")
 
 
 # -- reading and mixing --------------------------------------------------------------------------------
