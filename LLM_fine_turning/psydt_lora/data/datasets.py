@@ -93,8 +93,8 @@ def entries_from_args(train_files, spec_file, max_items) -> list[DatasetEntry]:
         if e.hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", e.hub):
             raise PsyDTError(f"{e.where}：hub 数据集 id 应该是 作者/名字 的形式（例如 YIRONGCHEN/PsyDTCorpus），收到 {e.hub!r}。")
     names = Counter(e.name for e in entries)
-    for e in entries:  # two files of the same name from different folders: tell them apart
-        if names[e.name] > 1 and e.path:
+    for e in entries:  # two --train_file files of the same name from different folders: tell them apart
+        if names[e.name] > 1 and e.path and e.where.startswith("--train_file"):
             e.name = str(Path(e.path))
     dup = [n for n, c in Counter(e.name for e in entries).items() if c > 1]
     if dup:
@@ -113,6 +113,8 @@ def read_spec(path) -> list[DatasetEntry]:
         text = path.read_text("utf-8-sig")
     except OSError:
         raise PsyDTError(f"找不到数据集说明 --dataset_spec {path}。") from None
+    except UnicodeDecodeError:
+        raise PsyDTError(f"数据集说明 {path} 不是 UTF-8 编码。请另存为 UTF-8。") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
