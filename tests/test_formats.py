@@ -291,6 +291,12 @@ def test_training_on_the_published_corpora_mixed_with_weights_and_a_heldout_spli
     args = inference_psydt_lora.build_parser().parse_args(["--mode", "test", "--adapter_path",
                                                            str(tmp_path / "out" / "lora_adapter")])
     assert heldout_file(args) == Path(info["data"]["heldout"]["file"])  # the batch test's default test file
+    result = tmp_path / "test.json"
+    assert inference_psydt_lora.main(["--model_path", str(tiny_model_dir), "--adapter_path", str(
+        tmp_path / "out" / "lora_adapter"), "--mode", "test", "--test_output_file", str(result), "--max_test_items", "2",
+        "--max_new_tokens", "3", "--no-do_sample", "--dataset_dir", str(tmp_path / "nothing")]) == 0
+    report = json.loads(result.read_text("utf-8"))
+    assert report["meta"]["test_file"] == info["data"]["heldout"]["file"] and report["meta"]["items"] == 2
 
 
 def variant(dialogues, mark):
