@@ -66,10 +66,10 @@ def test_chat_reproduces_the_memorised_dialogue_and_commands_work(loaded, tmp_pa
 def test_history_window_keeps_the_last_rounds_and_the_system_prompt(loaded):
     chat, _ = make_chat(loaded, [], history_turns=1)
     chat.state.rounds = [("一", "甲"), ("二", "乙"), ("三", "丙")]
-    msgs = chat.state.messages_for("四")
-    assert [m["content"] for m in msgs] == [chat.state.system, "三", "丙", "四"]
+    assert len(chat.state.messages_for("四")) == 8  # the window is applied once, by prepare_turn
+    assert [m["content"] for m in chat.prepare("四").messages] == [chat.state.system, "三", "丙", "四"]
     chat.state.history_turns = 0
-    assert [m["content"] for m in chat.state.messages_for("四")] == [chat.state.system, "四"]
+    assert [m["content"] for m in chat.prepare("四").messages] == [chat.state.system, "四"]
 
 
 def test_history_never_exceeds_the_context(loaded):

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("服务（--mode serve）")
     g.add_argument("--host", default="127.0.0.1", help="监听地址；只有本机能访问，给别人用时改成 0.0.0.0 并设置 API key")
-    g.add_argument("--port", type=int, default=8000, help="端口")
+    g.add_argument("--port", type=int, default=8000, help="端口；0 = 自动选一个空闲端口（启动时打印）")
     g.add_argument("--api_key", default=None, help="要求请求带上 Authorization: Bearer <key>（也可用环境变量 PSYDT_API_KEY）")
     g.add_argument("--max_concurrency", type=int, default=8, help="同时接受的请求数，超出时返回 429")
     g.add_argument("--backend", choices=("hf", "openai"), default="hf",
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--served_model_name", default="psydt", help="/v1/models 里报告的模型名")
     g.add_argument("--max_body_bytes", type=int, default=1 << 20, help="请求体上限（字节），超出返回 413")
     g.add_argument("--cors_origins", default=None, help="允许跨域访问的来源，逗号分隔（默认不允许）")
+    g.add_argument("--crisis_help_in_content", action=argparse.BooleanOptionalAction, default=True,
+                   help="危机轮次把求助资源放在回复内容的开头（只显示 content 的客户端也能看到）；"
+                        "--no-crisis_help_in_content：只放在 safety 字段里，由客户端自己显示")
     return p
 
 
@@ -115,8 +118,8 @@ def check_args(args) -> None:
     if args.mode == "serve":
         if args.backend == "openai" and not args.backend_url:
             raise PsyDTError("--backend openai 需要 --backend_url（例如 http://127.0.0.1:8001/v1）。")
-        if not 0 < args.port < 65536 or args.max_concurrency <= 0 or args.max_body_bytes <= 0:
-            raise PsyDTError("--port 必须在 1–65535 之间，--max_concurrency 和 --max_body_bytes 必须是正数。")
+        if not 0 <= args.port < 65536 or args.max_concurrency <= 0 or args.max_body_bytes <= 0:
+            raise PsyDTError("--port 必须在 0–65535 之间，--max_concurrency 和 --max_body_bytes 必须是正数。")
     if args.compare_base and (args.no_adapter or args.merge_lora):
         raise PsyDTError("--compare_base 需要加载未合并的 adapter：不能和 --no_adapter / --merge_lora 一起用。")
 
@@ -367,7 +370,7 @@ def run_serve(args, loaded, safety, settings, system, adapter) -> int:
     config = serving.ServeConfig(
         model_name=args.served_model_name, system=system, history_turns=args.history_turns, settings=settings,
         max_tokens_cap=args.max_new_tokens, max_body_bytes=args.max_body_bytes, api_key=key,
-        max_concurrency=args.max_concurrency, disclaimer=DISCLAIMER,
+        max_concurrency=args.max_concurrency, disclaimer=DISCLAIMER, help_in_content=args.crisis_help_in_content,
         cors_origins=[o.strip() for o in (args.cors_origins or "").split(",") if o.strip()])
     if loaded is None:
         backend = serving.OpenAIBackend(args.backend_url, args.backend_model, args.backend_api_key
@@ -381,9 +384,12 @@ def run_serve(args, loaded, safety, settings, system, adapter) -> int:
         backend = serving.HFBackend(loaded[0], loaded[1], loaded[4], lock=lock)
     if args.host not in serving.LOCAL_HOSTS and not key:
         print(f"[警告] 服务监听 {args.host}，局域网/公网上的任何人都能访问，而且没有设置 API key（--api_key 或环境变量 PSYDT_API_KEY）。")
-    print(f"[服务] 对话页面 http://{args.host}:{args.port}/ ；OpenAI 兼容接口 http://{args.host}:{args.port}/v1"
-          f"（模型名 {config.model_name}，最多同时处理 {config.max_concurrency} 个请求）。按 Ctrl-C 停止。", flush=True)
-    serving.serve(serving.create_app(backend, safety, config), args.host, args.port)
+
+    def announce(port):  # the port bound (--port 0 picks a free one)
+        print(f"[服务] 对话页面 http://{args.host}:{port}/ ；OpenAI 兼容接口 http://{args.host}:{port}/v1"
+              f"（模型名 {config.model_name}，最多同时处理 {config.max_concurrency} 个请求）。按 Ctrl-C 停止。", flush=True)
+
+    serving.serve(serving.create_app(backend, safety, config), args.host, args.port, announce)
     return 0
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from psydt_lora.files import atomic_write_text
-from psydt_lora.inference.conversation import Turn, prepare_turn, window
+from psydt_lora.inference.conversation import Turn, prepare_turn, reply_screen
 from psydt_lora.inference.generation import stream_reply
 
 DISCLAIMER = "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
@@ -75,10 +75,66 @@ class ChatState:
     rounds: list = field(default_factory=list)  # [(user, assistant)]
 
     def messages_for(self, user_text: str) -> list[dict]:
+        """The whole conversation ending with `user_text` (prepare_turn applies the history window)."""
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         for u, a in self.rounds:
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        return window(msgs + [{"role": "user", "content": user_text}], self.history_turns)
+        return msgs + [{"role": "user", "content": user_text}]
+
+
+class TerminalReply:
+    """One reply on the terminal: streamed as it is screened, or -- on a crisis turn -- held until the whole
+    reply has been screened, with a dot now and then as a sign of life."""
+
+    def __init__(self, chat, turn: Turn, label: str):
+        self.chat, self.turn, self.label = chat, turn, label
+        self.screen = reply_screen(chat.safety, turn)
+        self.progress = 0
+
+    def show(self, piece: str):
+        out = self.chat.out
+        visible = piece if self.screen is None else self.screen.feed(piece)
+        if visible:
+            out.write(visible)
+        elif self.turn.crisis:
+            self.progress += len(piece)
+            if self.progress >= HELD_DOT_CHARS:
+                self.progress = 0
+                out.write("·")
+        out.flush()
+
+    def run(self, adapter: bool) -> tuple[str, bool]:
+        """(the reply as kept in the history, interrupted)."""
+        chat, turn = self.chat, self.turn
+        if turn.dropped:
+            chat.say(f"[历史过长，本轮省略了最早的 {turn.dropped} 轮对话]")
+        chat.say(HELD if turn.crisis else f"{self.label}：", end="")
+        with contextlib.nullcontext() if adapter else chat.model.disable_adapter():
+            # the token count is the server's concern; a test may stand in a plain 3-tuple here
+            reply, interrupted, hit_limit = stream_reply(chat.model, chat.tok, turn.ids, chat.settings, self.show,
+                                                         threading.Event())[:3]
+        if turn.crisis:
+            chat.say()
+            chat.say(f"{self.label}：", end="")
+        reply = self.screened(reply)
+        chat.say()
+        if hit_limit and not interrupted:
+            chat.say(f"[回复在 --max_new_tokens {chat.settings.max_new_tokens} 处被截断；可调大这个参数]")
+        return reply, interrupted
+
+    def screened(self, reply: str) -> str:
+        if self.screen is None:
+            return reply
+        rest, blocked = self.screen.finish(reply)
+        if blocked:
+            safety = self.chat.safety
+            self.chat.say()
+            self.chat.say(safety.screened_message())
+            safety.record("reply_screened")
+            return safety.safe_reply()
+        if rest:
+            self.chat.out.write(rest)
+        return reply
 
 
 class Chat:
@@ -91,64 +147,24 @@ class Chat:
         self.can_compare = can_compare
         self.out = out or sys.stdout
         self.input_fn = input_fn or input
-        self.last_user = None
+        self.commands = Commands(self)
 
     def say(self, text="", end="\n"):
         self.out.write(text + end)
         self.out.flush()
 
-    # -- one reply ------------------------------------------------------------------------------------
     def prepare(self, user_text) -> Turn:
         return prepare_turn(self.state.messages_for(user_text), safety=self.safety, history_turns=self.state.history_turns,
                             tokenizer=self.tok, max_new_tokens=self.settings.max_new_tokens, limit=self.limit,
                             enable_thinking=self.settings.enable_thinking)
 
     def generate(self, turn: Turn, label="助手", adapter=True):
+        if turn.overflow:
+            self.say(f"[这条消息太长：提示有 {len(turn.ids)} 个 token，加上回复的 --max_new_tokens {self.settings.max_new_tokens} "
+                     f"超过了上下文长度 {self.limit}。请缩短后重发。]")
+            return None, True
         with typeahead_discarded(self):
-            return self._generate(turn, label, adapter)
-
-    def _generate(self, turn: Turn, label, adapter):
-        crisis, ids = turn.crisis, turn.ids
-        if turn.dropped:
-            self.say(f"[历史过长，本轮省略了最早的 {turn.dropped} 轮对话]")
-        stop = threading.Event()
-        # a crisis turn's reply is shown only once it has been screened as a whole
-        screen = self.safety.screen(crisis, turn.messages[-1]["content"]) if self.safety is not None else None
-        if crisis:
-            self.say(HELD, end="")
-        else:
-            self.say(f"{label}：", end="")
-        progress = [0]
-
-        def show(piece):
-            visible = piece if screen is None else screen.feed(piece)
-            if visible:
-                self.out.write(visible)
-            elif crisis:  # a sign of life while the held reply is written
-                progress[0] += len(piece)
-                if progress[0] >= HELD_DOT_CHARS:
-                    progress[0] = 0
-                    self.out.write("·")
-            self.out.flush()
-
-        with contextlib.nullcontext() if adapter else self.model.disable_adapter():
-            reply, interrupted, hit_limit = stream_reply(self.model, self.tok, ids, self.settings, show, stop)
-        if crisis:
-            self.say()
-            self.say(f"{label}：", end="")
-        if screen is not None:
-            rest, blocked = screen.finish(reply)
-            if blocked:
-                self.say()
-                self.say(self.safety.screened_message())
-                self.safety.record("reply_screened")
-                reply = self.safety.safe_reply()
-            elif rest:
-                self.out.write(rest)
-        self.say()
-        if hit_limit and not interrupted:
-            self.say(f"[回复在 --max_new_tokens {self.settings.max_new_tokens} 处被截断；可调大这个参数]")
-        return reply, interrupted
+            return TerminalReply(self, turn, label).run(adapter)
 
     def reply(self, user_text):
         turn = self.prepare(user_text)
@@ -160,77 +176,7 @@ class Chat:
             self.say("[已中断：这一轮不计入历史]")
             return
         self.state.rounds.append((user_text, reply))
-        self.last_user = user_text
 
-    # -- commands -------------------------------------------------------------------------------------
-    def command(self, line) -> bool:
-        """Handle a command line; False means exit."""
-        name, _, rest = line.partition(" ")
-        rest = rest.strip()
-        if name in ("/exit", "/quit", "exit", "quit"):
-            return False
-        if name == "/help":
-            self.say(HELP)
-        elif name == "/reset":
-            self.state.rounds.clear()
-            self.last_user = None
-            self.say("[已清空对话历史]")
-        elif name == "/system":
-            if rest:
-                self.state.system = rest
-                self.say("[已设置系统提示词]")
-            else:
-                self.say(f"[当前系统提示词] {self.state.system or '（无）'}")
-        elif name == "/history":
-            if not self.state.rounds:
-                self.say("[还没有对话]")
-            for i, (u, a) in enumerate(self.state.rounds, 1):
-                self.say(f"[{i}] 你：{u}\n    助手：{a}")
-            if self.safety is not None and self.safety.guard is not None:
-                self.say(f"[安全] {self.safety.guard_cost()}")
-        elif name == "/save":
-            if not rest:
-                self.say("用法：/save 文件名.json")
-            else:
-                self.save(rest)
-        elif name == "/compare":
-            self.compare()
-        else:
-            self.say(f"未知命令 {name}，输入 /help 查看命令。")
-        return True
-
-    def save(self, path):
-        transcript = {
-            "saved": datetime.now().isoformat(timespec="seconds"),
-            "system": self.state.system,
-            "generation": self.settings.as_dict(),
-            "rounds": [{"user": u, "assistant": a} for u, a in self.state.rounds],
-        }
-        if self.safety is not None:
-            transcript["safety_events"] = self.safety.events
-        try:
-            atomic_write_text(path, json.dumps(transcript, ensure_ascii=False, indent=2) + "\n", mode=0o600)
-        except OSError as err:
-            self.say(f"[保存失败] {path}：{err.strerror}")
-            return
-        self.say(f"[已保存 {len(self.state.rounds)} 轮对话到 {os.path.abspath(path)}]")
-
-    def compare(self):
-        if not self.can_compare:
-            self.say("[/compare 需要加载了 LoRA 且未合并的模型（不要用 --merge_lora / --no_adapter）]")
-            return
-        if not self.state.rounds:
-            self.say("[还没有可以对比的回复]")
-            return
-        user_text, lora_reply = self.state.rounds[-1]
-        saved = self.state.rounds.pop()  # the base model answers the same history
-        try:
-            self.say(f"[LoRA] 见上面的回复（{len(lora_reply)} 字）；下面是基础模型对同一句话的回答：")
-            self.generate(self.prepare(user_text), label="[基础模型]", adapter=False)
-        finally:
-            self.state.rounds.append(saved)  # the base reply is not added to the history
-
-    # -- the loop -----------------------------------------------------------------------------------
     def loop(self):
         while True:
             try:
@@ -245,8 +191,87 @@ class Chat:
             if not line:
                 continue
             if line.startswith("/") or line in ("exit", "quit"):
-                if not self.command(line):
+                if not self.commands.run(line):
                     self.say("[再见]")
                     return
                 continue
             self.reply(line)
+
+
+class Commands:
+    """The slash commands of a chat."""
+
+    def __init__(self, chat: Chat):
+        self.chat = chat
+
+    def run(self, line) -> bool:
+        """Handle a command line; False means exit."""
+        chat, state = self.chat, self.chat.state
+        name, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if name in ("/exit", "/quit", "exit", "quit"):
+            return False
+        if name == "/help":
+            chat.say(HELP)
+        elif name == "/reset":
+            state.rounds.clear()
+            chat.say("[已清空对话历史]")
+        elif name == "/system":
+            if rest:
+                state.system = rest
+                chat.say("[已设置系统提示词]")
+            else:
+                chat.say(f"[当前系统提示词] {state.system or '（无）'}")
+        elif name == "/history":
+            self.history()
+        elif name == "/save" and not rest:
+            chat.say("用法：/save 文件名.json")
+        elif name == "/save":
+            self.save(rest)
+        elif name == "/compare":
+            self.compare()
+        else:
+            chat.say(f"未知命令 {name}，输入 /help 查看命令。")
+        return True
+
+    def history(self):
+        chat = self.chat
+        if not chat.state.rounds:
+            chat.say("[还没有对话]")
+        for i, (u, a) in enumerate(chat.state.rounds, 1):
+            chat.say(f"[{i}] 你：{u}\n    助手：{a}")
+        if chat.safety is not None and chat.safety.guard is not None:
+            chat.say(f"[安全] {chat.safety.guard_cost()}")
+
+    def save(self, path):
+        chat = self.chat
+        transcript = {
+            "saved": datetime.now().isoformat(timespec="seconds"),
+            "system": chat.state.system,
+            "generation": chat.settings.as_dict(),
+            "rounds": [{"user": u, "assistant": a} for u, a in chat.state.rounds],
+        }
+        if chat.safety is not None:
+            transcript["safety_events"] = chat.safety.events
+        try:
+            atomic_write_text(path, json.dumps(transcript, ensure_ascii=False, indent=2) + "\n", mode=0o600)
+        except OSError as err:
+            chat.say(f"[保存失败] {path}：{err.strerror}")
+            return
+        chat.say(f"[已保存 {len(chat.state.rounds)} 轮对话到 {os.path.abspath(path)}]")
+
+    def compare(self):
+        chat = self.chat
+        if not chat.can_compare:
+            chat.say("[/compare 需要加载了 LoRA 且未合并的模型（不要用 --merge_lora / --no_adapter）]")
+            return
+        if not chat.state.rounds:
+            chat.say("[还没有可以对比的回复]")
+            return
+        user_text, lora_reply = chat.state.rounds[-1]
+        saved = chat.state.rounds.pop()  # the base model answers the same history
+        try:
+            chat.say(f"[LoRA] 见上面的回复（{len(lora_reply)} 字）；下面是基础模型对同一句话的回答：")
+            chat.generate(chat.prepare(user_text), label="[基础模型]", adapter=False)
+        finally:
+            chat.state.rounds.append(saved)  # the base reply is not added to the history

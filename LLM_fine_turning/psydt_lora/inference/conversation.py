@@ -35,10 +35,16 @@ class Turn:
     detection: object  # safety.Detection of the user's turn, or None with the safety layer off
     ids: list[int] | None  # the rendered context (None when only messages are needed, e.g. a remote engine)
     dropped: int  # oldest rounds left out to fit the context
+    budget: int | None = None  # context tokens left for the prompt once the reply's max_new_tokens is reserved
 
     @property
     def crisis(self) -> bool:
         return self.detection is not None and self.detection.crisis
+
+    @property
+    def overflow(self) -> bool:
+        """Even the system prompt and the last user turn alone do not leave room for the reply."""
+        return self.ids is not None and self.budget is not None and len(self.ids) > self.budget
 
 
 def prepare_turn(messages, *, safety, history_turns: int, tokenizer, max_new_tokens: int, limit: int | None,
@@ -52,4 +58,10 @@ def prepare_turn(messages, *, safety, history_turns: int, tokenizer, max_new_tok
     if tokenizer is not None and limit:
         ids, dropped = prepare_context(tokenizer, msgs, max_new_tokens, limit, enable_thinking)
         msgs = drop_rounds(msgs, dropped)
-    return Turn(msgs, detection, ids, dropped)
+    return Turn(msgs, detection, ids, dropped, limit - max_new_tokens if limit else None)
+
+
+def reply_screen(safety, turn: Turn):
+    """The screen a reply to `turn` streams through (held whole on a crisis turn), or None with the safety
+    layer off -- the one place the front ends ask the safety wing for it."""
+    return safety.screen(turn.crisis, turn.messages[-1]["content"]) if safety is not None else None

@@ -1,6 +1,7 @@
 """Generating replies: settings, batched greedy/sampled generation, and streaming one reply."""
 import threading
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from psydt_lora.data.packing import pad, padding_mask
 from psydt_lora.prompt import end_of_turn_id, fit_history, strip_think
@@ -127,10 +128,16 @@ class ThinkFilter:
         return rest
 
 
-def stream_reply(model, tokenizer, context: list[int], settings: GenerationSettings, on_text, stop_event):
+class Streamed(NamedTuple):
+    text: str  # the reply without think blocks
+    interrupted: bool
+    hit_limit: bool  # stopped at max_new_tokens
+    tokens: int = 0  # tokens generated (the end-of-turn token included when the model wrote it)
+
+
+def stream_reply(model, tokenizer, context: list[int], settings: GenerationSettings, on_text, stop_event) -> Streamed:
     """Generate one reply in a background thread, calling `on_text(piece)` for each visible piece.
-    Setting `stop_event` (or Ctrl-C here) ends generation early.
-    Returns (reply without think blocks, interrupted, stopped at max_new_tokens)."""
+    Setting `stop_event` (or Ctrl-C here) ends generation early."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -161,7 +168,7 @@ def stream_reply(model, tokenizer, context: list[int], settings: GenerationSetti
         raise errors[0]
     new = generated[0] if generated else []
     hit_limit = len(new) >= settings.max_new_tokens and new[-1] not in stop_ids(tokenizer, model)
-    return strip_think(raw), interrupted or stop_event.is_set(), hit_limit
+    return Streamed(strip_think(raw), interrupted or stop_event.is_set(), hit_limit, len(new))
 
 
 def _relay(streamer, on_text, stop_event) -> tuple[str, bool]:

@@ -6,23 +6,28 @@ requests admitted, the rest answered 429); `openai` forwards generation to any O
 (vLLM, SGLang, another instance of this server) while this process stays the safety gateway.
 
 Every request goes through `conversation.prepare_turn` -- the same history window, crisis detection,
-safety instruction and context fitting as the terminal chat -- and its reply through `ReplyScreen`.
-The response carries a `safety` object (documented in the README); a stream sends it in its first event,
-before any reply text. Request text is never logged; nothing is stored on the server.
+safety instruction and context fitting as the terminal chat -- and its reply through the same reply
+screen. The response carries a `safety` object (documented in the README); a stream sends it in its
+first event, before any reply text. On a crisis turn the help also leads the reply's content (see
+openai_api), for clients that keep nothing else. Request text is never logged; nothing is stored on the server.
 """
 import asyncio
+import contextlib
 import hmac
 import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from psydt_lora.inference.conversation import prepare_turn
+from psydt_lora.inference.conversation import prepare_turn, reply_screen
 from psydt_lora.inference.generation import GenerationSettings, stream_reply
+from psydt_lora.inference.openai_api import (HELP_CLOSE, HELP_OPEN, ChatRequest, RequestError, StopCut, chunk, error_body, error_event,
+                                             help_block, parse_request, usage_chunk)
 
 PAGE = Path(__file__).with_name("web") / "chat.html"
+ICON = Path(__file__).with_name("web") / "favicon.svg"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -38,16 +43,7 @@ class ServeConfig:
     max_concurrency: int = 8
     cors_origins: list = field(default_factory=list)
     disclaimer: str = ""
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-
-
-def error_body(message: str, kind: str) -> dict:
-    return {"error": {"message": message, "type": kind, "code": None}}
+    help_in_content: bool = True  # a crisis turn's help also leads the reply's content (--crisis_help_in_content)
 
 
 # -- backends ----------------------------------------------------------------------------------------
@@ -66,7 +62,8 @@ class HFBackend:
         self.model, self.tokenizer, self.limit = model, tokenizer, context_limit
         self.lock = lock or threading.Lock()  # shared with a guard that uses this same model (--safety_model base)
 
-    async def stream(self, turn, settings: GenerationSettings, seed, outcome: Outcome):
+    async def stream(self, turn, settings: GenerationSettings, seed, outcome: Outcome, stop=()):
+        """The reply's pieces; `stop` strings are cut by the caller, which then closes this stream."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -78,11 +75,11 @@ class HFBackend:
                 with self.lock:
                     if seed is not None:
                         set_seed(seed)
-                    text, _, hit = stream_reply(self.model, self.tokenizer, turn.ids, settings,
-                                                lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece), stop)
+                    done = stream_reply(self.model, self.tokenizer, turn.ids, settings,
+                                        lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece), stop)
                 outcome.prompt_tokens = len(turn.ids)
-                outcome.completion_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-                outcome.finish_reason = "length" if hit else "stop"
+                outcome.completion_tokens = done.tokens
+                outcome.finish_reason = "length" if done.hit_limit else "stop"
                 loop.call_soon_threadsafe(queue.put_nowait, None)
             except BaseException as err:  # surfaced in the request's task
                 loop.call_soon_threadsafe(queue.put_nowait, err)
@@ -111,12 +108,14 @@ class OpenAIBackend:
         self.client = AsyncOpenAI(base_url=url, api_key=api_key or "none", max_retries=0)
         self.model, self.tokenizer, self.limit = model, tokenizer, context_limit
 
-    async def stream(self, turn, settings: GenerationSettings, seed, outcome: Outcome):
+    async def stream(self, turn, settings: GenerationSettings, seed, outcome: Outcome, stop=()):
         kwargs = {"temperature": settings.temperature if settings.do_sample else 0.0, "max_tokens": settings.max_new_tokens}
         if settings.do_sample:
             kwargs["top_p"] = settings.top_p
         if seed is not None:
             kwargs["seed"] = seed
+        if stop:
+            kwargs["stop"] = stop
         stream = await self.client.chat.completions.create(
             model=self.model, messages=turn.messages, stream=True, stream_options={"include_usage": True},
             extra_body={"chat_template_kwargs": {"enable_thinking": settings.enable_thinking}}, **kwargs)
@@ -132,37 +131,21 @@ class OpenAIBackend:
 
 
 # -- one request ---------------------------------------------------------------------------------------
-def parse_request(body: dict, config: ServeConfig) -> tuple[list[dict], GenerationSettings, int | None, bool, bool]:
-    """(messages, settings, seed, stream, include_usage) from an OpenAI chat request, or RequestError(400)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "messages 必须是非空列表")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise RequestError(400, f"messages[{i}] 需要 role（system/user/assistant）和字符串 content")
-        clean.append({"role": m["role"], "content": m["content"]})
-    if clean[-1]["role"] != "user":
-        raise RequestError(400, "最后一条消息必须是 user")
-    if config.system and clean[0]["role"] != "system":
-        clean.insert(0, {"role": "system", "content": config.system})
-    s = config.settings
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or s.max_new_tokens
-    if not isinstance(max_tokens, int) or not 0 < max_tokens <= config.max_tokens_cap:
-        raise RequestError(400, f"max_tokens 必须是 1 到 {config.max_tokens_cap} 之间的整数")
-    temperature, top_p = body.get("temperature"), body.get("top_p")
-    for name, value, top in (("temperature", temperature, 2.0), ("top_p", top_p, 1.0)):
-        if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= top):
-            raise RequestError(400, f"{name} 必须在 0 到 {top} 之间")
-    do_sample = s.do_sample if temperature is None else temperature > 0
-    settings = replace(s, max_new_tokens=max_tokens, do_sample=do_sample,
-                       temperature=s.temperature if not temperature else float(temperature),
-                       top_p=s.top_p if top_p is None else float(top_p))
-    seed = body.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise RequestError(400, "seed 必须是整数")
-    usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return clean, settings, seed, bool(body.get("stream")), usage
+class Admission:
+    """At most `limit` requests in flight. The check and the count happen with no `await` between them,
+    and every request runs on the one event loop, so two requests can never both take the last place."""
+
+    def __init__(self, limit: int):
+        self.limit, self.taken = limit, 0
+
+    def enter(self) -> bool:
+        if self.taken >= self.limit:
+            return False
+        self.taken += 1
+        return True
+
+    def leave(self) -> None:
+        self.taken -= 1
 
 
 def safety_block(safety, turn, screened: bool = False) -> dict:
@@ -178,34 +161,94 @@ def safety_block(safety, turn, screened: bool = False) -> dict:
 
 
 class Reply:
-    """One reply on its way out: screened as it streams (held whole on a crisis turn, as in the chat)."""
+    """One reply on its way out: cut at a stop string, screened as it streams (held whole on a crisis turn,
+    as in the chat), and led by the help block on a crisis turn."""
 
-    def __init__(self, safety, turn):
-        self.safety = safety
-        self.screen = safety.screen(turn.crisis, turn.messages[-1]["content"]) if safety is not None else None
+    def __init__(self, safety, turn, request: ChatRequest, help_in_content: bool):
+        self.safety, self.turn = safety, turn
+        self.screen = reply_screen(safety, turn)
+        self.cut = StopCut(request.stop)
+        self.lead = help_block(safety.notice(turn.detection)) if help_in_content and turn.crisis else ""
 
     def feed(self, piece: str) -> str:
+        piece = self.cut.feed(piece)
         return piece if self.screen is None else self.screen.feed(piece)
+
+    @property
+    def stopped(self) -> bool:
+        return self.cut.hit
 
     def finish(self) -> tuple[str, bool]:
         """(the rest to send, screened). A screened reply ends with the safe reply instead."""
+        tail = self.cut.flush()
         if self.screen is None:
-            return "", False
-        rest, blocked = self.screen.finish(self.screen.text)  # the screen keeps the whole raw reply
+            return tail, False
+        early = self.screen.feed(tail)
+        rest, blocked = self.screen.finish(self.screen.text)  # the screen keeps the whole reply
         if blocked:
             return ("\n" if self.screen.shown else "") + self.safety.safe_reply(), True
-        return rest, False
-
-
-def chunk(rid: str, model: str, created: int, delta: dict, finish=None, **extra) -> str:
-    body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+        return early + rest, False
 
 
 def usage(outcome: Outcome) -> dict:
     return {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
             "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
+
+
+async def generate(backend, reply: Reply, turn, request: ChatRequest, outcome: Outcome):
+    """The backend's pieces through `reply`; ends early (finish_reason "stop") at a stop string."""
+    async with contextlib.aclosing(backend.stream(turn, request.settings, request.seed, outcome, request.stop)) as pieces:
+        async for piece in pieces:
+            shown = reply.feed(piece)
+            if shown:
+                yield shown
+            if reply.stopped:
+                break  # closing the stream stops the generation
+    if reply.stopped:
+        outcome.finish_reason = "stop"
+
+
+async def stream_events(backend, safety, config, turn, request: ChatRequest, rid, created):
+    """Server-sent events in OpenAI's chunk schema. The first carries `safety`, the effective max_tokens and,
+    on a crisis turn, the help block as the first content (resources before the reply)."""
+    model = config.model_name
+    reply, outcome = Reply(safety, turn, request, config.help_in_content), Outcome()
+    yield chunk(rid, model, created, {"role": "assistant", "content": reply.lead}, safety=safety_block(safety, turn),
+                max_tokens=request.settings.max_new_tokens)
+    try:
+        async for shown in generate(backend, reply, turn, request, outcome):
+            yield chunk(rid, model, created, {"content": shown})
+    except Exception as err:
+        yield error_event(f"生成失败：{type(err).__name__}", "backend_error")
+        return
+    rest, screened = await asyncio.to_thread(reply.finish)  # the guard screens the whole reply
+    if rest:
+        yield chunk(rid, model, created, {"content": rest})
+    yield chunk(rid, model, created, {}, finish=outcome.finish_reason, safety=safety_block(safety, turn, screened))
+    if request.include_usage:
+        yield usage_chunk(rid, model, created, usage(outcome))
+    yield "data: [DONE]\n\n"
+
+
+async def complete(backend, safety, config, turn, request: ChatRequest, rid, created) -> dict:
+    reply, outcome = Reply(safety, turn, request, config.help_in_content), Outcome()
+    shown = [piece async for piece in generate(backend, reply, turn, request, outcome)]
+    rest, screened = await asyncio.to_thread(reply.finish)  # the guard screens the whole reply
+    return {
+        "id": rid, "object": "chat.completion", "created": created, "model": config.model_name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.lead + "".join(shown) + rest},
+                     "finish_reason": outcome.finish_reason}],
+        "usage": usage(outcome),
+        "max_tokens": request.settings.max_new_tokens,
+        "safety": safety_block(safety, turn, screened),
+    }
+
+
+def too_long(turn, request: ChatRequest, limit: int) -> RequestError:
+    return RequestError(
+        400, f"消息太长：只保留系统提示词和最后一条消息时提示仍有 {len(turn.ids)} 个 token，加上 max_tokens "
+             f"{request.settings.max_new_tokens} 超过了模型的上下文长度 {limit} 个 token。请缩短消息或减小 max_tokens。",
+        code="context_length_exceeded", param="messages")
 
 
 # -- the app -----------------------------------------------------------------------------------------
@@ -228,7 +271,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise RequestError(413, f"请求体超过 {self.limit} 字节")
+                raise RequestError(413, f"请求体超过 {self.limit} 字节", "request_too_large")
             return message
 
         try:
@@ -243,22 +286,100 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def fail(err: RequestError, headers=None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def openai_errors(app) -> None:
+    """Every error in OpenAI's shape, FastAPI's own 404/405/422/500 included: clients read error.message."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        text = {404: f"没有这个地址：{request.url.path}", 405: f"{request.url.path} 不支持 {request.method}"}
+        return fail(RequestError(exc.status_code, text.get(exc.status_code, str(exc.detail)), kind), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        return fail(RequestError(422, f"请求不合法：{exc.errors()[:1]}"))
+
+    @app.exception_handler(Exception)
+    async def crashed(request, exc):
+        return fail(RequestError(500, f"服务器内部错误：{type(exc).__name__}", "server_error"))
+
+
+class Completions:
+    """POST /v1/chat/completions: parse, admit, prepare the turn, answer (whole or streamed)."""
+
+    def __init__(self, backend, safety, config: ServeConfig):
+        self.backend, self.safety, self.config = backend, safety, config
+        self.admission = Admission(config.max_concurrency)
+
+    async def __call__(self, request):
+        from fastapi.responses import JSONResponse
+
+        config = self.config
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return fail(RequestError(400, "请求体不是合法的 JSON"))
+        try:
+            chat = parse_request(body if isinstance(body, dict) else {}, model=config.model_name, system=config.system,
+                                 defaults=config.settings, cap=config.max_tokens_cap)
+        except RequestError as err:
+            return fail(err)
+        if not self.admission.enter():  # before any await: see Admission
+            return fail(RequestError(429, f"服务繁忙：已有 {config.max_concurrency} 个请求在处理，请稍后重试",
+                                     "rate_limit_exceeded", code="rate_limit_exceeded"), headers={"Retry-After": "1"})
+        stream = None
+        try:
+            turn = await self.turn_for(chat)
+            rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+            if chat.stream:  # the place is given back when the stream ends (see held_stream)
+                events = stream_events(self.backend, self.safety, config, turn, chat, rid, created)
+                stream = held_stream(events, self.admission.leave)
+                return stream
+            try:
+                return JSONResponse(await complete(self.backend, self.safety, config, turn, chat, rid, created))
+            except Exception as err:  # the engine failed: say so, never a traceback to the client
+                return fail(RequestError(502, f"生成失败：{type(err).__name__}", "backend_error"))
+        except RequestError as err:
+            return fail(err)
+        finally:
+            if stream is None:
+                self.admission.leave()
+
+    async def turn_for(self, chat: ChatRequest):
+        """The request's turn (history window, crisis detection, context), or RequestError when even its
+        last message cannot fit: refused before any generation."""
+        limit = getattr(self.backend, "limit", None)
+        # rendering and the guard model are blocking work: off the event loop, so other streams keep flowing
+        turn = await asyncio.to_thread(
+            prepare_turn, chat.messages, safety=self.safety, history_turns=self.config.history_turns,
+            tokenizer=getattr(self.backend, "tokenizer", None), max_new_tokens=chat.settings.max_new_tokens,
+            limit=limit, enable_thinking=chat.settings.enable_thinking)
+        if turn.overflow:
+            raise too_long(turn, chat, limit)
+        return turn
+
+
 def create_app(backend, safety, config: ServeConfig):
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, Response
 
     app = FastAPI(title="PsyDT-LoRA", docs_url=None, redoc_url=None, openapi_url=None)
-    admitted = {"n": 0}
-
-    def fail(status: int, message: str, kind: str):
-        return JSONResponse(error_body(message, kind), status_code=status)
+    openai_errors(app)
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):
+    async def require_key(request: Request, call_next):
         if request.url.path.startswith("/v1/") and config.api_key:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), config.api_key.encode()):  # constant time
-                return fail(401, "API key 不正确（Authorization: Bearer <key>）", "invalid_api_key")
+                return fail(RequestError(401, "API key 不正确（Authorization: Bearer <key>）", code="invalid_api_key"))
         return await call_next(request)
 
     @app.get("/healthz")
@@ -269,40 +390,29 @@ def create_app(backend, safety, config: ServeConfig):
     async def page():
         return HTMLResponse(render_page(config, safety))
 
+    @app.get("/favicon.ico")
+    @app.get("/favicon.svg")
+    async def favicon():
+        return Response(ICON.read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    card = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "psydt-lora"}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0, "owned_by": "psydt-lora"}]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name != config.model_name:
+            return fail(RequestError(404, f"模型 {name!r} 不存在；本服务提供的模型是 {config.model_name!r}",
+                                     code="model_not_found", param="model"))
+        return card
+
+    completions = Completions(backend, safety, config)
 
     @app.post("/v1/chat/completions")
-    async def completions(request: Request):
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return fail(400, "请求体不是合法的 JSON", "invalid_request_error")
-        try:
-            messages, settings, seed, stream, include_usage = parse_request(body if isinstance(body, dict) else {}, config)
-        except RequestError as err:
-            return fail(err.status, err.message, err.kind)
-        if admitted["n"] >= config.max_concurrency:
-            return JSONResponse(error_body(f"服务繁忙：已有 {config.max_concurrency} 个请求在处理，请稍后重试", "rate_limit_exceeded"),
-                                status_code=429, headers={"Retry-After": "1"})
-        # rendering and the guard model are blocking work: off the event loop, so other streams keep flowing
-        turn = await asyncio.to_thread(
-            prepare_turn, messages, safety=safety, history_turns=config.history_turns,
-            tokenizer=getattr(backend, "tokenizer", None), max_new_tokens=settings.max_new_tokens,
-            limit=getattr(backend, "limit", None), enable_thinking=settings.enable_thinking)
-        admitted["n"] += 1  # released when the reply (or its stream) ends
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if stream:
-            events = stream_events(backend, safety, config, turn, settings, seed, include_usage, rid, created)
-            return StreamingResponse(released(events, admitted), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-store"})
-        try:
-            return JSONResponse(await complete(backend, safety, config, turn, settings, seed, rid, created))
-        except Exception as err:  # the engine failed: say so, never a traceback to the client
-            return fail(502, f"生成失败：{type(err).__name__}", "backend_error")
-        finally:
-            admitted["n"] -= 1
+    async def chat_completions(request: Request):
+        return await completions(request)
 
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -313,52 +423,19 @@ def create_app(backend, safety, config: ServeConfig):
     return app
 
 
-async def released(events, admitted):
-    try:
-        async for event in events:
-            yield event
-    finally:
-        admitted["n"] -= 1
+def held_stream(events, release):
+    """A server-sent-event response that calls `release` once it is over, however it ends (finished,
+    failed, or the client gone before the first byte)."""
+    from fastapi.responses import StreamingResponse
 
+    class HeldStream(StreamingResponse):
+        async def __call__(self, scope, receive, send):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                release()
 
-async def stream_events(backend, safety, config, turn, settings, seed, include_usage, rid, created):
-    """Server-sent events in OpenAI's chunk schema; the first carries `safety` (resources before the reply)."""
-    model = config.model_name
-    yield chunk(rid, model, created, {"role": "assistant", "content": ""}, safety=safety_block(safety, turn))
-    reply, outcome = Reply(safety, turn), Outcome()
-    try:
-        async for piece in backend.stream(turn, settings, seed, outcome):
-            shown = reply.feed(piece)
-            if shown:
-                yield chunk(rid, model, created, {"content": shown})
-    except Exception as err:
-        yield f"data: {json.dumps(error_body(f'生成失败：{type(err).__name__}', 'backend_error'))}\n\n"
-        yield "data: [DONE]\n\n"
-        return
-    rest, screened = await asyncio.to_thread(reply.finish)  # the guard screens the whole reply
-    if rest:
-        yield chunk(rid, model, created, {"content": rest})
-    yield chunk(rid, model, created, {}, finish=outcome.finish_reason, safety=safety_block(safety, turn, screened))
-    if include_usage:
-        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-                "usage": usage(outcome)}
-        yield f"data: {json.dumps(body)}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-async def complete(backend, safety, config, turn, settings, seed, rid, created) -> dict:
-    reply, outcome = Reply(safety, turn), Outcome()
-    shown = []
-    async for piece in backend.stream(turn, settings, seed, outcome):
-        shown.append(reply.feed(piece))
-    rest, screened = await asyncio.to_thread(reply.finish)  # the guard screens the whole reply
-    return {
-        "id": rid, "object": "chat.completion", "created": created, "model": config.model_name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(shown) + rest},
-                     "finish_reason": outcome.finish_reason}],
-        "usage": usage(outcome),
-        "safety": safety_block(safety, turn, screened),
-    }
+    return HeldStream(events, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
 
 def render_page(config: ServeConfig, safety) -> str:
@@ -367,13 +444,17 @@ def render_page(config: ServeConfig, safety) -> str:
 
     info = {"model": config.model_name, "system": config.system or "", "disclaimer": config.disclaimer,
             "resources": safety.resources if safety is not None else None, "needs_key": bool(config.api_key),
-            "max_tokens": config.settings.max_new_tokens}
+            "max_tokens": config.settings.max_new_tokens, "help_open": HELP_OPEN, "help_close": HELP_CLOSE}
     blob = html.escape(json.dumps(info, ensure_ascii=False), quote=False)
     return PAGE.read_text("utf-8").replace("__PSYDT_INFO__", blob)
 
 
-def serve(app, host: str, port: int) -> None:
-    """Run until SIGINT/SIGTERM; in-flight streams are allowed to finish (up to 30 s)."""
+def serve(app, host: str, port: int, announce=print) -> None:
+    """Run until SIGINT/SIGTERM; in-flight streams are allowed to finish (up to 30 s). The socket is bound
+    first and `announce(port)` told the port it got, so `--port 0` takes a free one and says which."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)).run()
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    sock = config.bind_socket()
+    announce(sock.getsockname()[1])
+    uvicorn.Server(config).run(sockets=[sock])
