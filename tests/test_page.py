@@ -95,6 +95,7 @@ def test_the_page_at_phone_and_desktop_width(keyed_server, browser, width, heigh
     crisis = reply.find_element(By.CSS_SELECTOR, ".crisis")
     assert "12356" in crisis.text and "```" not in reply.text  # the fenced help is rendered, not shown raw
     header, footer = box(browser, "header"), box(browser, "footer")
+    assert abs(header["top"]) < 1 and header["bottom"] > 0  # the sticky header is there, at the top
     heading = box(browser, ".msg.assistant:last-child .crisis strong")
     whole = box(browser, ".msg.assistant:last-child .crisis")
     assert header["bottom"] <= heading["top"] and heading["bottom"] <= footer["top"], (header, heading, footer)
