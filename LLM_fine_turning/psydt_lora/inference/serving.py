@@ -66,7 +66,7 @@ class HFBackend:
         """The reply's pieces; `stop` strings are cut by the caller, which then closes this stream."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
+        halt = threading.Event()
 
         def work():
             from transformers import set_seed
@@ -76,7 +76,7 @@ class HFBackend:
                     if seed is not None:
                         set_seed(seed)
                     done = stream_reply(self.model, self.tokenizer, turn.ids, settings,
-                                        lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece), stop)
+                                        lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece), halt)
                 outcome.prompt_tokens = len(turn.ids)
                 outcome.completion_tokens = done.tokens
                 outcome.finish_reason = "length" if done.hit_limit else "stop"
@@ -94,7 +94,7 @@ class HFBackend:
                     raise piece
                 yield piece
         finally:
-            stop.set()  # the client went away: stop generating
+            halt.set()  # the client went away, or a stop string was reached: stop generating
             await worker
 
 
@@ -119,11 +119,11 @@ class OpenAIBackend:
         stream = await self.client.chat.completions.create(
             model=self.model, messages=turn.messages, stream=True, stream_options={"include_usage": True},
             extra_body={"chat_template_kwargs": {"enable_thinking": settings.enable_thinking}}, **kwargs)
-        async for chunk in stream:
-            if chunk.usage is not None:
-                outcome.prompt_tokens = chunk.usage.prompt_tokens
-                outcome.completion_tokens = chunk.usage.completion_tokens
-            for choice in chunk.choices:
+        async for part in stream:
+            if part.usage is not None:
+                outcome.prompt_tokens = part.usage.prompt_tokens
+                outcome.completion_tokens = part.usage.completion_tokens
+            for choice in part.choices:
                 if choice.finish_reason:
                     outcome.finish_reason = choice.finish_reason
                 if choice.delta and choice.delta.content:
