@@ -127,7 +127,9 @@ def test_dataset_download_failure_is_clear_and_writes_nothing(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []  # not even the dataset folder it would have created
 
 
-def test_huggingface_hub_is_used_the_same_way(tmp_path, monkeypatch):
+def test_huggingface_hub_is_used_the_same_way(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
     import huggingface_hub
 
     calls = []
@@ -139,10 +141,22 @@ def test_huggingface_hub_is_used_the_same_way(tmp_path, monkeypatch):
         p.write_text("[]", "utf-8")
         return str(p)
 
+    def snapshot_download(repo_id=None, local_dir=None, **kw):
+        calls.append((repo_id, local_dir, kw.get("ignore_patterns")))
+        shutil.copytree(tiny_model_dir, local_dir, dirs_exist_ok=True)
+        return local_dir
+
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: calls.append(kw) or pytest.fail("model present"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(modelscope, "snapshot_download", lambda **kw: pytest.fail("the other hub was asked"))
     hub.ensure_dataset_file("YIRONGCHEN/PsyDTCorpus", tmp_path / "d", hub.TEST_FILE, hub="huggingface")
     assert calls == [("YIRONGCHEN/PsyDTCorpus", hub.TEST_FILE, "dataset")]
+    target = tmp_path / "Qwen" / "Qwen3-1.7B"
+    assert hub.ensure_model("Qwen/Qwen3-1.7B", target, hub="huggingface") == target
+    repo, folder, ignored = calls[1]
+    assert (repo, folder) == ("Qwen/Qwen3-1.7B", str(target)) and "*.bin" in ignored  # never pickle weights
+    assert hub.model_problems(target) == []
+    assert hub.ensure_model("Qwen/Qwen3-1.7B", target, hub="huggingface") == target and len(calls) == 2  # present now
 
 
 def test_known_file_with_the_published_hash_is_accepted_without_parsing(tmp_path, monkeypatch):

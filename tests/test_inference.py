@@ -87,13 +87,6 @@ def test_history_never_exceeds_the_context(loaded):
     assert "省略了最早的" in out.getvalue()
 
 
-def test_a_message_too_long_for_the_context_is_refused_not_generated(loaded):
-    chat, out = make_chat(loaded, ["你好" * 150, D0[1]["content"]], context_limit=200)
-    chat.loop()
-    assert "这条消息太长" in out.getvalue() and "上下文长度 200" in out.getvalue()
-    assert chat.state.rounds == [(D0[1]["content"], D0[2]["content"])]  # the long one is not in the history
-
-
 def test_compare_shows_both_replies_and_keeps_the_base_reply_out_of_history(loaded):
     chat, out = make_chat(loaded, [D0[1]["content"], "/compare"])
     chat.loop()
@@ -121,7 +114,9 @@ def test_piped_stdin_session(tiny_model_dir, memorised_adapter):
                "--max_new_tokens", "40"], input=f"{D0[1]['content']}\n/history\n", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert D0[2]["content"] in res.stdout and "不能替代专业心理咨询" in res.stdout and "12356" in res.stdout
-    assert "设备：cpu" in res.stdout and str(memorised_adapter) in res.stdout
+    import torch
+
+    assert f"设备：{'cuda' if torch.cuda.is_available() else 'cpu'}" in res.stdout and str(memorised_adapter) in res.stdout
     assert res.stdout.rstrip().endswith("[再见]")  # Ctrl-D / end of input exits cleanly
 
 
@@ -216,6 +211,8 @@ def test_save_merged_loads_with_plain_transformers_and_says_the_same(tiny_model_
 
 
 def test_test_mode_on_the_shaped_test_file_spreads_items_over_dialogues(tiny_model_dir, tmp_path):
+    from psydt_lora.data.dialogues import group_prefix_items, read_dialogues
+
     test = require(SHAPED_TEST)
     rep = run_test_mode(tiny_model_dir, None, test, tmp_path / "r.json", "--max_test_items", "5", "--max_new_tokens", "3",
                         "--batch_size", "5")
@@ -223,7 +220,10 @@ def test_test_mode_on_the_shaped_test_file_spreads_items_over_dialogues(tiny_mod
     items = json.loads(test.read_text("utf-8"))
     for r in rep["results"]:
         assert r["reference"] == items[r["index"]]["messages"][-1]["content"]
-        assert r["history_turns"] == sum(m["role"] == "user" for m in items[r["index"]]["messages"]) - 1
+    # history_turns, not from the implementation's own count: an item's place among its dialogue's items
+    place = {i: k for group in group_prefix_items(read_dialogues(test)[0]) for k, i in enumerate(group)}
+    assert [r["history_turns"] for r in rep["results"]] == [place[r["index"]] for r in rep["results"]]
+    assert any(r["history_turns"] > 0 for r in rep["results"]) and any(r["history_turns"] == 0 for r in rep["results"])
 
 
 def test_questions_are_independent_conversations(tiny_model_dir, memorised_adapter, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DIALOGUES, ROOT, single_turn_split
+from conftest import DIALOGUES, ROOT
 import train_psydt_lora
 from psydt_lora.errors import run_cli
 
@@ -79,21 +79,22 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_f
     with open(log, "w") as sink:
         proc = subprocess.Popen(train_cmd(tiny_model_dir, train, out, "--max_steps", "100000", "--save_steps", "100000"),
                                 stdout=sink, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
-        # wait until the model is loaded and steps are running, then press Ctrl-C
+        # press Ctrl-C mid-run: once the log line of step 5 is out (steps log every 5, the first one too),
+        # the handler is installed and the run is past its first steps -- a readiness line, not a guessed delay
         start = time.time()
-        while "[日志] 第 1/" not in log.read_text() and time.time() - start < 120:
+        while "[日志] 第 5/" not in log.read_text() and time.time() - start < 120:
             assert proc.poll() is None
             time.sleep(0.1)
-        assert "[日志] 第 1/" in log.read_text(), "training never reached its first step"
-        time.sleep(2)
+        assert "[日志] 第 5/" in log.read_text(), "training never reached its fifth step"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     stdout = log.read_text()
     assert proc.returncode == 130, stderr[-2000:]
-    assert "用同样的命令重新运行即可继续训练" in stdout
     from psydt_lora.train.training import find_checkpoint
 
-    assert find_checkpoint(out, "auto") is not None
+    saved = find_checkpoint(out, "auto")
+    assert saved is not None
+    assert f"已保存检查点 {saved}。用同样的命令重新运行即可继续训练" in stdout  # the checkpoint, not just the folder
     assert not (out / "lora_adapter").exists()
 
 
@@ -196,10 +197,18 @@ def test_random_data_files_train_or_stop_cleanly(tiny_model_dir, tmp_path_factor
         assert lines and all(json.loads(line)["labels"] for line in lines)
 
 
-def test_valid_files_of_both_shapes_train(tiny_model_dir, tmp_path):
+def test_valid_files_of_both_shapes_give_the_same_samples(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """A JSON array and JSON Lines of the same dialogues: the dry run writes the same training samples, one
+    shared_prefix pack per dialogue, supervising exactly its replies (each closed by <|im_end|>)."""
+    dumps = []
     for name, obj in [("a.json", DIALOGUES), ("b.jsonl", "\n".join(json.dumps(d, ensure_ascii=False) for d in DIALOGUES))]:
         p = tmp_path / name
         p.write_text(obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False), "utf-8")
+        dump = tmp_path / f"{name}.samples.jsonl"
         assert run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(p),
-                                               "--no-do_eval", "--dry_run"]) == 0
-    assert single_turn_split(DIALOGUES)
+                                               "--no-do_eval", "--dry_run", "--dump_samples", str(dump)]) == 0
+        dumps.append([json.loads(line) for line in dump.read_text("utf-8").splitlines()])
+    assert dumps[0] == dumps[1] and len(dumps[0]) == len(DIALOGUES)
+    for sample, dialogue in zip(dumps[0], DIALOGUES):
+        supervised = tiny_tokenizer.decode([t for t in sample["labels"] if t != -100])
+        assert supervised == "".join(m["content"] + "<|im_end|>" for m in dialogue["messages"] if m["role"] == "assistant")

@@ -81,7 +81,10 @@ def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(ti
             "--eval_steps", "2", "--logging_steps", "1", "--gradient_accumulation_steps", "1"]
     assert train_psydt_lora.main(argv) == 0
     said = capsys.readouterr().out
-    for line in ("[运行] 设备：cpu", "没有可用的 CUDA GPU", "注意力实现：sdpa", "可训练参数", "有效批量 1 × 1",
+    import torch
+
+    device_lines = ("[运行] 设备：cuda",) if torch.cuda.is_available() else ("[运行] 设备：cpu", "没有可用的 CUDA GPU")
+    for line in (*device_lines, "注意力实现：sdpa", "可训练参数", "有效批量 1 × 1",
                  "计划 4 步", f"输出目录：{out.resolve()}", "[日志] 第 1/4 步：loss ", "分块 linear_cross_entropy"):
         assert line in said, line
     assert "'loss': '" not in said  # numbers print as numbers

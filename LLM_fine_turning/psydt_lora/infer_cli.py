@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     f"否则 <dataset_dir>/{TEST_FILE}")
     g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="数据集在模型库上的 id（用于默认测试文件）")
     g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="PsyDTCorpus 文件所在的文件夹")
-    g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少测试文件时从哪里下载")
+    g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少文件时从哪里下载：批量测试的默认测试文件，以及 --safety_model 给出的审核模型（如 Qwen3Guard）")
     g.add_argument("--max_test_items", type=int, default=0, help="从不同对话中均匀取 N 条；0 = 全部")
     g.add_argument("--batch_size", type=int, default=8, help="一起生成的条目数（左侧 padding）")
     g.add_argument("--questions_file", default=None, help="问题文件（JSON 列表或每行一个），每个问题单独成一段对话")
@@ -120,6 +120,7 @@ def check_args(args) -> None:
             raise PsyDTError("--backend openai 需要 --backend_url（例如 http://127.0.0.1:8001/v1）。")
         if not 0 <= args.port < 65536 or args.max_concurrency <= 0 or args.max_body_bytes <= 0:
             raise PsyDTError("--port 必须在 0–65535 之间，--max_concurrency 和 --max_body_bytes 必须是正数。")
+        check_serve_extra(args.backend)
     if args.compare_base and (args.no_adapter or args.merge_lora):
         raise PsyDTError("--compare_base 需要加载未合并的 adapter：不能和 --no_adapter / --merge_lora 一起用。")
 
@@ -134,6 +135,17 @@ def check_export_args(args) -> None:
     if "gguf" in parse_formats(args.export):
         parse_types(args.gguf_types)
         converters(args.llama_cpp)
+
+
+def check_serve_extra(backend: str) -> None:
+    """The server's libraries are the optional `serve` extra (a user who only trains does not install them)."""
+    import importlib.util
+
+    needed = ("fastapi", "uvicorn", "openai") if backend == "openai" else ("fastapi", "uvicorn")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PsyDTError(f"--mode serve 需要 {'、'.join(missing)}，没有安装：pip install -e '.[serve]'"
+                         "（或 pip install -r requirements.txt，它包含 serve）。")
 
 
 def check_local(args) -> None:

@@ -25,7 +25,7 @@ from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE
 from psydt_lora.prompt import DEFAULT_SYSTEM
 from psydt_lora.data.samples import SAMPLE_MODES
-from psydt_lora.train.training import DEFAULT_TARGET_MODULES, is_main_process
+from psydt_lora.train.training import DEFAULT_TARGET_MODULES, is_main_process, world_size
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -370,6 +370,8 @@ def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data
 
     set_seed(args.seed)
     device = pick_device("auto")
+    if device == "cpu":  # the Trainer imports DeepSpeed whenever it is installed; told the device, it does not guess aloud
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     dtype = pick_dtype(args.dtype, device)
     if T.is_main_process():
         print("\n".join(T.device_lines(device, dtype, args.dtype)), flush=True)
@@ -382,7 +384,8 @@ def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data
     if stop.exit_code:
         ignore_sigterm_while_leaving()
         if trainer.is_world_process_zero():
-            print(f"[中断] 已保存检查点到 {args.output_dir}。用同样的命令重新运行即可继续训练。", flush=True)
+            saved = Path(args.output_dir) / f"checkpoint-{trainer.state.global_step}"  # the Trainer's folder name
+            print(f"[中断] 已保存检查点 {saved}。用同样的命令重新运行即可继续训练。", flush=True)
         T.finish_distributed()
         return stop.exit_code
     metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
@@ -423,7 +426,26 @@ def save_outputs(args, trainer, metrics, info, padding_share) -> None:
 
 def cli() -> int:
     """The `psydt-train` console command and `python LLM_fine_turning/train_psydt_lora.py`."""
-    return run_cli(main)
+    code = run_cli(main)
+    if world_size() > 1:
+        leave_without_finalizing(code)
+    return code
+
+
+def leave_without_finalizing(code: int) -> None:
+    """End a launcher's worker once everything is saved and the process group is left. gloo's worker
+    threads may still drop the last reference to a tensor that has a Python object after the
+    collective's waiter has returned; if that happens once interpreter shutdown has begun, CPython ends
+    the thread as it asks for the GIL and C++ aborts it ("terminate called without an active
+    exception", SIGABRT -- seen about 1 run in 6 under DeepSpeed ZeRO-3 on a loaded 2-core machine).
+    So the exit handlers (SwanLab finishing its run, logging) run while the interpreter is whole, and
+    the process then ends without the shutdown phase in which that race lives."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
