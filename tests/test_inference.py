@@ -87,6 +87,13 @@ def test_history_never_exceeds_the_context(loaded):
     assert "省略了最早的" in out.getvalue()
 
 
+def test_a_message_too_long_for_the_context_is_refused_not_generated(loaded):
+    chat, out = make_chat(loaded, ["你好" * 150, D0[1]["content"]], context_limit=200)
+    chat.loop()
+    assert "这条消息太长" in out.getvalue() and "上下文长度 200" in out.getvalue()
+    assert chat.state.rounds == [(D0[1]["content"], D0[2]["content"])]  # the long one is not in the history
+
+
 def test_compare_shows_both_replies_and_keeps_the_base_reply_out_of_history(loaded):
     chat, out = make_chat(loaded, [D0[1]["content"], "/compare"])
     chat.loop()

@@ -159,10 +159,6 @@ class Chat:
                             enable_thinking=self.settings.enable_thinking)
 
     def generate(self, turn: Turn, label="助手", adapter=True):
-        if turn.overflow:
-            self.say(f"[这条消息太长：提示有 {len(turn.ids)} 个 token，加上回复的 --max_new_tokens {self.settings.max_new_tokens} "
-                     f"超过了上下文长度 {self.limit}。请缩短后重发。]")
-            return None, True
         with typeahead_discarded(self):
             return TerminalReply(self, turn, label).run(adapter)
 
@@ -171,6 +167,10 @@ class Chat:
         if turn.crisis:
             self.safety.record("crisis_detected", turn.detection)
             self.say(self.safety.notice(turn.detection))  # resources first, before the model says anything
+        if turn.overflow:  # even this message alone leaves no room for a reply
+            self.say(f"[这条消息太长：提示有 {len(turn.ids)} 个 token，加上回复的 --max_new_tokens {self.settings.max_new_tokens} "
+                     f"超过了上下文长度 {self.limit}。请缩短后重发；这一轮不计入历史。]")
+            return
         reply, interrupted = self.generate(turn)
         if interrupted:
             self.say("[已中断：这一轮不计入历史]")
