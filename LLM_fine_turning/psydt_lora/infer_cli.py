@@ -276,31 +276,32 @@ def guard_for(args, loaded):
 
 
 def run_safety_eval(args) -> int:
-    """Counts, recall and false alarms of each safety layer on a file of texts; the last line is JSON.
-    Loads no base model unless --safety_model base needs one."""
+    """Counts, recall and false alarms of each safety layer and of any of them on a file of texts; the last
+    line is JSON. Loads the guard of --safety_model (the base model too for `base`); a layer that cannot
+    run is named, with why."""
     import json
 
-    from psydt_lora.safety.rules import EVAL_LISTS, evaluate_layers, guard_layer, lexicon_layer, read_eval_cases
+    from tqdm import tqdm
 
-    path = args.safety_eval
-    cases = read_eval_cases(path)
-    layers = {"lexicon": lexicon_layer()}
+    from psydt_lora.safety.evaluation import evaluate_layers, guard_layer, lexicon_layer, read_eval_cases, report_lines
+
+    cases = read_eval_cases(args.safety_eval)
+    layers, missing, guard = {"lexicon": lexicon_layer()}, {}, None
     if args.safety_model != "none":
         loaded = load(args, None if args.no_adapter else args.adapter_path) if args.safety_model == "base" else None
         guard = guard_for(args, loaded)
-        if guard is not None:
+        if guard is None:
+            missing[args.safety_model] = "无法加载（原因见上）"
+        else:
             layers[guard.name] = guard_layer(guard)
-    results = evaluate_layers(cases, layers)
-    names = {"positive": "危机（应检出）", "negative": "非危机（不应检出）", "harmful_replies": "有害回复（应拦截）",
-             "safe_replies": "安全回复（不应拦截）"}
-    for name, per_layer in results.items():
-        measure = EVAL_LISTS[name][0]
-        for layer, r in per_layer.items():
-            label = "召回率" if measure == "recall" else "误报率"
-            print(f"[安全评估] {names[name]} · {layer}：{r['fired']}/{r['n']}，{label} {r[measure]:.3f}")
-    if len(layers) > 1:
+    print(f"[安全评估] 评估的层：{'、'.join(layers)}" + (f"；没能运行：{'、'.join(f'{k}（{v}）' for k, v in missing.items())}"
+                                                 if missing else ""), flush=True)
+    results = evaluate_layers(cases, layers, progress=(lambda it, desc: tqdm(it, desc=desc, leave=False)) if guard else None)
+    print("\n".join(report_lines(results)))
+    if guard is not None:
         print(f"[安全评估] 审核模型平均 {guard.ms_per_call():.0f} ms/次，格式不符 {guard.malformed} 次")
-    print(json.dumps({"file": str(path), "results": results}, ensure_ascii=False))
+    print(json.dumps({"file": str(args.safety_eval), "layers": list(layers), "not_run": missing, "results": results},
+                     ensure_ascii=False))
     return 0
 
 

@@ -1,0 +1,136 @@
+"""Measuring the safety layers: recall and false alarms of each layer, and of any of them, on lists of texts.
+
+`--safety_eval FILE` reads one of three shapes:
+  * this project's lists: `{"positive", "negative", "harmful_replies", "safe_replies"}` (any subset);
+  * SOS-HL-1K (`[{"text", "risk": "high" | "low"}]`, Weibo posts): only the part held back from rule
+    development (the frozen split in `data/sos_hl_split.json`) is measured; "high" posts must fire, "low"
+    posts are reported as a firing rate, never as false alarms ("low" risk is not "no crisis");
+  * PsySUICIDE (`[{"text", "labels": [...]}]`): every class but "unrelated" must fire, "unrelated" must not.
+Posts are read from the user's copy and never stored; the split file holds hashes only.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import read_json
+from psydt_lora.safety.rules import DATA, detect, harmful_reply
+
+EVAL_LISTS = {  # list -> (what a hit means, the check that runs on it)
+    "positive": ("recall", "user"), "negative": ("false_alarm_rate", "user"),
+    "harmful_replies": ("recall", "reply"), "safe_replies": ("false_alarm_rate", "reply"),
+    "low_risk": ("fired_rate", "user"),
+}
+LIST_NAMES = {"positive": "危机（应检出）", "negative": "非危机（不应检出）", "harmful_replies": "有害回复（应拦截）",
+              "safe_replies": "安全回复（不应拦截）", "low_risk": "低风险帖子（触发率，不算误报）"}
+MEASURE_NAMES = {"recall": "召回率", "false_alarm_rate": "误报率", "fired_rate": "触发率"}
+SOS_SPLIT = DATA / "sos_hl_split.json"
+UNRELATED = "与自杀/自伤/攻击行为无关"  # PsySUICIDE's "none of these" class
+
+
+def post_hash(text: str) -> str:
+    """A post's name in the split file: the first 12 hex digits of the sha256 of its UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def sos_part(text: str) -> str:
+    """How the split was drawn (once, before any rule change): the parity of the hash's first byte."""
+    return "heldout" if int(post_hash(text)[:2], 16) % 2 else "dev"
+
+
+def sos_heldout() -> set:
+    return set(json.loads(SOS_SPLIT.read_text("utf-8"))["heldout"])
+
+
+def sos_cases(posts: list, part: str = "heldout") -> dict:
+    """SOS-HL-1K posts of one part as evaluation lists: high -> positive, low -> low_risk."""
+    held = sos_heldout()
+    mine = [p for p in posts if (post_hash(p["text"]) in held) == (part == "heldout")]
+    return {"positive": [p["text"] for p in mine if p["risk"] == "high"],
+            "low_risk": [p["text"] for p in mine if p["risk"] == "low"]}
+
+
+def psysuicide_cases(items: list) -> dict:
+    return {"positive": [i["text"] for i in items if set(i["labels"]) != {UNRELATED}],
+            "negative": [i["text"] for i in items if set(i["labels"]) == {UNRELATED}]}
+
+
+def _real_set(path: Path, data: list) -> dict:
+    """Which published set a JSON list is, by its fields, as evaluation lists."""
+    for i, item in enumerate(data):
+        if not isinstance(item.get("text"), str) or not item["text"].strip():
+            raise PsyDTError(f"--safety_eval {path} 的第 {i} 条需要非空字符串字段 \"text\"。")
+    if all(item.get("risk") in ("high", "low") for item in data):
+        return sos_cases(data)
+    if all(isinstance(item.get("labels"), list) and item["labels"] for item in data):
+        return psysuicide_cases(data)
+    raise PsyDTError(f"--safety_eval {path}：JSON 列表只认 SOS-HL-1K（每条有 \"risk\": high/low）"
+                     "或 PsySUICIDE（每条有非空的 \"labels\" 列表）两种格式。")
+
+
+def read_eval_cases(path) -> dict:
+    """The lists of texts in `path` (see the module docstring for the three shapes)."""
+    path = Path(path)
+    data = read_json(path, "--safety_eval 文件")
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        return _real_set(path, data)
+    if not isinstance(data, dict) or not any(k in data for k in EVAL_LISTS):
+        raise PsyDTError(f"--safety_eval {path} 需要一个 JSON 对象，至少含有 "
+                         f"{', '.join(k for k in EVAL_LISTS if k != 'low_risk')} 之一（或 SOS-HL-1K / PsySUICIDE 的列表）。")
+    cases = {}
+    for name in EVAL_LISTS:
+        items = data.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise PsyDTError(f"--safety_eval {path} 的字段 {name} 必须是字符串列表。")
+        for i, text in enumerate(items):
+            if not isinstance(text, str) or not text.strip():
+                raise PsyDTError(f"--safety_eval {path} 的 {name}[{i}] 必须是非空字符串。")
+        cases[name] = items
+    return cases
+
+
+def evaluate_layers(cases: dict, layers: dict, progress=None) -> dict:
+    """Per list and per layer: how many texts fired, and the rate that matters for that list.
+    `layers`: name -> (check of a user turn -> bool, check of a reply -> bool); 'any' combines them."""
+    out = {}
+    for name, items in cases.items():
+        measure, kind = EVAL_LISTS[name]
+        fired = {}
+        for layer, checks in layers.items():
+            check = checks[0 if kind == "user" else 1]
+            texts = progress(items, desc=f"{name} · {layer}") if progress else items
+            fired[layer] = [check(t) for t in texts]
+        if len(layers) > 1:
+            fired["any"] = [any(f) for f in zip(*fired.values())]
+        out[name] = {layer: {"n": len(items), "fired": sum(f), measure: round(sum(f) / len(items), 4) if items else None}
+                     for layer, f in fired.items()}
+    return out
+
+
+def report_lines(results: dict) -> list[str]:
+    lines = []
+    for name, per_layer in results.items():
+        measure = EVAL_LISTS[name][0]
+        for layer, r in per_layer.items():
+            rate = "—" if r[measure] is None else f"{r[measure]:.3f}"
+            lines.append(f"[安全评估] {LIST_NAMES[name]} · {layer}：{r['fired']}/{r['n']}，{MEASURE_NAMES[measure]} {rate}")
+    return lines
+
+
+def lexicon_layer():
+    return lambda text: detect(text).crisis, harmful_reply
+
+
+def guard_layer(guard):
+    """A guard's checks for `evaluate_layers`; a malformed verdict counts as not fired."""
+    def user(text):
+        verdict = guard.check_user([{"role": "user", "content": text}])
+        return verdict is not None and bool(verdict.crisis_categories)
+
+    def reply(text):
+        verdict = guard.check_reply("", text)
+        return verdict is not None and verdict.unsafe
+
+    return user, reply
