@@ -2,6 +2,7 @@
 parsing with a fallback to the lexicon, the combination of layers, and the paths a user takes."""
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +43,11 @@ class Scripted(Guard):
         return self.answers(messages)
 
 
-def test_the_guard_sees_what_qwen3guard_documents_and_layers_combine():
+def test_the_guard_sees_what_qwen3guard_documents_and_layers_combine(monkeypatch):
+    from psydt_lora.safety import guard as guard_module
+
+    clock = iter([10.0, 10.04, 20.0, 20.06])  # two checks, 40 ms and 60 ms
+    monkeypatch.setattr(guard_module.time, "perf_counter", lambda: next(clock))
     guard = Scripted(lambda m: "Safety: Unsafe\nCategories: Violent" if "下场" in m[-1]["content"] else
                      "Safety: Safe\nCategories: None")
     safety = Safety(guard=guard)
@@ -58,7 +63,8 @@ def test_the_guard_sees_what_qwen3guard_documents_and_layers_combine():
     # response moderation: exactly [user, assistant]
     assert safety.reply_layers("我好难受", "我在这里陪你") == {"qwen3guard": False, "lexicon": False}
     assert guard.seen[-1] == [{"role": "user", "content": "我好难受"}, {"role": "assistant", "content": "我在这里陪你"}]
-    assert guard.calls == 2 and guard.ms_per_call() >= 0
+    assert guard.calls == 2 and guard.ms_per_call() == pytest.approx(50.0)
+    assert "审核模型 qwen3guard：2 次，平均 50 ms/次，格式不符 0 次" == safety.guard_cost()
 
 
 def test_a_malformed_verdict_falls_back_to_the_lexicon_with_a_warning(caplog):
@@ -81,8 +87,9 @@ def test_a_small_local_checkpoint_runs_the_guard_path_end_to_end(tiny_model_dir,
     """Random weights give garbage verdicts: what is tested is the real prompt, generation and the fallback."""
     from psydt_lora.safety.guard import load_guard
 
-    guard = load_guard(str(tiny_model_dir))
-    assert isinstance(guard, GenGuard)
+    choice = load_guard(str(tiny_model_dir))
+    guard = choice.guard
+    assert isinstance(guard, GenGuard) and choice.why == f"--safety_model {tiny_model_dir}"
     msgs = [{"role": "user", "content": "我不想活了"}]
     assert guard.prompt(msgs) == guard.tokenizer.apply_chat_template(msgs, tokenize=False)  # its own template
     with caplog.at_level(logging.WARNING, logger="psydt_lora.safety.guard"):
@@ -91,41 +98,214 @@ def test_a_small_local_checkpoint_runs_the_guard_path_end_to_end(tiny_model_dir,
 
 
 def test_base_model_as_zero_shot_classifier(tiny_model_dir, memorised_adapter):
+    """The answer is the letter whose logit is highest after the question, read with the adapter off."""
     from psydt_lora.models import load_for_inference
 
     model, tok, _, _ = load_for_inference(tiny_model_dir, memorised_adapter, device="cpu")
     guard = BaseModelGuard(model, tok)
-    v = guard.check_user([{"role": "user", "content": "我不想活了"}])
-    assert v.ours and v.label in ("Safe", "Unsafe") and set(v.crisis_categories) <= {"suicide", "harm_others", "abuse"}
-    assert guard.check_user([{"role": "user", "content": "我不想活了"}]) == v  # read from logits: no sampling
-    r = guard.check_reply("我不想活了", "我很担心你")
-    assert r.label in ("Safe", "Unsafe") and guard.calls == 3
+    vocab = model.get_output_embeddings().weight.shape[0]
+    letter = {c: tok(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"}
+    for scores, user, reply in (({"B": 1.0}, ("Unsafe", ["harm_others"]), ("Safe", [])),
+                                ({"C": 1.0}, ("Unsafe", ["abuse"]), ("Unsafe", ["suicide"])),  # C is no reply choice: A ties B, A first
+                                ({"D": 2.0, "B": 1.0}, ("Safe", []), ("Safe", []))):
+        model.set_output_embeddings(LetterHead(vocab, {letter[c]: v for c, v in scores.items()}))
+        v = guard.check_user([{"role": "user", "content": "我不想活了"}])
+        assert v.ours and (v.label, v.crisis_categories) == user
+        r = guard.check_reply("我不想活了", "我很担心你")
+        assert (r.label, r.crisis_categories) == reply
+    assert guard.calls == 6 and guard.malformed == 0
 
 
-def test_the_default_guard_offline_says_so_once_and_the_lexicon_runs(tiny_model_dir, memorised_adapter, data_files,
-                                                                     tmp_path, monkeypatch, capsys):
+# -- the guard cannot be had: the loaded model takes its place ------------------------------------------
+NO_RULE_CRISIS = "今晚的月亮很好看，我想最后再看一眼"  # a goodbye no lexicon rule matches
+
+
+class LetterHead:
+    """Stands in for the model's lm_head: every position's logits favour the given tokens, so what the
+    base-model layer answers (the answer letter with the highest logit) is the test's to decide."""
+
+    def __new__(cls, vocab: int, scores: dict):
+        import torch
+
+        class Head(torch.nn.Module):
+            def forward(self, hidden):
+                out = torch.zeros(*hidden.shape[:-1], vocab, dtype=hidden.dtype, device=hidden.device)
+                for token, score in scores.items():
+                    out[..., token] = score
+                return out
+
+        return Head()
+
+
+CRISIS_EVERYWHERE = {"A": 1.0}  # user turn: A (suicide); reply: A (harmful)
+SAFE_EVERYWHERE = {"D": 2.0, "B": 1.0}  # user turn: D (none of these); reply: B (safe)
+
+
+@pytest.fixture
+def decided(monkeypatch):
+    """Set what the loaded model answers as a classifier: `decided(CRISIS_EVERYWHERE)` before main()."""
+    from psydt_lora import infer_cli
+
+    real_load = infer_cli.load
+
+    def use(letters):
+        def load(args, adapter):
+            model, tok, info, device, limit = real_load(args, adapter)
+            ids = {tok(c, add_special_tokens=False)["input_ids"][0]: v for c, v in letters.items()}
+            model.set_output_embeddings(LetterHead(model.get_output_embeddings().weight.shape[0], ids))
+            return model, tok, info, device, limit
+
+        monkeypatch.setattr(infer_cli, "load", load)
+
+    return use
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """modelscope unreachable the way an offline machine is (no name resolution); a download attempt is recorded."""
+    import socket
+
     import modelscope
 
     calls = []
 
-    def offline(**kw):
-        calls.append(kw)
+    def no_dns(address, *a, **k):
+        calls.append(("connect", address))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def download(**kw):
+        calls.append(("download", kw["local_dir"]))
         raise ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(modelscope, "snapshot_download", offline)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_dns)
+    monkeypatch.setattr(modelscope, "snapshot_download", download)
     monkeypatch.chdir(tmp_path)
-    _, test = data_files
-    out = tmp_path / "r.json"
+    return calls
+
+
+def run_test_mode(tmp_path, tiny_model_dir, memorised_adapter, *extra, text=NO_RULE_CRISIS):
+    items = [{"id": 1, "normalizedTag": "情绪", "messages": [{"role": "user", "content": text},
+                                                            {"role": "assistant", "content": "嗯"}]}]
+    test, out = tmp_path / "t.json", tmp_path / "r.json"
+    test.write_text(json.dumps(items, ensure_ascii=False), "utf-8")
     assert inference_psydt_lora.main(["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter),
                                       "--mode", "test", "--test_file", str(test), "--test_output_file", str(out),
-                                      "--no-do_sample", "--max_new_tokens", "20",
-                                      "--safety_model", "Qwen/Qwen3Guard-Gen-0.6B"]) == 0
+                                      "--no-do_sample", "--max_new_tokens", "4", *extra]) == 0
+    return json.loads(out.read_text("utf-8"))["results"][0]
+
+
+def test_offline_the_base_model_replaces_the_guard_without_a_download_attempt(
+        tiny_model_dir, memorised_adapter, offline_hub, decided, tmp_path, capsys):
+    from psydt_lora.safety.rules import detect
+
+    assert not detect(NO_RULE_CRISIS).crisis  # only the model layer can catch it
+    decided(CRISIS_EVERYWHERE)
+    r = run_test_mode(tmp_path, tiny_model_dir, memorised_adapter, "--safety_model", "Qwen/Qwen3Guard-Gen-0.6B")
     said = capsys.readouterr().out
-    assert len(calls) == 1 and calls[0]["local_dir"].endswith("Qwen/Qwen3Guard-Gen-0.6B")  # fetched like the base model
-    assert said.count("无法使用审核模型") == 1 and "--safety_model none" in said and "启用的安全层：词典\n" in said
+    assert offline_hub == [("connect", ("modelscope.cn", 443))]  # one probe, no download and its retries
+    line = [l for l in said.splitlines() if "启用的安全层" in l]
+    assert len(line) == 1 and "词典 + 基础模型零样本判断（关闭 LoRA）" in line[0] and "连不上 modelscope.cn" in line[0]
+    assert "没有尝试下载" in line[0] and "--safety_model none" in line[0]
+    assert r["safety"]["crisis"] and r["safety"]["categories"] == ["suicide"]
+    assert r["safety"]["layers"]["lexicon"]["crisis"] is False and r["safety"]["layers"]["base"]["crisis"] is True
+    assert r["screened"] is True  # the reply is screened by the same fallback
     assert not (tmp_path / "Qwen").exists()
-    results = json.loads(out.read_text("utf-8"))["results"]
-    assert all(set(r["safety"]["layers"]) == {"lexicon"} for r in results)
+
+    decided(SAFE_EVERYWHERE)  # the same path, the model deciding the other way
+    r = run_test_mode(tmp_path, tiny_model_dir, memorised_adapter, "--safety_model", "Qwen/Qwen3Guard-Gen-0.6B")
+    assert r["safety"]["crisis"] is False and r["safety"]["layers"]["base"]["crisis"] is False and r["screened"] is False
+
+
+def test_the_lexicon_alone_when_asked(tiny_model_dir, memorised_adapter, offline_hub, decided, tmp_path, capsys):
+    decided(CRISIS_EVERYWHERE)
+    r = run_test_mode(tmp_path, tiny_model_dir, memorised_adapter, "--safety_model", "none")
+    assert "启用的安全层：词典（--safety_model none）" in capsys.readouterr().out and offline_hub == []
+    assert r["safety"]["crisis"] is False and set(r["safety"]["layers"]) == {"lexicon"} and r["screened"] is False
+    r = run_test_mode(tmp_path, tiny_model_dir, memorised_adapter, "--safety_model", "none", text="我不想活了")
+    assert r["safety"]["crisis"] and r["safety"]["categories"] == ["suicide"]  # the rules still work alone
+
+
+def test_a_failed_download_is_tried_once_then_the_base_model_runs(tiny_model_dir, memorised_adapter, offline_hub,
+                                                                  decided, tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: io_ok())  # the hub answers, the download fails
+    decided(CRISIS_EVERYWHERE)
+    r = run_test_mode(tmp_path, tiny_model_dir, memorised_adapter, "--safety_model", "Qwen/Qwen3Guard-Gen-0.6B")
+    said = capsys.readouterr().out
+    assert offline_hub == [("download", str(Path("Qwen/Qwen3Guard-Gen-0.6B")))] or (
+        len(offline_hub) == 1 and offline_hub[0][1].endswith("Qwen/Qwen3Guard-Gen-0.6B"))  # fetched like the base model
+    assert said.count("启用的安全层") == 1 and "由基础模型代替" in said and "ConnectionError" in said
+    assert r["safety"]["layers"]["base"]["crisis"] is True and not (tmp_path / "Qwen").exists()
+
+
+def io_ok():
+    class Closed:
+        def close(self):
+            pass
+
+    return Closed()
+
+
+def test_chat_and_serve_run_the_base_model_in_place_of_the_guard(tiny_model_dir, memorised_adapter, offline_hub,
+                                                                 decided, monkeypatch, capsys):
+    import io
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from psydt_lora.inference import serving
+
+    decided(CRISIS_EVERYWHERE)
+    base = ["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+            "--max_new_tokens", "4", "--safety_model", "Qwen/Qwen3Guard-Gen-0.6B"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{NO_RULE_CRISIS}\n/history\n/exit\n"))
+    assert inference_psydt_lora.main(base) == 0
+    said = capsys.readouterr().out
+    assert "启用的安全层：词典 + 基础模型零样本判断（关闭 LoRA）" in said
+    notice_at = said.index("你现在的感受很重要")  # the crisis notice, after the user's turn
+    assert said.index("你：") < notice_at and "已被安全过滤" in said[notice_at:]  # and the reply screened
+    assert "审核模型 base：2 次" in said  # its cost per turn, shown as for the guard
+
+    apps = []
+    monkeypatch.setattr(serving, "serve", lambda app, host, port: apps.append(app))
+    assert inference_psydt_lora.main(base + ["--mode", "serve", "--port", "1"]) == 0
+    assert "启用的安全层：词典 + 基础模型零样本判断（关闭 LoRA）" in capsys.readouterr().out
+    with TestClient(apps[0]) as client:
+        body = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": NO_RULE_CRISIS}]}).json()
+    assert body["safety"]["crisis"] and body["safety"]["layers"]["base"]["crisis"] is True and body["safety"]["screened"]
+
+
+def test_eval_without_a_model_names_the_layer_that_could_not_run(offline_hub, tmp_path, capsys):
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps({"positive": ["我不想活了"]}, ensure_ascii=False), "utf-8")
+    assert inference_psydt_lora.main(["--safety_eval", str(cases), "--safety_model", "Qwen/Qwen3Guard-Gen-0.6B"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["layers"] == ["lexicon"] and "连不上 modelscope.cn" in report["not_run"]["Qwen/Qwen3Guard-Gen-0.6B"]
+    assert "没能运行：Qwen/Qwen3Guard-Gen-0.6B" in out and "只用词典" in out
+
+
+def test_hub_probe(monkeypatch):
+    import socket
+
+    from psydt_lora.safety.guard import hub_unreachable
+
+    def refused(address, timeout):
+        assert timeout <= 5  # one short try
+        raise ConnectionRefusedError(111, "refused")
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    assert hub_unreachable("modelscope") == "连不上 modelscope.cn（ConnectionRefusedError）"
+    assert hub_unreachable("huggingface") == "连不上 huggingface.co（ConnectionRefusedError）"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the direct probe says nothing behind a proxy
+    assert hub_unreachable("modelscope") is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_unreachable("huggingface") == "已设置 HF_HUB_OFFLINE"
 
 
 def test_chat_and_eval_use_the_guard_when_given(tiny_model_dir, memorised_adapter, tmp_path, capsys):

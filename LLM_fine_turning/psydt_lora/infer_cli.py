@@ -23,6 +23,7 @@ from psydt_lora.cli import make_parser
 from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.hub import HUBS, TEST_FILE
 from psydt_lora.prompt import DEFAULT_SYSTEM
+from psydt_lora.safety.guard import DEFAULT_GUARD
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -61,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_context", type=int, default=None, help="上下文窗口 token 数（默认取模型自身的）")
     g.add_argument("--seed", type=int, default=42, help="采样的随机种子")
     g.add_argument("--safety", choices=("on", "off"), default="on", help="危机语言检测、求助资源和回复过滤")
-    g.add_argument("--safety_model", default=os.environ.get("PSYDT_SAFETY_MODEL", "Qwen/Qwen3Guard-Gen-0.6B"),
-                   help="第二层安全检测：Qwen3Guard-Gen 模型（hub id 或本地文件夹；缺失时下载到 ./<id>），"
-                        "base（用基础模型做零样本判断），none（只用词典）；默认值可用环境变量 PSYDT_SAFETY_MODEL 改（默认：%(default)s）")
+    g.add_argument("--safety_model", default=os.environ.get("PSYDT_SAFETY_MODEL", DEFAULT_GUARD),
+                   help="第二层安全检测：Qwen3Guard-Gen 模型（hub id 或本地文件夹；缺失且能连上 hub 时下载到 ./<id>，"
+                        "用不了时由基础模型代替），base（用基础模型做零样本判断），none（只用词典）；"
+                        "默认值可用环境变量 PSYDT_SAFETY_MODEL 改")
     g.add_argument("--safety_eval", default=None, metavar="FILE",
-                   help="只评估安全层：读取 {\"positive\", \"negative\", \"harmful_replies\", \"safe_replies\"} 文本列表，"
-                        "打印各层的召回率和误报率后退出（不加载模型）")
+                   help="只评估安全层后退出：读取 {\"positive\", \"negative\", \"harmful_replies\", \"safe_replies\"} 文本列表，"
+                        "或 SOS-HL-1K / PsySUICIDE 的 JSON 文件，打印词典、--safety_model 那一层和两层合起来的召回率和误报率。"
+                        "会加载 --safety_model（审核模型缺失时会下载；base 会加载基础模型）；只评估词典请加 --safety_model none")
     g.add_argument("--safety_resources", default=None, metavar="FILE",
                    help="求助资源 JSON 文件，替换内置的（中国大陆）列表")
 
@@ -258,16 +261,17 @@ def main(argv=None) -> int:
 
 
 def add_guard(args, safety, loaded) -> None:
-    """The second safety layer (--safety_model), loaded once; says which layers are on."""
+    """The second safety layer (--safety_model), loaded once; one line says which layers run and why."""
     if safety is None:
         return
-    safety.guard = guard_for(args, loaded)
-    print(f"[安全] 启用的安全层：{safety.layers()}", flush=True)
+    choice = guard_for(args, loaded)
+    safety.guard = choice.guard
+    print(f"[安全] 启用的安全层：{safety.layers()}（{choice.why}）", flush=True)
 
 
 def guard_for(args, loaded):
-    """The guard of --safety_model, on the device inference uses; `loaded` (model, tokenizer, info, device,
-    limit) is what `base` needs, None when no model is loaded here."""
+    """The GuardChoice of --safety_model, on the device inference uses; `loaded` (model, tokenizer, info,
+    device, limit) is what `base` and the fallback need, None when no model is loaded here."""
     from psydt_lora.safety.guard import load_guard
     from psydt_lora.models import pick_device
 
@@ -289,9 +293,10 @@ def run_safety_eval(args) -> int:
     layers, missing, guard = {"lexicon": lexicon_layer()}, {}, None
     if args.safety_model != "none":
         loaded = load(args, None if args.no_adapter else args.adapter_path) if args.safety_model == "base" else None
-        guard = guard_for(args, loaded)
+        choice = guard_for(args, loaded)
+        guard = choice.guard
         if guard is None:
-            missing[args.safety_model] = "无法加载（原因见上）"
+            missing[args.safety_model] = choice.why
         else:
             layers[guard.name] = guard_layer(guard)
     print(f"[安全评估] 评估的层：{'、'.join(layers)}" + (f"；没能运行：{'、'.join(f'{k}（{v}）' for k, v in missing.items())}"

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("psydt_lora.safety.guard")
 
-DEFAULT_GUARD = "Qwen/Qwen3Guard-Gen-0.6B"
+DEFAULT_GUARD = "Qwen/Qwen3Guard-Gen-0.6B"  # --safety_model's default
+PROBE_TIMEOUT_S = 3.0  # one connection attempt to the hub before a guard download
 LABELS = ("Safe", "Unsafe", "Controversial")
 GUARD_CATEGORIES = ("Violent", "Non-violent Illegal Acts", "Sexual Content or Sexual Acts", "PII", "Suicide & Self-Harm",
                     "Unethical Acts", "Politically Sensitive Topics", "Copyright Violation", "Jailbreak", "None")
@@ -65,6 +66,7 @@ def parse_verdict(text: str) -> Verdict | None:
 class Guard:
     """Shared bookkeeping: time per call (shown to the user) and fallbacks on malformed verdicts."""
     name = "guard"
+    label = "审核模型"  # how the start line names this layer
 
     def __init__(self):
         import threading
@@ -109,6 +111,7 @@ class Guard:
 
 class GenGuard(Guard):
     """A Qwen3Guard-Gen checkpoint, greedy, through its own chat template."""
+    label = "审核模型（qwen3guard）"
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 32):
         super().__init__()
@@ -150,6 +153,8 @@ class BaseModelGuard(Guard):
         self.model, self.tokenizer, self.enable_thinking = model, tokenizer, enable_thinking
         self.letters = {c: tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"}
         self.name = "base"
+        # with --merge_lora there is no adapter to switch off: the merged model judges
+        self.label = "基础模型零样本判断（关闭 LoRA）" if hasattr(model, "disable_adapter") else "已加载模型的零样本判断"
 
     def verdict(self, messages) -> Verdict:
         import contextlib
@@ -171,32 +176,71 @@ class BaseModelGuard(Guard):
         return Verdict("Unsafe" if category else "Safe", [category] if category else [], ours=True)
 
 
-def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, device: str = "cpu"):
-    """The guard for `--safety_model` (a local folder, a hub id fetched into ./<id>, `base`, or `none`).
-    When it cannot be had, say so once with the fix and return None: the lexicon works alone."""
+@dataclass
+class GuardChoice:
+    """The second layer that runs (None: the lexicon alone) and why, for the start line."""
+    guard: Guard | None
+    why: str
+
+
+def hub_unreachable(hub: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be reached, or None when it answers a TCP connection within `timeout` (one try).
+    Offline, modelscope's own client retries for ~25 s before it gives up; this costs at most `timeout`.
+    Behind a proxy the direct probe says nothing, so the download itself is tried."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from psydt_lora.hub import HUB_SITES
+
+    if hub == "huggingface" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "已设置 HF_HUB_OFFLINE"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(HUB_SITES[hub]).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        return f"连不上 {host}（{type(err).__name__}）"
+    return None
+
+
+def _checkpoint(spec: str, hub: str, device: str) -> tuple[Guard | None, str]:
+    """A Qwen3Guard-Gen checkpoint from a folder, or fetched into ./<id> when the hub can be reached."""
     from pathlib import Path
 
-    from psydt_lora.errors import PsyDTError
-
-    if spec == "none":
-        return None
-    if spec == "base":
-        if model is None:
-            print("[安全] --safety_model base 需要在本进程里加载的基础模型（--backend openai 时没有）；只用词典。")
-            return None
-        return BaseModelGuard(model, tokenizer)
     from psydt_lora import hub as hubs
+    from psydt_lora.errors import PsyDTError
     from psydt_lora.models import load_base_model, load_tokenizer, pick_dtype
 
     folder = Path(spec) if Path(spec).is_dir() else Path(".") / spec
     try:
         if hubs.model_problems(folder):
+            offline = hub_unreachable(hub)
+            if offline:
+                return None, f"本地没有 {hubs.shown(folder)}，{hub} {offline}，没有尝试下载"
             hubs.ensure_model(spec, folder, hub)
         tok = load_tokenizer(folder)
-        guard_model = load_base_model(folder, pick_dtype("auto", device), device=device).eval()
+        return GenGuard(load_base_model(folder, pick_dtype("auto", device), device=device).eval(), tok), ""
     except PsyDTError as err:
-        print(f"[安全] 无法使用审核模型 {spec}：{err}\n"
-              f"[安全] 这次只用词典检测（对没见过的说法大约只能检出一半）。修复：联网后重新运行会自动下载到 {hubs.shown(folder)}，"
-              "或把模型放到那里；不想再尝试请加 --safety_model none。", flush=True)
-        return None
-    return GenGuard(guard_model, tok)
+        return None, str(err)
+
+
+def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, device: str = "cpu") -> GuardChoice:
+    """The second layer for `--safety_model` (a local folder, a hub id fetched into ./<id>, `base`, `none`).
+    A checkpoint that cannot be had is replaced by the loaded base model (`base`) when there is one, else
+    the lexicon works alone; `why` says which and how to fix it."""
+    if spec == "none":
+        return GuardChoice(None, "--safety_model none")
+    if spec == "base":
+        if model is None:
+            return GuardChoice(None, "--safety_model base 需要本进程加载的基础模型（--backend openai 时没有）")
+        return GuardChoice(BaseModelGuard(model, tokenizer), "--safety_model base")
+    guard, problem = _checkpoint(spec, hub, device)
+    if guard is not None:
+        return GuardChoice(guard, f"--safety_model {spec}")
+    fix = (f"修复：联网后重新运行会自动下载，或把模型放到 ./{spec}；"
+           "想固定用基础模型请加 --safety_model base，只用词典请加 --safety_model none")
+    if model is not None:
+        return GuardChoice(BaseModelGuard(model, tokenizer), f"审核模型 {spec} 用不了（{problem}），由基础模型代替。{fix}")
+    return GuardChoice(None, f"审核模型 {spec} 用不了（{problem}），本进程也没有加载基础模型，只用词典（对没见过的说法检出率低）。{fix}")

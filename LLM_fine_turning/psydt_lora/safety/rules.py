@@ -212,7 +212,7 @@ class Safety:
         return f"审核模型 {g.name}：{g.calls} 次，平均 {g.ms_per_call():.0f} ms/次，格式不符 {g.malformed} 次"
 
     def layers(self) -> str:
-        return "词典" + (f" + 审核模型（{self.guard.name}）" if self.guard is not None else "")
+        return "词典" + (f" + {self.guard.label}" if self.guard is not None else "")
 
     def record(self, kind: str, detection: Detection | None = None):
         event = {"time": datetime.now().isoformat(timespec="seconds"), "event": kind}
