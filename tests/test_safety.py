@@ -223,6 +223,8 @@ HELDOUT = ROOT / "tests" / "data" / "safety_heldout.json"
 HELDOUT_SHA256 = "40f2ee9370ffc6840ee61220b84f8b3ad873d85385c82b5ad934a232813b2d42"
 HELDOUT_B = ROOT / "tests" / "data" / "safety_heldout_b.json"
 HELDOUT_B_SHA256 = "b825b747779502389314a1387f9c4497b95983c204b85bc86ee6faed2820fd25"
+HYPERBOLE = ROOT / "tests" / "data" / "safety_hyperbole.json"  # written blind for issue 25, before its rule changes
+HYPERBOLE_SHA256 = "697f0e4c2cb6e9bce51f9300e3b1903be6920e15e95a7f58d0887c5b28f686bf"
 
 
 def test_the_held_out_set_is_frozen_and_its_figures_are_reported_not_asserted(capsys):
@@ -234,6 +236,7 @@ def test_the_held_out_set_is_frozen_and_its_figures_are_reported_not_asserted(ca
 
     assert hashlib.sha256(HELDOUT.read_bytes()).hexdigest() == HELDOUT_SHA256, "the held-out set was edited"
     assert hashlib.sha256(HELDOUT_B.read_bytes()).hexdigest() == HELDOUT_B_SHA256, "the second held-out set was edited"
+    assert hashlib.sha256(HYPERBOLE.read_bytes()).hexdigest() == HYPERBOLE_SHA256, "the hyperbole set was edited"
     assert inference_psydt_lora.main(["--safety_eval", str(HELDOUT)]) == 0
     out = capsys.readouterr().out
     report = json.loads(out.strip().splitlines()[-1])["results"]
@@ -319,3 +322,59 @@ def test_each_policy_entry_is_what_drops_its_examples(entry):
 def test_not_joking_strengthens_and_never_cancels():
     assert detect("我不是开玩笑，我真的想结束这一切").crisis
     assert not detect("开玩笑的，我不想活了哈哈").crisis
+
+
+@pytest.mark.parametrize("entry", _lexicon()["benign_rules"]["rules"], ids=lambda e: e["id"])
+def test_each_benign_entry_is_what_silences_its_examples(entry):
+    """Everyday hyperbole and technical words: each example is no crisis -- and would be one without that entry."""
+    from psydt_lora.safety.rules import load_rules
+
+    without = load_rules(without_benign=(entry["id"],))
+    for text in entry["examples"]["silenced"]:
+        assert not detect(text).crisis, (entry["id"], text)
+        assert detect(text, without).crisis, (entry["id"], text)
+
+
+def test_questions_and_particles_are_not_negations():
+    """'有没有人一起死', '痛不痛', '不如一起死吧', '都没有了我想死': no negation of what follows."""
+    for text in ("有没有人一起死", "烧炭痛不痛", "不如一起死吧", "我什么都没有了我想死", "一点希望都没有啊我的遗书写好了"):
+        assert detect(text).crisis, text
+    for text in ("我没有想过自杀", "我不会去死的"):
+        assert not detect(text).crisis, text
+
+
+SOS = ROOT.parent / "shared" / "assets" / "sos-hl-train" / "posts.json"
+PSYSUICIDE = ROOT.parent / "shared" / "assets" / "psysuicide-valid" / "valid.json"
+
+
+def test_the_sos_split_is_the_recorded_one_and_no_post_is_in_the_project():
+    """The held-back part is named by hashes only; it is what the documented rule draws, and no text of either
+    real set (SOS-HL-1K, PsySUICIDE) appears in the rules or the test data."""
+    from conftest import require
+    from psydt_lora.safety.evaluation import SOS_SPLIT, post_hash, sos_cases, sos_heldout, sos_part
+
+    posts = json.loads(require(SOS).read_text("utf-8"))
+    split = json.loads(SOS_SPLIT.read_text("utf-8"))
+    assert sos_heldout() == {post_hash(p["text"]) for p in posts if sos_part(p["text"]) == "heldout"}
+    held = sos_cases(posts)
+    assert (len(held["positive"]), len(held["low_risk"])) == (split["counts"]["heldout"]["high"], split["counts"]["heldout"]["low"])
+    assert len(sos_cases(posts, "dev")["positive"]) + len(held["positive"]) == 477
+    texts = [p["text"] for p in posts] + [i["text"] for i in json.loads(require(PSYSUICIDE).read_text("utf-8"))]
+    ours = "".join(p.read_text("utf-8") for p in [*(ROOT / "tests" / "data").glob("safety_*.json"), ROOT / "tests" / "safety_cases.py",
+                                                  *(ROOT / "LLM_fine_turning" / "psydt_lora" / "safety" / "data").glob("*.json")])
+    assert not [t for t in texts if len(t) >= 12 and t in ours]
+
+
+def test_safety_eval_reads_the_real_sets(capsys):
+    from conftest import require
+
+    for path, lists in ((require(SOS), {"positive", "low_risk"}), (require(PSYSUICIDE), {"positive", "negative"})):
+        assert inference_psydt_lora.main(["--safety_eval", str(path), "--safety_model", "none"]) == 0
+        out = capsys.readouterr().out
+        report = json.loads(out.strip().splitlines()[-1])
+        assert set(report["results"]) == lists and report["not_run"] == {}
+        with capsys.disabled():
+            print(f"\n[{path.parent.name}, lexicon alone] " + "; ".join(
+                f"{name} {r['lexicon']['fired']}/{r['lexicon']['n']}" for name, r in report["results"].items()))
+    psy = report["results"]
+    assert psy["positive"]["lexicon"]["n"] == 405 and psy["negative"]["lexicon"]["n"] == 1075  # every class but 'unrelated'

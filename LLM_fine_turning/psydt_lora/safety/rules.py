@@ -68,15 +68,18 @@ class _Policy:
 
 
 @lru_cache(maxsize=4)
-def load_rules(path=LEXICON):
+def load_rules(path=LEXICON, without_benign: tuple = ()):
+    """The compiled lexicon; `without_benign` leaves those benign_rules ids out (tests prove each is needed)."""
     data = json.loads(Path(path).read_text("utf-8"))
+    benign = [p for r in data.get("benign_rules", {}).get("rules", []) if r["id"] not in without_benign
+              for p in r["patterns"]] + data["benign"]
     rules = [_Rule(r["id"], r["category"], r["level"], r["kind"], re.compile("|".join(f"(?:{p})" for p in r["patterns"])))
              for r in data["rules"] + data.get("kinds", {}).get("rules", [])]
     policy = [_Policy(p["id"], p["when"], p["unless"], p["kinds"], p.get("levels", []), p.get("categories", []))
               for p in data["policy"]["rules"]]
     combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
     return {
-        "benign": re.compile("|".join(f"(?:{p})" for p in data["benign"])),
+        "benign": re.compile("|".join(f"(?:{p})" for p in benign)),
         "negation": re.compile(data["negation"]),
         "not_negation": re.compile(data["negation_exceptions"]),
         "negation_en": re.compile(data["negation_en"]),
