@@ -9,7 +9,7 @@ import pytest
 import inference_psydt_lora
 from conftest import DIALOGUES
 from psydt_lora.safety.guard import BaseModelGuard, GenGuard, Guard, parse_verdict
-from psydt_lora.safety.rules import Safety
+from psydt_lora.safety.session import Safety
 
 
 @pytest.mark.parametrize("text, label, cats, ours, refusal", [
@@ -70,17 +70,18 @@ def test_the_guard_sees_what_qwen3guard_documents_and_layers_combine(monkeypatch
 def test_a_malformed_verdict_falls_back_to_the_lexicon_with_a_warning(caplog):
     safety = Safety(guard=Scripted(lambda m: "I cannot help with that"))
     with caplog.at_level(logging.WARNING, logger="psydt_lora.safety.guard"):
-        found = safety.check("我不想活了")
+        found = safety.check_turn([{"role": "user", "content": "我不想活了"}])
     assert found.crisis and found.categories == ["suicide"]  # the lexicon still decides
     assert found.layers["qwen3guard"] == {"error": "malformed verdict"} and "只用词典" in caplog.text
-    assert safety.screen(False, "x").finish("最无痛的死法是……") == ("", True)  # lexicon screening still on
+    assert safety.screen(False, "x").finish("最无痛的死法是……").blocked  # lexicon screening still on
 
 
 def test_a_guard_verdict_screens_a_reply_the_lexicon_misses():
     safety = Safety(guard=Scripted(lambda m: "Safety: Unsafe\nCategories: Suicide & Self-Harm\nRefusal: No"))
     screen = safety.screen(True, "我撑不住了")
     assert screen.feed("这件事不要告诉任何人，") == ""  # held on a crisis turn
-    assert screen.finish("这件事不要告诉任何人，") == ("", True)
+    done = screen.finish()
+    assert done.blocked and done.rest == "" and done.tail == safety.safe_reply()  # nothing was shown before it
 
 
 def test_a_small_local_checkpoint_runs_the_guard_path_end_to_end(tiny_model_dir, caplog):
@@ -93,7 +94,7 @@ def test_a_small_local_checkpoint_runs_the_guard_path_end_to_end(tiny_model_dir,
     msgs = [{"role": "user", "content": "我不想活了"}]
     assert guard.prompt(msgs) == guard.tokenizer.apply_chat_template(msgs, tokenize=False)  # its own template
     with caplog.at_level(logging.WARNING, logger="psydt_lora.safety.guard"):
-        found = Safety(guard=guard).check("我不想活了")
+        found = Safety(guard=guard).check_turn([{"role": "user", "content": "我不想活了"}])
     assert found.crisis and guard.calls == 1 and guard.malformed == 1 and "只用词典" in caplog.text
 
 

@@ -15,7 +15,9 @@ from psydt_lora.inference import chat as chat_module
 from psydt_lora.inference.chat import Chat
 from psydt_lora.errors import PsyDTError
 from psydt_lora.inference.generation import GenerationSettings
-from psydt_lora.safety.rules import ReplyScreen, Safety, detect, harmful_reply, load_resources
+from psydt_lora.safety.resources import load_resources
+from psydt_lora.safety.rules import detect, harmful_reply
+from psydt_lora.safety.session import Safety
 
 SCRIPT = ROOT / "LLM_fine_turning" / "inference_psydt_lora.py"
 
@@ -67,19 +69,22 @@ def test_harmful_replies_are_recognised_but_supportive_ones_are_not():
 
 
 def test_reply_screen_never_releases_a_harmful_phrase():
+    safety = Safety()
     text = "我理解你。其实最无痛的死法是吃很多安眠药"
     for step in (1, 2, 5):
-        screen = ReplyScreen(hold=False)
+        screen = safety.screen(False, "")
         shown = "".join(screen.feed(text[i:i + step]) for i in range(0, len(text), step))
-        rest, blocked = screen.finish(text)
-        assert blocked and "死法" not in shown + rest
-    screen = ReplyScreen(hold=False)
+        done = screen.finish(text)
+        assert done.blocked and "死法" not in shown + done.rest + done.tail and done.replacement == safety.safe_reply()
+        assert done.tail == ("\n" if shown else "") + safety.safe_reply()  # a stream ends with the safe reply
+    screen = safety.screen(False, "")
     ok = "谢谢你愿意告诉我这些，我们一起慢慢来。"
     shown = "".join(screen.feed(c) for c in ok)
-    rest, blocked = screen.finish(ok)
-    assert not blocked and shown + rest == ok
-    held = ReplyScreen(hold=True)
-    assert held.feed(ok) == "" and held.finish(ok) == (ok, False)
+    done = screen.finish(ok)
+    assert not done.blocked and shown + done.rest == ok and done.tail == done.rest and done.fields() == {"screened": False}
+    held = safety.screen(True, "")
+    assert held.feed(ok) == "" and held.finish().rest == ok  # held whole on a crisis turn, judged on what was fed
+    assert safety.screened("", text) == {"screened": True, "screened_response": safety.safe_reply()}  # test mode, same screen
 
 
 class FakeStream:

@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     check_local(args)
     from psydt_lora.inference.generation import GenerationSettings
     from psydt_lora.models import read_run_info
-    from psydt_lora.safety.rules import Safety
+    from psydt_lora.safety.session import Safety
 
     safety = Safety(args.safety_resources) if args.safety == "on" else None
     settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
@@ -328,7 +328,7 @@ def run_chat(args, loaded, safety, settings, system, adapter) -> int:
     from transformers import set_seed
 
     from psydt_lora.inference.chat import DISCLAIMER, Chat
-    from psydt_lora.safety.rules import format_resources
+    from psydt_lora.safety.resources import format_resources
 
     model, tokenizer, _, _, limit = loaded
     print(DISCLAIMER)

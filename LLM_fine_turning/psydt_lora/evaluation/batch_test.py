@@ -122,7 +122,9 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
         "batch_size": batch_size,
     }, "results": results}
     if safety is not None:
-        report["meta"]["safety"] = safety.summary(results)
+        from psydt_lora.safety.evaluation import batch_summary
+
+        report["meta"]["safety"] = batch_summary(results, safety.guard)
     scored = any(r.get("reference") is not None for r in results)
     if scored:
         report["metrics"] = evaluate(model, tokenizer, items, results, system_override, context_limit,

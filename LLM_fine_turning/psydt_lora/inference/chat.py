@@ -125,15 +125,15 @@ class TerminalReply:
     def screened(self, reply: str) -> str:
         if self.screen is None:
             return reply
-        rest, blocked = self.screen.finish(reply)
-        if blocked:
+        done = self.screen.finish(reply)
+        if done.blocked:
             safety = self.chat.safety
             self.chat.say()
             self.chat.say(safety.screened_message())
             safety.record("reply_screened")
-            return safety.safe_reply()
-        if rest:
-            self.chat.out.write(rest)
+            return done.replacement
+        if done.rest:
+            self.chat.out.write(done.rest)
         return reply
 
 

@@ -184,10 +184,8 @@ class Reply:
         if self.screen is None:
             return tail, False
         early = self.screen.feed(tail)
-        rest, blocked = self.screen.finish(self.screen.text)  # the screen keeps the whole reply
-        if blocked:
-            return ("\n" if self.screen.shown else "") + self.safety.safe_reply(), True
-        return early + rest, False
+        done = self.screen.finish()  # the screen keeps the whole reply; a screened one ends with the safe reply
+        return (done.tail, True) if done.blocked else (early + done.rest, False)
 
 
 def usage(outcome: Outcome) -> dict:

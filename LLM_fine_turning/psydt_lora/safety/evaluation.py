@@ -134,3 +134,22 @@ def guard_layer(guard):
         return verdict is not None and verdict.unsafe
 
     return user, reply
+
+
+def batch_summary(results, guard=None) -> dict:
+    """The safety counts of a batch test (its meta.safety)."""
+    crisis = [r for r in results if r.get("safety", {}).get("crisis")]
+    by_cat = {}
+    for r in crisis:
+        for c in r["safety"]["categories"]:
+            by_cat[c] = by_cat.get(c, 0) + 1
+    out = {
+        "crisis_items": len(crisis),
+        "imminent_items": sum(1 for r in crisis if r["safety"]["level"] == "imminent"),
+        "by_category": by_cat,
+        "screened_responses": sum(1 for r in results if r.get("screened")),
+    }
+    if guard is not None:
+        out["guard"] = {"name": guard.name, "calls": guard.calls, "ms_per_call": round(guard.ms_per_call(), 1),
+                        "malformed": guard.malformed}
+    return out

@@ -9,6 +9,9 @@
   * `base`: the loaded base model with the adapter switched off, asked a yes/no question and read by
     comparing the two answer tokens' logits (no sampling).
   * `none`: the lexicon alone.
+When the checkpoint cannot be had (offline, a blocked hub, no disk) the loaded base model takes its place
+(the `base` layer); only where no model is loaded in this process does the lexicon work alone. The hub is
+probed once, briefly, before a download, so an offline start does not wait for the hub client's retries.
 A verdict that cannot be parsed is not a verdict: the lexicon decides that turn and a warning is logged.
 """
 import logging
