@@ -274,9 +274,17 @@ def test_chat_and_serve_run_the_base_model_in_place_of_the_guard(tiny_model_dir,
     monkeypatch.setattr(serving, "serve", lambda app, host, port: apps.append(app))
     assert inference_psydt_lora.main(base + ["--mode", "serve", "--port", "1"]) == 0
     assert "启用的安全层：词典 + 基础模型零样本判断（关闭 LoRA）" in capsys.readouterr().out
+    request = {"messages": [{"role": "user", "content": NO_RULE_CRISIS}], "max_tokens": 4}
     with TestClient(apps[0]) as client:
-        body = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": NO_RULE_CRISIS}]}).json()
+        body = client.post("/v1/chat/completions", json=request).json()
+        events = [json.loads(line[6:]) for line in client.post("/v1/chat/completions", json={**request, "stream": True}
+                                                                 ).text.splitlines() if line.startswith("data: {")]
     assert body["safety"]["crisis"] and body["safety"]["layers"]["base"]["crisis"] is True and body["safety"]["screened"]
+    safe = Safety().safe_reply()
+    assert body["choices"][0]["message"]["content"].endswith(safe)  # the reply replaced, after the help block
+    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+    assert streamed.endswith(safe) and events[0]["safety"]["layers"]["base"]["crisis"] is True
+    assert [e["safety"]["screened"] for e in events if "screened" in e.get("safety", {})][-1] is True
 
 
 def test_eval_without_a_model_names_the_layer_that_could_not_run(offline_hub, tmp_path, capsys):

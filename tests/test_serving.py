@@ -356,7 +356,7 @@ def loaded(tiny_model_dir, memorised_adapter):
 def app_for(loaded, lock=None, limit=4096, **config):
     from psydt_lora.inference.generation import GenerationSettings
     from psydt_lora.inference.serving import HFBackend, ServeConfig, create_app
-    from psydt_lora.safety.rules import Safety
+    from psydt_lora.safety.session import Safety
 
     model, tok, _, _ = loaded
     backend = HFBackend(model, tok, limit, lock=lock)

@@ -2,7 +2,7 @@
 what the run measured, what it is for, and where to get help in a crisis."""
 import json
 
-from psydt_lora.safety.rules import load_resources
+from psydt_lora.safety.resources import load_resources
 
 TRAINING_KEYS = ("sample_mode", "max_length", "max_train_items", "num_train_epochs", "max_steps", "learning_rate",
                  "lr_scheduler_type", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r",
