@@ -271,7 +271,7 @@ def test_chat_and_serve_run_the_base_model_in_place_of_the_guard(tiny_model_dir,
     assert "审核模型 base：2 次" in said  # its cost per turn, shown as for the guard
 
     apps = []
-    monkeypatch.setattr(serving, "serve", lambda app, host, port: apps.append(app))
+    monkeypatch.setattr(serving, "serve", lambda app, *where: apps.append(app))
     assert inference_psydt_lora.main(base + ["--mode", "serve", "--port", "1"]) == 0
     assert "启用的安全层：词典 + 基础模型零样本判断（关闭 LoRA）" in capsys.readouterr().out
     request = {"messages": [{"role": "user", "content": NO_RULE_CRISIS}], "max_tokens": 4}
