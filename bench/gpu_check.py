@@ -68,20 +68,20 @@ def lora_model(cfg, attn: str, device: str):
 
 def rows_for(samples, mode: str, length: int) -> list[dict]:
     """The collator's inputs: one sample a row, or with "+packing" several a row up to the pack length."""
-    from psydt_lora.data.packing import default_pack_length, features, fill_rows, merge_features
+    from psydt_lora.data.packing import fill_rows, merge_features, resolve_pack_length
 
-    feats = [features(s) for s in samples]
+    feats = [s.features() for s in samples]
     if not mode.endswith("+packing"):
         return feats
-    rows = fill_rows([len(f["input_ids"]) for f in feats], default_pack_length(length))
+    rows = fill_rows([len(f["input_ids"]) for f in feats], resolve_pack_length(None, length))
     return [merge_features([feats[i] for i in r]) for r in rows]
 
 
 def count(chunks, cfg, batch_size: int) -> tuple[int, int, int]:
     """(FLOPs, tokens, supervised tokens) of the timed steps, on the dense mask (before the clock starts)."""
-    from psydt_lora.data.packing import IGNORE_INDEX, PackCollator
+    from psydt_lora.data.packing import IGNORE_INDEX, SampleCollator
 
-    counted = PackCollator(0, pad_to_multiple_of=8)
+    counted = SampleCollator(0, pad_to_multiple_of=8)
     flops = tokens = supervised = 0
     for chunk in chunks:
         for i in range(0, len(chunk), batch_size):
@@ -143,7 +143,7 @@ def main():
     from transformers import AutoTokenizer, Qwen3Config
 
     import corpus
-    from psydt_lora.data.packing import PackCollator
+    from psydt_lora.data.packing import SampleCollator
     from psydt_lora.data.samples import build_training_samples
 
     assets = Path(args.assets)
@@ -177,7 +177,7 @@ def main():
             flops, tokens, supervised = count(chunks[args.warmup:], cfg, args.batch_size)
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            collate = PackCollator(tok.pad_token_id, pad_to_multiple_of=8, block_mask=attn == "flex_attention")
+            collate = SampleCollator(tok.pad_token_id, pad_to_multiple_of=8, block_mask=attn == "flex_attention")
             secs = timed_steps(model, chunks, collate, args.warmup, args.batch_size, head, device)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
             results.append((length, attn, head, mode, tokens / secs, supervised / secs,

@@ -28,21 +28,24 @@ def run_mode(mode, n_dialogues, batch_size, max_length, head):
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     from psydt_lora.data.dialogues import read_dialogues
-    from psydt_lora.data.samples import IGNORE_INDEX, build_training_samples
-    from psydt_lora.data.packing import PackCollator, features
+    from psydt_lora.data.packing import SampleCollator
+    from psydt_lora.data.sample_types import IGNORE_INDEX
+    from psydt_lora.data.samples import build_training_samples
     from psydt_lora.train.loss import batch_loss
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
     dialogues, _ = read_dialogues(ASSETS / "psydt-shaped" / "train.json", limit=n_dialogues)
     samples, stats = build_training_samples(dialogues, tok, max_length, mode)
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    # the real head's width (config.json: 151,936 outputs; the tokenizer itself knows 151,669 tokens), as peers.py
+    vocab = json.loads((TOKENIZER / "config.json").read_text("utf-8"))["vocab_size"]
+    config = Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192)
     model = get_peft_model(Qwen3ForCausalLM(config), LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
                                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    collate = PackCollator(tok.pad_token_id)
-    feats = [features(s) for s in samples]
+    collate = SampleCollator(tok.pad_token_id)
+    feats = [s.features() for s in samples]
     counts = []  # supervised tokens of each batch
     start = time.perf_counter()
     for i in range(0, len(feats), batch_size):

@@ -62,7 +62,6 @@ def test_imports_only_go_down(module):
     assert not up and not wrong, f"{module} imports upward: {up + wrong}"
 
 
-@pytest.mark.xfail(strict=True, reason="packing <-> samples, removed by issue #20 item 2")
 def test_no_import_cycle():
     seen, stack, cycles = set(), [], []
 

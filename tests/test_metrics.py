@@ -52,7 +52,7 @@ def test_reference_perplexity_is_exp_of_the_training_loss(tiny_model_dir, memori
     model, tok, _, _ = load_for_inference(tiny_model_dir, memorised_adapter, device="cpu")
     _, test = data_files
     items, _ = read_dialogues(test)
-    losses = reference_losses(model, tok, items, max_length=2048, batch_size=3)
+    losses = reference_losses(model, tok, items, context_limit=2048, batch_size=3)
     samples, _ = build_samples(items, tok, 2048, last_reply_only=True)
     total, count = 0.0, 0
     for s in samples:  # independently: the model's own loss on the training code's sample, one at a time

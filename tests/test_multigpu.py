@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from psydt_lora.train import training as T
+from psydt_lora.train import checkpoints as T
 from psydt_lora.errors import PsyDTError
 
 TRAIN = ROOT / "LLM_fine_turning" / "train_psydt_lora.py"

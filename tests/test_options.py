@@ -79,7 +79,7 @@ def test_trainer_flags_pass_through_by_name():
     import torch
     from transformers import TrainingArguments
 
-    from psydt_lora.train import training as T
+    from psydt_lora.train import trainer as T
     from psydt_lora.train_cli import build_parser
 
     args = build_parser().parse_args(["--learning_rate", "3e-5", "--warmup_steps", "7", "--save_total_limit", "2",

@@ -1,10 +1,11 @@
-"""shared_prefix packing computes exactly the per_turn loss and gradients with far fewer tokens."""
+"""shared_prefix trees compute exactly the per_turn loss and gradients with far fewer tokens."""
 import pytest
 
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.data.dialogues import read_dialogues
-from psydt_lora.data.samples import IGNORE_INDEX, build_samples, build_training_samples
-from psydt_lora.data.packing import PackCollator, features, fill_rows, merge_features
+from psydt_lora.data.packing import SampleCollator, fill_rows, merge_features
+from psydt_lora.data.sample_types import IGNORE_INDEX, Sample, Tree
+from psydt_lora.data.samples import build_samples, build_training_samples
 from psydt_lora.train.loss import batch_loss
 
 
@@ -23,7 +24,8 @@ def test_every_branch_is_exactly_a_per_turn_sample(real_tokenizer, max_length):
     per_turn, pt_stats = build_samples(dialogues, real_tokenizer, max_length)
     packs, sp_stats = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
     view, view_stats = build_training_samples(dialogues, real_tokenizer, max_length, "per_turn")
-    # per_turn mode reads its samples out of the packs: the same samples, the same counts
+    assert all(type(t) is Tree for t in packs) and all(type(s) is Sample for s in view)
+    # per_turn mode reads its samples out of the trees: the same samples, the same counts
     assert [(s.dialogue_index, s.turn_index, s.message_index, s.input_ids, s.labels) for s in view] == \
         [(s.dialogue_index, s.turn_index, s.message_index, s.input_ids, s.labels) for s in per_turn]
     assert view_stats == pt_stats
@@ -31,7 +33,7 @@ def test_every_branch_is_exactly_a_per_turn_sample(real_tokenizer, max_length):
     for p in packs:
         assert len(p.input_ids) <= max_length + max_length // 2  # the default pack length
         ends = [s for s, _ in p.branches[1:]] + [len(p.input_ids)]
-        for (start, visible), end, turn in zip(p.branches, ends, p.turn_index):
+        for (start, visible), end, turn in zip(p.branches, ends, p.turn_indices):
             ids = p.input_ids[:visible] + p.input_ids[start:end]
             labels = [IGNORE_INDEX] * visible + p.labels[start:end]
             assert p.position_ids[start:end] == list(range(visible, visible + end - start))
@@ -55,7 +57,7 @@ def test_token_savings_on_real_lengths(real_tokenizer):
 
 def merged(samples, capacity):
     """The rows --packing makes of `samples`: several samples a row, up to `capacity` tokens."""
-    feats = [features(s) for s in samples]
+    feats = [s.features() for s in samples]
     rows = fill_rows([len(f["input_ids"]) for f in feats], capacity)
     assert any(len(r) > 1 for r in rows)  # the rows really hold several samples
     return [merge_features([feats[i] for i in r]) for r in rows]
@@ -68,7 +70,7 @@ def loss_and_grads(model, samples, collate, micro_batch=2, head="fused"):
     "kept": the kept logits through cross_entropy; "full": transformers' own loss on every position's
     logits (the reference)."""
     model.zero_grad()
-    feats = [s if isinstance(s, dict) else features(s) for s in samples]
+    feats = [s if isinstance(s, dict) else s.features() for s in samples]
     n = sum(sum(1 for t in f["labels"][1:] if t != IGNORE_INDEX) for f in feats)
     total = 0.0
     for i in range(0, len(feats), micro_batch):
@@ -97,7 +99,7 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
     dialogues = real_dialogues()[-2:]
     per_turn, _ = build_samples(dialogues, real_tokenizer, max_length)  # each made whole from its own context
     packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
-    collate = PackCollator(real_tokenizer.pad_token_id)
+    collate = SampleCollator(real_tokenizer.pad_token_id)
     from psydt_lora.train.loss import fused_head
 
     assert fused_head(model) is not None  # the fused path really runs below (this torch has it)
@@ -137,7 +139,7 @@ def test_block_mask_is_the_tree_mask(real_tokenizer):
     per_turn, _ = build_samples(real_dialogues()[:2], real_tokenizer, 700)
     # single packs, packs merged into rows and per_turn samples merged into rows (--packing), with padding
     busiest = lambda rows: sorted(rows, key=lambda f: -len(f.get("starts") or [0]))[:2]  # noqa: E731
-    feats = [features(p) for p in packs[:3]] + busiest(merged(packs[3:7], 2100)) + busiest(merged(per_turn, 1100))
+    feats = [p.features() for p in packs[:3]] + busiest(merged(packs[3:7], 2100)) + busiest(merged(per_turn, 1100))
     width = max(len(f["input_ids"]) for f in feats) + 5
     dense, pos = tree_mask(feats, width)
     block, block_pos = tree_block_mask(feats, width)
@@ -188,7 +190,7 @@ def test_flex_attention_forward_gives_the_sdpa_loss(real_tokenizer):
     losses = {}
     for attn, block in (("sdpa", False), ("flex_attention", True)):
         model.config._attn_implementation = attn
-        collate = PackCollator(real_tokenizer.pad_token_id, block_mask=block)
+        collate = SampleCollator(real_tokenizer.pad_token_id, block_mask=block)
         with torch.no_grad():
-            losses[attn] = [batch_loss(model, collate([features(p)]), None).item() for p in packs[:2]]
+            losses[attn] = [batch_loss(model, collate([p.features()]), None).item() for p in packs[:2]]
     assert losses["flex_attention"] == pytest.approx(losses["sdpa"], rel=1e-5)

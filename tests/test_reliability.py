@@ -90,7 +90,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tiny_model_dir, data_f
         _, stderr = proc.communicate(timeout=120)
     stdout = log.read_text()
     assert proc.returncode == 130, stderr[-2000:]
-    from psydt_lora.train.training import find_checkpoint
+    from psydt_lora.train.checkpoints import find_checkpoint
 
     saved = find_checkpoint(out, "auto")
     assert saved is not None

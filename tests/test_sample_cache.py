@@ -93,11 +93,11 @@ def test_a_read_only_data_folder_gets_nothing_written_into_it(tiny_model_dir, da
 
 @pytest.mark.parametrize("mode", ["shared_prefix", "per_turn"])
 def test_sample_lengths_without_reading_tokens_are_the_lengths(real_tokenizer, tmp_path, mode):
-    """--packing sizes its rows from `sample_lengths`: for built samples, a per_turn view and the cache
+    """--packing sizes its rows from `lengths()`: for built samples, a per_turn view and the cache
     (read from the Arrow columns) it gives each sample's real length."""
     from psydt_lora.data.dialogues import read_dialogues
     from psydt_lora.data.sample_cache import CachedSamples, load_or_build
-    from psydt_lora.data.samples import build_training_samples, sample_lengths
+    from psydt_lora.data.samples import build_training_samples
 
     train = tmp_path / "train.json"
     shutil.copy(require(SHAPED_TRAIN), train)
@@ -106,7 +106,7 @@ def test_sample_lengths_without_reading_tokens_are_the_lengths(real_tokenizer, t
     settings = {"mode": mode, "max_length": 700}
     built, _ = load_or_build(train, real_tokenizer, settings, build, say=lambda *a: None)
     cached, _ = load_or_build(train, real_tokenizer, settings, build, say=lambda *a: None)
-    assert isinstance(getattr(cached, "packs", cached), CachedSamples)  # the second came from the cache
+    assert isinstance(cached.trees if mode == "per_turn" else cached, CachedSamples)  # the second came from the cache
     truth = [len(s.input_ids) for s in built]
     assert len(set(truth)) > 5
-    assert sample_lengths(built) == truth == sample_lengths(cached) == [len(s.input_ids) for s in cached]
+    assert built.lengths() == truth == cached.lengths() == [len(s.input_ids) for s in cached]

@@ -119,7 +119,7 @@ def test_reply_end_is_cut_only_when_the_last_round_alone_does_not_fit(tiny_token
     assert samples[0].labels[context_len:] == samples[0].input_ids[context_len:]
     # context alone too long: the sample is dropped and counted, not silently mangled
     samples, stats = build_samples([dialogue(msgs)], tiny_tokenizer, max_length=context_len - 1)
-    assert samples == [] and stats.dropped_too_long_samples == 1
+    assert len(samples) == 0 and stats.dropped_too_long_samples == 1
 
 
 def test_consecutive_replies_use_the_exact_rendering(tiny_tokenizer):
@@ -130,3 +130,25 @@ def test_consecutive_replies_use_the_exact_rendering(tiny_tokenizer):
     ctx = ids(tiny_tokenizer, render_prompt(tiny_tokenizer, msgs[:2]))
     assert samples[1].input_ids[: len(ctx)] == ctx
     assert samples[1].labels[: len(ctx)] == [IGNORE_INDEX] * len(ctx)
+
+
+def test_a_one_reply_dialogue_reads_back_from_the_cache_as_built(tiny_tokenizer, tmp_path):
+    """Each kind of sample keeps its own type through the cache: a whole dialogue with a single reply stays
+    a WholeDialogue (its reply lists are not mistaken for one per_turn sample's indices)."""
+    import json
+
+    from psydt_lora.data.sample_cache import load_or_build
+    from psydt_lora.data.sample_types import WholeDialogue
+    from psydt_lora.data.samples import build_training_samples
+
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")  # the fingerprint reads the file
+    dialogues = [dialogue(DIALOGUES[0]["messages"][:3]), dialogue(DIALOGUES[1]["messages"], 1)]
+    build = lambda: build_training_samples(dialogues, tiny_tokenizer, 2048, "dialogue")  # noqa: E731
+    said = []
+    built, _ = load_or_build(train, tiny_tokenizer, {"mode": "dialogue"}, build, say=said.append)
+    cached, _ = load_or_build(train, tiny_tokenizer, {"mode": "dialogue"}, build, say=said.append)
+    assert "cache hit" in said[-1]
+    assert [type(s) for s in cached] == [WholeDialogue, WholeDialogue]
+    assert [s.record() for s in cached] == [s.record() for s in built]
+    assert [s.turn_indices for s in cached] == [[0], [0, 1]]

@@ -265,3 +265,15 @@ def test_training_in_process_gives_back_its_signal_handlers(tiny_model_dir, tiny
     texts = prompt.render_many(tiny_tokenizer, conversations, True)
     assert forked == ["fork"] and not multiprocessing.active_children()
     assert texts == [prompt.render(tiny_tokenizer, c, True) for c in conversations]
+
+
+def test_both_scripts_take_both_spellings_of_the_model_folder():
+    """--model_local_dir (training's tutorial flag) and --model_path (inference's) name one folder in both
+    scripts; each help shows both."""
+    import inference_psydt_lora
+
+    for parser, dest in ((train_psydt_lora.build_parser(), "model_local_dir"), (inference_psydt_lora.build_parser(), "model_path")):
+        for flag in ("--model_local_dir", "--model_path"):
+            assert getattr(parser.parse_args([flag, "/m"]), dest) == "/m", (dest, flag)
+        shown = parser.format_help()
+        assert "--model_local_dir" in shown and "--model_path" in shown

@@ -31,7 +31,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("与 LoRA 微调后的 Qwen3 心理咨询模型对话，或在 PsyDTCorpus 测试集上批量测试。")
     g = p.add_argument_group("模型")
-    g.add_argument("--model_path", default="./Qwen/Qwen3-1.7B", help="基础模型文件夹")
+    g.add_argument("--model_path", "--model_local_dir", dest="model_path", default="./Qwen/Qwen3-1.7B",
+                   help="基础模型文件夹（--model_local_dir 是同一个参数，与训练脚本同名）")
     g.add_argument("--adapter_path", default="./output/qwen3-1_7b-psydt-lora/lora_adapter", help="LoRA adapter 文件夹")
     g.add_argument("--no_adapter", action="store_true", help="不加载 adapter，直接和基础模型对话")
     g.add_argument("--merge_lora", action="store_true", help="在内存中把 adapter 合并进权重（生成更快）")
@@ -414,11 +415,11 @@ def run_serve(args, loaded, safety, settings, system, adapter) -> int:
 def remote_tokenizer(args, adapter):
     """For the openai backend: the local tokenizer (adapter folder, else model folder) to fit the history into
     --max_context tokens; without one, the history window alone applies."""
-    from psydt_lora.models import load_tokenizer
+    from psydt_lora.models import DEFAULT_CONTEXT, load_tokenizer
 
     for folder in (adapter, args.model_path):
         if folder and (Path(folder) / "tokenizer_config.json").is_file():
-            return load_tokenizer(folder, args.trust_remote_code), args.max_context or 32768
+            return load_tokenizer(folder, args.trust_remote_code), args.max_context or DEFAULT_CONTEXT
     return None, None
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from psydt_lora.errors import PsyDTError
 
 RUN_FILE = "psydt_run.json"  # written next to the adapter by training, read by inference
+DEFAULT_CONTEXT = 32768  # Qwen3's context window, where a config or the user does not say
 
 
 def pick_device(device: str = "auto") -> str:

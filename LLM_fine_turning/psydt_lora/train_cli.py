@@ -25,7 +25,8 @@ from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE
 from psydt_lora.prompt import DEFAULT_SYSTEM
 from psydt_lora.data.samples import SAMPLE_MODES
-from psydt_lora.train.training import DEFAULT_TARGET_MODULES, is_main_process, world_size
+from psydt_lora.train.lora import DEFAULT_TARGET_MODULES
+from psydt_lora.train.ranks import is_main_process, world_size
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("用 LoRA 在 PsyDTCorpus 上微调 Qwen3（默认 Qwen3-1.7B）。")
     g = p.add_argument_group("模型与数据")
     g.add_argument("--model_repo", default="Qwen/Qwen3-1.7B", help="模型在模型库（hub）上的 id")
-    g.add_argument("--model_local_dir", default="./Qwen/Qwen3-1.7B", help="本地模型文件夹；不完整时下载到这里")
+    g.add_argument("--model_local_dir", "--model_path", dest="model_local_dir", default="./Qwen/Qwen3-1.7B",
+                   help="本地模型文件夹；不完整时下载到这里（--model_path 是同一个参数，与推理脚本同名）")
     g.add_argument("--hub", choices=HUBS, default="modelscope", help="缺少模型或数据时从哪里下载")
     g.add_argument("--dataset_repo", default="YIRONGCHEN/PsyDTCorpus", help="数据集在模型库上的 id")
     g.add_argument("--dataset_dir", default="./data/PsyDTCorpus", help="PsyDTCorpus 文件所在的文件夹")
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def main_process_first():
     """With several processes (torchrun, accelerate launch), let rank 0 download before the others look."""
-    from psydt_lora.train.training import world_size
+    from psydt_lora.train.ranks import world_size
 
     if world_size() <= 1:
         yield
@@ -154,7 +156,7 @@ def check_args(args) -> None:
                              "在 CPU 上不支持反向传播）；CPU 上请用默认的 sdpa。")
     check_local(args)
     if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
-        from psydt_lora.train.training import four_bit_config
+        from psydt_lora.train.lora import four_bit_config
 
         four_bit_config(None)
 
@@ -162,7 +164,7 @@ def check_args(args) -> None:
 def check_local(args) -> None:
     """Every local argument, in a moment, before any download, tokenisation or weight load."""
     from psydt_lora.files import check_can_write, check_files_exist
-    from psydt_lora.train.training import find_checkpoint
+    from psydt_lora.train.checkpoints import find_checkpoint
 
     from psydt_lora.data.datasets import check_local_entries, entries_from_args
 
@@ -328,17 +330,21 @@ def main(argv=None) -> int:
         return 0
 
     # 3. model + LoRA + Trainer -- unless this output folder already holds the finished run
-    from psydt_lora.train import training as T
+    from psydt_lora.train.checkpoints import checkpoint_step, find_checkpoint
+    from psydt_lora.train.outputs import ADAPTER_DIR
+    from psydt_lora.train.rows import datasets_for
+    from psydt_lora.train.trainer import planned_steps
+    from psydt_lora.train.training import train
 
     output_dir = Path(args.output_dir)
-    train_set, eval_set = T.datasets_for(args, train_samples, eval_samples)
-    steps = T.planned_steps(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps,
+    train_set, eval_set = datasets_for(args, train_samples, eval_samples)
+    steps = planned_steps(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps,
                             args.num_train_epochs, args.max_steps)
-    resume = T.find_checkpoint(output_dir, args.resume_from_checkpoint)
-    finished = resume is not None and T.checkpoint_step(resume) >= steps
-    if finished and hub.safetensors_complete(output_dir / T.ADAPTER_DIR / "adapter_model.safetensors"):
+    resume = find_checkpoint(output_dir, args.resume_from_checkpoint)
+    finished = resume is not None and checkpoint_step(resume) >= steps
+    if finished and hub.safetensors_complete(output_dir / ADAPTER_DIR / "adapter_model.safetensors"):
         print(f"[已完成] {output_dir} 里的这次训练已经完成（{Path(resume).name}，计划 {steps} 步），"
-              f"adapter 在 {output_dir / T.ADAPTER_DIR}，无需再训练。要从头重新训练请加 --resume_from_checkpoint none"
+              f"adapter 在 {output_dir / ADAPTER_DIR}，无需再训练。要从头重新训练请加 --resume_from_checkpoint none"
               "（或换一个 --output_dir）；要训练更久请增大 --max_steps / --num_train_epochs。", flush=True)
         return 0
     n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
@@ -357,71 +363,6 @@ def write_heldout(output_dir: Path, heldout) -> str:
     atomic_write_json(path, test_records(as_test_items(heldout)))
     print(f"[验证] 留出的 {len(heldout)} 段对话（按回复拆成测试条目）写入 {path}，批量测试默认用它", flush=True)
     return str(path)
-
-
-def train(args, model_dir, tokenizer, train_dialogues, train_set, eval_set, data_stats, prompt_fmt, *,
-          resume, steps) -> int:
-    """Setup -> train -> save, each a named step of the training module."""
-    from transformers import set_seed
-
-    from psydt_lora.train import training as T
-    from psydt_lora.train.signals import ignore_sigterm_while_leaving
-    from psydt_lora.models import pick_dtype, pick_device
-
-    set_seed(args.seed)
-    device = pick_device("auto")
-    if device == "cpu":  # the Trainer imports DeepSpeed whenever it is installed; told the device, it does not guess aloud
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    dtype = pick_dtype(args.dtype, device)
-    if T.is_main_process():
-        print("\n".join(T.device_lines(device, dtype, args.dtype)), flush=True)
-    model, base_config = T.build_model(args, model_dir, dtype)
-    trainer, collator, stop = T.build_trainer(args, model, tokenizer, train_set, eval_set, data_stats, device, dtype)
-    if T.is_main_process():
-        tokens = data_stats["train"]["tokens"]
-        print("\n".join(T.run_summary(trainer, tokens, args, steps, Path(args.output_dir))), flush=True)
-    result = T.run(trainer, stop, resume, steps)
-    if stop.exit_code:
-        ignore_sigterm_while_leaving()
-        if trainer.is_world_process_zero():
-            saved = Path(args.output_dir) / f"checkpoint-{trainer.state.global_step}"  # the Trainer's folder name
-            print(f"[中断] 已保存检查点 {saved}。用同样的命令重新运行即可继续训练。", flush=True)
-        T.finish_distributed()
-        return stop.exit_code
-    metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
-    if eval_set is not None:
-        metrics["eval"] = T.final_eval(trainer)
-    from psydt_lora.data.datasets import system_prompts
-
-    info = T.run_info(args, base_config, prompt_fmt, T.most_common_system_prompt(train_dialogues), data_stats)
-    info["system_prompts"] = system_prompts(train_dialogues)  # each dataset's; chat / test / serve use system_prompt
-    save_outputs(args, trainer, metrics, info, collator.padding_share())
-    T.finish_distributed()
-    return 0
-
-
-def save_outputs(args, trainer, metrics, info, padding_share) -> None:
-    """Metrics, loss curve and run JSON from the main process; the adapter through every rank."""
-    from psydt_lora.train import training as T
-    from psydt_lora.plots import plot_losses
-
-    output_dir = Path(args.output_dir)
-    plot = output_dir / T.LOSS_PLOT
-    main_rank = trainer.is_world_process_zero()
-    if main_rank:
-        hint = "（--group_by_length 可以减少）" if padding_share > 0.05 and not args.group_by_length else ""
-        print(f"[训练] padding 占比 {100 * padding_share:.1f}%{hint}", flush=True)
-        history = T.loss_history(trainer.state.log_history)
-        metrics["loss_history"] = history
-        metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
-        metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
-        T.atomic_write_json(output_dir / T.METRICS_FILE, metrics)
-        plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
-        info["metrics"] = {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")}
-    adapter_dir = output_dir / T.ADAPTER_DIR
-    T.save_adapter(trainer, adapter_dir, info, extra_files=[plot])
-    if main_rank:
-        print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / T.METRICS_FILE}；损失曲线 {plot}", flush=True)
 
 
 def cli() -> int:

@@ -1,15 +1,16 @@
-"""The shared-prefix layout, from packs (and rows of several samples) to the batch the model sees.
+"""From samples to the batch the model sees: rows, padding, the tree attention mask, the collator.
 
-A pack holds one trunk (a dialogue's history, stored once) and one branch per reply (the generation
-prompt and the reply); each branch records where it starts and how much of the trunk it may see.
-`PackCollator` turns a list of packs (or plain samples) into padded tensors: for packs a 4-D boolean
-attention mask -- each branch sees its own part of the trunk and itself, causally -- and position ids
-that continue from what each branch sees, so every reply is predicted from exactly its per_turn
-context. With --packing a row holds several samples (`fill_rows`, `merge_features`), each a tree of its
-own that sees nothing of the others. Padding is done here, for training, batch generation and reference
-perplexity alike.
+Two ideas, named apart:
+    tree  one dialogue's shared_prefix layout (data.sample_types.Tree): a trunk and one branch per reply.
+          `SampleCollator` gives it a 4-D boolean attention mask -- each branch sees its own part of the
+          trunk and itself, causally -- and position ids that continue from what each branch sees, so every
+          reply is predicted from exactly its per_turn context.
+    row   one line of the batch. With --packing a row holds several samples or trees (`fill_rows`,
+          `merge_features`), each starting a tree of its own that sees nothing of the others.
+--pack_length caps both (`resolve_pack_length`). Padding is done here, for training, batch generation and
+reference perplexity alike.
 """
-IGNORE_INDEX = -100
+from psydt_lora.data.sample_types import IGNORE_INDEX
 
 
 def pad(rows, value: int, width: int | None = None, left: bool = False):
@@ -32,62 +33,12 @@ def padding_mask(rows, width: int | None = None, left: bool = False):
     return pad([[1] * len(r) for r in rows], 0, width or max(len(r) for r in rows), left)
 
 
-def default_pack_length(max_length: int) -> int:
-    """A pack holds one history and every reply's branch, so it may be longer than any one per_turn
-    sample (whose context stays within max_length): 1.5x max_length fits a typical PsyDTCorpus
-    dialogue (~1,500 history tokens plus ~18 short replies) in one pack at the default 2048."""
-    return max_length + max_length // 2
-
-
-def pack_shared_prefix(samples: list, gen_len: int, max_length: int) -> list:
-    """Pack one dialogue's per-reply samples into few sequences with the same loss.
-
-    A pack holds a trunk (the longest history in it) once, then one branch per reply: the generation
-    prompt and the reply. Each branch sees only the part of the trunk that is its own per_turn context
-    (a 4-D mask built by `PackCollator`), and its position ids continue from that context, so every reply
-    is predicted from exactly what per_turn gives it. Samples join a pack while their context extends
-    the trunk and the pack fits in `max_length` (the pack length); a truncated context (older rounds dropped) does not
-    extend the trunk and so starts a new window.
-    """
-    packs, cur = [], None
-    for s in samples:
-        n_ctx = next(i for i, t in enumerate(s.labels) if t != IGNORE_INDEX)
-        cut = n_ctx - gen_len  # the branch starts with the generation prompt
-        prefix, branch, branch_labels = s.input_ids[:cut], s.input_ids[cut:], s.labels[cut:]
-        if cur is not None:
-            size = len(prefix) + sum(len(b[1]) for b in cur["branches"]) + len(branch)
-            if prefix[: len(cur["trunk"])] == cur["trunk"] and size <= max_length:
-                cur["trunk"] = prefix
-                cur["branches"].append((len(prefix), branch, branch_labels, s))
-                continue
-        cur = {"trunk": prefix, "branches": [(len(prefix), branch, branch_labels, s)]}
-        packs.append(cur)
-    return [assemble_pack(p["branches"][0][3].dialogue_index, p["trunk"],
-                          [(v, ids, labels, s.turn_index, s.message_index) for v, ids, labels, s in p["branches"]])
-            for p in packs]
-
-
-def assemble_pack(dialogue_index: int, trunk: list[int], branches):
-    """One packed sequence: the trunk, then each branch (visible trunk length, branch ids, branch labels,
-    turn index, message index) with position ids continuing from what that branch sees."""
-    ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
-    for visible, branch, branch_labels, _, _ in branches:
-        spans.append((len(ids), visible))
-        ids += branch
-        labels += branch_labels
-        pos += range(visible, visible + len(branch))
-    from psydt_lora.data.samples import Sample  # samples imports this module; the dataclass is its own
-
-    return Sample(dialogue_index, [b[3] for b in branches], [b[4] for b in branches], ids, labels, pos, spans)
-
-
-def features(sample) -> dict:
-    """What the collator takes from a sample (packs also carry position ids and branch spans)."""
-    item = {"input_ids": sample.input_ids, "labels": sample.labels}
-    if sample.branches is not None:
-        item["position_ids"] = sample.position_ids
-        item["branches"] = sample.branches
-    return item
+def resolve_pack_length(pack_length: int | None, max_length: int) -> int:
+    """--pack_length: the most tokens a shared_prefix tree holds and, with --packing, a row. By default 1.5x
+    max_length: a tree holds one history and every reply's branch, so it may be longer than any one
+    per_turn sample (whose context stays within max_length); 1.5x fits a typical PsyDTCorpus dialogue
+    (~1,500 history tokens plus ~18 short replies) in one tree at the default 2048."""
+    return pack_length or max_length + max_length // 2
 
 
 def fill_rows(lengths, capacity: int) -> list[list[int]]:
@@ -124,13 +75,13 @@ def merge_features(parts: list[dict]) -> dict:
 
 def supervised_positions(labels):
     """Positions whose next token is supervised in some row: the only ones whose logits the loss needs.
-    Passed to the model as `logits_to_keep`, so the LM head (151,669 logits a position for Qwen3) runs
-    there alone -- about a quarter of a shared_prefix pack -- instead of everywhere."""
+    Passed to the model as `logits_to_keep`, so the LM head (151,936 logits a position for Qwen3) runs
+    there alone -- about a quarter of a shared_prefix tree -- instead of everywhere."""
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
 
 
-class PackCollator:
-    """Dynamic padding (labels padded with -100). Batches holding shared_prefix packs get a 4-D boolean
+class SampleCollator:
+    """Dynamic padding (labels padded with -100). Batches holding shared_prefix trees get a 4-D boolean
     attention mask -- each reply's branch sees its own part of the trunk and itself, causally -- (or the
     same mask as a flex_attention BlockMask) and explicit position ids; plain samples get the usual 2-D
     padding mask. Counts padding as it goes."""
@@ -138,7 +89,7 @@ class PackCollator:
     def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, block_mask: bool = False):
         self.pad_id = pad_id
         self.multiple = pad_to_multiple_of
-        self.block_mask = block_mask  # packs get a flex_attention BlockMask instead of the 4-D tensor
+        self.block_mask = block_mask  # trees get a flex_attention BlockMask instead of the 4-D tensor
         self.real_tokens = 0
         self.padded_tokens = 0
 
@@ -200,7 +151,7 @@ def tree_allows(seg, lo, hi, q, kv):
 
 
 def tree_mask(features, width: int):
-    """(4-D boolean attention mask, position ids) for packs padded to `width` (see `tree_allows`)."""
+    """(4-D boolean attention mask, position ids) for trees (or rows of them) padded to `width` (see `tree_allows`)."""
     import torch
 
     seg, lo, hi, pos = tree_layout(features, width)

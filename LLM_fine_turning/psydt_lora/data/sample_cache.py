@@ -17,12 +17,12 @@ from pathlib import Path
 
 from psydt_lora.files import atomic_write_json, user_cache_dir, write_dir
 from psydt_lora.hub import sha256_file
-from psydt_lora.data.packing import IGNORE_INDEX
-from psydt_lora.data.samples import PerTurnView, Sample, SampleStats
+from psydt_lora.data.sample_types import IGNORE_INDEX, PerTurnView, SampleSource, Tree, WholeDialogue
+from psydt_lora.data.samples import SampleStats
 
 CACHE_DIR = ".psydt_cache"
 # the code that decides a sample: any change to it makes a new fingerprint (paths from the package root)
-_CODE = ("data/samples.py", "data/packing.py", "prompt.py", "data/dialogues.py", "data/sample_cache.py")
+_CODE = ("data/sample_types.py", "data/samples.py", "data/packing.py", "prompt.py", "data/dialogues.py", "data/sample_cache.py")
 
 
 def fingerprint(data_file, tokenizer, settings: dict, data_digest: str | None = None) -> str:
@@ -40,28 +40,26 @@ def fingerprint(data_file, tokenizer, settings: dict, data_digest: str | None = 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
 
 
-class CachedSamples:
-    """The cached samples as a sequence of `Sample` (rows are read from the Arrow files on demand)."""
+KINDS = {"Tree": Tree, "WholeDialogue": WholeDialogue}  # what a build stores (per_turn: its trees)
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+
+class CachedSamples(SampleSource):
+    """The cached trees or whole dialogues, read from the Arrow files on demand."""
+
+    def __init__(self, dataset, kind=Tree):
+        self.dataset, self.kind = dataset, kind
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
         row = self.dataset[i]
-        flat = row["branches"]
-        packed = bool(flat)
-        one = lambda v: v if packed or len(v) != 1 else v[0]  # noqa: E731  (per_turn samples hold one reply)
         ids = row["input_ids"]
         labels = [t if on else IGNORE_INDEX for t, on in zip(ids, row["supervised"])]
-        return Sample(row["dialogue_index"], one(row["turn_index"]), one(row["message_index"]), ids,
-                      labels, row["position_ids"] if packed else None,
-                      _pairs(flat) if packed else None)
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
+        head = (row["dialogue_index"], row["turn_index"], row["message_index"], ids, labels)
+        if self.kind is Tree:
+            return Tree(*head, row["position_ids"], _pairs(row["branches"]))
+        return WholeDialogue(*head)
 
     def spans(self) -> list[list[tuple[int, int]]]:
         """Each row's branch spans, read from one column (no token ids)."""
@@ -94,16 +92,16 @@ def _as_table(samples):
     import numpy as np
     import pyarrow as pa
 
-    listed = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
-    flat_branches = [[x for b in s.branches for x in b] if s.branches else [] for s in samples]
+    trees = [s for s in samples if isinstance(s, Tree)]  # all of them, or none
+    flat_branches = [[x for b in s.branches for x in b] for s in samples]
     return pa.table({
         "dialogue_index": pa.array([s.dialogue_index for s in samples], type=pa.int64()),
-        "turn_index": _list_column([listed(s.turn_index) for s in samples]),
-        "message_index": _list_column([listed(s.message_index) for s in samples]),
+        "turn_index": _list_column([s.turn_indices for s in samples]),
+        "message_index": _list_column([s.message_indices for s in samples]),
         "input_ids": _list_column([s.input_ids for s in samples]),
         # labels are the input ids where supervised: one byte a token instead of a second copy of the ids
         "supervised": _list_column([np.asarray(s.labels) != IGNORE_INDEX for s in samples], "uint8"),
-        "position_ids": _list_column([s.position_ids or [] for s in samples]),
+        "position_ids": _list_column([s.position_ids for s in trees] if trees else [[]] * len(samples)),
         "branches": _list_column(flat_branches),  # (start, visible) pairs, flattened
     })
 
@@ -138,16 +136,18 @@ def load_or_build(data_file, tokenizer, settings: dict, build, say=print, data_d
     folder = cache_root(data_file, cache_dir) / key
     if (folder / "stats.json").is_file():
         saved = json.loads((folder / "stats.json").read_text("utf-8"))
-        view = saved.pop("per_turn_view", False)
+        view, kind = saved.pop("per_turn_view", False), KINDS[saved.pop("kind")]
         say(f"[样本] cache hit：直接读取 {folder}（数据、分词器、模板和设置都没变）")
-        samples = CachedSamples(datasets.load_from_disk(str(folder / "samples")))
+        samples = CachedSamples(datasets.load_from_disk(str(folder / "samples")), kind)
         return (PerTurnView(samples) if view else samples), SampleStats(**saved)
     samples, stats = build()
-    view = isinstance(samples, PerTurnView)  # per_turn: its packs are stored, the samples read out of them
+    view = isinstance(samples, PerTurnView)  # per_turn: its trees are stored, the samples read out of them
+    stored = samples.trees if view else samples
     try:
         def fill(tmp):
-            datasets.Dataset(_as_table(samples.packs if view else samples)).save_to_disk(str(tmp / "samples"))
-            atomic_write_json(tmp / "stats.json", {**asdict(stats), "per_turn_view": view})
+            datasets.Dataset(_as_table(stored)).save_to_disk(str(tmp / "samples"))
+            kind = type(stored[0]).__name__ if len(stored) else "Tree"
+            atomic_write_json(tmp / "stats.json", {**asdict(stats), "per_turn_view": view, "kind": kind})
 
         write_dir(folder, fill)
         say(f"[样本] 已缓存到 {folder}，下次相同设置直接读取")

@@ -24,24 +24,13 @@ The round is chosen by `prompt.oldest_round_that_fits`, the rule inference appli
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from psydt_lora.data.packing import IGNORE_INDEX, assemble_pack, default_pack_length, pack_shared_prefix
+from psydt_lora.data.packing import resolve_pack_length
+from psydt_lora.data.sample_types import IGNORE_INDEX, PerTurnView, Sample, SampleList, Tree, WholeDialogue
 from psydt_lora.prompt import (encode, encode_many, end_of_turn_id, generation_prompt, oldest_round_that_fits, prompt_ids,
-                     render, render_many, round_starts)
+                               render, render_many, round_starts)
 
 SELF_CHECK_DIALOGUES = 3
 CHUNK = 512  # dialogues tokenised per batch
-
-
-@dataclass
-class Sample:
-    dialogue_index: int  # record index in the data file
-    turn_index: int | list  # 0-based index of this reply among the dialogue's trained replies (a list for packs)
-    message_index: int | list  # index of the reply in the dialogue's messages (a list for packs)
-    input_ids: list[int]
-    labels: list[int]
-    # shared_prefix packs only: where each reply's branch starts and how much of the trunk it sees
-    position_ids: list[int] | None = None
-    branches: list | None = None  # [(branch start, visible trunk length)]
 
 
 @dataclass
@@ -56,7 +45,7 @@ class SampleStats:
     truncated_reply_samples: int = 0
     dropped_too_long_samples: int = 0
     exact_path_samples: int = 0
-    per_turn_samples: int | None = None  # shared_prefix: what per_turn would have processed
+    per_turn_samples: int | None = None  # shared_prefix trees: what per_turn would have processed
     per_turn_tokens: int | None = None
     fast_path_disabled: bool = False
     notes: list = field(default_factory=list)
@@ -175,25 +164,51 @@ def per_turn_samples(index: int, contexts, plan) -> list:
     return out
 
 
-def span_packs(index: int, spans: SpanContexts, plan, pack_length: int) -> list:
-    """shared_prefix packs straight from the plan, without materialising per-reply samples: consecutive
-    replies with the same first kept message j share a trunk (the longest of their contexts); a pack
-    closes when the next branch would not fit in pack_length."""
+def span_trees(index: int, spans: SpanContexts, plan, tree_length: int) -> list:
+    """shared_prefix trees straight from the plan, without materialising per-reply samples: consecutive
+    replies with the same first kept message j share a trunk (the longest of their contexts); a tree
+    closes when the next branch would not fit in tree_length."""
     g = len(spans.gen_ids)
     groups, cur = [], None
     for turn, a, j, reply in plan:
         visible = spans.length(j, a) - g
-        if cur is not None and cur["j"] == j and visible + cur["size"] + g + len(reply) <= pack_length:
+        if cur is not None and cur["j"] == j and visible + cur["size"] + g + len(reply) <= tree_length:
             cur["a"] = a
             cur["items"].append((turn, a, visible, reply))
             cur["size"] += g + len(reply)
             continue
         cur = {"j": j, "a": a, "items": [(turn, a, visible, reply)], "size": g + len(reply)}
         groups.append(cur)
-    return [assemble_pack(index, spans.trunk(p["j"], p["a"]),
+    return [Tree.assemble(index, spans.trunk(t["j"], t["a"]),
                           [(visible, spans.gen_ids + reply, [IGNORE_INDEX] * g + reply, turn, a)
-                           for turn, a, visible, reply in p["items"]])
-            for p in groups]
+                           for turn, a, visible, reply in t["items"]])
+            for t in groups]
+
+
+def trees_from_samples(samples: list, gen_len: int, tree_length: int) -> list:
+    """One dialogue's per-reply samples as few shared_prefix trees with the same loss (the exact path, where
+    contexts are rendered one by one).
+
+    A tree holds a trunk (the longest history in it) once, then one branch per reply: the generation
+    prompt and the reply. Samples join a tree while their context extends the trunk and the tree fits in
+    `tree_length`; a truncated context (older rounds dropped) does not extend the trunk and so starts a
+    new tree."""
+    trees, cur = [], None
+    for s in samples:
+        n_ctx = next(i for i, t in enumerate(s.labels) if t != IGNORE_INDEX)
+        cut = n_ctx - gen_len  # the branch starts with the generation prompt
+        prefix, branch, branch_labels = s.input_ids[:cut], s.input_ids[cut:], s.labels[cut:]
+        if cur is not None:
+            size = len(prefix) + sum(len(b[1]) for b in cur["branches"]) + len(branch)
+            if prefix[: len(cur["trunk"])] == cur["trunk"] and size <= tree_length:
+                cur["trunk"] = prefix
+                cur["branches"].append((len(prefix), branch, branch_labels, s))
+                continue
+        cur = {"trunk": prefix, "branches": [(len(prefix), branch, branch_labels, s)]}
+        trees.append(cur)
+    return [Tree.assemble(t["branches"][0][3].dialogue_index, t["trunk"],
+                          [(v, ids, labels, s.turn_index, s.message_index) for v, ids, labels, s in t["branches"]])
+            for t in trees]
 
 
 def build_samples(
@@ -203,13 +218,14 @@ def build_samples(
     last_reply_only: bool = False,
     enable_thinking: bool = False,
     progress: bool = False,
-    pack: bool = False,
-    pack_length: int | None = None,
+    trees: bool = False,
+    tree_length: int | None = None,
 ):
-    """Build per-reply samples (or, with `pack`, shared_prefix packs of them). `last_reply_only` is for
-    single-turn-split eval items, whose only target is the final (reference) reply.
-    Returns (samples, SampleStats); in pack mode the stats count packs and keep per_turn's counts beside."""
-    pack_length = pack_length or default_pack_length(max_length)
+    """Build per-reply samples (or, with `trees`, shared_prefix trees of them, each at most `tree_length`
+    tokens: --pack_length). `last_reply_only` is for single-turn-split eval items, whose only target is the
+    final (reference) reply. Returns (SampleList, SampleStats); with `trees` the stats count trees and keep
+    per_turn's counts beside."""
+    tree_length = resolve_pack_length(tree_length, max_length)
     gen_ids = encode(tokenizer, generation_prompt(tokenizer, enable_thinking))
     eot = end_of_turn_id(tokenizer)
     stats, out = SampleStats(), []
@@ -237,22 +253,21 @@ def build_samples(
             contexts = SpanContexts.of(ids, d.messages, targets, gen_ids) if spans_ok else None
             contexts = contexts or RenderedContexts(tokenizer, d.messages, enable_thinking)
             plan = plan_replies(contexts, d.messages, targets, these, max_length, stats)
-            if pack and not contexts.exact:
-                packs = span_packs(d.index, contexts, plan, pack_length)
+            if trees and not contexts.exact:
                 for turn, a, j, reply in plan:  # per_turn's counts, without building its samples
                     count(stats, contexts.length(j, a) + len(reply), len(reply))
-                out.extend(packs)
+                out.extend(span_trees(d.index, contexts, plan, tree_length))
                 continue
             samples = per_turn_samples(d.index, contexts, plan)
             stats.exact_path_samples += len(samples) if contexts.exact else 0
             for s in samples:
                 count(stats, len(s.input_ids), len(s.labels) - s.labels.count(IGNORE_INDEX))
-            out.extend(pack_shared_prefix(samples, len(gen_ids), pack_length) if pack else samples)
-    if pack:
+            out.extend(trees_from_samples(samples, len(gen_ids), tree_length) if trees else samples)
+    if trees:
         stats.per_turn_samples, stats.per_turn_tokens = stats.samples, stats.tokens
-        stats.samples, stats.tokens = len(out), sum(len(p.input_ids) for p in out)
-        stats.max_sample_tokens = max((len(p.input_ids) for p in out), default=0)
-    return out, stats
+        stats.samples, stats.tokens = len(out), sum(len(t.input_ids) for t in out)
+        stats.max_sample_tokens = max((len(t.input_ids) for t in out), default=0)
+    return SampleList(out), stats
 
 
 def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinking: bool = False):
@@ -284,60 +299,15 @@ def build_dialogue_samples(dialogues, tokenizer, max_length: int, enable_thinkin
         if len(ids) > max_length:
             stats.truncated_reply_samples += 1
             ids, labels = ids[:max_length], labels[:max_length]
-        sample = Sample(d.index, list(range(len(targets))), targets, ids, labels)
         if any(t != IGNORE_INDEX for t in labels):
             count(stats, len(ids), len(labels) - labels.count(IGNORE_INDEX))
-            out.append(sample)
+            out.append(WholeDialogue(d.index, list(range(len(targets))), targets, ids, labels))
         stats.dialogues += 1
-    return out, stats
-
-
-class PerTurnView:
-    """per_turn's samples read out of shared_prefix packs: sample k of a pack is the trunk up to what
-    branch k sees, then branch k -- exactly the per_turn sample (tests compare them) -- built when it is
-    read, so a run never holds (or caches) per_turn's ~3.4x more tokens."""
-
-    def __init__(self, packs):
-        self.packs = packs
-        # cached packs know their branches without reading token ids
-        counts = [len(sp) for sp in packs.spans()] if hasattr(packs, "spans") else [len(p.branches) for p in packs]
-        self.index = [(p, b) for p, n in enumerate(counts) for b in range(n)]
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        p, b = self.index[i]
-        pack = self.packs[p]
-        start, visible = pack.branches[b]
-        end = pack.branches[b + 1][0] if b + 1 < len(pack.branches) else len(pack.input_ids)
-        return Sample(pack.dialogue_index, pack.turn_index[b], pack.message_index[b],
-                      pack.input_ids[:visible] + pack.input_ids[start:end],
-                      [IGNORE_INDEX] * visible + pack.labels[start:end])
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def lengths(self) -> list[int]:
-        """Each sample's token count (what it sees of the trunk + its branch), without building it."""
-        packs = self.packs
-        if hasattr(packs, "lengths"):  # cached packs: from the Arrow columns, no token ids read
-            sizes, spans = packs.lengths(), packs.spans()
-        else:
-            sizes, spans = [len(p.input_ids) for p in packs], [p.branches for p in packs]
-        return [visible + (sp[b + 1][0] if b + 1 < len(sp) else size) - start
-                for size, sp in zip(sizes, spans) for b, (start, visible) in enumerate(sp)]
-
-
-def sample_lengths(samples) -> list[int]:
-    """Each sample's token count, without building per_turn samples or reading cached token ids."""
-    if hasattr(samples, "lengths"):  # a PerTurnView or cached samples
-        return samples.lengths()
-    return [len(s.input_ids) for s in samples]
+    return SampleList(out), stats
 
 
 def per_turn_stats(view: PerTurnView, stats: SampleStats) -> SampleStats:
-    """The shared_prefix build's stats as per_turn's (its per-turn counts kept beside the pack counts)."""
+    """The shared_prefix build's stats as per_turn's (its per-turn counts kept beside the tree counts)."""
     longest = max(view.lengths(), default=0)
     return replace(stats, samples=stats.per_turn_samples, tokens=stats.per_turn_tokens, max_sample_tokens=longest,
                    per_turn_samples=None, per_turn_tokens=None)
@@ -348,14 +318,14 @@ SAMPLE_MODES = ("shared_prefix", "per_turn", "dialogue")
 
 def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix", enable_thinking=False, progress=False,
                            pack_length=None):
-    """Samples for `mode`; see README for what each one trains. Returns (samples, SampleStats)."""
+    """Samples for `mode`; see README for what each one trains. Returns (a SampleSource, SampleStats)."""
     if mode == "dialogue":
         return build_dialogue_samples(dialogues, tokenizer, max_length, enable_thinking)
-    packs, stats = build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress,
-                                 pack=True, pack_length=pack_length)
+    trees, stats = build_samples(dialogues, tokenizer, max_length, enable_thinking=enable_thinking, progress=progress,
+                                 trees=True, tree_length=pack_length)
     if mode == "shared_prefix":
-        return packs, stats
-    view = PerTurnView(packs)
+        return trees, stats
+    view = PerTurnView(trees)
     return view, per_turn_stats(view, stats)
 
 
@@ -363,5 +333,5 @@ def dump_samples(samples, path) -> None:
     """JSON Lines, one sample per line: dialogue_index, turn_index, message_index, input_ids, labels."""
     from psydt_lora.files import atomic_write_text
 
-    lines = (json.dumps({k: v for k, v in asdict(s).items() if v is not None}, ensure_ascii=False) for s in samples)
+    lines = (json.dumps(s.record(), ensure_ascii=False) for s in samples)
     atomic_write_text(path, "".join(line + "\n" for line in lines))

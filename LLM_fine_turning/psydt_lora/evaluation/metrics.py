@@ -118,8 +118,9 @@ def by_tag(entries, response_key, scores_key, loss_key) -> dict:
     return {tag: summarize(g, response_key, scores_key, loss_key) for tag, g in sorted(groups.items())}
 
 
-def reference_losses(model, tokenizer, items, max_length: int, batch_size: int = 8) -> dict:
-    """Teacher-forced loss of each item's final (reference) reply given its history.
+def reference_losses(model, tokenizer, items, context_limit: int, batch_size: int = 8) -> dict:
+    """Teacher-forced loss of each item's final (reference) reply given its history, context and reply
+    together within the model's `context_limit` (the same truncation as training samples).
     Returns {item.index: {"nll": summed loss in nats, "tokens": supervised tokens}}."""
     import torch
     import torch.nn.functional as F
@@ -127,7 +128,7 @@ def reference_losses(model, tokenizer, items, max_length: int, batch_size: int =
     from psydt_lora.data.packing import IGNORE_INDEX, pad, padding_mask
     from psydt_lora.data.samples import build_samples
 
-    samples, _ = build_samples(items, tokenizer, max_length, last_reply_only=True)
+    samples, _ = build_samples(items, tokenizer, context_limit, last_reply_only=True)
     device = next(model.parameters()).device
     out = {}
     model_was_training = model.training

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from psydt_lora.data.packing import pad, padding_mask
+from psydt_lora.models import DEFAULT_CONTEXT
 from psydt_lora.prompt import end_of_turn_id, fit_history, strip_think
 
 
@@ -61,7 +62,7 @@ def stop_ids(tokenizer, model) -> list[int]:
 def context_limit(model, override: int | None = None) -> int:
     if override:
         return override
-    return int(getattr(model.config, "max_position_embeddings", 0) or 32768)
+    return int(getattr(model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
 
 
 def prepare_context(tokenizer, messages, max_new_tokens: int, limit: int, enable_thinking=False):

@@ -1,8 +1,8 @@
 """The training loss: cross-entropy on the supervised positions only, the LM head applied by the loss.
 
 The collator gives the model `logits_to_keep` = the positions whose next token is supervised (about a
-quarter of a shared_prefix pack), so nothing is computed for the rest. On those positions the head
-(151,669 logits a position for Qwen3) is applied by PyTorch's chunked `linear_cross_entropy`: the model's
+quarter of a shared_prefix tree), so nothing is computed for the rest. On those positions the head
+(151,936 logits a position for Qwen3) is applied by PyTorch's chunked `linear_cross_entropy`: the model's
 forward stops at the last hidden states (its head is detached for the call), and the loss computes the
 logits a chunk of positions at a time, with their gradient, never holding all of them. Same value and
 gradients as transformers' loss on full logits (summed cross-entropy, divided by the step's supervised

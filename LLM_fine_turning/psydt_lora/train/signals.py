@@ -5,19 +5,12 @@ Handlers left behind outlive the run: a fork `Pool` started later in the same pr
 template rendering) inherits them, its workers only record `Pool.terminate()`'s SIGTERM, and `join()`
 waits for ever. So they are installed for `trainer.train()` alone (`StopOnSignal.installed`)."""
 import contextlib
-import os
 import signal
+
+from psydt_lora.train.ranks import is_main_process, world_size
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextlib.contextmanager

@@ -1,0 +1,86 @@
+"""Trainer checkpoints: which are whole (in each launcher's layout), which to resume from."""
+import json
+from pathlib import Path
+
+from psydt_lora.errors import PsyDTError
+from psydt_lora.hub import safetensors_complete
+
+
+def find_checkpoint(output_dir, requested: str) -> str | None:
+    """`requested`: 'auto' (latest complete checkpoint in output_dir, if any), 'none', or a path."""
+    if requested == "none":
+        return None
+    if requested != "auto":
+        path = Path(requested)
+        if not checkpoint_complete(path):
+            raise PsyDTError(f"--resume_from_checkpoint {path} 不是完整的检查点（缺少文件或文件不完整）。")
+        return str(path)
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    found = []
+    for p in out.glob("checkpoint-*"):
+        try:
+            found.append((int(p.name.split("-")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    for _, p in sorted(found, reverse=True):
+        if checkpoint_complete(p):
+            return str(p)
+        print(f"[续训] 跳过不完整的检查点 {p}", flush=True)
+    return None
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """A Trainer checkpoint is usable when every file it writes is there, in whichever layout the
+    launcher uses (see `optimizer_layout`); trainer_state.json is written last, so a checkpoint cut
+    short by a kill lacks it or has it truncated. The adapter weights must be whole where they are
+    written (DeepSpeed ZeRO-3 without 16-bit gathering keeps them only in global_stepN/)."""
+    path = Path(path)
+    try:
+        json.loads((path / "trainer_state.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    layout = optimizer_layout(path)
+    if layout is None:
+        return False
+    adapter = path / "adapter_model.safetensors"
+    if layout == "plain" or adapter.exists():
+        return safetensors_complete(adapter)
+    return True
+
+
+def optimizer_layout(path: Path) -> str | None:
+    """Which launcher wrote the checkpoint's optimizer state, or None when it is missing or cut short:
+    'plain' (optimizer.pt + scheduler.pt), 'deepspeed' (`latest` naming a global_stepN/ folder whose
+    optimizer shards are all there), 'fsdp' (optimizer_0/ shards or optimizer.bin)."""
+    if _nonempty(path / "optimizer.pt"):
+        return "plain" if _nonempty(path / "scheduler.pt") else None
+    if _nonempty(path / "latest"):
+        tag = path / (path / "latest").read_text("utf-8").strip()
+        model_states = list(tag.glob("*model_states.pt")) if tag.is_dir() else []
+        optim_states = list(tag.glob("*optim_states.pt")) if tag.is_dir() else []
+        if model_states and optim_states and all(_nonempty(p) for p in model_states + optim_states):
+            return "deepspeed"
+        return None
+    if _nonempty(path / "optimizer.bin") or any(_nonempty(p) for p in (path / "optimizer_0").glob("*")):
+        return "fsdp"
+    return None
+
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def checkpoint_step(path) -> int:
+    """The optimizer step a (complete) checkpoint was saved at."""
+    return int(json.loads((Path(path) / "trainer_state.json").read_text("utf-8")).get("global_step", 0))
+
+
+def load_checkpoint_adapter(model, checkpoint) -> None:
+    """Put a checkpoint's LoRA weights into `model` (for a run that finished training but not its save)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
+

@@ -1,0 +1,64 @@
+"""The base model for training: 4-bit for QLoRA when asked, LoRA on the target modules."""
+from psydt_lora.errors import PsyDTError
+
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def build_model(args, model_dir, dtype):
+    """The base model (4-bit for QLoRA when asked) with LoRA on the target modules; (model, base config)."""
+    from psydt_lora.models import load_base_model
+
+    quantization = four_bit_config(dtype) if args.load_in_4bit else None
+    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization,
+                            attn_implementation=args.attn_implementation)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    base_config = model.config
+    targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+    return add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing), base_config
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in target_modules if m not in present]
+    if missing:
+        raise PsyDTError(
+            f"--target_modules 中的 {', '.join(missing)} 在模型里不存在；可用的线性层名如 "
+            f"{', '.join(sorted(m for m in present if m.endswith('_proj')))}。"
+        )
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        # transformers 5 renamed gradient checkpointing to activation checkpointing
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
+    )
+    return get_peft_model(model, config)
+
+
+def four_bit_config(compute_dtype):
+    """QLoRA: NF4 weights with double quantisation, computing in bf16/fp16. CUDA + bitsandbytes only."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PsyDTError("--load_in_4bit（QLoRA）需要 NVIDIA GPU（CUDA）；这台机器没有，请去掉 --load_in_4bit。")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise PsyDTError("--load_in_4bit 需要 bitsandbytes：pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if compute_dtype in (None, torch.float32):
+        compute_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
