@@ -13,12 +13,16 @@ Ground floor (this folder):
 Wings, lowest first:
     data/       dialogues (the one dialogue type, validating, picking items), formats (every file format, detected),
                 datasets (the dataset spec, mixing several, duplicates, the held-out split),
-                samples (dialogues -> ids + reply-only labels),
-                packing (the shared_prefix layout, rows of several samples, padding, the tree mask, the collator),
+                sample_types (Sample, WholeDialogue, Tree and the SampleSource every holder of them is),
+                samples (dialogues -> ids + reply-only labels, shared_prefix trees),
+                packing (--packing rows of several samples, padding, the tree mask, the collator),
                 sample_cache (built samples as a datasets.Dataset keyed by a fingerprint)
     safety/     rules (crisis-language lexicon, help resources, reply screening, measuring the layers),
                 guard (Qwen3Guard-Gen or the base model zero-shot beside the lexicon)
-    train/      training (LoRA + Trainer + SwanLab + outputs), loss (the LM head at supervised positions)
+    train/      training (one run, step by step), lora (the model: LoRA, 4-bit), trainer (the Trainer, its
+                arguments, loss wiring, callbacks), rows (the training set, --packing rows), progress (what the
+                run says), signals and ranks (stopping on a signal, leaving together), checkpoints, tracking
+                (SwanLab), outputs (adapter, run JSON, loss history), loss (the LM head at supervised positions)
     inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
                 it), chat (the terminal chat), serving (the OpenAI-compatible server and the chat page)
     evaluation/ batch_test (the batch test), metrics (reference scores, perplexity), report (Markdown, chart)
