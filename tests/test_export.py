@@ -219,3 +219,187 @@ def test_modelfile_refuses_what_it_cannot_say(real_tokenizer, tiny_tokenizer, ca
             go_template(tiny_tokenizer)
     finally:
         tiny_tokenizer.chat_template = before
+
+
+# --- getting llama.cpp's converters: the PyPI download replaced at its boundary ---
+
+def fake_sdist(folder: Path) -> Path:
+    """A tar.gz laid out like the llama-cpp-python sdist: the converters under vendor/llama.cpp/, and more."""
+    import tarfile
+
+    root = folder / "llama_cpp_python-0.3.36"
+    files = {"vendor/llama.cpp/convert_hf_to_gguf.py": "# full", "vendor/llama.cpp/convert_lora_to_gguf.py": "# lora",
+             "vendor/llama.cpp/conversion/__init__.py": "", "vendor/llama.cpp/gguf-py/gguf/__init__.py": "",
+             "vendor/llama.cpp/LICENSE": "MIT", "vendor/llama.cpp/ggml/src/ggml.c": "big", "llama_cpp/llama.py": "x"}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    sdist = folder / "llama_cpp_python-0.3.36.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    return sdist
+
+
+def test_converters_come_from_the_sdist_once_and_keep_only_what_converting_needs(tmp_path, monkeypatch, capsys):
+    from psydt_lora.export import gguf
+
+    calls = []
+    monkeypatch.setenv("PSYDT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf, "download_sdist", lambda dest: calls.append(dest) or fake_sdist(tmp_path))
+    folder = gguf.converters()
+    assert folder == tmp_path / "cache" / f"llama.cpp-{gguf.LLAMA_CPP_PYTHON}"
+    kept = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert kept == ["LICENSE", "conversion/__init__.py", "convert_hf_to_gguf.py", "convert_lora_to_gguf.py",
+                    "gguf-py/gguf/__init__.py"]
+    assert "PyPI" in capsys.readouterr().out
+    assert gguf.converters() == folder and len(calls) == 1  # cached: no second download
+
+
+def test_missing_tools_get_one_message_with_the_command(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from psydt_lora.errors import PsyDTError
+    from psydt_lora.export import gguf
+
+    with pytest.raises(PsyDTError, match="--llama_cpp .* convert_hf_to_gguf.py"):
+        gguf.converters(tmp_path)
+    monkeypatch.setenv("PSYDT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "No route to host"))
+    with pytest.raises(PsyDTError, match="pip download --no-deps --no-binary :all:.*llama-cpp-python==") as err:
+        gguf.converters()
+    assert "No route to host" in str(err.value) and not (tmp_path / "cache").exists()
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # `import sentencepiece` now fails
+    with pytest.raises(PsyDTError, match="pip install sentencepiece"):
+        gguf.converters()
+
+
+# --- GGUF: llama.cpp's converters on a tiny model of Qwen3's real vocabulary (llama.cpp must recognise the
+# tokenizer), then llama.cpp itself loading the files when llama-cpp-python is at hand ---
+
+LLAMA_HELPER = Path(__file__).parent / "llama_greedy.py"
+
+
+def llama_python() -> str | None:
+    """A Python with llama-cpp-python: $PSYDT_LLAMA_PYTHON, or this one when it has the package."""
+    import importlib.util
+    import sys
+
+    if os.environ.get("PSYDT_LLAMA_PYTHON"):
+        return os.environ["PSYDT_LLAMA_PYTHON"]
+    return sys.executable if importlib.util.find_spec("llama_cpp") else None
+
+
+@pytest.fixture(scope="module")
+def real_shaped(tmp_path_factory, real_tokenizer):
+    """A random Qwen3 with the real tokenizer and the real config's vocabulary at tiny width, and a random
+    LoRA adapter on it (B not zero, so merging changes the weights)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, Qwen3ForCausalLM
+
+    from conftest import REAL_TOKENIZER
+
+    tmp = tmp_path_factory.mktemp("real-shaped")
+    config = AutoConfig.from_pretrained(str(REAL_TOKENIZER))
+    config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, layer_types=["full_attention"] * 2,
+                       initializer_range=0.2))  # wide logits: greedy choices far from ties, robust to f16/q8_0
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(str(tmp / "base"))
+    real_tokenizer.save_pretrained(str(tmp / "base"))
+    torch.manual_seed(1)
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            init_lora_weights=False))
+    lora.save_pretrained(str(tmp / "lora_adapter"))
+    return tmp / "base", tmp / "lora_adapter"
+
+
+@pytest.fixture(scope="module")
+def gguf_export(real_shaped, tmp_path_factory):
+    from psydt_lora.errors import PsyDTError
+    from psydt_lora.export import gguf
+
+    try:
+        tools = gguf.converters()
+    except PsyDTError as err:  # the first use fetches the llama-cpp-python sdist from PyPI
+        pytest.skip(f"llama.cpp's converters are not cached and could not be fetched: {err}")
+    base, adapter = real_shaped
+    merged = tmp_path_factory.mktemp("gguf") / "merged"
+    assert inference_psydt_lora.main(["--model_path", str(base), "--adapter_path", str(adapter), "--save_merged",
+                                      str(merged), "--export", "gguf,ollama", "--gguf_types", "f32,f16,q8_0",
+                                      "--system_prompt", LEARNED]) == 0
+    return merged, gguf.output_dir(merged), tools
+
+
+def gguf_fields(tools, path, monkeypatch) -> dict:
+    monkeypatch.syspath_prepend(str(tools / "gguf-py"))  # the converters' own gguf library
+    from gguf import GGUFReader
+
+    return {name: field.contents() for name, field in GGUFReader(str(path)).fields.items()
+            if not name.startswith("tokenizer.ggml.")}
+
+
+@pytest.mark.slow
+def test_gguf_files_carry_the_model_the_adapter_and_the_training_template(gguf_export, monkeypatch):
+    merged, out, tools = gguf_export
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["Modelfile", "lora_adapter-f16.gguf", "merged-f16.gguf", "merged-f32.gguf", "merged-q8_0.gguf"]
+    template = (merged / "chat_template.jinja").read_text("utf-8")
+    types = {}
+    for kind in ("f32", "f16", "q8_0"):
+        fields = gguf_fields(tools, out / f"merged-{kind}.gguf", monkeypatch)
+        assert fields["general.architecture"] == "qwen3" and fields["qwen3.block_count"] == 2
+        assert fields["tokenizer.chat_template"] == template  # llama.cpp --jinja renders the training prompt
+        types[kind] = fields["general.file_type"]
+    assert len(set(types.values())) == 3  # three different encodings, not one file thrice
+    lora = gguf_fields(tools, out / "lora_adapter-f16.gguf", monkeypatch)
+    assert lora["general.type"] == "adapter" and lora["adapter.type"] == "lora" and lora["adapter.lora.alpha"] == 16
+    assert "FROM ./merged-q8_0.gguf" in (out / "Modelfile").read_text("utf-8").splitlines()
+
+
+def hf_greedy(model, ids, n, stop) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, top_k=None, top_p=None,
+                             temperature=None, repetition_penalty=1.0)
+    new = out[0, len(ids):].tolist()
+    return new[:next((i for i, t in enumerate(new) if t in stop), len(new))]
+
+
+@pytest.mark.slow
+def test_llama_cpp_loads_the_gguf_and_answers_like_the_hf_model(gguf_export, real_shaped, tmp_path):
+    """The merged GGUF (f32, f16, q8_0) and base GGUF + LoRA GGUF in llama.cpp: the same tokens for the
+    prompt text and the same greedy tokens as the merged HF model, for 3 histories."""
+    import subprocess
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from psydt_lora.export import gguf
+
+    python = llama_python()
+    if python is None:
+        pytest.skip("llama-cpp-python is not installed (it builds llama.cpp from source: about an hour on 2 CPU "
+                    "cores); set PSYDT_LLAMA_PYTHON to a Python that has it")
+    merged, out, tools = gguf_export
+    base_gguf = gguf.convert_model(tools, real_shaped[0], tmp_path, "f32")
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    stop = model.generation_config.eos_token_id
+    prompts = []
+    for turns in (1, 2, 3):
+        ids = tok.apply_chat_template(history(turns, None), add_generation_prompt=True)["input_ids"]
+        prompts.append({"ids": ids, "text": tok.decode(ids), "hf": hf_greedy(model, ids, 8, stop)})
+    runs = [{"model": str(out / f"merged-{k}.gguf")} for k in ("f32", "f16", "q8_0")]
+    runs.append({"model": str(base_gguf), "lora": str(out / "lora_adapter-f16.gguf")})
+    job = {"runs": runs, "prompts": prompts, "n": 8, "stop": stop}
+    done = subprocess.run([python, str(LLAMA_HELPER)], input=json.dumps(job), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)["runs"]
+    for run, got in zip(runs, results):
+        assert got["tokenized"] == [p["ids"] for p in prompts], run
+        assert got["greedy"] == [p["hf"] for p in prompts], run
