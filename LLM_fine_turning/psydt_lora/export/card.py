@@ -42,10 +42,12 @@ def model_card(info: dict, *, base: str, adapter: str, system_prompt, settings, 
             f"- 数据：`{dataset}`（PsyDTCorpus，中文多轮心理咨询对话，Apache-2.0）",
             f"- LoRA adapter：`{adapter}`，用 PsyDT-LoRA 训练后合并进权重（safetensors）", "",
             "## 训练设置", ""]
-    out += _table((k, args[k]) for k in TRAINING_KEYS if k in args) + ["", "## 本次训练的指标", ""]
+    settings_rows = [(k, args[k]) for k in TRAINING_KEYS if k in args]
+    out += (_table(settings_rows) if settings_rows else ["（adapter 旁没有 psydt_run.json，训练设置未知）"])
+    out += ["", "## 本次训练的指标", ""]
     rows = [(f"训练数据 {k}", train_data[k]) for k in DATA_KEYS if k in train_data]
     rows += [(k, metrics[k]) for k in ("final_train_loss", "final_eval_loss") if metrics.get(k) is not None]
-    out += (_table(rows) if rows else ["（adapter 旁没有 psydt_run.json 的指标）"]) + [""]
+    out += (_table(rows) if rows else ["（adapter 旁没有 psydt_run.json，指标未知）"]) + [""]
     out += ["## 提示词格式", "",
             "- 训练时每条回复前都有一个空的思考块（`enable_thinking=False`）。本文件夹的 chat template 默认就是这样："
             "不传任何参数的 `apply_chat_template(messages, add_generation_prompt=True)` 得到的正是训练时的提示词；"
