@@ -410,3 +410,18 @@ def test_llama_cpp_loads_the_gguf_and_answers_like_the_hf_model(gguf_export, rea
     for name, same in agree.items():
         # q8_0 rounds every weight to 8 bits: its greedy path may leave the exact one after a few tokens
         assert all(n >= (4 if "q8_0" in name else 8) for n in same), (name, same)
+
+
+def test_the_card_names_the_data_the_adapter_was_trained_on():
+    """A run on other corpora must not be carded as PsyDTCorpus (Apache-2.0): the recorded datasets are named."""
+    from psydt_lora.export.card import model_card
+    from psydt_lora.inference.generation import GenerationSettings
+
+    mixed = {"data": {"datasets": {"smilechat": {"name": "smilechat", "location": "data/smile", "format": "smilechat"},
+                                   "cpsycoune": {"name": "cpsycoune", "location": "data/cpe", "format": "cpsycoune"}}}}
+    card = model_card(mixed, base="Qwen/Qwen3-1.7B", adapter="a", system_prompt=None,
+                      settings=GenerationSettings(), recipes=[])
+    assert "PsyDTCorpus" not in card and "`smilechat`" in card and "`cpsycoune`" in card
+    assert "datasets: []" in card.split("---\n")[1]
+    assert "PsyDTCorpus" in model_card({}, base="b", adapter="a", system_prompt=None, settings=GenerationSettings(),
+                                       recipes=[])

@@ -231,7 +231,13 @@ def bad_cases(tmp_path):
     yaml_bad = tmp_path / "bad.yaml"
     yaml_bad.write_text("datasets:\n  - path: [unclosed\n", "utf-8")
     key = write_json(tmp_path / "k.json", [{"paths": str(first)}])
+    number = write_json(tmp_path / "n.json", [{"path": 123}])
+    tiny = write_json(tmp_path / "tiny.json", [{"path": str(first), "weight": 0.01}])
+    where = write_json(tmp_path / "h.json", [{"hub": "a/b", "hub_name": "github"}])
     return [
+        (["--dataset_spec", str(number)], [str(number), "第 0 个数据集", "path 必须是字符串", "123"]),
+        (["--dataset_spec", str(tiny)], [str(tiny), "weight 0.01", "一段也不会参与训练"]),
+        (["--dataset_spec", str(where)], [str(where), "hub_name", "'github'", "modelscope"]),
         (["--train_file", str(unknown)], [str(unknown), "第 1 条记录", "conversations[1].from", "'bot'"]),
         (["--train_file", str(twice)], [str(twice), "第 0 条记录", "conversations[4].value", "紧跟在另一条咨询师回复之后"]),
         (["--train_file", str(mixed)], [str(mixed), "第 1 条记录", "alpaca", "sharegpt", "不能混用"]),

@@ -170,8 +170,8 @@ def offline_hub(monkeypatch, tmp_path):
 
     calls = []
 
-    def no_dns(address, *a, **k):
-        calls.append(("connect", address))
+    def no_dns(host, port, *a, **k):  # name resolution is where an offline machine fails
+        calls.append(("connect", (host, port)))
         raise socket.gaierror(-2, "Name or service not known")
 
     def download(**kw):
@@ -180,7 +180,7 @@ def offline_hub(monkeypatch, tmp_path):
 
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(socket, "create_connection", no_dns)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(modelscope, "snapshot_download", download)
     monkeypatch.chdir(tmp_path)
     return calls
@@ -232,6 +232,7 @@ def test_a_failed_download_is_tried_once_then_the_base_model_runs(tiny_model_dir
                                                                   decided, tmp_path, monkeypatch, capsys):
     import socket
 
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", ("192.0.2.1", 443))])
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: io_ok())  # the hub answers, the download fails
     decided(CRISIS_EVERYWHERE)
     r = run_test_mode(tmp_path, tiny_model_dir, memorised_adapter, "--safety_model", "Qwen/Qwen3Guard-Gen-0.6B")
@@ -308,6 +309,7 @@ def test_hub_probe(monkeypatch):
 
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", ("192.0.2.1", 443))])
     monkeypatch.setattr(socket, "create_connection", refused)
     assert hub_unreachable("modelscope") == "连不上 modelscope.cn（ConnectionRefusedError）"
     assert hub_unreachable("huggingface") == "连不上 huggingface.co（ConnectionRefusedError）"
@@ -315,6 +317,24 @@ def test_hub_probe(monkeypatch):
     assert hub_unreachable("modelscope") is None
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub_unreachable("huggingface") == "已设置 HF_HUB_OFFLINE"
+
+
+def test_a_resolver_that_never_answers_costs_the_probe_timeout_only(monkeypatch):
+    """getaddrinfo has no timeout: a silent name server must not hold the start for its own retries."""
+    import socket
+    import threading
+
+    from psydt_lora.safety.guard import hub_unreachable
+
+    never = threading.Event()
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: never.wait(30))
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("connected without an address"))
+    try:
+        assert hub_unreachable("modelscope", timeout=0.2) == "连不上 modelscope.cn（TimeoutError）"
+    finally:
+        never.set()
 
 
 def test_chat_and_eval_use_the_guard_when_given(tiny_model_dir, memorised_adapter, tmp_path, capsys):

@@ -370,6 +370,16 @@ def test_the_sos_split_is_the_recorded_one_and_no_post_is_in_the_project():
     assert not [t for t in texts if len(t) >= 12 and t in ours]
 
 
+def test_another_sos_split_is_measured_whole(tmp_path, capsys):
+    """SOS-HL-1K's validation / test splits share no post with the frozen train-split part: all of it counts."""
+    posts = [{"text": f"测试帖子第{i}条，不属于训练集。", "risk": "high" if i % 3 else "low"} for i in range(9)]
+    path = tmp_path / "sos_valid.json"
+    path.write_text(json.dumps(posts, ensure_ascii=False), "utf-8")
+    assert inference_psydt_lora.main(["--safety_eval", str(path), "--safety_model", "none"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["results"]["positive"]["lexicon"]["n"] == 6 and report["results"]["low_risk"]["lexicon"]["n"] == 3
+
+
 def test_safety_eval_reads_the_real_sets(capsys):
     from conftest import require
 

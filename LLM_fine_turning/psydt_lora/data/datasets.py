@@ -34,6 +34,7 @@ from pathlib import Path
 from psydt_lora.data.dialogues import Dialogue, ReadStats, check_format
 from psydt_lora.data.formats import FORMAT_NAMES, layout_for, read_source, source_files
 from psydt_lora.errors import PsyDTError
+from psydt_lora.hub import HUBS
 
 HUB_PREFIX = "hub:"
 HELDOUT_FILE = "heldout_test.json"  # in the output folder: the held-out dialogues as a test file
@@ -139,6 +140,9 @@ def _entry(spec: Path, i: int, item) -> DatasetEntry:
     unknown = sorted(set(item) - ENTRY_KEYS)
     if unknown:
         raise PsyDTError(f"{where}：字段 {unknown[0]!r} 不认识，可用：{', '.join(sorted(ENTRY_KEYS))}。")
+    for key in ("name", "path", "hub"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise PsyDTError(f"{where}：字段 {key} 必须是字符串，收到 {item[key]!r}。")
     if bool(item.get("path")) == bool(item.get("hub")):
         raise PsyDTError(f"{where}：path（本地文件或文件夹）和 hub（数据集 id）必须恰好给一个。")
     path = item.get("path")
@@ -158,8 +162,14 @@ def check_entry(e: DatasetEntry) -> None:
     w = e.weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
         raise PsyDTError(f"{e.where}：字段 weight 必须是正数，收到 {w!r}。")
-    if e.max_items is not None and (isinstance(e.max_items, bool) or not isinstance(e.max_items, int)):
-        raise PsyDTError(f"{e.where}：字段 max_items 必须是整数，收到 {e.max_items!r}。")
+    if e.max_items is not None and (isinstance(e.max_items, bool) or not isinstance(e.max_items, int) or e.max_items < 0):
+        raise PsyDTError(f"{e.where}：字段 max_items 必须是不小于 0 的整数（0 表示全部），收到 {e.max_items!r}。")
+    for key in ("name", "path", "hub", "hub_file", "hub_name"):
+        value = getattr(e, key)
+        if value is not None and not isinstance(value, str):
+            raise PsyDTError(f"{e.where}：字段 {key} 必须是字符串，收到 {value!r}。")
+    if e.hub_name is not None and e.hub_name not in HUBS:
+        raise PsyDTError(f"{e.where}：字段 hub_name 是 {e.hub_name!r}，可用：{', '.join(HUBS)}。")
     if e.format not in FORMAT_NAMES:
         raise PsyDTError(f"{e.where}：字段 format 是 {e.format!r}，可用：{', '.join(FORMAT_NAMES)}。")
     if (e.columns or e.tags) and e.format == "auto":
@@ -224,6 +234,9 @@ def build_mix(entries, *, hub: str = "modelscope", seed: int = 42, system_prompt
             raise PsyDTError(f"{e.where}：去重{'和留出验证集' if out else ''}之后没有剩下可训练的对话"
                              f"（读到 {row['records']} 条，重复 {dups} 条，留出 {len(out)} 条）。")
         weighted = _weigh(mine, e.weight, f"{seed}:{e.name}")
+        if not weighted:
+            raise PsyDTError(f"{e.where}：weight {e.weight:g} 乘以 {len(mine)} 段对话不到半段，这个数据集一段也不会参与训练。"
+                             f"请把 weight 调大到至少 {0.5 / len(mine):.3g}，或去掉这个数据集。")
         row.update(duplicates_dropped=dups, heldout=len(out), weight=e.weight, dialogues=len(weighted))
         train += weighted
         heldout += out

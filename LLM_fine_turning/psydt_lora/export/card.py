@@ -10,8 +10,11 @@ TRAINING_KEYS = ("sample_mode", "max_length", "max_train_items", "num_train_epoc
 DATA_KEYS = ("dialogues", "samples", "tokens", "supervised_tokens")
 
 
-def front_matter(base_repo: str, dataset_repo: str) -> str:
-    meta = {"license": "apache-2.0", "language": ["zh"], "base_model": base_repo, "datasets": [dataset_repo],
+PSYDT = "YIRONGCHEN/PsyDTCorpus"
+
+
+def front_matter(base_repo: str, hub_datasets: list) -> str:
+    meta = {"license": "apache-2.0", "language": ["zh"], "base_model": base_repo, "datasets": hub_datasets,
             "library_name": "transformers", "pipeline_tag": "text-generation",
             "tags": ["qwen3", "lora", "psychological-counseling", "psydt-lora"]}
     # YAML is a superset of JSON: one JSON value per key is valid front matter
@@ -27,19 +30,32 @@ def _table(rows) -> list[str]:
     return ["| 项 | 值 |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
 
 
+def data_lines(info: dict) -> tuple[list, list, str]:
+    """(hub ids for the front matter, the card's data lines, a short name) from the datasets the run recorded;
+    PsyDTCorpus when it recorded none (runs before several datasets existed train on it alone)."""
+    rows = list((info.get("data", {}).get("datasets") or {}).values())
+    if not rows:
+        dataset = info.get("args", {}).get("dataset_repo") or PSYDT
+        return [dataset], [f"- 数据：`{dataset}`（PsyDTCorpus，中文多轮心理咨询对话，Apache-2.0）"], "PsyDTCorpus"
+    lines = [f"- 数据：`{r['name']}`（{r.get('location', '')}，格式 {r.get('format', '?')}）" for r in rows]
+    lines.append("- 各数据集的许可以其来源为准；发布或使用本模型时请同时遵守它们。")
+    psydt = [PSYDT] if any("PsyDTCorpus" in f"{r['name']} {r.get('location', '')}" for r in rows) else []
+    return psydt, lines, " + ".join(r["name"] for r in rows)
+
+
 def model_card(info: dict, *, base: str, adapter: str, system_prompt, settings, recipes) -> str:
     """Markdown with YAML front matter. `info` is the adapter's psydt_run.json ({} when missing)."""
     args = info.get("args", {})
     base_repo = info.get("base_model", {}).get("repo") or args.get("model_repo") or base
-    dataset = args.get("dataset_repo") or "YIRONGCHEN/PsyDTCorpus"
+    hub_datasets, data, data_name = data_lines(info)
     train_data = info.get("data", {}).get("train", {})
     metrics = info.get("metrics") or {}
-    out = [front_matter(base_repo, dataset), f"# {base_repo} + PsyDTCorpus LoRA（已合并）", "",
+    out = [front_matter(base_repo, hub_datasets), f"# {base_repo} + {data_name} LoRA（已合并）", "",
            "> **这不是心理咨询师。** 模型的回复不能替代专业心理咨询、诊断或治疗。如果你或身边的人正处于危机中，请立即求助：", ">"]
     out += [f"> {line}" for line in help_lines()] + ["",
             "## 来源", "",
             f"- 基础模型：`{base_repo}`（Apache-2.0），本地路径 `{base}`",
-            f"- 数据：`{dataset}`（PsyDTCorpus，中文多轮心理咨询对话，Apache-2.0）",
+            *data,
             f"- LoRA adapter：`{adapter}`，用 PsyDT-LoRA 训练后合并进权重（safetensors）", "",
             "## 训练设置", ""]
     settings_rows = [(k, args[k]) for k in TRAINING_KEYS if k in args]

@@ -2,8 +2,9 @@
 
 `--safety_eval FILE` reads one of three shapes:
   * this project's lists: `{"positive", "negative", "harmful_replies", "safe_replies"}` (any subset);
-  * SOS-HL-1K (`[{"text", "risk": "high" | "low"}]`, Weibo posts): only the part held back from rule
-    development (the frozen split in `data/sos_hl_split.json`) is measured; "high" posts must fire, "low"
+  * SOS-HL-1K (`[{"text", "risk": "high" | "low"}]`, Weibo posts): of its training split, only the part held
+    back from rule development (the frozen split in `data/sos_hl_split.json`) is measured; its validation and
+    test splits (no post of them in the frozen split) are measured whole; "high" posts must fire, "low"
     posts are reported as a firing rate, never as false alarms ("low" risk is not "no crisis");
   * PsySUICIDE (`[{"text", "labels": [...]}]`): every class but "unrelated" must fire, "unrelated" must not.
 Posts are read from the user's copy and never stored; the split file holds hashes only.
@@ -43,9 +44,14 @@ def sos_heldout() -> set:
 
 
 def sos_cases(posts: list, part: str = "heldout") -> dict:
-    """SOS-HL-1K posts of one part as evaluation lists: high -> positive, low -> low_risk."""
+    """SOS-HL-1K posts of one part as evaluation lists: high -> positive, low -> low_risk. A file with no post
+    of the held-back part is another split of SOS-HL-1K, none of it seen while the rules were made: all of it."""
     held = sos_heldout()
-    mine = [p for p in posts if (post_hash(p["text"]) in held) == (part == "heldout")]
+    hashes = [post_hash(p["text"]) for p in posts]
+    if part == "heldout" and not held.intersection(hashes):
+        mine = posts
+    else:
+        mine = [p for p, h in zip(posts, hashes) if (h in held) == (part == "heldout")]
     return {"positive": [p["text"] for p in mine if p["risk"] == "high"],
             "low_risk": [p["text"] for p in mine if p["risk"] == "low"]}
 

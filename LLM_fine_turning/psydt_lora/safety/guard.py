@@ -202,10 +202,27 @@ def hub_unreachable(hub: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         return None
     host = urlparse(HUB_SITES[hub]).hostname
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        address = resolve(host, timeout)
+        socket.create_connection(address, timeout=timeout).close()
     except OSError as err:
         return f"连不上 {host}（{type(err).__name__}）"
     return None
+
+
+def resolve(host: str, timeout: float) -> tuple:
+    """(ip, 443) for `host` within `timeout`: getaddrinfo has no timeout of its own, and a resolver that never
+    answers would hold the start for its own retries. The lookup runs in a daemon thread left behind if late."""
+    import socket
+    import threading
+
+    found = []
+    thread = threading.Thread(target=lambda: found.append(socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not found:
+        raise (socket.timeout if thread.is_alive() else socket.gaierror)(f"resolving {host}")
+    return found[0][0][4][:2]
 
 
 def _checkpoint(spec: str, hub: str, device: str) -> tuple[Guard | None, str]:
