@@ -324,6 +324,8 @@ def gguf_export(real_shaped, tmp_path_factory):
     try:
         tools = gguf.converters()
     except PsyDTError as err:  # the first use fetches the llama-cpp-python sdist from PyPI
+        if os.environ.get("CI"):  # CI reaches PyPI: a fetch that fails there is a bug, not a missing tool
+            raise
         pytest.skip(f"llama.cpp's converters are not cached and could not be fetched: {err}")
     base, adapter = real_shaped
     merged = tmp_path_factory.mktemp("gguf") / "merged"

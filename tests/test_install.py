@@ -4,7 +4,8 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
+
+import pytest
 
 from conftest import DIALOGUES, ROOT
 
@@ -12,6 +13,7 @@ SERVE_ONLY = ("fastapi", "uvicorn", "starlette", "openai")
 
 
 def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.10 has no TOML reader of its own")
     return tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
 
 

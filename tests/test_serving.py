@@ -343,6 +343,11 @@ def test_errors_come_in_openai_shape(server):
         got, _, body = http(method, server.url + path)
         assert got == status and set(body) == {"error"} and body["error"]["message"] and body["error"]["type"], path
     assert http("GET", f"{server.url}/favicon.ico")[0] == 200
+    hello = [{"role": "user", "content": "你好"}]
+    for bad, param in (({"messages": [{"role": ["user"], "content": "你好"}]}, "messages[0]"),
+                       ({"messages": hello, "stream": True, "stream_options": "usage"}, "stream_options")):
+        got, _, body = http("POST", f"{server.url}/v1/chat/completions", {"model": "psydt", **bad})
+        assert got == 400 and body["error"]["param"] == param, body  # the client's mistake, not a 500
 
 
 # -- in-process: a test that must hold the model or look inside the server ----------------------------------

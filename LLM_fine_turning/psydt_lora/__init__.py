@@ -17,14 +17,17 @@ Wings, lowest first:
                 samples (dialogues -> ids + reply-only labels, shared_prefix trees),
                 packing (--packing rows of several samples, padding, the tree mask, the collator),
                 sample_cache (built samples as a datasets.Dataset keyed by a fingerprint)
-    safety/     rules (crisis-language lexicon, help resources, reply screening, measuring the layers),
-                guard (Qwen3Guard-Gen or the base model zero-shot beside the lexicon)
+    safety/     rules (the crisis-language lexicon engine), resources (help lines and the texts built from them),
+                screen (the one reply screen chat, serve and test use), session (the Safety a front end holds),
+                guard (Qwen3Guard-Gen, or the loaded model with its adapter off, beside the lexicon),
+                evaluation (recall and false alarms of each layer; the frozen SOS-HL-1K split)
     train/      training (one run, step by step), lora (the model: LoRA, 4-bit), trainer (the Trainer, its
                 arguments, loss wiring, callbacks), rows (the training set, --packing rows), progress (what the
                 run says), signals and ranks (stopping on a signal, leaving together), checkpoints, tracking
                 (SwanLab), outputs (adapter, run JSON, loss history), loss (the LM head at supervised positions)
     inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
-                it), chat (the terminal chat), serving (the OpenAI-compatible server and the chat page)
+                it), chat (the terminal chat), openai_api (the OpenAI request and response shapes, errors),
+                serving (the server, its admission and the chat page in web/)
     evaluation/ batch_test (the batch test), metrics (reference scores, perplexity), report (Markdown, chart)
     export/     merged (the merged folder), template (the training defaults in the chat template), card (the
                 model card), gguf (llama.cpp's converters), modelfile (Ollama), recipes (serving commands), run (the steps)

@@ -77,7 +77,7 @@ def read_messages(raw, system: str | None) -> list[dict]:
         raise RequestError(400, "messages 必须是非空列表", param="messages")
     clean = []
     for i, m in enumerate(raw):
-        role = ROLES.get(m.get("role")) if isinstance(m, dict) else None
+        role = ROLES.get(m.get("role")) if isinstance(m, dict) and isinstance(m.get("role"), str) else None
         if role is None:
             raise RequestError(400, f"messages[{i}] 需要 role（system/user/assistant）和 content", param=f"messages[{i}]")
         text = message_text(i, m.get("content"))
@@ -125,8 +125,11 @@ def parse_request(body: dict, *, model: str, system: str | None, defaults: Gener
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise RequestError(400, "seed 必须是整数", param="seed")
-    return ChatRequest(messages, settings, seed, bool(body.get("stream")),
-                       bool((body.get("stream_options") or {}).get("include_usage")), read_stop(body.get("stop")))
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError(400, "stream_options 必须是对象，例如 {\"include_usage\": true}", param="stream_options")
+    return ChatRequest(messages, settings, seed, bool(body.get("stream")), bool(options.get("include_usage")),
+                       read_stop(body.get("stop")))
 
 
 def chunk(rid: str, model: str, created: int, delta: dict, finish=None, **extra) -> str:
