@@ -70,7 +70,8 @@ def save_outputs(args, trainer, metrics, info, padding_share) -> None:
         metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
         metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
         atomic_write_json(output_dir / METRICS_FILE, metrics)
-        plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on PsyDTCorpus")
+        names = " + ".join(info.get("data", {}).get("datasets") or {}) or "PsyDTCorpus"
+        plot_losses(history, plot, f"{Path(args.model_local_dir).name} + LoRA on {names}")
         info["metrics"] = {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")}
     adapter_dir = output_dir / ADAPTER_DIR
     save_adapter(trainer, adapter_dir, info, extra_files=[plot])
