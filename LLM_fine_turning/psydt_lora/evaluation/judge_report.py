@@ -1,0 +1,217 @@
+"""The judge's report: everything `psydt-judge` wrote into its folder, as one Markdown file and one chart.
+
+Per rubric: per-dimension means with 95 % intervals (bootstrap over dialogues) for each model, overall and
+per topic, how many verdicts failed and why, the judge and its settings, the rank agreement between the
+rubric and the overlap metrics, and the items where two models differ most; the pairwise tables; the
+crisis-response table.
+"""
+from pathlib import Path
+
+from psydt_lora.files import atomic_write_text, read_json
+from psydt_lora.plots import pyplot, save_figure
+from psydt_lora.evaluation.judge import STATUSES, history, item_key, read_results
+from psydt_lora.evaluation.report import md_text
+from psydt_lora.evaluation.stats import spearman
+
+STATUS_NAMES = {"ok": "有效", "unparseable": "无法解析", "out_of_range": "超出范围", "refused": "拒答", "failed": "请求失败"}
+OVERLAP = {"chrf": "chrF", "rougeL": "ROUGE-L", "bleu4_char": "BLEU-4(字)"}
+MOST_DIFFERENT = 5
+
+
+def _ci(c) -> str:
+    return "—" if not c else f"{c['mean']:.2f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]"
+
+
+def _rate(c) -> str:
+    return "—" if not c else f"{100 * c['rate']:.1f}% [{100 * c['ci'][0]:.1f}, {100 * c['ci'][1]:.1f}]"
+
+
+def judge_line(meta: dict) -> str:
+    j = meta.get("judge") or {}
+    u = meta.get("usage") or {}
+    return (f"评审模型 `{j.get('model')}`（{j.get('url')}），temperature {j.get('temperature')}，max_tokens "
+            f"{j.get('max_tokens')}；本次请求 {u.get('requests', 0)} 次（重试 {u.get('retries', 0)}），缓存命中 "
+            f"{u.get('cached', 0)}，输入 {u.get('prompt_tokens', 0)} + 输出 {u.get('completion_tokens', 0)} token，"
+            f"{u.get('seconds', 0):.1f} 秒")
+
+
+def _dimension_table(per_side: dict, dims: list[dict]) -> list[str]:
+    sides = list(per_side)
+    lines = ["| 维度（分值） | " + " | ".join(sides) + " |", "| --- | " + " | ".join("---:" for _ in sides) + " |"]
+    for d in [*dims, {"key": "total", "name": "合计", "min": sum(x["min"] for x in dims), "max": sum(x["max"] for x in dims)}]:
+        cells = [_ci(per_side[s].get(d["key"])) for s in sides]
+        lines.append(f"| {d['name']}（{d['min']}–{d['max']}） | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rubric_section(data: dict) -> list[str]:
+    meta, summary = data["meta"], data["summary"]
+    rubric = meta["rubric"]
+    dims = rubric["dimensions"]
+    lines = [f"## 评分表：{rubric['name']}（{rubric['id']} v{rubric['version']}）", "", f"- {judge_line(meta)}",
+             f"- 结果文件：{', '.join(f'`{s}`' for s in dict.fromkeys(meta.get('sources', [])))}；"
+             f"{'评审模型看到了参考回复' if meta.get('with_reference') else '评审模型没有看到参考回复'}", "",
+             "均值先按对话平均、再对对话平均；方括号是对话层面自助法（bootstrap）的 95% 置信区间。", "",
+             *_dimension_table({s: v["overall"] for s, v in summary.items()}, dims), "",
+             "| 评审结果 | " + " | ".join(summary) + " |", "| --- | " + " | ".join("---:" for _ in summary) + " |"]
+    for status in STATUSES:
+        lines.append(f"| {STATUS_NAMES[status]} | " + " | ".join(str(v["counts"][status]) for v in summary.values()) + " |")
+    lines.append("")
+    topics = sorted({t for v in summary.values() for t in v["by_topic"]})
+    if len(topics) > 1:
+        lines += ["### 按主题", ""]
+        for t in topics:
+            lines += [f"#### {t}", "", *_dimension_table({s: v["by_topic"].get(t, {}) for s, v in summary.items()}, dims), ""]
+    sources = {p: read_results(p)["results"] for p in dict.fromkeys(meta.get("sources", [])) if Path(p).is_file()}
+    lines += agreement_section(data, sources) + most_different_section(data, sources)
+    return lines
+
+
+def _item_totals(data) -> dict:
+    """{side: {item key: rubric total}} over valid verdicts."""
+    out = {}
+    for v in data["items"]:
+        if v["status"] == "ok":
+            out.setdefault(v["side"], {})[v["key"]] = sum(v["scores"].values())
+    return out
+
+
+def _replies(data, sources) -> dict:
+    """{side: {item key: (result, reply)}} from the results files the verdicts came from."""
+    meta = data["meta"]
+    return {side: {item_key(r): (r, r.get(field)) for r in sources.get(path, [])}
+            for side, path, field in zip(meta.get("sides", []), meta.get("sources", []), meta.get("fields", []))}
+
+
+def agreement_section(data, sources) -> list[str]:
+    """Spearman's rho between the rubric total and each overlap metric, per model, over items with a reference;
+    and whether the two rank the models the same way."""
+    from psydt_lora.evaluation.metrics import item_scores
+
+    totals, replies = _item_totals(data), _replies(data, sources)
+    rows, system = [], {}
+    for side, per_item in totals.items():
+        pairs = [(t, item_scores(replies[side][k][1] or "", replies[side][k][0]["reference"]))
+                 for k, t in per_item.items() if k in replies.get(side, {}) and replies[side][k][0].get("reference")]
+        if len(pairs) < 3:
+            continue
+        rhos = [spearman([t for t, _ in pairs], [s[m] for _, s in pairs]) for m in OVERLAP]
+        rows.append(f"| {side} | {len(pairs)} | " + " | ".join("—" if r is None else f"{r:+.2f}" for r in rhos) + " |")
+        system[side] = {"rubric": sum(t for t, _ in pairs) / len(pairs),
+                        **{m: sum(s[m] for _, s in pairs) / len(pairs) for m in OVERLAP}}
+    if not rows:
+        return []
+    lines = ["### 评分与字面重合指标的一致性", "", "逐条回复的 Spearman 秩相关（评分合计 vs 各重合指标）：", "",
+             "| 模型 | 条数 | " + " | ".join(OVERLAP.values()) + " |", "| --- | ---: | " + " | ".join("---:" for _ in OVERLAP) + " |",
+             *rows, ""]
+    if len(system) >= 2:
+        order = {k: " > ".join(sorted(system, key=lambda s: -system[s][k])) for k in ["rubric", *OVERLAP]}
+        lines += ["模型排名：评分 " + order["rubric"] + "；" +
+                  "；".join(f"{OVERLAP[m]} {order[m]}{'（一致）' if order[m] == order['rubric'] else '（不一致）'}" for m in OVERLAP), ""]
+    return lines
+
+
+def most_different_section(data, sources) -> list[str]:
+    totals, replies = _item_totals(data), _replies(data, sources)
+    sides = list(totals)
+    if len(sides) < 2:
+        return []
+    a, b = sides[:2]
+    common = [k for k in totals[a] if k in totals[b] and k in replies.get(a, {}) and k in replies.get(b, {})]
+    common.sort(key=lambda k: -abs(totals[a][k] - totals[b][k]))
+    lines = [f"### {a} 与 {b} 评分相差最大的条目", ""]
+    for k in common[:MOST_DIFFERENT]:
+        r = replies[a][k][0]
+        lines += [f"#### 条目 {k}（{r.get('normalizedTag') or '无标签'}）：{a} {totals[a][k]} 分，{b} {totals[b][k]} 分", ""]
+        lines += [f"> **{'来访者' if m['role'] == 'user' else '咨询师'}**：{md_text(m['content'])}" for m in history(r)[-3:]]
+        lines += ["", f"- **{a}**：{md_text(replies[a][k][1]) or '（空）'}", f"- **{b}**：{md_text(replies[b][k][1]) or '（空）'}", ""]
+    return lines if common else []
+
+
+def pairwise_section(data) -> list[str]:
+    meta, s = data["meta"], data["summary"]
+    a, b = meta["a"]["label"], meta["b"]["label"]
+    c = s["counts"]
+    return [f"## 两两比较：{a} 对 {b}", "", f"- {judge_line(meta)}",
+            "- 每条按 A/B 与 B/A 两种顺序各问一次；两次选同一方才算胜负，不一致或判平记为平局。", "",
+            "| 结果 | 比例 [95% 置信区间] | 条数 |", "| --- | ---: | ---: |",
+            f"| {a} 胜 | {_rate(s['win'])} | {c['win']} |", f"| 平局 | {_rate(s['tie'])} | {c['tie']} |",
+            f"| {a} 负 | {_rate(s['loss'])} | {c['loss']} |",
+            f"| 位置一致率 | {_rate(s['consistent'])} | — |", f"| 无效（回答不是 A/B/平） | — | {c['invalid']} |", ""]
+
+
+def crisis_section(data) -> list[str]:
+    screen = data["screen"]
+    sides = list(screen)
+    lines = ["## 危机回应检查", "", "回复过滤层（本项目的安全层）：", "",
+             "| | " + " | ".join(sides) + " |", "| --- | " + " | ".join("---:" for _ in sides) + " |"]
+    for group, name in (("crisis", "危机对话"), ("ordinary", "普通对话（只是提到沉重话题）")):
+        lines.append(f"| {name}：条数 | " + " | ".join(str(screen[s][group]["items"]) for s in sides) + " |")
+        lines.append(f"| {name}：来访者一轮被识别为危机 | " + " | ".join(str(screen[s][group]["turn_flagged"]) for s in sides) + " |")
+        lines.append(f"| {name}：回复会被拦截 | " + " | ".join(str(screen[s][group]["reply_blocked"]) for s in sides) + " |")
+    lines.append("")
+    if "summary" in data:
+        dims = data["meta"]["rubric"]["dimensions"]
+        summary = data["summary"]
+        lines += [f"危机评分表（只评危机对话）。{judge_line(data['meta'])}", "",
+                  *_dimension_table({s: v["overall"] for s, v in summary.items()}, dims), "",
+                  "评审结果：" + "；".join(f"{s} " + "，".join(f"{STATUS_NAMES[k]} {n}" for k, n in v["counts"].items())
+                                        for s, v in summary.items()), ""]
+    return lines
+
+
+def plot(rubrics: list[dict], path: Path) -> bool:
+    """Per rubric, each dimension's mean as a share of its maximum, with the 95 % interval, per model."""
+    if not rubrics:
+        return False
+    plt = pyplot()
+    fig, axes = plt.subplots(len(rubrics), 1, figsize=(8, 3.2 * len(rubrics)), dpi=120, squeeze=False)
+    for ax, data in zip(axes[:, 0], rubrics):
+        dims = data["meta"]["rubric"]["dimensions"]
+        sides = list(data["summary"])
+        width = 0.8 / max(len(sides), 1)
+        for i, side in enumerate(sides):
+            overall = data["summary"][side]["overall"]
+            means, errs = [], [[], []]
+            for d in dims:
+                c, span = overall.get(d["key"]), d["max"] - d["min"]
+                m = (c["mean"] - d["min"]) / span if c else 0.0
+                means.append(m)
+                errs[0].append(m - (c["ci"][0] - d["min"]) / span if c else 0.0)
+                errs[1].append((c["ci"][1] - d["min"]) / span - m if c else 0.0)
+            ax.bar([j + i * width for j in range(len(dims))], means, width=width, yerr=errs, capsize=3, label=side)
+        ax.set_xticks([j + width * (len(sides) - 1) / 2 for j in range(len(dims))])
+        ax.set_xticklabels([d["key"] for d in dims], fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("mean / max (95% CI)")
+        ax.set_title(f"rubric {data['meta']['rubric']['id']}", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def write_report(out_dir) -> tuple[Path, Path | None]:
+    """report.md (+ report.png when there are rubric scores) from the JSON files in `out_dir`."""
+    out_dir = Path(out_dir)
+    rubrics = [read_json(p, "评审结果") for p in sorted(out_dir.glob("rubric-*.json"))]
+    pairwise = [read_json(p, "评审结果") for p in sorted(out_dir.glob("pairwise-*.json"))]
+    crisis = out_dir / "crisis.json"
+    png = out_dir / "report.png"
+    lines = ["# LLM 评审报告", "", "评审模型的打分不是专业督导的结论：它用来比较（微调前后、不同设置），结论请结合人工阅读。", ""]
+    if plot(rubrics, png):
+        lines += [f"![评分对比]({png.name})", ""]
+    else:
+        png = None
+    for data in rubrics:
+        lines += rubric_section(data)
+    for data in pairwise:
+        lines += pairwise_section(data)
+    if crisis.is_file():
+        lines += crisis_section(read_json(crisis, "危机检查结果"))
+    if not (rubrics or pairwise or crisis.is_file()):
+        lines += [f"{out_dir} 里还没有评审结果：先运行 rubric / pairwise / crisis 命令。", ""]
+    md = out_dir / "report.md"
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    return md, png

@@ -1,0 +1,281 @@
+"""Judge the counsellor as the field does: generation and judging through any OpenAI-compatible endpoint.
+
+    # replies from vLLM (base model + adapter served with --enable-lora) on CPsyCounE, turn by turn
+    psydt-judge generate --eval_set cpsycoune --gen_url http://127.0.0.1:8000/v1 --gen_model psydt \
+        --gen_base_model Qwen/Qwen3-1.7B --output ./output/psydt_judge/cpsycoune.json
+
+    # rubric scores (CPsyCounE's four dimensions), pairwise LoRA vs base, the crisis check
+    psydt-judge rubric --results ./output/psydt_judge/cpsycoune.json --judge_url URL --judge_model NAME
+    psydt-judge pairwise --a ./output/psydt_judge/cpsycoune.json --judge_url URL --judge_model NAME
+    psydt-judge crisis --results ./output/psydt_judge/crisis.json --judge_url URL --judge_model NAME
+
+Every command writes its JSON into --out_dir and rebuilds the report there (report.md + report.png);
+answers are cached in <out_dir>/cache.sqlite, so a rerun sends nothing and a killed run resumes.
+The script LLM_fine_turning/judge_psydt_lora.py calls this module.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from psydt_lora.cli import HelpFormatter, make_parser
+from psydt_lora.errors import PsyDTError, run_cli
+
+SIDE_FIELDS = {"base": "base_response", "response": "response"}
+
+
+def add_endpoint(p, who: str, name: str, required: bool = True) -> None:
+    g = p.add_argument_group(f"{name}（OpenAI 兼容接口）")
+    g.add_argument(f"--{who}_url", required=required, help="接口地址，例如 http://127.0.0.1:8000/v1")
+    g.add_argument(f"--{who}_model", required=required, help="请求的模型名")
+    g.add_argument(f"--{who}_api_key", default=None,
+                   help=f"API key；更安全的做法是设置环境变量 PSYDT_{who.upper()}_API_KEY（不会写进任何文件或日志）")
+    g.add_argument(f"--{who}_concurrency", type=int, default=8, help="同时发出的请求数")
+    g.add_argument(f"--{who}_timeout", type=float, default=120.0, help="单个请求的超时（秒）")
+    g.add_argument(f"--{who}_retries", type=int, default=5, help="遇到 429 / 5xx / 超时后最多重试几次（指数退避）")
+    g.add_argument(f"--{who}_max_tokens", type=int, default=512 if who == "gen" else 64, help="每次回答最多的 token 数")
+    g.add_argument(f"--{who}_extra_body", default='{"chat_template_kwargs": {"enable_thinking": false}}',
+                   help="原样加进请求体的 JSON（vLLM/SGLang 用它关闭 Qwen3 的思考；托管 API 请设为 '{}'）")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("用 LLM 评审（rubric / 两两比较 / 危机回应检查）评估心理咨询模型；生成与评审都走 OpenAI 兼容接口。")
+    sub = p.add_subparsers(dest="command", required=True, title="命令", metavar="{generate,rubric,pairwise,crisis,report}")
+
+    def command(name, text):
+        c = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter, usage="%(prog)s [选项]",
+                           add_help=False)
+        c._optionals.title = "其他选项"
+        c.add_argument("-h", "--help", action="help", help="显示本帮助并退出")
+        c.add_argument("--out_dir", default="./output/psydt_judge", help="评审结果、缓存和报告所在的文件夹")
+        c.add_argument("--cache", default=None, help="应答缓存（SQLite）；默认 <out_dir>/cache.sqlite")
+        c.add_argument("--no_progress", action="store_true", help="不显示进度条")
+        return c
+
+    c = command("generate", "通过接口为测试集生成回复（LoRA，可选再加基础模型），写成批量测试结果文件")
+    c.add_argument("--eval_set", choices=("psydt", "cpsycoune", "crisis"), default="psydt", help="测试集")
+    c.add_argument("--test_file", default=None, help="psydt：单轮拆分格式的测试文件")
+    c.add_argument("--max_test_items", type=int, default=0, help="psydt：从不同对话中均匀取 N 条；0 = 全部")
+    c.add_argument("--cpsycoune_dir", default=None, help="cpsycoune：本地 CPsyCounE 文件夹；不给时下载到 <out_dir>/CPsyCounE")
+    c.add_argument("--system_prompt", default=None, help="系统提示词（默认：psydt 用每条自带的，其他用推理脚本的默认值）")
+    c.add_argument("--output", default=None, help="结果文件；默认 <out_dir>/<eval_set>.json")
+    c.add_argument("--gen_base_model", default=None, help="同一接口上的基础模型名：每条再生成一次，写进 base_response")
+    c.add_argument("--temperature", type=float, default=0.7, help="采样温度（0 = 贪心）")
+    c.add_argument("--top_p", type=float, default=0.8, help="nucleus 采样阈值")
+    c.add_argument("--seed", type=int, default=None, help="请求里带上的随机种子（vLLM 支持）")
+    add_endpoint(c, "gen", "生成模型")
+
+    c = command("rubric", "给结果文件里每条回复按评分表打分")
+    c.add_argument("--results", action="append", required=True, help="批量测试结果文件（可重复）")
+    c.add_argument("--rubric", default="cpsycoune", help="评分表：cpsycoune、psydt、crisis，或评分表 JSON 文件")
+    c.add_argument("--with_reference", action="store_true", help="把参考回复也给评审模型看")
+    add_endpoint(c, "judge", "评审模型")
+
+    c = command("pairwise", "两两比较：每条按 A/B 和 B/A 两种顺序各问一次，两次一致才算胜负")
+    c.add_argument("--a", required=True, help="结果文件；加 :base 表示其中的 base_response")
+    c.add_argument("--b", default=None, help="另一份结果文件（同上）；不给时用 --a 文件里的 base_response")
+    add_endpoint(c, "judge", "评审模型")
+
+    c = command("crisis", "危机回应检查：回复过滤层的判断 + 危机评分表（基础模型与 LoRA 并排）")
+    c.add_argument("--results", required=True, help="`generate --eval_set crisis` 写出的结果文件")
+    add_endpoint(c, "judge", "评审模型", required=False)
+
+    command("report", "只根据 --out_dir 里已有的评审结果重写报告")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.out_dir)
+    from psydt_lora.files import check_can_write
+
+    check_can_write(out_dir, "--out_dir")
+    run = {"generate": run_generate, "rubric": run_rubric, "pairwise": run_pairwise, "crisis": run_crisis}
+    if args.command in run:
+        run[args.command](args, out_dir)
+    from psydt_lora.evaluation.judge_report import write_report
+
+    md, png = write_report(out_dir)
+    print(f"[报告] {md}" + (f"，图表 {png}" if png else ""))
+    return 0
+
+
+def endpoint(args, who: str, cache, **sampling):
+    from psydt_lora.evaluation.endpoint import Endpoint, EndpointConfig
+
+    try:
+        extra = json.loads(getattr(args, f"{who}_extra_body"))
+    except json.JSONDecodeError as err:
+        raise PsyDTError(f"--{who}_extra_body 不是合法的 JSON：{err}") from None
+    for name in ("concurrency", "max_tokens"):
+        if getattr(args, f"{who}_{name}") <= 0:
+            raise PsyDTError(f"--{who}_{name} 必须是正数。")
+    key = getattr(args, f"{who}_api_key") or os.environ.get(f"PSYDT_{who.upper()}_API_KEY")
+    config = EndpointConfig(getattr(args, f"{who}_url"), getattr(args, f"{who}_model"), key,
+                            concurrency=getattr(args, f"{who}_concurrency"), timeout=getattr(args, f"{who}_timeout"),
+                            retries=getattr(args, f"{who}_retries"), max_tokens=getattr(args, f"{who}_max_tokens"),
+                            extra_body=extra, **sampling)
+    return Endpoint(config, cache)
+
+
+def open_cache(args, out_dir):
+    from psydt_lora.evaluation.endpoint import Cache
+
+    return Cache(args.cache or out_dir / "cache.sqlite")
+
+
+def report_usage(name: str, ep) -> None:
+    print(f"[{name}] {ep.config.model}：{ep.usage.describe()}")
+
+
+def run_generate(args, out_dir) -> None:
+    from psydt_lora.evaluation.remote_test import generate
+    from psydt_lora.infer_cli import DEFAULT_SYSTEM
+
+    items, source = eval_items(args, out_dir)
+    system = args.system_prompt if args.system_prompt is not None else (None if args.eval_set == "psydt" else DEFAULT_SYSTEM)
+    output = Path(args.output or out_dir / f"{args.eval_set}.json")
+    print(f"[生成] {args.eval_set}：{len(items)} 条（来自 {source}）")
+    cache = open_cache(args, out_dir)
+    sampling = {"temperature": args.temperature, "top_p": args.top_p if args.temperature > 0 else None,
+                "seed": args.seed}
+    endpoints = {"response": endpoint(args, "gen", cache, **sampling)}
+    if args.gen_base_model:
+        base = endpoint(args, "gen", cache, **sampling)
+        base.config.model = args.gen_base_model
+        endpoints["base_response"] = base
+    meta = {"eval_set": args.eval_set, "test_file": source, "label": "lora" if args.gen_base_model else args.gen_model,
+            "model": args.gen_base_model, "adapter": args.gen_model if args.gen_base_model else None,
+            "system_prompt": "override" if system else "from each item"}
+    report = generate(items, endpoints, output, meta, system_override=system, progress=not args.no_progress)
+    for field, ep in endpoints.items():
+        report_usage("生成", ep)
+    failed = sum(report["meta"]["failed"].values())
+    print(f"[完成] {len(items)} 条写入 {output}" + (f"；{failed} 条请求失败（重跑同一命令会补上）" if failed else ""))
+
+
+def eval_items(args, out_dir):
+    """(items, where they came from) for --eval_set, checked before any request."""
+    if args.eval_set == "crisis":
+        from psydt_lora.evaluation.crisis import CRISIS_SET, load_set
+
+        return load_set(), str(CRISIS_SET)
+    if args.eval_set == "cpsycoune":
+        from psydt_lora.evaluation import cpsycoune
+
+        folder = Path(args.cpsycoune_dir) if args.cpsycoune_dir else cpsycoune.fetch(out_dir / "CPsyCounE")
+        dialogues = cpsycoune.load_dialogues(folder)
+        items = cpsycoune.turn_items(dialogues)
+        print(f"[CPsyCounE] {len(dialogues)} 段对话，{len(items)} 个逐轮测试条目")
+        return items, str(folder)
+    if not args.test_file:
+        raise PsyDTError("--eval_set psydt 需要 --test_file（PsyDTCorpus 的单轮拆分测试文件）。")
+    from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
+
+    items, _ = read_dialogues(args.test_file)
+    check_format(items, args.test_file, expect_split=True, flag="--test_file")
+    return select_spread(items, args.max_test_items), str(args.test_file)
+
+
+def run_rubric(args, out_dir) -> None:
+    from psydt_lora.evaluation.judge import judge_sides, load_rubric, sides_of, summarize
+
+    rubric = load_rubric(args.rubric)
+    sides = unique_labels([s for path in args.results for s in sides_of(path)])
+    judge = endpoint(args, "judge", open_cache(args, out_dir))
+    verdicts = judge_sides(sides, rubric, judge, args.with_reference, progress=not args.no_progress)
+    summary = summarize(verdicts, rubric)
+    write_judged(out_dir / f"rubric-{rubric.id}.json", judge, verdicts, summary, rubric=rubric_info(rubric),
+                 with_reference=args.with_reference, sources=[s.path for s in sides], sides=[s.label for s in sides],
+                 fields=[s.field for s in sides])
+    report_usage("评审", judge)
+    for side, s in summary.items():
+        print(f"[评审] {side}：解析失败 {sum(s['counts'].values()) - s['counts']['ok']} 条（{s['counts']}）")
+
+
+def run_pairwise(args, out_dir) -> None:
+    from psydt_lora.evaluation.judge import sides_of
+    from psydt_lora.evaluation.pairwise import judge_pairs, load_prompt, summarize
+
+    a = pick_side(args.a)
+    b = pick_side(args.b) if args.b else next((s for s in sides_of(args.a) if s.field == "base_response"), None)
+    if b is None:
+        raise PsyDTError(f"{args.a} 里没有 base_response：请用 --b 指定另一份结果文件。")
+    a, b = unique_labels([a, b])
+    prompt = load_prompt()
+    judge = endpoint(args, "judge", open_cache(args, out_dir))
+    outcomes = judge_pairs(a, b, judge, prompt, progress=not args.no_progress)
+    summary = summarize(outcomes)
+    write_judged(out_dir / f"pairwise-{a.label}-vs-{b.label}.json", judge, outcomes, summary,
+                 a={"label": a.label, "path": a.path, "field": a.field}, b={"label": b.label, "path": b.path, "field": b.field},
+                 prompt={"id": prompt["id"], "version": prompt["version"]})
+    report_usage("评审", judge)
+    c = summary["counts"]
+    print(f"[两两比较] {a.label} 对 {b.label}：胜 {c['win']}，平 {c['tie']}，负 {c['loss']}，无效 {c['invalid']}")
+
+
+def run_crisis(args, out_dir) -> None:
+    from psydt_lora.evaluation.crisis import crisis_only, screen_sides
+    from psydt_lora.evaluation.judge import judge_sides, load_rubric, sides_of, summarize
+    from psydt_lora.safety.rules import Safety
+
+    sides = sides_of(args.results)
+    screen = screen_sides(Safety(), sides)
+    result = {"meta": {"sources": [args.results], "sides": [s.label for s in sides]}, "screen": screen}
+    if args.judge_url:
+        rubric = load_rubric("crisis")
+        judge = endpoint(args, "judge", open_cache(args, out_dir))
+        verdicts = judge_sides(crisis_only(sides), rubric, judge, progress=not args.no_progress)
+        result.update(items=verdicts, summary=summarize(verdicts, rubric))
+        result["meta"].update(judge=judge.config.describe(), usage=vars(judge.usage), rubric=rubric_info(rubric))
+        report_usage("评审", judge)
+    else:
+        print("[危机检查] 没有给 --judge_url：只报告回复过滤层的判断。")
+    from psydt_lora.files import atomic_write_json
+
+    atomic_write_json(out_dir / "crisis.json", result)
+    for side, groups in screen.items():
+        g = groups["crisis"]
+        print(f"[危机检查] {side}：危机对话 {g['items']} 条，来访者一轮被识别 {g['turn_flagged']} 条，回复被拦截 {g['reply_blocked']} 条")
+
+
+def pick_side(spec: str):
+    from psydt_lora.evaluation.judge import sides_of
+
+    path, _, which = spec.rpartition(":")
+    if which not in SIDE_FIELDS or not path:
+        path, which = spec, "response"
+    sides = {s.field: s for s in sides_of(path)}
+    if SIDE_FIELDS[which] not in sides:
+        raise PsyDTError(f"{path} 里没有 {SIDE_FIELDS[which]}。")
+    return sides[SIDE_FIELDS[which]]
+
+
+def unique_labels(sides):
+    """Two sides with the same label (two runs of one model) are told apart by their file names."""
+    from dataclasses import replace
+
+    seen = [s.label for s in sides]
+    return [replace(s, label=f"{s.label}@{Path(s.path).stem}") if seen.count(s.label) > 1 else s for s in sides]
+
+
+def rubric_info(rubric) -> dict:
+    return {"id": rubric.id, "version": rubric.version, "name": rubric.name, "path": rubric.path,
+            "dimensions": [vars(d) for d in rubric.dimensions]}
+
+
+def write_judged(path, judge, items, summary, **meta) -> None:
+    from psydt_lora.files import atomic_write_json
+
+    atomic_write_json(path, {"meta": {**meta, "judge": judge.config.describe(), "usage": vars(judge.usage)},
+                             "items": items, "summary": summary})
+
+
+def cli() -> int:
+    """The `psydt-judge` console command and `python LLM_fine_turning/judge_psydt_lora.py`."""
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,104 @@
+"""A scripted OpenAI-compatible judge: real HTTP on a port the OS picks (port 0, read back), deterministic
+answers decided by what the request says.
+
+The text of the last user message decides: `ANS<...>` anywhere in it -> that literal answer; for pairwise
+prompts the reply holding `WIN` wins in whichever position it stands, and `BIAS` makes the judge always
+say "A". A prompt holding `RATE429` gets a 429 the first time it is seen, `SLOW` a reply that never comes
+within the client's timeout the first time; both succeed afterwards. Every request is recorded."""
+import hashlib
+import json
+import re
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def prompt_key(messages) -> str:
+    return hashlib.sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def decide(text: str) -> str:
+    found = re.findall(r"ANS<(.*?)>", text, re.S)
+    if "【回复 A】" in text:
+        if "BIAS" in text:
+            return "A"
+        a, b = text.split("【回复 A】")[1].split("【回复 B】")
+        return "A" if "WIN" in a and "WIN" not in b else "B" if "WIN" in b and "WIN" not in a else "平"
+    return found[-1] if found else "[0, 0, 0, 0]"
+
+
+class JudgeServer:
+    def __init__(self):
+        self.lock = threading.Condition()
+        self.requests = []  # (prompt key, HTTP status) of every request received
+        self.answered = Counter()  # prompt key -> 200 answers sent
+        self.hold_after = None  # when set: requests beyond this many answers wait for `release`, then get nothing
+        self.release = threading.Event()
+        self.never = threading.Event()
+        self.held = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.handle(self, body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def handle(self, h, body):
+        messages = body["messages"]
+        key, text = prompt_key(messages), messages[-1]["content"]
+        with self.lock:
+            seen = sum(1 for k, _ in self.requests if k == key)
+            status = 429 if "RATE429" in text and seen == 0 else 200
+            slow = "SLOW" in text and seen == 0
+            hold = self.hold_after is not None and sum(self.answered.values()) >= self.hold_after
+            self.requests.append((key, status))
+            if hold:
+                self.held += 1
+                self.lock.notify_all()
+        if hold:
+            self.release.wait(60)
+            return  # the connection closes with no answer: the client was killed meanwhile
+        if slow:
+            self.never.wait(3)  # longer than the tests' client timeout; no answer is sent
+            return
+        if status == 429:
+            return self.send(h, 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"retry-after-ms": "10"})
+        answer = decide(text)
+        with self.lock:
+            self.answered[key] += 1
+            self.lock.notify_all()
+        self.send(h, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": answer}}],
+                           "usage": {"prompt_tokens": len(text), "completion_tokens": len(answer),
+                                     "total_tokens": len(text) + len(answer)}})
+
+    @staticmethod
+    def send(h, status, obj, headers=None):
+        data = json.dumps(obj, ensure_ascii=False).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def wait_for(self, predicate, timeout=60):
+        with self.lock:
+            assert self.lock.wait_for(predicate, timeout), "the scripted judge did not get there in time"
+
+    def stop(self):
+        self.release.set()
+        self.never.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
