@@ -242,7 +242,7 @@ def test_questions_are_independent_conversations(tiny_model_dir, memorised_adapt
 
 
 def test_interrupted_test_run_resumes_and_writes_every_item_once(loaded, data_files, tmp_path):
-    from psydt_lora.evaluation.batch_test import run_test
+    from psydt_lora.evaluation.batch_test import BatchRun, run_test
     from psydt_lora.data.dialogues import read_dialogues
 
     model, tok, _, _ = loaded
@@ -255,11 +255,10 @@ def test_interrupted_test_run_resumes_and_writes_every_item_once(loaded, data_fi
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_test(model, tok, items, GREEDY, output_file=out, batch_size=1, context_limit=4096, meta=meta,
-                 progress=False, after_batch=crash)
+        run_test(model, tok, items, GREEDY, BatchRun(out, 1, 4096, meta, progress=False, after_batch=crash))
     assert not out.exists()  # no final file until complete
     assert len((tmp_path / "r.json.partial.jsonl").read_text("utf-8").splitlines()) == 2  # header + one item
-    rep = run_test(model, tok, items, GREEDY, output_file=out, batch_size=1, context_limit=4096, meta=meta, progress=False)
+    rep = run_test(model, tok, items, GREEDY, BatchRun(out, 1, 4096, meta, progress=False))
     assert rep["meta"]["generated_this_run"] == 3
     assert sorted(r["index"] for r in rep["results"]) == [0, 1, 2, 3]
     assert all(r["response"] == r["reference"] for r in rep["results"])

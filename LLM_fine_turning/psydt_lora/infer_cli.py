@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -249,8 +250,8 @@ def main(argv=None) -> int:
     if args.save_merged:
         from psydt_lora.export.run import run_export
 
-        return run_export(args, loaded[0], loaded[1], loaded[2], system, settings)
-    print(startup_summary(args, loaded[0], loaded[3], adapter, where, settings, loaded[4]))
+        return run_export(args, loaded.model, loaded.tokenizer, loaded.info, system, settings)
+    print(startup_summary(args, loaded.model, loaded.device, adapter, where, settings, loaded.context_limit))
     add_guard(args, safety, loaded)
     if safety is None:
         print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
@@ -271,12 +272,12 @@ def add_guard(args, safety, loaded) -> None:
 
 
 def guard_for(args, loaded):
-    """The GuardChoice of --safety_model, on the device inference uses; `loaded` (model, tokenizer, info,
-    device, limit) is what `base` and the fallback need, None when no model is loaded here."""
+    """The GuardChoice of --safety_model, on the device inference uses; `loaded` is what `base` and the
+    fallback need, None when no model is loaded here."""
     from psydt_lora.safety.guard import load_guard
     from psydt_lora.models import pick_device
 
-    model, tokenizer, device = (loaded[0], loaded[1], loaded[3]) if loaded else (None, None, pick_device(args.device))
+    model, tokenizer, device = (loaded.model, loaded.tokenizer, loaded.device) if loaded else (None, None, pick_device(args.device))
     return load_guard(args.safety_model, args.hub, model, tokenizer, device)
 
 
@@ -311,8 +312,18 @@ def run_safety_eval(args) -> int:
     return 0
 
 
-def load(args, adapter):
-    """(model, tokenizer, run info, device, context limit), with a note when thinking differs from training."""
+@dataclass
+class Loaded:
+    """What `load` gives the modes."""
+    model: object
+    tokenizer: object
+    info: dict  # the adapter's run info
+    device: str
+    context_limit: int
+
+
+def load(args, adapter) -> Loaded:
+    """The model ready for inference, with a note when thinking differs from training."""
     from psydt_lora.inference.generation import context_limit
     from psydt_lora.models import load_for_inference
 
@@ -322,7 +333,7 @@ def load(args, adapter):
     fmt = info.get("prompt_format", {})
     if fmt and fmt.get("enable_thinking", False) != args.enable_thinking:
         print(f"[提示] adapter 训练时 enable_thinking={fmt.get('enable_thinking')}，现在是 {args.enable_thinking}。")
-    return model, tokenizer, info, device, context_limit(model, args.max_context)
+    return Loaded(model, tokenizer, info, device, context_limit(model, args.max_context))
 
 
 def run_chat(args, loaded, safety, settings, system, adapter) -> int:
@@ -331,23 +342,22 @@ def run_chat(args, loaded, safety, settings, system, adapter) -> int:
     from psydt_lora.inference.chat import DISCLAIMER, Chat
     from psydt_lora.safety.resources import format_resources
 
-    model, tokenizer, _, _, limit = loaded
     print(DISCLAIMER)
     if safety is not None:
         print(f"{format_resources(safety.resources)}\n（求助资源来自：{safety.source}）")
     print("输入 /help 查看命令。")
     set_seed(args.seed)
-    chat = Chat(model, tokenizer, settings, system=system, history_turns=args.history_turns, context_limit=limit,
+    chat = Chat(loaded.model, loaded.tokenizer, settings, system=system, history_turns=args.history_turns,
+                context_limit=loaded.context_limit,
                 can_compare=adapter is not None and not args.merge_lora, safety=safety)
     chat.loop()
     return 0
 
 
 def run_batch_test(args, loaded, safety, settings, items, source, adapter) -> int:
-    from psydt_lora.evaluation.batch_test import run_test
+    from psydt_lora.evaluation.batch_test import BatchRun, run_test
     from psydt_lora.evaluation.report import summary_lines
 
-    model, tokenizer, _, device, limit = loaded
     meta = {
         "model": str(args.model_path),
         "adapter": None if adapter is None else str(adapter),
@@ -357,13 +367,13 @@ def run_batch_test(args, loaded, safety, settings, items, source, adapter) -> in
         "system_prompt": "questions_file" if args.questions_file else ("override" if args.system_prompt is not None else "from each item"),
         "seed": args.seed,
         "safety": "off" if safety is None else f"on（资源：{safety.source}）",
-        "device": device,
+        "device": loaded.device,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     override = args.system_prompt if not args.questions_file else None
-    report = run_test(model, tokenizer, items, settings, output_file=args.test_output_file, batch_size=args.batch_size,
-                      context_limit=limit, meta=meta, system_override=override, safety=safety,
-                      compare_base=args.compare_base, loss_curve=_loss_curve(adapter))
+    run = BatchRun(args.test_output_file, args.batch_size, loaded.context_limit, meta, system_override=override,
+                   compare_base=args.compare_base, loss_curve=_loss_curve(adapter))
+    report = run_test(loaded.model, loaded.tokenizer, items, settings, run, safety=safety)
     m = report["meta"]
     if safety is not None:
         sm = m["safety"]
@@ -399,8 +409,8 @@ def run_serve(args, loaded, safety, settings, system, adapter) -> int:
             print("[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。")
     else:
         # a guard on this same model (--safety_model base) switches the adapter off: never during a generation
-        lock = safety.guard.lock if safety is not None and getattr(safety.guard, "model", None) is loaded[0] else None
-        backend = serving.HFBackend(loaded[0], loaded[1], loaded[4], lock=lock)
+        lock = safety.guard.lock if safety is not None and getattr(safety.guard, "model", None) is loaded.model else None
+        backend = serving.HFBackend(loaded.model, loaded.tokenizer, loaded.context_limit, lock=lock)
     if args.host not in serving.LOCAL_HOSTS and not key:
         print(f"[警告] 服务监听 {args.host}，局域网/公网上的任何人都能访问，而且没有设置 API key（--api_key 或环境变量 PSYDT_API_KEY）。")
 

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("generate", "通过接口为测试集生成回复（LoRA，可选再加基础模型），写成批量测试结果文件")
     c.add_argument("--eval_set", choices=("psydt", "cpsycoune", "crisis"), default="psydt", help="测试集")
     c.add_argument("--test_file", default=None, help="psydt：单轮拆分格式的测试文件")
-    c.add_argument("--max_test_items", type=int, default=0, help="psydt：从不同对话中均匀取 N 条；0 = 全部")
+    c.add_argument("--max_test_items", type=int, default=0, help="从不同对话中均匀取 N 条；0 = 全部")
     c.add_argument("--cpsycoune_dir", default=None, help="cpsycoune：本地 CPsyCounE 文件夹；不给时下载到 <out_dir>/CPsyCounE")
     c.add_argument("--system_prompt", default=None, help="系统提示词（默认：psydt 用每条自带的，其他用推理脚本的默认值）")
     c.add_argument("--output", default=None, help="结果文件；默认 <out_dir>/<eval_set>.json")
@@ -156,26 +156,28 @@ def run_generate(args, out_dir) -> None:
 
 
 def eval_items(args, out_dir):
-    """(items, where they came from) for --eval_set, checked before any request."""
+    """(items, where they came from) for --eval_set, checked before any request; --max_test_items spreads
+    the pick over as many dialogues as possible."""
+    from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
+
     if args.eval_set == "crisis":
         from psydt_lora.evaluation.crisis import CRISIS_SET, load_set
 
-        return load_set(), str(CRISIS_SET)
-    if args.eval_set == "cpsycoune":
+        items, source = load_set(), str(CRISIS_SET)
+    elif args.eval_set == "cpsycoune":
         from psydt_lora.evaluation import cpsycoune
 
         folder = Path(args.cpsycoune_dir) if args.cpsycoune_dir else cpsycoune.fetch(out_dir / "CPsyCounE")
         dialogues = cpsycoune.load_dialogues(folder)
-        items = cpsycoune.turn_items(dialogues)
+        items, source = cpsycoune.turn_items(dialogues), str(folder)
         print(f"[CPsyCounE] {len(dialogues)} 段对话，{len(items)} 个逐轮测试条目")
-        return items, str(folder)
-    if not args.test_file:
-        raise PsyDTError("--eval_set psydt 需要 --test_file（PsyDTCorpus 的单轮拆分测试文件）。")
-    from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
-
-    items, _ = read_dialogues(args.test_file)
-    check_format(items, args.test_file, expect_split=True, flag="--test_file")
-    return select_spread(items, args.max_test_items), str(args.test_file)
+    else:
+        if not args.test_file:
+            raise PsyDTError("--eval_set psydt 需要 --test_file（PsyDTCorpus 的单轮拆分测试文件）。")
+        items, _ = read_dialogues(args.test_file)
+        check_format(items, args.test_file, expect_split=True, flag="--test_file")
+        source = str(args.test_file)
+    return select_spread(items, args.max_test_items), source
 
 
 def run_rubric(args, out_dir) -> None:

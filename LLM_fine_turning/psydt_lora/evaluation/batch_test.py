@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -88,23 +90,41 @@ def _load_partial(path: Path, fingerprint: str) -> dict:
     return done
 
 
-def run_test(model, tokenizer, items, settings, *, output_file, batch_size, context_limit, meta,
-             system_override=None, safety=None, progress=True, after_batch=None, compare_base=False,
-             loss_curve=None):
-    """Generate for `items` (and, with `compare_base`, again with the adapter disabled); score against
-    the references when there are any. Returns the report dict, also written to `output_file`
+@dataclass
+class BatchRun:
+    """How and where one batch test runs: everything `run_test` needs besides the model, the items, the
+    generation settings and the safety layer."""
+    output_file: Path
+    batch_size: int
+    context_limit: int
+    meta: dict
+    system_override: str | None = None
+    compare_base: bool = False  # generate again with the adapter disabled
+    loss_curve: Path | None = None  # the training loss curve, linked from the report
+    progress: bool = True
+    after_batch: Callable[[int], None] | None = None  # called with the number of finished items
+
+    def __post_init__(self):
+        self.output_file = Path(self.output_file)
+
+    @property
+    def partial(self) -> Path:
+        return self.output_file.with_name(self.output_file.name + ".partial.jsonl")
+
+
+def run_test(model, tokenizer, items, settings, run: BatchRun, safety=None):
+    """Generate for `items` (and, with `run.compare_base`, again with the adapter disabled); score against
+    the references when there are any. Returns the report dict, also written to `run.output_file`
     (plus a Markdown report and a PNG chart beside it when scored)."""
     from transformers import set_seed
 
-    output_file = Path(output_file)
-    partial = output_file.with_name(output_file.name + ".partial.jsonl")
-    done = _resume(partial, _fingerprint({**meta, "system_override": system_override, "compare_base": compare_base},
-                                         items), len(items))
-    todo = _plan(items, done, tokenizer, settings, context_limit, system_override)
+    meta = run.meta
+    done = _resume(run.partial, _fingerprint({**meta, "system_override": run.system_override,
+                                              "compare_base": run.compare_base}, items), len(items))
+    todo = _plan(items, done, tokenizer, settings, run)
     set_seed(meta.get("seed", 42))
     started = time.time()
-    new_tokens = _generate_all(model, tokenizer, todo, settings, batch_size, partial, done, safety, compare_base,
-                               progress, after_batch)
+    new_tokens = _generate_all(model, tokenizer, todo, settings, run, done, safety)
     elapsed = time.time() - started
     results = [done[p] for p in range(len(items))]
     for r in results:
@@ -119,7 +139,7 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
         "tokens_per_second": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
         "generation": settings.as_dict(),
         "hit_max_new_tokens": sum(1 for r in results if r.get("hit_max_new_tokens")),
-        "batch_size": batch_size,
+        "batch_size": run.batch_size,
     }, "results": results}
     if safety is not None:
         from psydt_lora.safety.evaluation import batch_summary
@@ -127,14 +147,13 @@ def run_test(model, tokenizer, items, settings, *, output_file, batch_size, cont
         report["meta"]["safety"] = batch_summary(results, safety.guard)
     scored = any(r.get("reference") is not None for r in results)
     if scored:
-        report["metrics"] = evaluate(model, tokenizer, items, results, system_override, context_limit,
-                                     batch_size, compare_base, "lora" if meta.get("adapter") else "base")
-    atomic_write_json(output_file, report)
-    partial.unlink(missing_ok=True)
+        report["metrics"] = evaluate(model, tokenizer, items, results, run, "lora" if meta.get("adapter") else "base")
+    atomic_write_json(run.output_file, report)
+    run.partial.unlink(missing_ok=True)
     if scored:
         from psydt_lora.evaluation.report import write_report
 
-        md, png = write_report(report, output_file, loss_curve=loss_curve)
+        md, png = write_report(report, run.output_file, loss_curve=run.loss_curve)
         print(f"[评估] 报告 {md}，图表 {png}")
     return report
 
@@ -150,51 +169,50 @@ def _resume(partial: Path, fingerprint: str, total: int) -> dict:
     return done
 
 
-def _plan(items, done, tokenizer, settings, context_limit, system_override) -> list:
+def _plan(items, done, tokenizer, settings, run: BatchRun) -> list:
     """(position, item, messages, reference, context ids, dropped rounds) for what is left, longest first:
     similar lengths share a batch (less padding), and memory trouble shows up at once."""
     todo = []
     for pos, item in enumerate(items):
         if pos in done:
             continue
-        msgs, reference = _context_messages(item, system_override)
+        msgs, reference = _context_messages(item, run.system_override)
         if not msgs or msgs[-1]["role"] != "user":
             raise PsyDTError(f"测试条目 {item.index}（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
-        ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, context_limit, settings.enable_thinking)
+        ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, run.context_limit, settings.enable_thinking)
         todo.append((pos, item, msgs, reference, ids, dropped))
     return sorted(todo, key=lambda t: -len(t[4]))
 
 
-def _generate_all(model, tokenizer, todo, settings, batch_size, partial, done, safety, compare_base, progress,
-                  after_batch) -> int:
+def _generate_all(model, tokenizer, todo, settings, run: BatchRun, done, safety) -> int:
     """Generate batch by batch, appending each finished batch to the partial file; returns new tokens."""
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = [todo[i:i + run.batch_size] for i in range(0, len(todo), run.batch_size)]
     bar = None
-    if progress and batches:
+    if run.progress and batches:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="批量测试", unit="条")
     new_tokens = 0
-    with open(partial, "a", encoding="utf-8") as sink:
+    with open(run.partial, "a", encoding="utf-8") as sink:
         for batch in batches:
             contexts = [t[4] for t in batch]
             texts, counts = generate_batch(model, tokenizer, contexts, settings)
             new_tokens += sum(counts)
             base_texts = [None] * len(batch)
-            if compare_base:  # the same model with the LoRA layers switched off: loaded once
+            if run.compare_base:  # the same model with the LoRA layers switched off: loaded once
                 with model.disable_adapter():
                     base_texts, base_counts = generate_batch(model, tokenizer, contexts, settings)
                 new_tokens += sum(base_counts)
             for planned, text, n, base_text in zip(batch, texts, counts, base_texts):
-                entry = _entry(planned, text, n, base_text, settings, safety, compare_base)
+                entry = _entry(planned, text, n, base_text, settings, safety, run.compare_base)
                 sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 done[entry["position"]] = entry
             sink.flush()
             os.fsync(sink.fileno())
             if bar is not None:
                 bar.update(len(batch))
-            if after_batch is not None:
-                after_batch(len(done))
+            if run.after_batch is not None:
+                run.after_batch(len(done))
     if bar is not None:
         bar.close()
     return new_tokens
@@ -214,6 +232,7 @@ def _entry(planned, text, n, base_text, settings, safety, compare_base) -> dict:
         "response_tokens": n,
         "hit_max_new_tokens": n >= settings.max_new_tokens,
         "history_tail": [m for m in msgs if m["role"] != "system"][-3:],
+        "context": [m for m in msgs if m["role"] != "system"],  # the real history, for the LLM judge
         "response": text,
         "reference": reference,
     }
@@ -227,21 +246,22 @@ def _entry(planned, text, n, base_text, settings, safety, compare_base) -> dict:
     return entry
 
 
-def evaluate(model, tokenizer, items, results, system_override, context_limit, batch_size, compare_base, name):
+def evaluate(model, tokenizer, items, results, run: BatchRun, name):
     """Reference-based metrics and reference perplexity, per model, overall and per normalizedTag."""
     from psydt_lora.evaluation.metrics import LABELS, by_tag, item_scores, reference_losses, summarize
 
     print("[评估] 计算指标与参考回复困惑度 ...", flush=True)
     contexts = []
     for item in items:
-        msgs, reference = _context_messages(item, system_override)
+        msgs, reference = _context_messages(item, run.system_override)
         if reference is not None:
             contexts.append(Dialogue(item.index, item.id, item.tag, msgs + [{"role": "assistant", "content": reference}]))
-    losses = reference_losses(model, tokenizer, contexts, context_limit, batch_size)
+    losses = reference_losses(model, tokenizer, contexts, run.context_limit, run.batch_size)
     base_losses = {}
+    compare_base = run.compare_base
     if compare_base:
         with model.disable_adapter():
-            base_losses = reference_losses(model, tokenizer, contexts, context_limit, batch_size)
+            base_losses = reference_losses(model, tokenizer, contexts, run.context_limit, run.batch_size)
     entries = []
     for r in results:
         if r.get("reference") is None:

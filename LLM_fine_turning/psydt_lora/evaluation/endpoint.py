@@ -188,10 +188,13 @@ class Endpoint:
             results[i] = self.ask(*jobs[i])
             bar.update(1)
 
-        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
+        try:
             for future in [pool.submit(one, i) for i in range(len(jobs))]:
                 future.result()  # a PsyDTError (bad key, unknown model) stops the run here
-        bar.close()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
         self.usage.seconds += time.time() - started
         return results
 

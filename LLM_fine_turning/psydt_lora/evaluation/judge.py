@@ -16,6 +16,7 @@ from pathlib import Path
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import read_json
 from psydt_lora.prompt import strip_think
+from psydt_lora.evaluation.endpoint import Answer
 from psydt_lora.evaluation.stats import mean_ci
 
 RUBRICS = Path(__file__).resolve().parent / "rubrics"
@@ -162,21 +163,29 @@ def item_key(r: dict) -> str:
 
 # -- judging ---------------------------------------------------------------------------------------
 def judge_sides(sides: list[Side], rubric: Rubric, endpoint, with_reference: bool = False, progress=True) -> list[dict]:
-    """One verdict per (side, item), in order; the raw answer kept in each."""
-    jobs, where = [], []
+    """One verdict per (side, item), in order; the raw answer kept in each. An item whose reply is missing
+    (its generation failed) is a failed verdict without asking."""
+    jobs = []
     for side in sides:
         for r in side.results:
+            if r.get(side.field) is None:  # generation failed for this item: nothing to judge
+                continue
             reference = r.get("reference") if with_reference else None
-            jobs.append((rubric.purpose, rubric.messages(history(r), r.get(side.field) or "", reference)))
-            where.append((side, r))
-    answers = endpoint.ask_all(jobs, desc=f"评分（{rubric.name}）", progress=progress)
+            jobs.append((rubric.purpose, rubric.messages(history(r), r[side.field], reference)))
+    answers = iter(endpoint.ask_all(jobs, desc=f"评分（{rubric.name}）", progress=progress))
     verdicts = []
-    for (side, r), answer in zip(where, answers):
-        status, scores = ("failed", None) if answer.error else rubric.parse(answer.text, answer.finish_reason)
-        verdicts.append({"side": side.label, "key": item_key(r), "dialogue": str(r.get("id")),
-                         "topic": r.get("normalizedTag") or "（无标签）", "status": status, "scores": scores,
-                         "raw": answer.text, "finish_reason": answer.finish_reason, "error": answer.error})
+    for side in sides:
+        for r in side.results:
+            answer = next(answers) if r.get(side.field) is not None else Answer(None, error="no reply to judge")
+            verdicts.append(_verdict(side, r, answer, rubric))
     return verdicts
+
+
+def _verdict(side: Side, r: dict, answer, rubric: Rubric) -> dict:
+    status, scores = ("failed", None) if answer.error else rubric.parse(answer.text, answer.finish_reason)
+    return {"side": side.label, "key": item_key(r), "dialogue": str(r.get("id")),
+            "topic": r.get("normalizedTag") or "（无标签）", "status": status, "scores": scores,
+            "raw": answer.text, "finish_reason": answer.finish_reason, "error": answer.error}
 
 
 def summarize(verdicts: list[dict], rubric: Rubric) -> dict:

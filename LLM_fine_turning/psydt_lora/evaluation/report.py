@@ -88,7 +88,7 @@ def plot_metrics(summaries: dict, path: Path) -> None:
                              gridspec_kw={"width_ratios": [4, 1]} if with_ppl else None)
     ax = axes[0][0]
     width = 0.8 / max(len(models), 1)
-    top = max([summaries[m][k] for m in models for k in keys] + [1e-6])
+    top = max((summaries[m][k] for m in models for k in keys), default=0.0)
     for i, m in enumerate(models):
         xs = [j + i * width for j in range(len(keys))]
         bars = ax.bar(xs, [summaries[m][k] for k in keys], width=width, label=SHORT_NAMES.get(m, m))
@@ -96,7 +96,7 @@ def plot_metrics(summaries: dict, path: Path) -> None:
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(keys))])
     ax.set_xticklabels(keys)
     ax.set_ylabel("score (0-100 scale)")
-    ax.set_ylim(0, top * 1.2)
+    ax.set_ylim(0, max(top * 1.2, 1.0))  # all-zero scores (a broken model) still get a readable 0-1 axis
     ax.set_title("PsyDTCorpus test: " + " vs ".join(SHORT_NAMES.get(m, m) for m in models), fontsize=9)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
@@ -105,7 +105,7 @@ def plot_metrics(summaries: dict, path: Path) -> None:
         bars = bx.bar([SHORT_NAMES.get(m, m) for m in models], [summaries[m]["ppl"] for m in models],
                       color=[f"C{i}" for i in range(len(models))])
         bx.bar_label(bars, fmt="%.2f", fontsize=7)
-        bx.set_title("reference ppl (lower is better)", fontsize=9)
+        bx.set_title("reference ppl\n(lower is better)", fontsize=9)  # one line is wider than the narrow panel
         bx.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
