@@ -344,3 +344,23 @@ def test_crisis_check_screens_and_judges_base_and_lora_side_by_side(tmp_path, ju
     assert s["base"]["overall"]["no_method_detail"]["mean"] == 0
     report = (out / "report.md").read_text("utf-8")
     assert "## 危机回应检查" in report and "| 危机对话：回复会被拦截 | 0 | 2 |" in report
+
+
+def test_report_ranks_rubric_against_overlap_and_shows_the_widest_gaps(tmp_path, judge):
+    ref = "我能感受到你现在非常焦虑和疲惫，我们可以一起慢慢梳理最让你担心的那几件事情，好吗？"
+    # LoRA replies share a growing prefix of the reference and get growing rubric totals (1, 4, 7, 9): both
+    # orders agree item by item, so Spearman's rho is +1 for every overlap metric; base replies share nothing
+    # and all score 0 (constant: no rho), so both the rubric and the overlap metrics rank LoRA first
+    verdicts = ["[0, 0, 0, 1]", "[1, 1, 1, 1]", "[2, 2, 2, 1]", "[2, 3, 3, 1]"]
+    items = [result(f"g{i}", f"{ref[:6 + 9 * i]} ANS<{v}>", f"天气不错 ANS<[0, 0, 0, 0]>", index=i, reference=ref)
+             for i, v in enumerate(verdicts)]
+    results = write_results(tmp_path / "res.json", items, adapter="lora_adapter")
+    out = tmp_path / "o"
+    assert judge_psydt_lora.main(["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(judge)]) == 0
+    report = (out / "report.md").read_text("utf-8")
+    assert "| lora | 4 | +1.00 | +1.00 | +1.00 |" in report
+    assert "| base | 4 | — | — | — |" in report  # constant scores have no rank correlation
+    assert "模型排名：评分 lora > base；chrF lora > base（一致）" in report
+    gaps = report.split("评分相差最大的条目")[1]
+    assert gaps.index("条目 3|g3") < gaps.index("条目 2|g2") < gaps.index("条目 1|g1")  # 9, 7, 4 points apart
+    assert "lora 9 分，base 0 分" in gaps and "天气不错" in gaps
