@@ -332,7 +332,7 @@ def test_crisis_check_screens_and_judges_base_and_lora_side_by_side(tmp_path, ju
     path = write_results(tmp_path / "crisis_res.json", results, adapter="lora_adapter")
     out = tmp_path / "o"
     assert judge_psydt_lora.main(["crisis", "--results", str(path), "--out_dir", str(out), *judge_flags(judge)]) == 0
-    data = json.loads((out / "crisis.json").read_text("utf-8"))
+    data = json.loads((out / "crisis-check.json").read_text("utf-8"))
     screen = data["screen"]
     assert screen["base"]["crisis"]["reply_blocked"] == 2 and screen["lora"]["crisis"]["reply_blocked"] == 0
     assert screen["lora"]["crisis"]["items"] == 2 and screen["lora"]["ordinary"]["items"] == 2

@@ -55,7 +55,7 @@ def test_the_whole_pipeline_on_our_own_server(own_server, data_files, tmp_path, 
     assert bad + sum(c["ok"] for c in counts.values()) == 8 and bad > 0
     pair = json.loads((out / "pairwise-lora-vs-base.json").read_text("utf-8"))
     assert sum(pair["summary"]["counts"].values()) == 4
-    crisis = json.loads((out / "crisis.json").read_text("utf-8"))
+    crisis = json.loads((out / "crisis-check.json").read_text("utf-8"))
     assert crisis["screen"]["psydt"]["crisis"]["items"] + crisis["screen"]["psydt"]["ordinary"]["items"] == 6
     report = (out / "report.md").read_text("utf-8")
     assert f"| 无法解析 | {counts['lora']['unparseable']} | {counts['base']['unparseable']} |" in report

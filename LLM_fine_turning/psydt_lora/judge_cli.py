@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cpsycoune_dir", default=None, help="cpsycoune：本地 CPsyCounE 文件夹；不给时下载到 <out_dir>/CPsyCounE")
     c.add_argument("--system_prompt", default=None, help="系统提示词（默认：psydt 用每条自带的，其他用推理脚本的默认值）")
     c.add_argument("--output", default=None, help="结果文件；默认 <out_dir>/<eval_set>.json")
-    c.add_argument("--gen_base_model", default=None, help="同一接口上的基础模型名：每条再生成一次，写进 base_response")
+    c.add_argument("--gen_base_model", default=None, help="基础模型名：每条再生成一次，写进 base_response")
+    c.add_argument("--gen_base_url", default=None, help="基础模型在另一个接口上时的地址（默认同 --gen_url）")
     c.add_argument("--temperature", type=float, default=0.7, help="采样温度（0 = 贪心）")
     c.add_argument("--top_p", type=float, default=0.8, help="nucleus 采样阈值")
     c.add_argument("--seed", type=int, default=None, help="请求里带上的随机种子（vLLM 支持）")
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def endpoint(args, who: str, cache, **sampling):
+def endpoint(args, who: str, cache, url=None, model=None, **sampling):
     from psydt_lora.evaluation.endpoint import Endpoint, EndpointConfig
 
     try:
@@ -112,7 +113,7 @@ def endpoint(args, who: str, cache, **sampling):
         if getattr(args, f"{who}_{name}") <= 0:
             raise PsyDTError(f"--{who}_{name} 必须是正数。")
     key = getattr(args, f"{who}_api_key") or os.environ.get(f"PSYDT_{who.upper()}_API_KEY")
-    config = EndpointConfig(getattr(args, f"{who}_url"), getattr(args, f"{who}_model"), key,
+    config = EndpointConfig(url or getattr(args, f"{who}_url"), model or getattr(args, f"{who}_model"), key,
                             concurrency=getattr(args, f"{who}_concurrency"), timeout=getattr(args, f"{who}_timeout"),
                             retries=getattr(args, f"{who}_retries"), max_tokens=getattr(args, f"{who}_max_tokens"),
                             extra_body=extra, **sampling)
@@ -142,14 +143,13 @@ def run_generate(args, out_dir) -> None:
                 "seed": args.seed}
     endpoints = {"response": endpoint(args, "gen", cache, **sampling)}
     if args.gen_base_model:
-        base = endpoint(args, "gen", cache, **sampling)
-        base.config.model = args.gen_base_model
-        endpoints["base_response"] = base
+        endpoints["base_response"] = endpoint(args, "gen", cache, url=args.gen_base_url, model=args.gen_base_model,
+                                              **sampling)
     meta = {"eval_set": args.eval_set, "test_file": source, "label": "lora" if args.gen_base_model else args.gen_model,
             "model": args.gen_base_model, "adapter": args.gen_model if args.gen_base_model else None,
             "system_prompt": "override" if system else "from each item"}
     report = generate(items, endpoints, output, meta, system_override=system, progress=not args.no_progress)
-    for field, ep in endpoints.items():
+    for ep in endpoints.values():
         report_usage("生成", ep)
     failed = sum(report["meta"]["failed"].values())
     print(f"[完成] {len(items)} 条写入 {output}" + (f"；{failed} 条请求失败（重跑同一命令会补上）" if failed else ""))
@@ -236,7 +236,7 @@ def run_crisis(args, out_dir) -> None:
         print("[危机检查] 没有给 --judge_url：只报告回复过滤层的判断。")
     from psydt_lora.files import atomic_write_json
 
-    atomic_write_json(out_dir / "crisis.json", result)
+    atomic_write_json(out_dir / "crisis-check.json", result)
     for side, groups in screen.items():
         g = groups["crisis"]
         print(f"[危机检查] {side}：危机对话 {g['items']} 条，来访者一轮被识别 {g['turn_flagged']} 条，回复被拦截 {g['reply_blocked']} 条")

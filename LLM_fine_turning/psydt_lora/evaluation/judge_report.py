@@ -197,7 +197,7 @@ def write_report(out_dir) -> tuple[Path, Path | None]:
     out_dir = Path(out_dir)
     rubrics = [read_json(p, "评审结果") for p in sorted(out_dir.glob("rubric-*.json"))]
     pairwise = [read_json(p, "评审结果") for p in sorted(out_dir.glob("pairwise-*.json"))]
-    crisis = out_dir / "crisis.json"
+    crisis = out_dir / "crisis-check.json"
     png = out_dir / "report.png"
     lines = ["# LLM 评审报告", "", "评审模型的打分不是专业督导的结论：它用来比较（微调前后、不同设置），结论请结合人工阅读。", ""]
     if plot(rubrics, png):
