@@ -132,7 +132,7 @@ def report_usage(name: str, ep) -> None:
 
 def run_generate(args, out_dir) -> None:
     from psydt_lora.evaluation.remote_test import generate
-    from psydt_lora.infer_cli import DEFAULT_SYSTEM
+    from psydt_lora.prompt import DEFAULT_SYSTEM
 
     items, source = eval_items(args, out_dir)
     system = args.system_prompt if args.system_prompt is not None else (None if args.eval_set == "psydt" else DEFAULT_SYSTEM)

@@ -6,21 +6,18 @@ Read from a local folder laid out as published (<topic>/<n>.json, each a JSON li
 "求助者：..." / "支持者：..."), or fetched once from the public repository into a local cache folder.
 """
 import json
-import re
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from psydt_lora.data.dialogues import Dialogue
 from psydt_lora.errors import PsyDTError
-from psydt_lora.files import atomic_write_bytes, read_json
+from psydt_lora.files import atomic_write_bytes
 
 TOPICS = ("Career", "Education", "Emotion&Stress", "Family Relationship", "Love&Marriage", "Mental Disease",
           "Self-growth", "Sex", "Social Relationship")
 CASES = 5
 SOURCE = "https://raw.githubusercontent.com/CAS-SIAT-XinHai/CPsyCoun/main/CPsyCounE/"
-SPEAKERS = {"求助者": "user", "支持者": "assistant"}
-_LINE = re.compile(r"\s*(求助者|支持者)\s*[:：](.*)", re.S)
 
 
 def _download(url: str) -> bytes:
@@ -46,30 +43,16 @@ def fetch(cache_dir) -> Path:
     return cache_dir
 
 
-def read_dialogue(path: Path) -> list[dict]:
-    """One file as messages; a string without a known speaker prefix is an error naming file and position."""
-    data = read_json(path, "CPsyCounE 文件")
-    if not isinstance(data, list):
-        raise PsyDTError(f"CPsyCounE 文件 {path} 应是字符串列表。")
-    messages = []
-    for i, line in enumerate(data):
-        match = _LINE.match(line) if isinstance(line, str) else None
-        if match is None:
-            raise PsyDTError(f"CPsyCounE 文件 {path} 第 {i} 句应以“求助者：”或“支持者：”开头。")
-        messages.append({"role": SPEAKERS[match.group(1)], "content": match.group(2).strip()})
-    return messages
-
-
 def load_dialogues(folder) -> dict[str, list[dict]]:
-    """{"<topic>/<n>": messages} for every <topic>/<n>.json under `folder`, topics in the published order."""
+    """{"<topic>/<n>": messages} for every <topic>/<n>.json under `folder`, read by the project's one
+    CPsyCounE reader (data.formats), which names the file and the sentence of anything malformed."""
+    from psydt_lora.data.formats import read_source
+
     folder = Path(folder)
     if not folder.is_dir():
         raise PsyDTError(f"CPsyCounE 文件夹 {folder} 不存在。")
-    files = sorted(folder.glob("*/*.json"), key=lambda p: (TOPICS.index(p.parent.name) if p.parent.name in TOPICS
-                                                          else len(TOPICS), p.parent.name, int(p.stem) if p.stem.isdigit() else 0))
-    if not files:
-        raise PsyDTError(f"CPsyCounE 文件夹 {folder} 里没有 <主题>/<编号>.json 文件。")
-    return {f"{p.parent.name}/{p.stem}": read_dialogue(p) for p in files}
+    source = read_source(folder, "cpsycoune")
+    return {str(Path(d.id).with_suffix("").as_posix()): d.messages for d in source.dialogues}
 
 
 def turn_items(dialogues: dict, system: str | None = None) -> list[Dialogue]:
