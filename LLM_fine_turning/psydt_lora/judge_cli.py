@@ -220,7 +220,7 @@ def run_pairwise(args, out_dir) -> None:
 def run_crisis(args, out_dir) -> None:
     from psydt_lora.evaluation.crisis import crisis_only, screen_sides
     from psydt_lora.evaluation.judge import judge_sides, load_rubric, sides_of, summarize
-    from psydt_lora.safety.rules import Safety
+    from psydt_lora.safety.session import Safety
 
     sides = sides_of(args.results)
     screen = screen_sides(Safety(), sides)
