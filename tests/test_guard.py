@@ -151,10 +151,11 @@ def decided(monkeypatch):
 
     def use(letters):
         def load(args, adapter):
-            model, tok, info, device, limit = real_load(args, adapter)
+            loaded = real_load(args, adapter)
+            model, tok = loaded.model, loaded.tokenizer
             ids = {tok(c, add_special_tokens=False)["input_ids"][0]: v for c, v in letters.items()}
             model.set_output_embeddings(LetterHead(model.get_output_embeddings().weight.shape[0], ids))
-            return model, tok, info, device, limit
+            return loaded
 
         monkeypatch.setattr(infer_cli, "load", load)
 
