@@ -28,8 +28,12 @@ Wings, lowest first:
     inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
                 it), chat (the terminal chat), openai_api (the OpenAI request and response shapes, errors),
                 serving (the server, its admission and the chat page in web/)
-    evaluation/ batch_test (the batch test), metrics (reference scores, perplexity), report (Markdown, chart)
+    evaluation/ batch_test (the batch test), metrics (reference scores, perplexity), report (Markdown, chart),
+                endpoint (any OpenAI-compatible server: concurrency, retries, the answer cache), judge (rubric
+                judging; rubrics/*.json), pairwise (both orders), stats (bootstrap intervals), cpsycoune
+                (turn-based items), crisis (the crisis check; data/crisis_zh.json), remote_test (generation
+                through an endpoint), judge_report
     export/     merged (the merged folder), template (the training defaults in the chat template), card (the
                 model card), gguf (llama.cpp's converters), modelfile (Ollama), recipes (serving commands), run (the steps)
-Top floor: train_cli, infer_cli -- the two command-line programs (the scripts in LLM_fine_turning/ call them).
+Top floor: train_cli, infer_cli, judge_cli -- the command-line programs (the scripts in LLM_fine_turning/ call them).
 """
