@@ -265,7 +265,7 @@ def test_safety_eval_counts_each_list_and_refuses_malformed_files(tmp_path, caps
     assert result["positive"]["lexicon"] == {"n": 2, "fired": 1, "recall": 0.5}
     assert result["safe_replies"]["lexicon"] == {"n": 1, "fired": 0, "false_alarm_rate": 0.0}
     assert "negative" not in result and any("召回率 0.500" in line for line in lines)
-    for content, pattern in (("{oops", "不是合法的 UTF-8 JSON"), ('["a"]', "JSON 对象"), ('{"positive": "x"}', "字符串列表"),
+    for content, pattern in (("{oops", "不是合法的 JSON"), ('["a"]', "JSON 对象"), ('{"positive": "x"}', "字符串列表"),
                              ('{"negative": ["ok", 3]}', r"negative\[1\]")):
         cases.write_text(content, "utf-8")
         assert run_cli(inference_psydt_lora.main, ["--safety_eval", str(cases)]) == 2

@@ -8,15 +8,26 @@ from pathlib import Path
 from psydt_lora.errors import PsyDTError
 
 
-def read_json(path, label: str):
-    """A whole JSON file, or a PsyDTError naming `label` (the flag or what the file is) and the file."""
+def read_user_text(path, label: str) -> str:
+    """A whole UTF-8 text file the user named, or a PsyDTError naming `label` (the flag or what it is) and the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text("utf-8-sig"))
+        return path.read_text("utf-8-sig")
     except FileNotFoundError:
         raise PsyDTError(f"找不到{label} {path}。") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise PsyDTError(f"{label} {path} 不是合法的 UTF-8 JSON：{err}") from None
+    except UnicodeDecodeError:
+        raise PsyDTError(f"{label} {path} 不是 UTF-8 编码。请另存为 UTF-8。") from None
+    except OSError as err:
+        raise PsyDTError(f"无法读取{label} {path}：{err.strerror}") from None
+
+
+def read_json(path, label: str):
+    """A whole JSON file, or a PsyDTError naming `label` (the flag or what the file is) and the file."""
+    text = read_user_text(path, label)
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise PsyDTError(f"{label} {path} 不是合法的 JSON：{err}") from None
 
 
 def check_files_exist(named: dict) -> None:

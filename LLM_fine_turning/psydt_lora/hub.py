@@ -133,6 +133,20 @@ def quiet_hub_logs():
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def failing_download(folder: Path, what: str, hint: str):
+    """Any network / hub failure inside stops with what to do by hand; folders the download made are removed."""
+    made = created_folders(folder)
+    try:
+        yield
+    except PsyDTError:
+        remove_if_empty(made)
+        raise
+    except Exception as err:
+        remove_if_empty(made)
+        raise PsyDTError(f"{what}：{type(err).__name__}: {err}。" + hint) from None
+
+
 def created_folders(folder) -> list[Path]:
     """`folder` and those of its parents that do not exist yet (outermost last)."""
     folder, made = Path(folder).absolute(), []
@@ -158,19 +172,10 @@ def ensure_model(repo: str, local_dir, hub: str = "modelscope") -> Path:
         return local_dir
     print(f"[下载] 模型文件夹 {shown(local_dir)} 不可用（{'；'.join(problems)}），"
           f"从 {hub} 下载模型 {repo} 到本地文件夹 {shown(local_dir)} ...", flush=True)
-    made = created_folders(local_dir)
-    try:
+    hint = _manual_hint(hub, repo, shown(local_dir), "全部文件（config.json、*.safetensors、分词器文件）")
+    with failing_download(local_dir, f"从 {hub} 下载模型 {repo} 到本地文件夹 {shown(local_dir)} 失败", hint):
         with quiet_hub_logs():
             _downloader(hub, 0)(repo, local_dir)
-    except PsyDTError:
-        remove_if_empty(made)
-        raise
-    except Exception as err:  # any network / hub failure: stop with what to do by hand
-        remove_if_empty(made)
-        raise PsyDTError(
-            f"从 {hub} 下载模型 {repo} 到本地文件夹 {shown(local_dir)} 失败：{type(err).__name__}: {err}。"
-            + _manual_hint(hub, repo, shown(local_dir), "全部文件（config.json、*.safetensors、分词器文件）")
-        ) from None
     problems = model_problems(local_dir)
     if problems:
         raise PsyDTError(
@@ -296,17 +301,8 @@ def ensure_hub_dataset(repo: str, hub: str = "modelscope", filename: str | None 
             raise PsyDTError(f"{hub} 上的数据集 {repo} 里没有文件 {filename}。")
         (tmp / HUB_DATASET_MARK).write_text(repo, "utf-8")
 
-    made = created_folders(folder)
-    try:
+    hint = (f"请检查网络，或在能上网的机器上从 {HUB_SITES[hub]} 下载它的数据文件，用 --train_file 指向本地文件或文件夹"
+            "（也可以换一个 --hub）。")
+    with failing_download(folder, f"从 {hub} 下载数据集 {repo} 失败", hint):
         write_dir(folder, fill)
-    except PsyDTError:
-        remove_if_empty(made)
-        raise
-    except Exception as err:  # any network / hub failure: stop with what to do by hand
-        remove_if_empty(made)
-        raise PsyDTError(
-            f"从 {hub} 下载数据集 {repo} 失败：{type(err).__name__}: {err}。请检查网络，或在能上网的机器上从 "
-            f"{HUB_SITES[hub]} 下载它的数据文件，用 --train_file 指向本地文件或文件夹"
-            f"（也可以换一个 --hub）。"
-        ) from None
     return target

@@ -34,6 +34,7 @@ from pathlib import Path
 from psydt_lora.data.dialogues import Dialogue, ReadStats, check_format
 from psydt_lora.data.formats import FORMAT_NAMES, layout_for, read_source, source_files
 from psydt_lora.errors import PsyDTError
+from psydt_lora.files import read_user_text
 from psydt_lora.hub import HUBS
 
 HUB_PREFIX = "hub:"
@@ -110,12 +111,7 @@ def _name_of(value: str) -> str:
 
 def read_spec(path) -> list[DatasetEntry]:
     path = Path(path)
-    try:
-        text = path.read_text("utf-8-sig")
-    except OSError:
-        raise PsyDTError(f"找不到数据集说明 --dataset_spec {path}。") from None
-    except UnicodeDecodeError:
-        raise PsyDTError(f"数据集说明 {path} 不是 UTF-8 编码。请另存为 UTF-8。") from None
+    text = read_user_text(path, "数据集说明 --dataset_spec")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml

@@ -14,19 +14,14 @@ from pathlib import Path
 
 from psydt_lora.data.dialogues import Dialogue
 from psydt_lora.errors import PsyDTError
-from psydt_lora.files import atomic_write_json
+from psydt_lora.files import atomic_write_json, read_user_text
 from psydt_lora.inference.generation import generate_batch, prepare_context
 
 
 def read_questions(path) -> list[str]:
     """A questions file: JSON list of strings, or plain text with one question per line."""
     path = Path(path)
-    try:
-        text = path.read_text("utf-8-sig")
-    except FileNotFoundError:
-        raise PsyDTError(f"找不到问题文件 {path}。") from None
-    except UnicodeDecodeError:
-        raise PsyDTError(f"问题文件 {path} 不是 UTF-8 编码。") from None
+    text = read_user_text(path, "问题文件")
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
