@@ -31,7 +31,7 @@ class JudgeServer:
     def __init__(self):
         self.lock = threading.Condition()
         self.requests = []  # (prompt key, HTTP status) of every request received
-        self.answered = Counter()  # prompt key -> 200 answers sent
+        self.answered = Counter()  # prompt key -> 200 answers granted (then sent)
         self.hold_after = None  # when set: requests beyond this many answers wait for `release`, then get nothing
         self.release = threading.Event()
         self.never = threading.Event()
@@ -64,6 +64,9 @@ class JudgeServer:
             if hold:
                 self.held += 1
                 self.lock.notify_all()
+            elif status == 200 and not slow:  # counted when granted, so concurrent requests cannot pass hold_after
+                self.answered[key] += 1
+                self.lock.notify_all()
         if hold:
             self.release.wait(60)
             return  # the connection closes with no answer: the client was killed meanwhile
@@ -73,9 +76,6 @@ class JudgeServer:
         if status == 429:
             return self.send(h, 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"retry-after-ms": "10"})
         answer = decide(text)
-        with self.lock:
-            self.answered[key] += 1
-            self.lock.notify_all()
         self.send(h, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": answer}}],
