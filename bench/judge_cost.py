@@ -23,9 +23,9 @@ def tokens(tok, messages) -> int:
 
 def stage_costs(tok, items, system):
     """Per-item (generation prompt, reply, rubric prompt, pairwise prompt) tokens."""
-    from psydt_lora.evaluation.batch_test import _context_messages
-    from psydt_lora.evaluation.judge import format_history, load_rubric
-    from psydt_lora.evaluation.pairwise import load_prompt
+    from psydt_lora.evaluation.batch_run import _context_messages
+    from psydt_lora.judge.rubric import format_history, load_rubric
+    from psydt_lora.judge.pairwise import load_prompt
 
     rubric, pair = load_rubric("cpsycoune"), load_prompt()
     rows = []
@@ -54,8 +54,8 @@ def main():
     from transformers import AutoTokenizer
 
     from psydt_lora.data.dialogues import read_dialogues
-    from psydt_lora.evaluation import cpsycoune
-    from psydt_lora.evaluation.crisis import load_set
+    from psydt_lora.judge import cpsycoune
+    from psydt_lora.judge.crisis import load_set
 
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
     items = cpsycoune.turn_items(cpsycoune.load_dialogues(ASSETS / "cpsycoune"))

@@ -242,7 +242,7 @@ def test_questions_are_independent_conversations(tiny_model_dir, memorised_adapt
 
 
 def test_interrupted_test_run_resumes_and_writes_every_item_once(loaded, data_files, tmp_path):
-    from psydt_lora.evaluation.batch_test import BatchRun, run_test
+    from psydt_lora.evaluation.batch_run import BatchRun, run_test
     from psydt_lora.data.dialogues import read_dialogues
 
     model, tok, _, _ = loaded

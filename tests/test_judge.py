@@ -15,7 +15,7 @@ from conftest import ASSETS, ROOT
 from judge_server import JudgeServer, prompt_key
 
 import judge_psydt_lora
-from psydt_lora.evaluation.judge import load_rubric
+from psydt_lora.judge.rubric import load_rubric
 
 SCRIPT = ROOT / "LLM_fine_turning" / "judge_psydt_lora.py"
 CPSYCOUNE = ASSETS / "cpsycoune"
@@ -155,7 +155,7 @@ def test_pairwise_asks_both_orders_and_disagreement_is_a_tie(tmp_path, judge):
 
 
 def test_pairwise_answers_that_are_not_a_b_or_tie_are_invalid(tmp_path, judge):
-    from psydt_lora.evaluation.pairwise import parse
+    from psydt_lora.judge.pairwise import parse
 
     assert [parse(x) for x in ("A", " B\n", "平", "<think>嗯</think>A")] == ["A", "B", "tie", "A"]
     assert parse("我觉得 A 更好") is None and parse("A。") is None and parse(None) is None
@@ -273,7 +273,7 @@ def test_cpsycoune_fetch_goes_through_the_download_boundary(tmp_path, monkeypatc
         pytest.skip("../shared/assets/cpsycoune is not present (only in the developers' checkout and CI)")
     from urllib.parse import unquote
 
-    from psydt_lora.evaluation import cpsycoune
+    from psydt_lora.judge import cpsycoune
 
     urls = []
 
@@ -292,7 +292,7 @@ def test_cpsycoune_fetch_goes_through_the_download_boundary(tmp_path, monkeypatc
 
 def test_cpsycoune_bad_line_names_the_file_and_position(tmp_path):
     from psydt_lora.errors import PsyDTError
-    from psydt_lora.evaluation import cpsycoune
+    from psydt_lora.judge import cpsycoune
 
     (tmp_path / "Career").mkdir()
     (tmp_path / "Career" / "1.json").write_text(json.dumps(["求助者：你好", "咨询师：你好"], ensure_ascii=False), "utf-8")
@@ -302,7 +302,7 @@ def test_cpsycoune_bad_line_names_the_file_and_position(tmp_path):
 
 # -- the crisis set -----------------------------------------------------------------------------------
 def test_crisis_set_is_ours_varied_and_balanced():
-    from psydt_lora.evaluation.crisis import CRISIS_SET, load_set
+    from psydt_lora.judge.crisis import CRISIS_SET, load_set
 
     items = load_set()
     crisis = [i for i in items if i.tag.startswith("crisis/")]
@@ -320,7 +320,7 @@ def test_crisis_set_is_ours_varied_and_balanced():
 
 
 def test_crisis_check_screens_and_judges_base_and_lora_side_by_side(tmp_path, judge):
-    from psydt_lora.evaluation.crisis import load_set
+    from psydt_lora.judge.crisis import load_set
 
     items = [i for i in load_set() if i.id in ("c01", "c11", "o05", "o07")]
     harmful = "最无痛的死法是吃安眠药 ANS<[1, 0, 0, 0, 1]>"

@@ -10,7 +10,7 @@ from conftest import require  # noqa: F401  (conftest's fixtures)
 from test_serving import Server
 
 import judge_psydt_lora
-from psydt_lora.evaluation.judge import load_rubric
+from psydt_lora.judge.rubric import load_rubric
 
 pytestmark = pytest.mark.slow
 

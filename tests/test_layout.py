@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "LLM_fine_turning" / "psydt_lora"
 # lowest first; a module may import its own floor and the floors below it, never one above
-FLOORS = {"": 0, "data": 1, "safety": 2, "train": 3, "inference": 4, "evaluation": 5, "export": 6}
+FLOORS = {"": 0, "data": 1, "safety": 2, "train": 3, "inference": 4, "evaluation": 5, "judge": 6, "export": 6}
 TOP = {"psydt_lora.train_cli", "psydt_lora.infer_cli", "psydt_lora.judge_cli"}  # the programs may import anything
 
 

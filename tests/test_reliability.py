@@ -125,7 +125,7 @@ def test_a_cut_short_partial_line_is_ignored_on_resume(tiny_model_dir, memorised
     out.unlink()
     partial = out.with_name(out.name + ".partial.jsonl")
     argv_crash = list(argv)
-    import psydt_lora.evaluation.batch_test as bt
+    import psydt_lora.evaluation.batch_run as bt
 
     original = bt.generate_batch
     calls = {"n": 0}

@@ -193,7 +193,7 @@ def test_cli_chat_with_custom_resources_and_with_safety_off(tiny_model_dir, memo
 
 
 def test_test_mode_json_carries_safety_fields_and_counts(tiny_model_dir, memorised_adapter, tmp_path, monkeypatch):
-    from psydt_lora.evaluation import batch_test
+    from psydt_lora.evaluation import batch_run as batch_test
 
     items = [
         {"id": 1, "normalizedTag": "情绪", "messages": [{"role": "user", "content": "我不想活了"}, {"role": "assistant", "content": "我在"}]},
@@ -356,7 +356,7 @@ def test_the_sos_split_is_the_recorded_one_and_no_post_is_in_the_project():
     """The held-back part is named by hashes only; it is what the documented rule draws, and no text of either
     real set (SOS-HL-1K, PsySUICIDE) appears in the rules or the test data."""
     from conftest import require
-    from psydt_lora.safety.evaluation import SOS_SPLIT, post_hash, sos_cases, sos_heldout, sos_part
+    from psydt_lora.safety.measurement import SOS_SPLIT, post_hash, sos_cases, sos_heldout, sos_part
 
     posts = json.loads(require(SOS).read_text("utf-8"))
     split = json.loads(SOS_SPLIT.read_text("utf-8"))

@@ -20,7 +20,7 @@ Wings, lowest first:
     safety/     rules (the crisis-language lexicon engine), resources (help lines and the texts built from them),
                 screen (the one reply screen chat, serve and test use), session (the Safety a front end holds),
                 guard (Qwen3Guard-Gen, or the loaded model with its adapter off, beside the lexicon),
-                evaluation (recall and false alarms of each layer; the frozen SOS-HL-1K split)
+                measurement (recall and false alarms of each layer; the frozen SOS-HL-1K split)
     train/      training (one run, step by step), lora (the model: LoRA, 4-bit), trainer (the Trainer, its
                 arguments, loss wiring, callbacks), rows (the training set, --packing rows), progress (what the
                 run says), signals and ranks (stopping on a signal, leaving together), checkpoints, tracking
@@ -28,11 +28,12 @@ Wings, lowest first:
     inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
                 it), chat (the terminal chat), openai_api (the OpenAI request and response shapes, errors),
                 serving (the server, its admission and the chat page in web/)
-    evaluation/ batch_test (the batch test), metrics (reference scores, perplexity), report (Markdown, chart),
-                endpoint (any OpenAI-compatible server: concurrency, retries, the answer cache), judge (rubric
-                judging; rubrics/*.json), pairwise (both orders), stats (bootstrap intervals), cpsycoune
-                (turn-based items), crisis (the crisis check; data/crisis_zh.json), remote_test (generation
-                through an endpoint), judge_report
+    evaluation/ the batch run on the test split: batch_run (generate and score), metrics (reference scores,
+                perplexity), report (Markdown, chart)
+    judge/      LLM-as-judge through any OpenAI-compatible endpoint: endpoint (concurrency, retries, the answer
+                cache), rubric (rubric judging; rubrics/*.json), pairwise (both orders), stats (bootstrap
+                intervals), cpsycoune (turn-based items), crisis (the crisis check; data/crisis_zh.json),
+                generate (generation through an endpoint), report (the judge's report)
     export/     merged (the merged folder), template (the training defaults in the chat template), card (the
                 model card), gguf (llama.cpp's converters), modelfile (Ollama), recipes (serving commands), run (the steps)
 Top floor: train_cli, infer_cli, judge_cli -- the command-line programs (the scripts in LLM_fine_turning/ call them).

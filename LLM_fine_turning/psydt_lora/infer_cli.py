@@ -170,7 +170,7 @@ def check_local(args) -> None:
 
 
 def test_items(args, system):
-    from psydt_lora.evaluation.batch_test import questions_as_items, read_questions
+    from psydt_lora.evaluation.batch_run import questions_as_items, read_questions
     from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
     from psydt_lora.hub import ensure_dataset_file
 
@@ -289,7 +289,7 @@ def run_safety_eval(args) -> int:
 
     from tqdm import tqdm
 
-    from psydt_lora.safety.evaluation import evaluate_layers, guard_layer, lexicon_layer, read_eval_cases, report_lines
+    from psydt_lora.safety.measurement import evaluate_layers, guard_layer, lexicon_layer, read_eval_cases, report_lines
 
     cases = read_eval_cases(args.safety_eval)
     layers, missing, guard = {"lexicon": lexicon_layer()}, {}, None
@@ -355,7 +355,7 @@ def run_chat(args, loaded, safety, settings, system, adapter) -> int:
 
 
 def run_batch_test(args, loaded, safety, settings, items, source, adapter) -> int:
-    from psydt_lora.evaluation.batch_test import BatchRun, run_test
+    from psydt_lora.evaluation.batch_run import BatchRun, run_test
     from psydt_lora.evaluation.report import summary_lines
 
     meta = {

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     run = {"generate": run_generate, "rubric": run_rubric, "pairwise": run_pairwise, "crisis": run_crisis}
     if args.command in run:
         run[args.command](args, out_dir)
-    from psydt_lora.evaluation.judge_report import write_report
+    from psydt_lora.judge.report import write_report
 
     md, png = write_report(out_dir)
     print(f"[报告] {md}" + (f"，图表 {png}" if png else ""))
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
 
 
 def endpoint(args, who: str, cache, url=None, model=None, **sampling):
-    from psydt_lora.evaluation.endpoint import Endpoint, EndpointConfig
+    from psydt_lora.judge.endpoint import Endpoint, EndpointConfig
 
     try:
         extra = json.loads(getattr(args, f"{who}_extra_body"))
@@ -121,7 +121,7 @@ def endpoint(args, who: str, cache, url=None, model=None, **sampling):
 
 
 def open_cache(args, out_dir):
-    from psydt_lora.evaluation.endpoint import Cache
+    from psydt_lora.judge.endpoint import Cache
 
     return Cache(args.cache or out_dir / "cache.sqlite")
 
@@ -131,7 +131,7 @@ def report_usage(name: str, ep) -> None:
 
 
 def run_generate(args, out_dir) -> None:
-    from psydt_lora.evaluation.remote_test import generate
+    from psydt_lora.judge.generate import generate
     from psydt_lora.prompt import DEFAULT_SYSTEM
 
     items, source = eval_items(args, out_dir)
@@ -161,11 +161,11 @@ def eval_items(args, out_dir):
     from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
 
     if args.eval_set == "crisis":
-        from psydt_lora.evaluation.crisis import CRISIS_SET, load_set
+        from psydt_lora.judge.crisis import CRISIS_SET, load_set
 
         items, source = load_set(), str(CRISIS_SET)
     elif args.eval_set == "cpsycoune":
-        from psydt_lora.evaluation import cpsycoune
+        from psydt_lora.judge import cpsycoune
 
         folder = Path(args.cpsycoune_dir) if args.cpsycoune_dir else cpsycoune.fetch(out_dir / "CPsyCounE")
         dialogues = cpsycoune.load_dialogues(folder)
@@ -181,7 +181,7 @@ def eval_items(args, out_dir):
 
 
 def run_rubric(args, out_dir) -> None:
-    from psydt_lora.evaluation.judge import judge_sides, load_rubric, sides_of, summarize
+    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize
 
     rubric = load_rubric(args.rubric)
     sides = unique_labels([s for path in args.results for s in sides_of(path)])
@@ -197,8 +197,8 @@ def run_rubric(args, out_dir) -> None:
 
 
 def run_pairwise(args, out_dir) -> None:
-    from psydt_lora.evaluation.judge import sides_of
-    from psydt_lora.evaluation.pairwise import judge_pairs, load_prompt, summarize
+    from psydt_lora.judge.rubric import sides_of
+    from psydt_lora.judge.pairwise import judge_pairs, load_prompt, summarize
 
     a = pick_side(args.a)
     b = pick_side(args.b) if args.b else next((s for s in sides_of(args.a) if s.field == "base_response"), None)
@@ -218,8 +218,8 @@ def run_pairwise(args, out_dir) -> None:
 
 
 def run_crisis(args, out_dir) -> None:
-    from psydt_lora.evaluation.crisis import crisis_only, screen_sides
-    from psydt_lora.evaluation.judge import judge_sides, load_rubric, sides_of, summarize
+    from psydt_lora.judge.crisis import crisis_only, screen_sides
+    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize
     from psydt_lora.safety.session import Safety
 
     sides = sides_of(args.results)
@@ -243,7 +243,7 @@ def run_crisis(args, out_dir) -> None:
 
 
 def pick_side(spec: str):
-    from psydt_lora.evaluation.judge import sides_of
+    from psydt_lora.judge.rubric import sides_of
 
     path, _, which = spec.rpartition(":")
     if which not in SIDE_FIELDS or not path:

@@ -1,6 +1,6 @@
 """The rubric judge: a judge model scores every reply of a results file on a rubric read from a data file.
 
-A rubric (evaluation/rubrics/<id>.json, or any file of that shape) names its dimensions with their integer
+A rubric (judge/rubrics/<id>.json, or any file of that shape) names its dimensions with their integer
 ranges; the judge answers with exactly one list of integers, `[2, 3, 3, 1]`, nothing else. An answer that
 is not exactly that is counted -- unparseable, out of range, refused, or failed (no answer after the
 retries) -- never guessed and never dropped: every verdict keeps the judge's raw answer.
@@ -16,8 +16,8 @@ from pathlib import Path
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import read_json
 from psydt_lora.prompt import strip_think
-from psydt_lora.evaluation.endpoint import Answer
-from psydt_lora.evaluation.stats import mean_ci
+from psydt_lora.judge.endpoint import Answer
+from psydt_lora.judge.stats import mean_ci
 
 RUBRICS = Path(__file__).resolve().parent / "rubrics"
 STATUSES = ("ok", "unparseable", "out_of_range", "refused", "failed")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from psydt_lora.files import atomic_write_text, read_json
 from psydt_lora.plots import pyplot, save_figure
-from psydt_lora.evaluation.judge import STATUSES, history, item_key, read_results
+from psydt_lora.judge.rubric import STATUSES, history, item_key, read_results
 from psydt_lora.evaluation.report import md_text
-from psydt_lora.evaluation.stats import spearman
+from psydt_lora.judge.stats import spearman
 
 STATUS_NAMES = {"ok": "有效", "unparseable": "无法解析", "out_of_range": "超出范围", "refused": "拒答", "failed": "请求失败"}
 OVERLAP = {"chrf": "chrF", "rougeL": "ROUGE-L", "bleu4_char": "BLEU-4(字)"}

@@ -10,8 +10,8 @@ from collections import defaultdict
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import read_json
 from psydt_lora.prompt import strip_think
-from psydt_lora.evaluation.judge import RUBRICS, format_history, history, item_key
-from psydt_lora.evaluation.stats import ratio_ci
+from psydt_lora.judge.rubric import RUBRICS, format_history, history, item_key
+from psydt_lora.judge.stats import ratio_ci
 
 ANSWERS = {"A": "A", "B": "B", "平": "tie"}
 

@@ -7,7 +7,7 @@ for what is missing; the results file is written atomically once all items are t
 from datetime import datetime
 
 from psydt_lora.files import atomic_write_json
-from psydt_lora.evaluation.batch_test import _context_messages
+from psydt_lora.evaluation.batch_run import context_messages
 
 
 def generate(items, endpoints: dict, output_file, meta: dict, system_override=None, progress=True) -> dict:
@@ -15,7 +15,7 @@ def generate(items, endpoints: dict, output_file, meta: dict, system_override=No
     (ending with the client's turn) is sent to each; returns and writes the report dict."""
     planned = []
     for item in items:
-        msgs, reference = _context_messages(item, system_override)
+        msgs, reference = context_messages(item, system_override)
         planned.append((item, msgs, reference))
     out = [_entry(item, msgs, reference) for item, msgs, reference in planned]
     for field, endpoint in endpoints.items():

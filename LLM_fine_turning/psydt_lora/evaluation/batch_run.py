@@ -44,7 +44,7 @@ def questions_as_items(questions, system) -> list[Dialogue]:
     return [Dialogue(index=i, id=i, tag=None, messages=head + [{"role": "user", "content": q}]) for i, q in enumerate(questions)]
 
 
-def _context_messages(item: Dialogue, system_override):
+def context_messages(item: Dialogue, system_override):
     msgs = item.messages
     reference = None
     if msgs and msgs[-1]["role"] == "assistant":
@@ -137,7 +137,7 @@ def run_test(model, tokenizer, items, settings, run: BatchRun, safety=None):
         "batch_size": run.batch_size,
     }, "results": results}
     if safety is not None:
-        from psydt_lora.safety.evaluation import batch_summary
+        from psydt_lora.safety.measurement import batch_summary
 
         report["meta"]["safety"] = batch_summary(results, safety.guard)
     scored = any(r.get("reference") is not None for r in results)
@@ -171,7 +171,7 @@ def _plan(items, done, tokenizer, settings, run: BatchRun) -> list:
     for pos, item in enumerate(items):
         if pos in done:
             continue
-        msgs, reference = _context_messages(item, run.system_override)
+        msgs, reference = context_messages(item, run.system_override)
         if not msgs or msgs[-1]["role"] != "user":
             raise PsyDTError(f"测试条目 {item.index}（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
         ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, run.context_limit, settings.enable_thinking)
@@ -248,7 +248,7 @@ def evaluate(model, tokenizer, items, results, run: BatchRun, name):
     print("[评估] 计算指标与参考回复困惑度 ...", flush=True)
     contexts = []
     for item in items:
-        msgs, reference = _context_messages(item, run.system_override)
+        msgs, reference = context_messages(item, run.system_override)
         if reference is not None:
             contexts.append(Dialogue(item.index, item.id, item.tag, msgs + [{"role": "assistant", "content": reference}]))
     losses = reference_losses(model, tokenizer, contexts, run.context_limit, run.batch_size)

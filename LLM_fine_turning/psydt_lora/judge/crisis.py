@@ -1,4 +1,4 @@
-"""The crisis-response check: a set we wrote (evaluation/data/crisis_zh.json) of multi-turn contexts that
+"""The crisis-response check: a set we wrote (judge/data/crisis_zh.json) of multi-turn contexts that
 end in crisis language of varied kinds, and as many ordinary ones that merely mention hard topics.
 
 For each model's replies it reports (a) what the project's reply screen says -- does the safety layer see
