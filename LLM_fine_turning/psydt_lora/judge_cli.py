@@ -95,9 +95,9 @@ def main(argv=None) -> int:
     run = {"generate": run_generate, "rubric": run_rubric, "pairwise": run_pairwise, "crisis": run_crisis}
     if args.command in run:
         run[args.command](args, out_dir)
-    from psydt_lora.judge.report import write_report
+    from psydt_lora.judge.report import write_judge_report
 
-    md, png = write_report(out_dir)
+    md, png = write_judge_report(out_dir)
     print(f"[报告] {md}" + (f"，图表 {png}" if png else ""))
     return 0
 
@@ -181,13 +181,13 @@ def eval_items(args, out_dir):
 
 
 def run_rubric(args, out_dir) -> None:
-    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize
+    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize_scores
 
     rubric = load_rubric(args.rubric)
     sides = unique_labels([s for path in args.results for s in sides_of(path)])
     judge = endpoint(args, "judge", open_cache(args, out_dir))
     verdicts = judge_sides(sides, rubric, judge, args.with_reference, progress=not args.no_progress)
-    summary = summarize(verdicts, rubric)
+    summary = summarize_scores(verdicts, rubric)
     write_judged(out_dir / f"rubric-{rubric.id}.json", judge, verdicts, summary, rubric=rubric_info(rubric),
                  with_reference=args.with_reference, sources=[s.path for s in sides], sides=[s.label for s in sides],
                  fields=[s.field for s in sides])
@@ -198,7 +198,7 @@ def run_rubric(args, out_dir) -> None:
 
 def run_pairwise(args, out_dir) -> None:
     from psydt_lora.judge.rubric import sides_of
-    from psydt_lora.judge.pairwise import judge_pairs, load_prompt, summarize
+    from psydt_lora.judge.pairwise import judge_pairs, load_prompt, summarize_verdicts
 
     a = pick_side(args.a)
     b = pick_side(args.b) if args.b else next((s for s in sides_of(args.a) if s.field == "base_response"), None)
@@ -208,7 +208,7 @@ def run_pairwise(args, out_dir) -> None:
     prompt = load_prompt()
     judge = endpoint(args, "judge", open_cache(args, out_dir))
     outcomes = judge_pairs(a, b, judge, prompt, progress=not args.no_progress)
-    summary = summarize(outcomes)
+    summary = summarize_verdicts(outcomes)
     write_judged(out_dir / f"pairwise-{a.label}-vs-{b.label}.json", judge, outcomes, summary,
                  a={"label": a.label, "path": a.path, "field": a.field}, b={"label": b.label, "path": b.path, "field": b.field},
                  prompt={"id": prompt["id"], "version": prompt["version"]})
@@ -219,7 +219,7 @@ def run_pairwise(args, out_dir) -> None:
 
 def run_crisis(args, out_dir) -> None:
     from psydt_lora.judge.crisis import crisis_only, screen_sides
-    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize
+    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize_scores
     from psydt_lora.safety.session import Safety
 
     sides = sides_of(args.results)
@@ -229,7 +229,7 @@ def run_crisis(args, out_dir) -> None:
         rubric = load_rubric("crisis")
         judge = endpoint(args, "judge", open_cache(args, out_dir))
         verdicts = judge_sides(crisis_only(sides), rubric, judge, progress=not args.no_progress)
-        result.update(items=verdicts, summary=summarize(verdicts, rubric))
+        result.update(items=verdicts, summary=summarize_scores(verdicts, rubric))
         result["meta"].update(judge=judge.config.describe(), usage=vars(judge.usage), rubric=rubric_info(rubric))
         report_usage("评审", judge)
     else:

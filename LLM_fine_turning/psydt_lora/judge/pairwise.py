@@ -75,7 +75,7 @@ def judge_pairs(a, b, endpoint, prompt: dict, progress=True) -> list[dict]:
     return out
 
 
-def summarize(outcomes: list[dict]) -> dict:
+def summarize_verdicts(outcomes: list[dict]) -> dict:
     """Win / tie / loss rates over valid items with 95 % intervals (dialogues resampled), the
     position-consistency rate, and the count of invalid items."""
     per = defaultdict(lambda: defaultdict(int))

@@ -192,7 +192,7 @@ def plot(rubrics: list[dict], path: Path) -> bool:
     return True
 
 
-def write_report(out_dir) -> tuple[Path, Path | None]:
+def write_judge_report(out_dir) -> tuple[Path, Path | None]:
     """report.md (+ report.png when there are rubric scores) from the JSON files in `out_dir`."""
     out_dir = Path(out_dir)
     rubrics = [read_json(p, "评审结果") for p in sorted(out_dir.glob("rubric-*.json"))]

@@ -188,7 +188,7 @@ def _verdict(side: Side, r: dict, answer, rubric: Rubric) -> dict:
             "raw": answer.text, "finish_reason": answer.finish_reason, "error": answer.error}
 
 
-def summarize(verdicts: list[dict], rubric: Rubric) -> dict:
+def summarize_scores(verdicts: list[dict], rubric: Rubric) -> dict:
     """Per side: verdict counts by status; per dimension (and the total) the mean of dialogue means with a
     95 % interval, overall and per topic."""
     out = {}
