@@ -97,7 +97,7 @@ def test_merged_model_with_its_plain_template_says_what_the_adapter_says(exporte
     from psydt_lora.models import load_for_inference
 
     adapter_model, adapter_tok, info, _ = load_for_inference(tiny_model_dir, memorised_adapter, device="cpu")
-    assert info["system_prompt"] == LEARNED == SYSTEM
+    assert info.system_prompt == LEARNED == SYSTEM
     model = AutoModelForCausalLM.from_pretrained(str(exported), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(exported))
     for d in DIALOGUES:

@@ -277,6 +277,7 @@ def train(tiny_model_dir, out, *extra):
 def test_training_on_the_published_corpora_mixed_with_weights_and_a_heldout_split(tiny_model_dir, tmp_path):
     import inference_psydt_lora
     from psydt_lora.infer_cli import heldout_file
+    from psydt_lora.run_record import RunRecord
     from psydt_lora.prompt import DEFAULT_SYSTEM
 
     spec = write_json(tmp_path / "spec.json", {"datasets": {
@@ -294,9 +295,8 @@ def test_training_on_the_published_corpora_mixed_with_weights_and_a_heldout_spli
     assert info["data"]["train"]["dialogues"] == rows["smile"]["dialogues"] + rows["e"]["dialogues"]
     assert info["data"]["eval"]["samples"] == 3 and info["data"]["eval"]["file"] == "--val_size"
     assert info["system_prompt"] == DEFAULT_SYSTEM == info["system_prompts"]["smile"] == info["system_prompts"]["e"]
-    args = inference_psydt_lora.build_parser().parse_args(["--mode", "test", "--adapter_path",
-                                                           str(tmp_path / "out" / "lora_adapter")])
-    assert heldout_file(args) == Path(info["data"]["heldout"]["file"])  # the batch test's default test file
+    record = RunRecord.read(tmp_path / "out" / "lora_adapter")
+    assert heldout_file(record) == Path(info["data"]["heldout"]["file"])  # the batch test's default test file
     result = tmp_path / "test.json"
     assert inference_psydt_lora.main(["--model_path", str(tiny_model_dir), "--adapter_path", str(
         tmp_path / "out" / "lora_adapter"), "--mode", "test", "--test_output_file", str(result), "--max_test_items", "2",

@@ -43,7 +43,7 @@ def make_chat(loaded, lines, **kw):
         except StopIteration:
             raise EOFError from None
 
-    opts = dict(system=info["system_prompt"], history_turns=6, context_limit=4096, can_compare=True)
+    opts = dict(system=info.system_prompt, history_turns=6, context_limit=4096, can_compare=True)
     opts.update(kw)
     return Chat(model, tok, GREEDY, out=out, input_fn=input_fn, **opts), out
 

@@ -169,7 +169,7 @@ def check_local(args) -> None:
         check_can_write(args.test_output_file, "--test_output_file")
 
 
-def test_items(args, system):
+def test_items(args, system, record=None):
     from psydt_lora.evaluation.batch_run import questions_as_items, read_questions
     from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
     from psydt_lora.hub import ensure_dataset_file
@@ -178,8 +178,8 @@ def test_items(args, system):
         return questions_as_items(read_questions(args.questions_file), system), str(args.questions_file)
     if args.test_file:  # check_local made sure it is there
         path = Path(args.test_file)
-    elif heldout_file(args):
-        path = heldout_file(args)
+    elif heldout_file(record):
+        path = heldout_file(record)
         print(f"[测试] 使用训练时留出的验证对话 {path}（--val_size；它们没有参与训练）")
     else:
         path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
@@ -188,13 +188,9 @@ def test_items(args, system):
     return select_spread(items, args.max_test_items), str(path)
 
 
-def heldout_file(args) -> Path | None:
+def heldout_file(record) -> Path | None:
     """The held-out dialogues the adapter's training set aside (--val_size), when that file is still there."""
-    from psydt_lora.models import read_run_info
-
-    if args.no_adapter or not Path(args.adapter_path).is_dir():
-        return None
-    path = read_run_info(args.adapter_path).get("data", {}).get("heldout", {}).get("file")
+    path = record.heldout_file if record else None
     return Path(path) if path and Path(path).is_file() else None
 
 
@@ -229,14 +225,15 @@ def main(argv=None) -> int:
         return run_safety_eval(args)
     check_local(args)
     from psydt_lora.inference.generation import GenerationSettings
-    from psydt_lora.models import read_run_info
+    from psydt_lora.run_record import RunRecord
     from psydt_lora.safety.session import Safety
 
     safety = Safety(args.safety_resources) if args.safety == "on" else None
     settings = GenerationSettings(args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                                   args.repetition_penalty, args.enable_thinking)
     adapter = None if args.no_adapter else args.adapter_path
-    trained_system = read_run_info(adapter).get("system_prompt") if adapter and Path(adapter).is_dir() else None
+    record = RunRecord.read(adapter) if adapter and Path(adapter).is_dir() else None
+    trained_system = record.system_prompt if record else None
     system = args.system_prompt if args.system_prompt is not None else (trained_system or DEFAULT_SYSTEM)
     where = "--system_prompt" if args.system_prompt is not None else ("训练数据" if trained_system else "内置默认")
     if args.mode == "serve" and args.backend == "openai":  # no weights here: a remote engine generates
@@ -245,12 +242,12 @@ def main(argv=None) -> int:
     # read the test data before loading weights, so a bad file fails in a second, not after a minute
     items = source = None
     if args.mode == "test" and not args.save_merged:
-        items, source = test_items(args, system)
-    loaded = load(args, adapter)
+        items, source = test_items(args, system, record)
+    loaded = load(args, adapter, record)
     if args.save_merged:
         from psydt_lora.export.run import run_export
 
-        return run_export(args, loaded.model, loaded.tokenizer, loaded.info, system, settings)
+        return run_export(args, loaded.model, loaded.tokenizer, loaded.record, system, settings)
     print(startup_summary(args, loaded.model, loaded.device, adapter, where, settings, loaded.context_limit))
     add_guard(args, safety, loaded)
     if safety is None:
@@ -317,23 +314,23 @@ class Loaded:
     """What `load` gives the modes."""
     model: object
     tokenizer: object
-    info: dict  # the adapter's run info
+    record: object  # the adapter's RunRecord, or None
     device: str
     context_limit: int
 
 
-def load(args, adapter) -> Loaded:
+def load(args, adapter, record=None) -> Loaded:
     """The model ready for inference, with a note when thinking differs from training."""
     from psydt_lora.inference.generation import context_limit
     from psydt_lora.models import load_for_inference
 
-    model, tokenizer, info, device = load_for_inference(
+    model, tokenizer, record, device = load_for_inference(
         args.model_path, adapter, merge=args.merge_lora or bool(args.save_merged), device=args.device,
-        dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    fmt = info.get("prompt_format", {})
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code, record=record)
+    fmt = record.prompt_format if record else {}
     if fmt and fmt.get("enable_thinking", False) != args.enable_thinking:
         print(f"[提示] adapter 训练时 enable_thinking={fmt.get('enable_thinking')}，现在是 {args.enable_thinking}。")
-    return Loaded(model, tokenizer, info, device, context_limit(model, args.max_context))
+    return Loaded(model, tokenizer, record, device, context_limit(model, args.max_context))
 
 
 def run_chat(args, loaded, safety, settings, system, adapter) -> int:

@@ -1,11 +1,11 @@
 """Loading the tokenizer, the base model and a LoRA adapter. Safetensors only; no remote code
 unless the user asks for it."""
-import json
 from pathlib import Path
+from typing import NamedTuple
 
 from psydt_lora.errors import PsyDTError
+from psydt_lora.run_record import RunRecord
 
-RUN_FILE = "psydt_run.json"  # written next to the adapter by training, read by inference
 DEFAULT_CONTEXT = 32768  # Qwen3's context window, where a config or the user does not say
 
 
@@ -75,16 +75,6 @@ def _local_cuda() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def read_run_info(adapter_dir) -> dict:
-    path = Path(adapter_dir) / RUN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except ValueError:
-        return {}
-
-
 def base_model_signature(config) -> dict:
     """What must match between an adapter's base model and the model it is loaded onto."""
     keys = (
@@ -120,9 +110,17 @@ def check_inference_paths(model_path, adapter_path=None) -> None:
         raise PsyDTError(f"{weights} 不完整（可能复制或保存时被中断），请重新复制或重新训练。")
 
 
+class InferenceModel(NamedTuple):
+    model: object
+    tokenizer: object
+    record: RunRecord | None  # the adapter's run record (None: no adapter, or one trained elsewhere)
+    device: str
+
+
 def load_for_inference(model_path, adapter_path=None, *, merge=False, device="auto", dtype="auto",
-                       trust_remote_code=False):
-    """Base model (+ LoRA adapter) ready for generation. Returns (model, tokenizer, run_info, device).
+                       trust_remote_code=False, record: RunRecord | None = None) -> InferenceModel:
+    """Base model (+ LoRA adapter) ready for generation, with the adapter's run record (`record` when the
+    caller already read it, else read here).
 
     The tokenizer (and so the chat template) comes from the adapter folder when it has one, since that
     is the template the adapter was trained with. An adapter made for a different base model is refused.
@@ -130,17 +128,18 @@ def load_for_inference(model_path, adapter_path=None, *, merge=False, device="au
     model_path = Path(model_path)
     adapter_path = None if adapter_path is None else Path(adapter_path)
     check_inference_paths(model_path, adapter_path)
-    info = read_run_info(adapter_path) if adapter_path is not None else {}
+    if record is None and adapter_path is not None:
+        record = RunRecord.read(adapter_path)
     from transformers import AutoConfig
 
     base_config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    trained_on = info.get("base_model", {}).get("signature")
+    trained_on = record.base_model.signature if record else None
     if trained_on:
         here = base_model_signature(base_config)
         diff = [f"{k}: 训练时 {trained_on[k]} / 现在 {here.get(k)}" for k in trained_on if trained_on[k] != here.get(k)]
         if diff:
             raise PsyDTError(
-                f"adapter {adapter_path} 是在另一个基础模型（{info['base_model'].get('path')}）上训练的，"
+                f"adapter {adapter_path} 是在另一个基础模型（{record.base_model.path}）上训练的，"
                 f"与 --model_path {model_path} 不一致：{'；'.join(diff)}。请换用对应的基础模型。"
             )
     tok_source = adapter_path if adapter_path is not None and (adapter_path / "tokenizer_config.json").is_file() else model_path
@@ -161,5 +160,5 @@ def load_for_inference(model_path, adapter_path=None, *, merge=False, device="au
             model = model.merge_and_unload()
     model.to(device)
     model.eval()
-    return model, tokenizer, info, device
+    return InferenceModel(model, tokenizer, record, device)
 

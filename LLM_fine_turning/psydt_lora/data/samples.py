@@ -25,7 +25,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from psydt_lora.data.packing import resolve_pack_length
-from psydt_lora.data.sample_types import IGNORE_INDEX, PerTurnView, Sample, SampleList, Tree, WholeDialogue
+from psydt_lora.data.sample_types import IGNORE_INDEX, Branch, PerTurnView, Sample, SampleList, Tree, WholeDialogue
+from psydt_lora.files import atomic_write_text
 from psydt_lora.prompt import (encode, encode_many, end_of_turn_id, generation_prompt, oldest_round_that_fits, prompt_ids,
                                render, render_many, round_starts)
 
@@ -132,11 +133,20 @@ def spans_match_template(tokenizer, dialogues, plans, texts, gen_ids, enable_thi
 
 
 # -- the truncation rule, applied to every reply -----------------------------------------------------
-def plan_replies(contexts, messages, targets, replies, max_length: int, stats: SampleStats) -> list:
-    """[(turn, a, j, reply)]: the reply at message a trained after system + messages[j:a], where j is the
-    oldest round from which context + reply fit in max_length (prompt.oldest_round_that_fits: the same
-    rule inference uses); the reply's end is cut when even the last round does not leave it room, and
-    the reply is dropped when the context alone does not fit."""
+@dataclass(frozen=True)
+class PlannedReply:
+    """One reply to train, after truncation: the reply at message `message` trained after the system prompt
+    + messages[first:message]."""
+    turn: int  # its index among the dialogue's trained replies
+    message: int  # its index in the dialogue's messages
+    first: int  # the first message its context keeps (the start of the oldest round that fits)
+    reply: list[int]  # its ids and the end-of-turn token, cut when even the last round leaves no room
+
+
+def plan_replies(contexts, messages, targets, replies, max_length: int, stats: SampleStats) -> list[PlannedReply]:
+    """Each reply's plan: `first` is the oldest round from which context + reply fit in max_length
+    (prompt.oldest_round_that_fits: the same rule inference uses); the reply's end is cut when even the
+    last round does not leave it room, and the reply is dropped when the context alone does not fit."""
     plan = []
     for turn, (a, reply) in enumerate(zip(targets, replies)):
         rounds = round_starts(messages[:a])
@@ -152,37 +162,36 @@ def plan_replies(contexts, messages, targets, replies, max_length: int, stats: S
         if room < len(reply):
             stats.truncated_reply_samples += 1
             reply = reply[:room]
-        plan.append((turn, a, j, reply))
+        plan.append(PlannedReply(turn, a, j, reply))
     return plan
 
 
-def per_turn_samples(index: int, contexts, plan) -> list:
+def per_turn_samples(index: int, contexts, plan: list[PlannedReply]) -> list:
     out = []
-    for turn, a, j, reply in plan:
-        context = contexts.ids(j, a)
-        out.append(Sample(index, turn, a, context + reply, [IGNORE_INDEX] * len(context) + reply))
+    for p in plan:
+        context = contexts.ids(p.first, p.message)
+        out.append(Sample(index, p.turn, p.message, context + p.reply, [IGNORE_INDEX] * len(context) + p.reply))
     return out
 
 
-def span_trees(index: int, spans: SpanContexts, plan, tree_length: int) -> list:
+def span_trees(index: int, spans: SpanContexts, plan: list[PlannedReply], tree_length: int) -> list:
     """shared_prefix trees straight from the plan, without materialising per-reply samples: consecutive
-    replies with the same first kept message j share a trunk (the longest of their contexts); a tree
+    replies with the same first kept message share a trunk (the longest of their contexts); a tree
     closes when the next branch would not fit in tree_length."""
     g = len(spans.gen_ids)
     groups, cur = [], None
-    for turn, a, j, reply in plan:
-        visible = spans.length(j, a) - g
-        if cur is not None and cur["j"] == j and visible + cur["size"] + g + len(reply) <= tree_length:
-            cur["a"] = a
-            cur["items"].append((turn, a, visible, reply))
-            cur["size"] += g + len(reply)
+    for p in plan:
+        branch = Branch(spans.length(p.first, p.message) - g, spans.gen_ids + p.reply, [IGNORE_INDEX] * g + p.reply,
+                        p.turn, p.message)
+        if (cur is not None and cur["first"] == p.first
+                and branch.visible + cur["size"] + len(branch.input_ids) <= tree_length):
+            cur["last"] = p.message
+            cur["branches"].append(branch)
+            cur["size"] += len(branch.input_ids)
             continue
-        cur = {"j": j, "a": a, "items": [(turn, a, visible, reply)], "size": g + len(reply)}
+        cur = {"first": p.first, "last": p.message, "branches": [branch], "size": len(branch.input_ids)}
         groups.append(cur)
-    return [Tree.assemble(index, spans.trunk(t["j"], t["a"]),
-                          [(visible, spans.gen_ids + reply, [IGNORE_INDEX] * g + reply, turn, a)
-                           for turn, a, visible, reply in t["items"]])
-            for t in groups]
+    return [Tree.assemble(index, spans.trunk(t["first"], t["last"]), t["branches"]) for t in groups]
 
 
 def trees_from_samples(samples: list, gen_len: int, tree_length: int) -> list:
@@ -197,18 +206,17 @@ def trees_from_samples(samples: list, gen_len: int, tree_length: int) -> list:
     for s in samples:
         n_ctx = next(i for i, t in enumerate(s.labels) if t != IGNORE_INDEX)
         cut = n_ctx - gen_len  # the branch starts with the generation prompt
-        prefix, branch, branch_labels = s.input_ids[:cut], s.input_ids[cut:], s.labels[cut:]
+        prefix = s.input_ids[:cut]
+        branch = Branch(cut, s.input_ids[cut:], s.labels[cut:], s.turn_index, s.message_index)
         if cur is not None:
-            size = len(prefix) + sum(len(b[1]) for b in cur["branches"]) + len(branch)
+            size = len(prefix) + sum(len(b.input_ids) for b in cur["branches"]) + len(branch.input_ids)
             if prefix[: len(cur["trunk"])] == cur["trunk"] and size <= tree_length:
                 cur["trunk"] = prefix
-                cur["branches"].append((len(prefix), branch, branch_labels, s))
+                cur["branches"].append(branch)
                 continue
-        cur = {"trunk": prefix, "branches": [(len(prefix), branch, branch_labels, s)]}
+        cur = {"index": s.dialogue_index, "trunk": prefix, "branches": [branch]}
         trees.append(cur)
-    return [Tree.assemble(t["branches"][0][3].dialogue_index, t["trunk"],
-                          [(v, ids, labels, s.turn_index, s.message_index) for v, ids, labels, s in t["branches"]])
-            for t in trees]
+    return [Tree.assemble(t["index"], t["trunk"], t["branches"]) for t in trees]
 
 
 def build_samples(
@@ -254,8 +262,8 @@ def build_samples(
             contexts = contexts or RenderedContexts(tokenizer, d.messages, enable_thinking)
             plan = plan_replies(contexts, d.messages, targets, these, max_length, stats)
             if trees and not contexts.exact:
-                for turn, a, j, reply in plan:  # per_turn's counts, without building its samples
-                    count(stats, contexts.length(j, a) + len(reply), len(reply))
+                for p in plan:  # per_turn's counts, without building its samples
+                    count(stats, contexts.length(p.first, p.message) + len(p.reply), len(p.reply))
                 out.extend(span_trees(d.index, contexts, plan, tree_length))
                 continue
             samples = per_turn_samples(d.index, contexts, plan)
@@ -316,6 +324,25 @@ def per_turn_stats(view: PerTurnView, stats: SampleStats) -> SampleStats:
 SAMPLE_MODES = ("shared_prefix", "per_turn", "dialogue")
 
 
+@dataclass(frozen=True)
+class SampleSettings:
+    """How dialogues become training samples: the one object the builder and the sample cache's fingerprint read."""
+    group = "samples"  # its name in the run record
+    max_length: int = 2048  # tokens a sample may hold (the oldest rounds go first)
+    mode: str = "shared_prefix"  # one of SAMPLE_MODES
+    pack_length: int = 0  # shared_prefix: tokens a tree may hold; 0 = 1.5 x max_length
+    enable_thinking: bool = False  # the prompt as inference renders it: thinking off
+
+    def fingerprint(self) -> dict:
+        return asdict(self)
+
+
+def build_with_settings(dialogues, tokenizer, settings: SampleSettings, progress=False):
+    """(samples, stats) of `dialogues` as `settings` says."""
+    return build_training_samples(dialogues, tokenizer, settings.max_length, settings.mode, settings.enable_thinking,
+                                  progress=progress, pack_length=settings.pack_length or None)
+
+
 def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix", enable_thinking=False, progress=False,
                            pack_length=None):
     """Samples for `mode`; see README for what each one trains. Returns (a SampleSource, SampleStats)."""
@@ -331,7 +358,5 @@ def build_training_samples(dialogues, tokenizer, max_length, mode="shared_prefix
 
 def dump_samples(samples, path) -> None:
     """JSON Lines, one sample per line: dialogue_index, turn_index, message_index, input_ids, labels."""
-    from psydt_lora.files import atomic_write_text
-
     lines = (json.dumps(s.record(), ensure_ascii=False) for s in samples)
     atomic_write_text(path, "".join(line + "\n" for line in lines))

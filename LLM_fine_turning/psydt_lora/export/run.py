@@ -16,16 +16,16 @@ def parse_formats(text) -> list[str]:
     return formats
 
 
-def run_export(args, model, tokenizer, info: dict, system_prompt, settings) -> int:
+def run_export(args, model, tokenizer, record, system_prompt, settings) -> int:
     """Merged folder (+ GGUF files, Modelfile), then the commands that serve them."""
     from psydt_lora.export.card import model_card
     from psydt_lora.export.merged import save_merged
     from psydt_lora.export.recipes import print_recipes, vllm_recipes
 
     merged = Path(args.save_merged)
-    rank = info.get("args", {}).get("lora_r")
+    rank = record.setting("lora_r") if record else None
     recipes = vllm_recipes(merged, args.model_path, args.adapter_path, rank)
-    card = model_card(info, base=str(args.model_path), adapter=str(args.adapter_path), system_prompt=system_prompt,
+    card = model_card(record, base=str(args.model_path), adapter=str(args.adapter_path), system_prompt=system_prompt,
                       settings=settings, recipes=recipes)
     save_merged(model, tokenizer, merged, system_prompt=system_prompt, settings=settings, card=card)
     print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {merged}（safetensors + 默认关闭思考的 "

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from psydt_lora.files import atomic_write_json
-from psydt_lora.models import RUN_FILE, base_model_signature
+from psydt_lora.models import base_model_signature
+from psydt_lora.run_record import RUN_FILE
 
 
 ADAPTER_DIR = "lora_adapter"
