@@ -418,12 +418,13 @@ def test_the_card_names_the_data_the_adapter_was_trained_on():
     """A run on other corpora must not be carded as PsyDTCorpus (Apache-2.0): the recorded datasets are named."""
     from psydt_lora.export.card import model_card
     from psydt_lora.inference.generation import GenerationSettings
+    from psydt_lora.run_record import RunRecord
 
     mixed = {"data": {"datasets": {"smilechat": {"name": "smilechat", "location": "data/smile", "format": "smilechat"},
                                    "cpsycoune": {"name": "cpsycoune", "location": "data/cpe", "format": "cpsycoune"}}}}
-    card = model_card(mixed, base="Qwen/Qwen3-1.7B", adapter="a", system_prompt=None,
+    card = model_card(RunRecord.from_json(mixed), base="Qwen/Qwen3-1.7B", adapter="a", system_prompt=None,
                       settings=GenerationSettings(), recipes=[])
     assert "PsyDTCorpus" not in card and "`smilechat`" in card and "`cpsycoune`" in card
     assert "datasets: []" in card.split("---\n")[1]
-    assert "PsyDTCorpus" in model_card({}, base="b", adapter="a", system_prompt=None, settings=GenerationSettings(),
+    assert "PsyDTCorpus" in model_card(None, base="b", adapter="a", system_prompt=None, settings=GenerationSettings(),
                                        recipes=[])

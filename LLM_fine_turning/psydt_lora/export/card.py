@@ -4,9 +4,16 @@ import json
 
 from psydt_lora.safety.resources import load_resources
 
-TRAINING_KEYS = ("sample_mode", "max_length", "max_train_items", "num_train_epochs", "max_steps", "learning_rate",
-                 "lr_scheduler_type", "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r",
-                 "lora_alpha", "lora_dropout", "target_modules", "dtype", "seed")
+# (the flag a user knows, the settings group and field that hold it; format-1 records hold the flags themselves)
+TRAINING_SETTINGS = (("sample_mode", "samples", "mode"), ("max_length", "samples", "max_length"),
+                     ("max_train_items", "data", "max_train_items"), ("num_train_epochs", "trainer", "num_train_epochs"),
+                     ("max_steps", "trainer", "max_steps"), ("learning_rate", "trainer", "learning_rate"),
+                     ("lr_scheduler_type", "trainer", "lr_scheduler_type"),
+                     ("per_device_train_batch_size", "trainer", "per_device_train_batch_size"),
+                     ("gradient_accumulation_steps", "trainer", "gradient_accumulation_steps"), ("lora_r", "lora", "r"),
+                     ("lora_alpha", "lora", "alpha"), ("lora_dropout", "lora", "dropout"),
+                     ("target_modules", "lora", "target_modules"), ("dtype", "model", "dtype"), ("seed", "trainer", "seed"),
+                     ("stage", None, "stage"), ("pref_loss", "preference", "loss"), ("pref_beta", "preference", "beta"))
 DATA_KEYS = ("dialogues", "samples", "tokens", "supervised_tokens")
 
 
@@ -30,12 +37,12 @@ def _table(rows) -> list[str]:
     return ["| 项 | 值 |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
 
 
-def data_lines(info: dict) -> tuple[list, list, str]:
+def data_lines(record) -> tuple[list, list, str]:
     """(hub ids for the front matter, the card's data lines, a short name) from the datasets the run recorded;
     PsyDTCorpus when it recorded none (runs before several datasets existed train on it alone)."""
-    rows = list((info.get("data", {}).get("datasets") or {}).values())
+    rows = list(record.datasets.values()) if record else []
     if not rows:
-        dataset = info.get("args", {}).get("dataset_repo") or PSYDT
+        dataset = (record.setting("dataset_repo") if record else None) or PSYDT
         return [dataset], [f"- 数据：`{dataset}`（PsyDTCorpus，中文多轮心理咨询对话，Apache-2.0）"], "PsyDTCorpus"
     lines = [f"- 数据：`{r['name']}`（{r.get('location', '')}，格式 {r.get('format', '?')}）" for r in rows]
     lines.append("- 各数据集的许可以其来源为准；发布或使用本模型时请同时遵守它们。")
@@ -43,13 +50,28 @@ def data_lines(info: dict) -> tuple[list, list, str]:
     return psydt, lines, " + ".join(r["name"] for r in rows)
 
 
-def model_card(info: dict, *, base: str, adapter: str, system_prompt, settings, recipes) -> str:
-    """Markdown with YAML front matter. `info` is the adapter's psydt_run.json ({} when missing)."""
-    args = info.get("args", {})
-    base_repo = info.get("base_model", {}).get("repo") or args.get("model_repo") or base
-    hub_datasets, data, data_name = data_lines(info)
-    train_data = info.get("data", {}).get("train", {})
-    metrics = info.get("metrics") or {}
+def settings_rows(record) -> list[tuple]:
+    """(flag, value) of the settings worth a reader's eye, whichever format the record is in."""
+    if record is None:
+        return []
+    flags = record.settings.get("flags", {})  # a format-1 record
+    rows = []
+    for flag, group, name in TRAINING_SETTINGS:
+        if group is None:
+            value = record.stage if flags == {} else flags.get(flag)
+        else:
+            value = record.settings.get(group, {}).get(name, flags.get(flag))
+        if value is not None:
+            rows.append((flag, ",".join(value) if isinstance(value, list) else value))
+    return rows
+
+
+def model_card(record, *, base: str, adapter: str, system_prompt, settings, recipes) -> str:
+    """Markdown with YAML front matter. `record` is the adapter's RunRecord (None when it has none)."""
+    base_repo = (record.base_model.repo or record.setting("repo") or record.setting("model_repo") if record else None) or base
+    hub_datasets, data, data_name = data_lines(record)
+    train_data = (record.data.get("train") or {}) if record else {}
+    metrics = (record.metrics or {}) if record else {}
     out = [front_matter(base_repo, hub_datasets), f"# {base_repo} + {data_name} LoRA（已合并）", "",
            "> **这不是心理咨询师。** 模型的回复不能替代专业心理咨询、诊断或治疗。如果你或身边的人正处于危机中，请立即求助：", ">"]
     out += [f"> {line}" for line in help_lines()] + ["",
@@ -58,8 +80,8 @@ def model_card(info: dict, *, base: str, adapter: str, system_prompt, settings, 
             *data,
             f"- LoRA adapter：`{adapter}`，用 PsyDT-LoRA 训练后合并进权重（safetensors）", "",
             "## 训练设置", ""]
-    settings_rows = [(k, args[k]) for k in TRAINING_KEYS if k in args]
-    out += (_table(settings_rows) if settings_rows else ["（adapter 旁没有 psydt_run.json，训练设置未知）"])
+    rows = settings_rows(record)
+    out += (_table(rows) if rows else ["（adapter 旁没有 psydt_run.json，训练设置未知）"])
     out += ["", "## 本次训练的指标", ""]
     rows = [(f"训练数据 {k}", train_data[k]) for k in DATA_KEYS if k in train_data]
     rows += [(k, metrics[k]) for k in ("final_train_loss", "final_eval_loss") if metrics.get(k) is not None]
