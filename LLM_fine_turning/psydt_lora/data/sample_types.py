@@ -19,6 +19,17 @@ from typing import ClassVar
 IGNORE_INDEX = -100  # the label of a position that is not learned
 
 
+@dataclass(frozen=True)
+class Branch:
+    """One reply of a tree before it is assembled: how much of the trunk it sees, its ids and labels (the
+    generation prompt, then the reply), and which reply of the dialogue it is."""
+    visible: int  # trunk tokens this reply's context holds
+    input_ids: list[int]
+    labels: list[int]
+    turn_index: int
+    message_index: int
+
+
 @dataclass
 class Sample:
     """One reply in its per_turn context."""
@@ -71,16 +82,16 @@ class Tree:
     branches: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
-    def assemble(cls, dialogue_index: int, trunk: list[int], branches) -> "Tree":
-        """From the trunk and each branch as (visible trunk length, branch ids, branch labels, turn index,
-        message index)."""
+    def assemble(cls, dialogue_index: int, trunk: list[int], branches: list[Branch]) -> "Tree":
+        """From the trunk and its branches."""
         ids, labels, pos, spans = list(trunk), [IGNORE_INDEX] * len(trunk), list(range(len(trunk))), []
-        for visible, branch, branch_labels, _, _ in branches:
-            spans.append((len(ids), visible))
-            ids += branch
-            labels += branch_labels
-            pos += range(visible, visible + len(branch))
-        return cls(dialogue_index, [b[3] for b in branches], [b[4] for b in branches], ids, labels, pos, spans)
+        for b in branches:
+            spans.append((len(ids), b.visible))
+            ids += b.input_ids
+            labels += b.labels
+            pos += range(b.visible, b.visible + len(b.input_ids))
+        return cls(dialogue_index, [b.turn_index for b in branches], [b.message_index for b in branches],
+                   ids, labels, pos, spans)
 
     def per_turn(self, b: int) -> Sample:
         """Branch b as its per_turn sample: the trunk up to what it sees, then the branch."""
