@@ -328,7 +328,7 @@ def _weigh(dialogues: list, weight: float, seed: str) -> list:
     return out + [d for i, d in enumerate(dialogues) if i in pick]
 
 
-def as_test_items(dialogues: list[Dialogue]) -> list[Dialogue]:
+def as_turn_items(dialogues: list[Dialogue]) -> list[Dialogue]:
     """Held-out dialogues in the test-file shape: one item per reply, the history up to it (single-turn split)."""
     items = []
     for d in dialogues:
@@ -337,7 +337,7 @@ def as_test_items(dialogues: list[Dialogue]) -> list[Dialogue]:
     return items
 
 
-def test_records(items: list[Dialogue]) -> list[dict]:
+def split_records(items: list[Dialogue]) -> list[dict]:
     """Items as PsyDTCorpus test-file records, for the batch test to read back."""
     return [{"id": d.id, "normalizedTag": d.tag, "source": d.source, "messages": d.messages} for d in items]
 

@@ -162,7 +162,7 @@ def _table_records(file: Path, builder: str) -> list:
 
 
 # -- detecting -------------------------------------------------------------------------------------------
-def detect(record) -> tuple[str | None, str]:
+def detect_format(record) -> tuple[str | None, str]:
     """(format name or None, the evidence in words) of one record."""
     if isinstance(record, str):
         return "cpsycound", "纯文本"
@@ -193,7 +193,7 @@ def detect(record) -> tuple[str | None, str]:
 def _check_same_format(records, fmt: str, evidence: str, path) -> None:
     first_where = records[0][1]
     for record, where, _ in records[1:]:
-        other, why = detect(record)
+        other, why = detect_format(record)
         if other != fmt:
             raise PsyDTError(f"{where}：格式是 {other or '无法识别'}（{why}），而 {first_where} 是 {fmt}（{evidence}）。"
                              f"同一份数据 {path} 里不能混用两种格式，请拆成两个数据集。")
@@ -211,7 +211,7 @@ def read_source(path, fmt: str = "auto", layout: Layout | None = None, limit: in
         raise PsyDTError(f"数据 {path} 不含任何记录。")
     detected = fmt == "auto"
     if detected:
-        fmt, evidence = detect(records[0][0])
+        fmt, evidence = detect_format(records[0][0])
         if fmt is None:
             raise PsyDTError(f"{records[0][1]}：认不出数据格式（{evidence}）。支持 {', '.join(FORMATS)}；"
                              "其他形状请写一个数据集说明（--dataset_spec，见 README 的“数据”一节）声明列名和角色标签。")
