@@ -4,7 +4,7 @@ import pytest
 
 from conftest import DIALOGUES, REAL_SAMPLE, SHAPED_TEST, SHAPED_TRAIN, SYSTEM, require
 from psydt_lora.data.dialogues import Dialogue, read_dialogues
-from psydt_lora.prompt import render_prompt
+from psydt_lora.prompt import fit_history, prompt_ids, render_prompt
 from psydt_lora.data.samples import IGNORE_INDEX, build_samples
 
 
@@ -120,6 +120,26 @@ def test_reply_end_is_cut_only_when_the_last_round_alone_does_not_fit(tiny_token
     # context alone too long: the sample is dropped and counted, not silently mangled
     samples, stats = build_samples([dialogue(msgs)], tiny_tokenizer, max_length=context_len - 1)
     assert len(samples) == 0 and stats.dropped_too_long_samples == 1
+
+
+def test_a_history_of_exactly_the_limit_is_kept_whole_and_one_token_more_drops_the_oldest_round(tiny_tokenizer):
+    """The round-fitting boundary, in training and in chat: a context + reply of exactly max_length tokens
+    keeps every round; with one token less room the oldest round goes (and only it)."""
+    msgs = long_dialogue(rounds=3)
+    last = len(msgs) - 1
+    whole = prompt_ids(tiny_tokenizer, msgs[:last])
+    reply = len(ids(tiny_tokenizer, msgs[last]["content"])) + 1  # + <|im_end|>
+    exact = len(whole) + reply
+    samples, stats = build_samples([dialogue(msgs)], tiny_tokenizer, max_length=exact, last_reply_only=True)
+    assert samples[0].input_ids[: len(whole)] == whole and len(samples[0].input_ids) == exact
+    assert stats.truncated_history_samples == 0
+    samples, stats = build_samples([dialogue(msgs)], tiny_tokenizer, max_length=exact - 1, last_reply_only=True)
+    assert samples[0].input_ids[: -reply] == prompt_ids(tiny_tokenizer, msgs[:1] + msgs[3:last])
+    assert stats.dropped_rounds == 1
+    # chat's history: the same rule through prompt.fit_history
+    assert fit_history(tiny_tokenizer, msgs[:last], len(whole)) == (whole, 0)
+    kept, dropped = fit_history(tiny_tokenizer, msgs[:last], len(whole) - 1)
+    assert dropped == 1 and kept == prompt_ids(tiny_tokenizer, msgs[:1] + msgs[3:last])
 
 
 def test_consecutive_replies_use_the_exact_rendering(tiny_tokenizer):
