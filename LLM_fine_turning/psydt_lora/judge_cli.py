@@ -9,6 +9,9 @@
     psydt-judge pairwise --a ./output/psydt_judge/cpsycoune.json --judge_url URL --judge_model NAME
     psydt-judge crisis --results ./output/psydt_judge/crisis.json --judge_url URL --judge_model NAME
 
+    # preference pairs for DPO from those verdicts (several samples per item: generate --samples_per_item 4)
+    psydt-judge pairs --out_dir ./output/psydt_judge        # -> ./output/psydt_judge/pairs.jsonl
+
 Every command writes its JSON into --out_dir and rebuilds the report there (report.md + report.png);
 answers are cached in <out_dir>/cache.sqlite, so a rerun sends nothing and a killed run resumes.
 The script LLM_fine_turning/judge_psydt_lora.py calls this module.
@@ -41,7 +44,7 @@ def add_endpoint(p, who: str, name: str, required: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("用 LLM 评审（rubric / 两两比较 / 危机回应检查）评估心理咨询模型；生成与评审都走 OpenAI 兼容接口。")
-    sub = p.add_subparsers(dest="command", required=True, title="命令", metavar="{generate,rubric,pairwise,crisis,report}")
+    sub = p.add_subparsers(dest="command", required=True, title="命令", metavar="{generate,rubric,pairwise,crisis,pairs,report}")
 
     def command(name, text):
         c = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter, usage="%(prog)s [选项]",
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=0.7, help="采样温度（0 = 贪心）")
     c.add_argument("--top_p", type=float, default=0.8, help="nucleus 采样阈值")
     c.add_argument("--seed", type=int, default=None, help="请求里带上的随机种子（vLLM 支持）")
+    c.add_argument("--samples_per_item", type=int, default=1,
+                   help="每条生成几个样本（> 1 时需 --temperature > 0；第 k 个样本的 seed 是 --seed + k，不给 --seed 时从 0 起，"
+                        "每个样本单独缓存）；评分表给每个样本打分，pairs 命令用最好对最差组成偏好对")
     add_endpoint(c, "gen", "生成模型")
 
     c = command("rubric", "给结果文件里每条回复按评分表打分")
@@ -82,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--results", required=True, help="`generate --eval_set crisis` 写出的结果文件")
     add_endpoint(c, "judge", "评审模型", required=False)
 
+    from psydt_lora.judge.preferences import DEFAULT_MIN_MARGIN
+
+    c = command("pairs", "从评审结果写出偏好对（DPO 等偏好训练用）：两两比较两种顺序一致的胜负、评分表的最好对最差、回复过滤层")
+    c.add_argument("--judged", action="append", default=None,
+                   help="评审结果文件（rubric-*.json、pairwise-*.json、crisis-check.json，可重复）；默认 --out_dir 里的全部")
+    c.add_argument("--min_margin", type=float, default=DEFAULT_MIN_MARGIN,
+                   help="评分表：最好和最差的回复总分至少差这么多才组成一对（必须 > 0，分数相同算平局，跳过）")
+    c.add_argument("--output", default=None, help="偏好对文件（TRL 对话格式的 JSONL）；默认 <out_dir>/pairs.jsonl")
+
     command("report", "只根据 --out_dir 里已有的评审结果重写报告")
     return p
 
@@ -93,6 +108,9 @@ def main(argv=None) -> int:
 
     check_can_write(out_dir, "--out_dir")
     run = {"generate": run_generate, "rubric": run_rubric, "pairwise": run_pairwise, "crisis": run_crisis}
+    if args.command == "pairs":  # reads the judged files, writes the pair file: the report stays as it is
+        run_pairs(args, out_dir)
+        return 0
     if args.command in run:
         run[args.command](args, out_dir)
     from psydt_lora.judge.report import write_judge_report
@@ -139,20 +157,36 @@ def run_generate(args, out_dir) -> None:
     output = Path(args.output or out_dir / f"{args.eval_set}.json")
     print(f"[生成] {args.eval_set}：{len(items)} 条（来自 {source}）")
     cache = open_cache(args, out_dir)
-    sampling = {"temperature": args.temperature, "top_p": args.top_p if args.temperature > 0 else None,
-                "seed": args.seed}
-    endpoints = {"response": endpoint(args, "gen", cache, **sampling)}
-    if args.gen_base_model:
-        endpoints["base_response"] = endpoint(args, "gen", cache, url=args.gen_base_url, model=args.gen_base_model,
-                                              **sampling)
+    samples = []
+    for seed in sample_seeds(args):
+        sampling = {"temperature": args.temperature, "top_p": args.top_p if args.temperature > 0 else None, "seed": seed}
+        endpoints = {"response": endpoint(args, "gen", cache, **sampling)}
+        if args.gen_base_model:
+            endpoints["base_response"] = endpoint(args, "gen", cache, url=args.gen_base_url, model=args.gen_base_model,
+                                                  **sampling)
+        samples.append(endpoints)
     meta = {"eval_set": args.eval_set, "test_file": source, "label": "lora" if args.gen_base_model else args.gen_model,
             "model": args.gen_base_model, "adapter": args.gen_model if args.gen_base_model else None,
             "system_prompt": "override" if system else "from each item"}
-    report = generate(items, endpoints, output, meta, system_override=system, progress=not args.no_progress)
-    for ep in endpoints.values():
+    report = generate(items, samples, output, meta, system_override=system, progress=not args.no_progress)
+    for ep in (ep for endpoints in samples for ep in endpoints.values()):
         report_usage("生成", ep)
     failed = sum(report["meta"]["failed"].values())
-    print(f"[完成] {len(items)} 条写入 {output}" + (f"；{failed} 条请求失败（重跑同一命令会补上）" if failed else ""))
+    each = f"，每条 {len(samples)} 个样本" if len(samples) > 1 else ""
+    print(f"[完成] {len(items)} 条{each}写入 {output}" + (f"；{failed} 条请求失败（重跑同一命令会补上）" if failed else ""))
+
+
+def sample_seeds(args) -> list:
+    """One seed per sample: --seed alone for one sample; --seed + k (from 0 without --seed) for several,
+    which must be sampled (temperature above 0) to differ."""
+    n = args.samples_per_item
+    if n < 1:
+        raise PsyDTError("--samples_per_item 至少是 1。")
+    if n == 1:
+        return [args.seed]
+    if args.temperature <= 0:
+        raise PsyDTError(f"--samples_per_item {n} 需要采样：请把 --temperature 设为大于 0 的值（贪心解码的 {n} 个样本完全一样）。")
+    return [(args.seed or 0) + k for k in range(n)]
 
 
 def eval_items(args, out_dir):
@@ -240,6 +274,24 @@ def run_crisis(args, out_dir) -> None:
     for side, groups in screen.items():
         g = groups["crisis"]
         print(f"[危机检查] {side}：危机对话 {g['items']} 条，来访者一轮被识别 {g['turn_flagged']} 条，回复被拦截 {g['reply_blocked']} 条")
+
+
+def run_pairs(args, out_dir) -> None:
+    from psydt_lora.files import check_can_write
+    from psydt_lora.judge.preferences import SOURCES, build_pairs, judged_files, write_pairs
+    from psydt_lora.safety.session import Safety
+
+    paths = args.judged or judged_files(out_dir)
+    if not paths:
+        raise PsyDTError(f"{out_dir} 里没有评审结果：先运行 rubric / pairwise，或用 --judged 指定评审结果文件。")
+    output = Path(args.output or out_dir / "pairs.jsonl")
+    check_can_write(output, "--output")
+    pairs, tally = build_pairs(paths, Safety(), args.min_margin)
+    write_pairs(output, pairs)
+    counts = "，".join(f"{source} {tally.pairs[source]}" for source in SOURCES)
+    print(f"[偏好对] {len(pairs)} 对写入 {output}（来自 {len(paths)} 个评审结果文件；{counts}）")
+    for reason, n in sorted(tally.skipped.items()):
+        print(f"[跳过] {reason}：{n} 条")
 
 
 def pick_side(spec: str):

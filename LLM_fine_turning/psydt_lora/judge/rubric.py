@@ -158,7 +158,9 @@ def history(r: dict) -> list[dict]:
 
 
 def item_key(r: dict) -> str:
-    return f"{r.get('index')}|{r.get('id')}"
+    """An item's key; with several samples per item (`generate --samples_per_item`) one key per sample."""
+    sample = f"#s{r['sample']}" if r.get("sample") is not None else ""
+    return f"{r.get('index')}|{r.get('id')}{sample}"
 
 
 # -- judging ---------------------------------------------------------------------------------------
