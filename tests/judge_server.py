@@ -3,8 +3,9 @@ answers decided by what the request says.
 
 The text of the last user message decides: `ANS<...>` anywhere in it -> that literal answer; for pairwise
 prompts the reply holding `WIN` wins in whichever position it stands, and `BIAS` makes the judge always
-say "A". A prompt holding `RATE429` gets a 429 the first time it is seen, `SLOW` a reply that never comes
-within the client's timeout the first time; both succeed afterwards. Every request is recorded."""
+say "A". A test may pass its own `answer(body)` instead (a scripted client or counsellor). A prompt holding
+`RATE429` gets a 429 the first time it is seen, `SLOW` a reply that never comes within the client's timeout
+the first time; both succeed afterwards. Every request is recorded."""
 import hashlib
 import json
 import re
@@ -28,7 +29,8 @@ def decide(text: str) -> str:
 
 
 class JudgeServer:
-    def __init__(self):
+    def __init__(self, answer=None):
+        self.answer = answer or (lambda body: decide(body["messages"][-1]["content"]))  # body -> the reply text
         self.lock = threading.Condition()
         self.requests = []  # (prompt key, HTTP status) of every request received
         self.answered = Counter()  # prompt key -> 200 answers granted (then sent)
@@ -75,7 +77,7 @@ class JudgeServer:
             return
         if status == 429:
             return self.send(h, 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"retry-after-ms": "10"})
-        answer = decide(text)
+        answer = self.answer(body)
         self.send(h, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": answer}}],

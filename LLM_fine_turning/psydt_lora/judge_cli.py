@@ -37,14 +37,14 @@ def add_endpoint(p, who: str, name: str, required: bool = True) -> None:
     g.add_argument(f"--{who}_concurrency", type=int, default=8, help="同时发出的请求数")
     g.add_argument(f"--{who}_timeout", type=float, default=120.0, help="单个请求的超时（秒）")
     g.add_argument(f"--{who}_retries", type=int, default=5, help="遇到 429 / 5xx / 超时后最多重试几次（指数退避）")
-    g.add_argument(f"--{who}_max_tokens", type=int, default=512 if who == "gen" else 64, help="每次回答最多的 token 数")
+    g.add_argument(f"--{who}_max_tokens", type=int, default={"gen": 512, "client": 256}.get(who, 64), help="每次回答最多的 token 数")
     g.add_argument(f"--{who}_extra_body", default='{"chat_template_kwargs": {"enable_thinking": false}}',
                    help="原样加进请求体的 JSON（vLLM/SGLang 用它关闭 Qwen3 的思考；托管 API 请设为 '{}'）")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("用 LLM 评审（rubric / 两两比较 / 危机回应检查）评估心理咨询模型；生成与评审都走 OpenAI 兼容接口。")
-    sub = p.add_subparsers(dest="command", required=True, title="命令", metavar="{generate,rubric,pairwise,crisis,pairs,report}")
+    sub = p.add_subparsers(dest="command", required=True, title="命令", metavar="{generate,rubric,pairwise,crisis,pairs,simulate,report}")
 
     def command(name, text):
         c = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter, usage="%(prog)s [选项]",
@@ -97,8 +97,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="评分表：最好和最差的回复总分至少差这么多才组成一对（必须 > 0，分数相同算平局，跳过）")
     c.add_argument("--output", default=None, help="偏好对文件（TRL 对话格式的 JSONL）；默认 <out_dir>/pairs.jsonl")
 
+    simulate_options(command("simulate", "整段会谈：模拟来访者与咨询师多轮对话，再由评审模型给整场会谈打分（危机设定另评危机回应）"))
     command("report", "只根据 --out_dir 里已有的评审结果重写报告")
     return p
+
+
+def simulate_options(c) -> None:
+    c.add_argument("--profiles", default=None, help="来访者设定 JSON 文件（列表：id、profile，可选 attitude、risk、opening）；默认内置的 69 个")
+    c.add_argument("--replay_file", default=None, help="PsyDTCorpus 格式的对话文件：每段对话里来访者自己的话做成一个回放设定")
+    c.add_argument("--max_profiles", type=int, default=0, help="均匀取 N 个设定；0 = 全部")
+    c.add_argument("--max_turns", type=int, default=20, help="每场会谈最多几轮（一轮 = 来访者一句 + 咨询师一句）")
+    c.add_argument("--sessions_per_profile", type=int, default=1, help="每个设定谈几场（来访者的种子各不相同）")
+    c.add_argument("--client_seed", type=int, default=0, help="来访者种子的起点；每个设定的种子由它和设定 id 决定，两位咨询师遇到同一个来访者")
+    c.add_argument("--client_temperature", type=float, default=0.7, help="来访者模型的采样温度")
+    c.add_argument("--label", default=None, help="咨询师在报告里的名字；默认 --gen_model")
+    c.add_argument("--system_prompt", default=None, help="咨询师的系统提示词（默认推理脚本的默认值）")
+    c.add_argument("--temperature", type=float, default=0.7, help="咨询师的采样温度（0 = 贪心）")
+    c.add_argument("--top_p", type=float, default=0.8, help="咨询师的 nucleus 采样阈值")
+    c.add_argument("--seed", type=int, default=None, help="咨询师请求里带上的随机种子（vLLM 支持）")
+    c.add_argument("--gen_base_model", default=None, help="第二位咨询师（例如基础模型）：同样的设定和来访者种子再谈一遍，并做整场两两比较")
+    c.add_argument("--gen_base_url", default=None, help="第二位咨询师在另一个接口上时的地址（默认同 --gen_url）")
+    c.add_argument("--rubric", default="session", help="整场会谈的评分表：session，或同样形状的评分表 JSON 文件")
+    add_endpoint(c, "gen", "咨询师模型")
+    add_endpoint(c, "client", "来访者模型")
+    add_endpoint(c, "judge", "评审模型（不给则只写会谈记录）", required=False)
 
 
 def main(argv=None) -> int:
@@ -107,7 +129,8 @@ def main(argv=None) -> int:
     from psydt_lora.files import check_can_write
 
     check_can_write(out_dir, "--out_dir")
-    run = {"generate": run_generate, "rubric": run_rubric, "pairwise": run_pairwise, "crisis": run_crisis}
+    run = {"generate": run_generate, "rubric": run_rubric, "pairwise": run_pairwise, "crisis": run_crisis,
+           "simulate": run_simulate}
     if args.command == "pairs":  # reads the judged files, writes the pair file: the report stays as it is
         run_pairs(args, out_dir)
         return 0
@@ -294,6 +317,56 @@ def run_pairs(args, out_dir) -> None:
         print(f"[跳过] {reason}：{n} 条")
 
 
+def run_simulate(args, out_dir) -> None:
+    from psydt_lora.judge.simulation import Counsellor, simulate
+    from psydt_lora.prompt import DEFAULT_SYSTEM
+    from psydt_lora.safety.session import Safety
+
+    if args.max_turns < 1 or args.sessions_per_profile < 1:
+        raise PsyDTError("--max_turns 和 --sessions_per_profile 至少是 1。")
+    profiles, source = simulate_profiles(args)
+    cache = open_cache(args, out_dir)
+    sampling = {"temperature": args.temperature, "top_p": args.top_p if args.temperature > 0 else None, "seed": args.seed}
+    counsellors = [Counsellor(args.label or args.gen_model, endpoint(args, "gen", cache, **sampling),
+                              endpoint(args, "client", cache, temperature=args.client_temperature))]
+    if args.gen_base_model:
+        counsellors.append(Counsellor(args.gen_base_model, endpoint(args, "gen", cache, url=args.gen_base_url,
+                                                                    model=args.gen_base_model, **sampling),
+                                      endpoint(args, "client", cache, temperature=args.client_temperature)))
+    judge = endpoint(args, "judge", cache) if args.judge_url else None
+    print(f"[会谈] {len(profiles)} 个设定（{source}）× {args.sessions_per_profile} 场，最多 {args.max_turns} 轮")
+    results = simulate(profiles, counsellors, judge, out_dir, Safety(), rubric=args.rubric, source=source,
+                       system=args.system_prompt or DEFAULT_SYSTEM, max_turns=args.max_turns,
+                       repeats=args.sessions_per_profile, base_seed=args.client_seed, progress=not args.no_progress)
+    for c in counsellors:
+        report_usage("来访者", c.client)
+        report_usage("咨询师", c.endpoint)
+    if judge is not None:
+        report_usage("评审", judge)
+    for line in results:
+        print(line)
+
+
+def simulate_profiles(args):
+    """(profiles, where they came from): the user's file, replayed dialogues, or the shipped set; --max_profiles
+    spreads the pick over the list."""
+    from psydt_lora.judge.profiles import SHIPPED, load_profiles, pick_spread, replay_profiles, shipped_profiles
+
+    profiles, sources = [], []
+    if args.profiles:
+        profiles += load_profiles(args.profiles)
+        sources.append(str(args.profiles))
+    if args.replay_file:
+        profiles += replay_profiles(args.replay_file)
+        sources.append(f"回放 {args.replay_file}")
+    if not profiles:
+        profiles, sources = shipped_profiles(), [f"内置 {SHIPPED.name}"]
+    profiles = pick_spread(profiles, args.max_profiles)
+    if len({p.id for p in profiles}) != len(profiles):
+        raise PsyDTError("来访者设定的 id 有重复（--profiles 与 --replay_file 之间）：请改掉重复的 id。")
+    return profiles, "；".join(sources)
+
+
 def pick_side(spec: str):
     from psydt_lora.judge.rubric import sides_of
 
@@ -315,8 +388,7 @@ def unique_labels(sides):
 
 
 def rubric_info(rubric) -> dict:
-    return {"id": rubric.id, "version": rubric.version, "name": rubric.name, "path": rubric.path,
-            "dimensions": [vars(d) for d in rubric.dimensions]}
+    return rubric.info()
 
 
 def write_judged(path, judge, items, summary, **meta) -> None:

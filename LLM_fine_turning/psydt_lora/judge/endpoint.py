@@ -122,20 +122,24 @@ class Endpoint:
         self.usage = Usage()
         self.lock = threading.Lock()
 
-    def key(self, purpose: str, messages: list[dict]) -> str:
-        blob = json.dumps({"model": self.config.model, "purpose": purpose, "sampling": self.config.sampling(),
+    def sampling(self, seed: int | None = None) -> dict:
+        """The config's sampling, with a per-request seed when one is given (a simulated client's per profile)."""
+        return {**self.config.sampling(), **({"seed": seed} if seed is not None else {})}
+
+    def key(self, purpose: str, messages: list[dict], seed: int | None = None) -> str:
+        blob = json.dumps({"model": self.config.model, "purpose": purpose, "sampling": self.sampling(seed),
                            "messages": messages}, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-    def ask(self, purpose: str, messages: list[dict]) -> Answer:
+    def ask(self, purpose: str, messages: list[dict], seed: int | None = None) -> Answer:
         """One answer: from the cache, else from the server (committed to the cache at once)."""
-        key = self.key(purpose, messages)
+        key = self.key(purpose, messages, seed)
         hit = self.cache.get(key)
         if hit is not None:
             with self.lock:
                 self.usage.cached += 1
             return Answer(**hit, cached=True)
-        answer = self._request(messages)
+        answer = self._request(messages, seed)
         with self.lock:
             self.usage.prompt_tokens += answer.prompt_tokens
             self.usage.completion_tokens += answer.completion_tokens
@@ -149,11 +153,11 @@ class Endpoint:
                                                              "completion_tokens": answer.completion_tokens})
         return answer
 
-    def _request(self, messages) -> Answer:
+    def _request(self, messages, seed: int | None = None) -> Answer:
         import openai
 
         c = self.config
-        sampling = {k: v for k, v in c.sampling().items() if k != "extra_body"}
+        sampling = {k: v for k, v in self.sampling(seed).items() if k != "extra_body"}
         for attempt in range(c.retries + 1):
             with self.lock:
                 self.usage.requests += 1

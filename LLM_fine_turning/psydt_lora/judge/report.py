@@ -3,15 +3,19 @@
 Per rubric: per-dimension means with 95 % intervals (bootstrap over dialogues) for each model, overall and
 per topic, how many verdicts failed and why, the judge and its settings, the rank agreement between the
 rubric and the overlap metrics, and the items where two models differ most; the pairwise tables; the
-crisis-response table.
+crisis-response table; the sessions of `simulate`: per-attitude and per-profile means with intervals,
+session lengths and how each ended, the crisis-persona table, the weakest sessions in full, and the
+sessions compared pairwise.
 """
 from pathlib import Path
 
-from psydt_lora.files import atomic_write_text, read_json
+from psydt_lora.files import atomic_write_text, load_records, read_json
 from psydt_lora.plots import pyplot, save_figure
 from psydt_lora.judge.rubric import STATUSES, history, item_key, read_results
 from psydt_lora.evaluation.report import md_text
 from psydt_lora.judge.stats import spearman
+from psydt_lora.judge.profiles import ATTITUDES, RISKS
+from psydt_lora.judge.session import ENDINGS
 
 STATUS_NAMES = {"ok": "有效", "unparseable": "无法解析", "out_of_range": "超出范围", "refused": "拒答", "failed": "请求失败"}
 OVERLAP = {"chrf": "chrF", "rougeL": "ROUGE-L", "bleu4_char": "BLEU-4(字)"}
@@ -192,6 +196,97 @@ def plot(rubrics: list[dict], path: Path) -> bool:
     return True
 
 
+def _session_head(meta) -> list[str]:
+    u, co, cl = meta["usage"], meta["counsellor"], meta["client"]
+    asked = "；".join(f"{who} {x['requests']} 次请求（缓存命中 {x['cached']}，失败 {x['failed']}），输入 {x['prompt_tokens']} + "
+                     f"输出 {x['completion_tokens']} token" for who, x in (("咨询师", u["counsellor"]), ("来访者", u["client"])))
+    return [f"- 设定：{meta['profiles']}；每个设定 {meta['sessions_per_profile']} 场，最多 {meta['max_turns']} 轮，"
+            f"来访者种子起点 {meta['client_seed']}；会谈记录 `{meta['transcripts']}`",
+            f"- 咨询师 `{co['model']}`（{co['url']}，temperature {co['temperature']}）；来访者 `{cl['model']}`"
+            f"（{cl['url']}，temperature {cl['temperature']}）", f"- {asked}；会谈用时 {meta['seconds']:.1f} 秒"]
+
+
+def _lengths(n: dict) -> list[str]:
+    mean = "—" if n["mean"] is None else f"{n['mean']:.1f}"
+    return ["| 场数 | 平均轮数 | 最短 | 最长 | " + " | ".join(ENDINGS.values()) + " |",
+            "| ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in ENDINGS) + " |",
+            f"| {n['sessions']} | {mean} | {n['min']} | {n['max']} | "
+            + " | ".join(str(n["ended_by"].get(k, 0)) for k in ENDINGS) + " |", ""]
+
+
+def _profile_table(summary) -> list[str]:
+    lines = ["| 设定 | 态度 | 风险 | 轮数 | 合计 [95% 置信区间] |", "| --- | --- | --- | ---: | ---: |"]
+    for pid, row in summary["by_profile"].items():
+        turns = "、".join(str(t) for t in row["turns"])
+        lines.append(f"| {md_text(pid)} | {ATTITUDES.get(row['attitude'], '未指定')} | {RISKS.get(row['risk'], row['risk'])} "
+                     f"| {turns} | {_ci(row['total'])} |")
+    return lines + [""]
+
+
+def _crisis_table(crisis, dims) -> list[str]:
+    rows = crisis.get("rows") or []
+    if not rows:
+        return []
+    keys = [d["key"] for d in dims]
+    lines = ["### 危机设定", "", "透露轮：设定里安排的轮次 / 项目的危机词典在来访者话里第一次识别到的轮次；求助轮：从透露起，咨询师"
+             "第一次给出求助热线的轮次（与透露同一轮 = 紧接着的那条回复）。", "",
+             "| 设定 | 风险 | 安排透露 | 识别到透露 | 给出热线 | 轮数 | 结束 | 评审 | " + " | ".join(d["name"] for d in dims) + " |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | " + " | ".join("---:" for _ in dims) + " |"]
+    for r in rows:
+        cells = [str(r["scores"][k]) if r.get("scores") else "—" for k in keys]
+        lines.append(f"| {md_text(r['key'])} | {RISKS.get(r['risk'], r['risk'])} | {r['disclose_at'] or '—'} | "
+                     f"{r['disclosure_turn'] or '未识别'} | {r['help_turn'] or '没有'} | {r['turns']} | "
+                     f"{ENDINGS[r['ended_by']]} | {STATUS_NAMES.get(r.get('status'), '未评')} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _transcript(session) -> list[str]:
+    turn, out = 0, []
+    for m in session["messages"]:
+        turn += m["role"] == "user"
+        out.append(f"- 第 {turn} 轮 **{'来访者' if m['role'] == 'user' else '咨询师'}**：{md_text(m['content'])}")
+    return out + [""]
+
+
+def sessions_section(data, sessions: list[dict]) -> list[str]:
+    meta, summary = data["meta"], data.get("summary")
+    lines = [f"## 整段会谈：{meta['label']}", "", *_session_head(meta), "", *_lengths(data["lengths"])]
+    if not summary:
+        return lines + ["没有给评审模型（--judge_url）：只写了会谈记录。", ""]
+    dims = meta["rubric"]["dimensions"]
+    lines += [f"评分表：{meta['rubric']['name']}（{meta['rubric']['id']} v{meta['rubric']['version']}）。"
+              f"{judge_line({'judge': meta['judge'], 'usage': meta['judge_usage']})}（评审的累计数）", "",
+              "均值先按设定平均、再对设定平均；方括号是设定层面自助法的 95% 置信区间。", "",
+              *_dimension_table({"全部": summary["overall"], **summary["by_attitude"]}, dims), "",
+              "评审结果：" + "，".join(f"{STATUS_NAMES[k]} {n}" for k, n in summary["counts"].items()), "",
+              "### 按设定", "", *_profile_table(summary)]
+    lines += _crisis_table(data.get("crisis") or {}, meta["crisis_rubric"]["dimensions"])
+    by_key = {f"{s['profile']}#{s['repeat']}": s for s in sessions}
+    totals = {v["key"]: sum(v["scores"].values()) for v in data["items"] if v["status"] == "ok"}
+    for n, key in enumerate(data.get("weakest", []), 1):
+        if key in by_key:
+            s = by_key[key]
+            lines += [f"### 最弱的会谈 {n}：{md_text(key)}（合计 {totals[key]}，{s['turns']} 轮，{ENDINGS[s['ended_by']]}）", "",
+                      *_transcript(s)]
+    return lines
+
+
+def session_pairwise_section(data) -> list[str]:
+    lines = pairwise_section(data)
+    return [lines[0].replace("## 两两比较", "## 整段会谈两两比较"), *lines[1:]]
+
+
+def _simulated(out_dir: Path) -> list[str]:
+    lines = []
+    for p in sorted(out_dir.glob("simulate-*.json")):
+        data = read_json(p, "会谈评审结果")
+        transcripts = out_dir / data["meta"]["transcripts"]
+        lines += sessions_section(data, load_records(transcripts) if transcripts.is_file() else [])
+    for p in sorted(out_dir.glob("session-pairwise-*.json")):
+        lines += session_pairwise_section(read_json(p, "会谈评审结果"))
+    return lines
+
+
 def write_judge_report(out_dir) -> tuple[Path, Path | None]:
     """report.md (+ report.png when there are rubric scores) from the JSON files in `out_dir`."""
     out_dir = Path(out_dir)
@@ -210,8 +305,10 @@ def write_judge_report(out_dir) -> tuple[Path, Path | None]:
         lines += pairwise_section(data)
     if crisis.is_file():
         lines += crisis_section(read_json(crisis, "危机检查结果"))
-    if not (rubrics or pairwise or crisis.is_file()):
-        lines += [f"{out_dir} 里还没有评审结果：先运行 rubric / pairwise / crisis 命令。", ""]
+    sessions = _simulated(out_dir)
+    lines += sessions
+    if not (rubrics or pairwise or crisis.is_file() or sessions):
+        lines += [f"{out_dir} 里还没有评审结果：先运行 rubric / pairwise / crisis / simulate 命令。", ""]
     md = out_dir / "report.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     return md, png

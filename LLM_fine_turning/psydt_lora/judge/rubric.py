@@ -63,6 +63,11 @@ class Rubric:
         """The rubric's part of the cache key."""
         return f"rubric:{self.id}@{self.version}"
 
+    def info(self) -> dict:
+        """What a judged file records of its rubric."""
+        return {"id": self.id, "version": self.version, "name": self.name, "path": self.path,
+                "dimensions": [vars(d) for d in self.dimensions]}
+
     def messages(self, history: list[dict], reply: str, reference: str | None = None) -> list[dict]:
         dims = "\n".join(f"{i}. {d.name}（{d.min}–{d.max} 分）：{d.description}" for i, d in enumerate(self.dimensions, 1))
         example = "[" + ", ".join(str(d.max) if i % 2 else str(d.min) for i, d in enumerate(self.dimensions)) + "]"
