@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
+import inference_psydt_lora
 import train_psydt_lora
 from conftest import ASSETS, DIALOGUES, REAL_TOKENIZER, SYSTEM, require
 from format_files import FORMATS, ROLE_TAGS, sharegpt, write_format, write_json
-from psydt_lora.data.datasets import build_mix, entries_from_args, read_spec, system_prompts
+from psydt_lora import hub
+from psydt_lora.data.datasets import build_mix, dialogue_key, entries_from_args, read_spec, system_prompts
 from psydt_lora.data.formats import read_source
+from psydt_lora.data.samples import IGNORE_INDEX, build_samples
 from psydt_lora.errors import PsyDTError, run_cli
+from psydt_lora.infer_cli import heldout_file
+from psydt_lora.prompt import DEFAULT_SYSTEM
+from psydt_lora.run_record import RunRecord
 
 SMILE = ASSETS / "smilechat-sample" / "dialogues.json"
 CPSYCOUNE = ASSETS / "cpsycoune"
@@ -78,7 +84,6 @@ def test_cpsycoune_as_published_is_one_dialogue_a_file():
 
 @pytest.mark.parametrize("path", [SMILE, CPSYCOUNE])
 def test_real_corpora_samples_equal_apply_chat_template(real_tokenizer, path):
-    from psydt_lora.data.samples import IGNORE_INDEX, build_samples
 
     mix = build_mix(entries_from_args([str(require(path) if path.suffix else path)], None, 8), system_prompt=SYSTEM,
                     **QUIET)
@@ -161,7 +166,6 @@ def test_weights_and_caps_mix_deterministically(tmp_path):
 
 
 def test_heldout_split_is_by_dialogue_deterministic_and_never_trained(tmp_path):
-    from psydt_lora.data.datasets import dialogue_key
 
     a = spec_mix(tmp_path, val_size=0.2)
     assert len(a.heldout) == round(0.2 * 30)
@@ -186,8 +190,6 @@ def test_exact_duplicates_across_datasets_are_dropped_and_counted(tmp_path):
 
 # -- hub datasets ----------------------------------------------------------------------------------------
 def test_hub_dataset_by_id_is_downloaded_once_and_its_train_split_used(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from psydt_lora import hub
-
     monkeypatch.setenv("PSYDT_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
 
@@ -251,8 +253,6 @@ def bad_cases(tmp_path):
 
 
 def test_bad_input_stops_with_a_chinese_message_before_the_model_is_fetched(tmp_path, capsys, monkeypatch):
-    from psydt_lora import hub
-
     monkeypatch.setattr(hub, "_downloader", lambda *a: pytest.fail("the model was fetched before the data was checked"))
     for extra, words in bad_cases(tmp_path):
         model, out = tmp_path / "no-model", tmp_path / "out"
@@ -275,10 +275,6 @@ def train(tiny_model_dir, out, *extra):
 
 @pytest.mark.slow
 def test_training_on_the_published_corpora_mixed_with_weights_and_a_heldout_split(tiny_model_dir, tmp_path):
-    import inference_psydt_lora
-    from psydt_lora.infer_cli import heldout_file
-    from psydt_lora.run_record import RunRecord
-    from psydt_lora.prompt import DEFAULT_SYSTEM
 
     spec = write_json(tmp_path / "spec.json", {"datasets": {
         "smile": {"path": str(require(SMILE)), "max_items": 6, "weight": 0.5},

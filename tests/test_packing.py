@@ -3,10 +3,10 @@ import pytest
 
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
 from psydt_lora.data.dialogues import read_dialogues
-from psydt_lora.data.packing import SampleCollator, fill_rows, merge_features
+from psydt_lora.data.packing import SampleCollator, fill_rows, merge_features, tree_block_mask, tree_mask
 from psydt_lora.data.sample_types import IGNORE_INDEX, Sample, Tree
 from psydt_lora.data.samples import build_samples, build_training_samples
-from psydt_lora.train.loss import batch_loss
+from psydt_lora.train.loss import batch_loss, fused_head
 
 
 def real_dialogues():
@@ -100,8 +100,6 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
     per_turn, _ = build_samples(dialogues, real_tokenizer, max_length)  # each made whole from its own context
     packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
     collate = SampleCollator(real_tokenizer.pad_token_id)
-    from psydt_lora.train.loss import fused_head
-
     assert fused_head(model) is not None  # the fused path really runs below (this torch has it)
     loss_a, grads_a = loss_and_grads(model, per_turn, collate, head="full")  # the reference objective
     # --packing: packs of both dialogues in one row, per_turn samples several a row; nothing sees another
@@ -132,8 +130,6 @@ def test_block_mask_is_the_tree_mask(real_tokenizer):
     4-D mask allows, on real packs batched with padding."""
     import torch
     from torch.nn.attention.flex_attention import create_mask
-
-    from psydt_lora.data.packing import tree_block_mask, tree_mask
 
     packs, _ = build_training_samples(real_dialogues(), real_tokenizer, 700, "shared_prefix")
     per_turn, _ = build_samples(real_dialogues()[:2], real_tokenizer, 700)

@@ -7,6 +7,9 @@ import pytest
 
 import train_psydt_lora
 from conftest import REAL_TOKENIZER, SHAPED_TRAIN, require
+from psydt_lora.data.dialogues import read_dialogues
+from psydt_lora.data.sample_cache import CachedSamples, load_or_build
+from psydt_lora.data.samples import build_training_samples
 from psydt_lora.errors import run_cli
 
 
@@ -95,10 +98,6 @@ def test_a_read_only_data_folder_gets_nothing_written_into_it(tiny_model_dir, da
 def test_sample_lengths_without_reading_tokens_are_the_lengths(real_tokenizer, tmp_path, mode):
     """--packing sizes its rows from `lengths()`: for built samples, a per_turn view and the cache
     (read from the Arrow columns) it gives each sample's real length."""
-    from psydt_lora.data.dialogues import read_dialogues
-    from psydt_lora.data.sample_cache import CachedSamples, load_or_build
-    from psydt_lora.data.samples import build_training_samples
-
     train = tmp_path / "train.json"
     shutil.copy(require(SHAPED_TRAIN), train)
     dialogues, _ = read_dialogues(train, limit=6)

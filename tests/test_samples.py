@@ -1,11 +1,15 @@
 """Samples are exactly the chat prompt: labels on the reply and its <|im_end|> only."""
 
+import json
+
 import pytest
 
 from conftest import DIALOGUES, REAL_SAMPLE, SHAPED_TEST, SHAPED_TRAIN, SYSTEM, require
 from psydt_lora.data.dialogues import Dialogue, read_dialogues
+from psydt_lora.data.sample_cache import load_or_build
+from psydt_lora.data.sample_types import WholeDialogue
+from psydt_lora.data.samples import IGNORE_INDEX, build_samples, build_training_samples
 from psydt_lora.prompt import fit_history, prompt_ids, render_prompt
-from psydt_lora.data.samples import IGNORE_INDEX, build_samples
 
 
 def dialogue(messages, index=0):
@@ -155,12 +159,6 @@ def test_consecutive_replies_use_the_exact_rendering(tiny_tokenizer):
 def test_a_one_reply_dialogue_reads_back_from_the_cache_as_built(tiny_tokenizer, tmp_path):
     """Each kind of sample keeps its own type through the cache: a whole dialogue with a single reply stays
     a WholeDialogue (its reply lists are not mistaken for one per_turn sample's indices)."""
-    import json
-
-    from psydt_lora.data.sample_cache import load_or_build
-    from psydt_lora.data.sample_types import WholeDialogue
-    from psydt_lora.data.samples import build_training_samples
-
     train = tmp_path / "train.json"
     train.write_text(json.dumps(DIALOGUES, ensure_ascii=False), "utf-8")  # the fingerprint reads the file
     dialogues = [dialogue(DIALOGUES[0]["messages"][:3]), dialogue(DIALOGUES[1]["messages"], 1)]

@@ -7,6 +7,8 @@ the ChatML history (earlier replies without think blocks) followed by
 and is never a training target. A reply ends with the tokenizer's end-of-turn token (`<|im_end|>`).
 """
 import hashlib
+import multiprocessing
+import os
 import re
 
 # The system prompt for dialogues that bring none: training adds it, chat / serve use it when the adapter names none.
@@ -52,9 +54,6 @@ PARALLEL_FROM = 1000  # render in worker processes from this many conversations 
 
 def render_many(tokenizer, conversations, add_generation_prompt: bool, enable_thinking: bool = False) -> list[str]:
     """`render` for many conversations; big batches use all CPU cores (same template, same result)."""
-    import multiprocessing
-    import os
-
     workers = min(os.cpu_count() or 1, 8)
     if len(conversations) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [render(tokenizer, c, add_generation_prompt, enable_thinking) for c in conversations]
