@@ -71,26 +71,28 @@ def prompt_tokenizer(folder):
     return load_tokenizer(folder)
 
 
-def test_trainer_flags_pass_through_by_name():
-    """A flag named like a TrainingArguments field reaches it without a hand-written copy; the ones the
-    run decides itself are listed, and every other flag is one of ours (not a Trainer field)."""
+def test_trainer_settings_pass_through_by_name():
+    """A trainer setting named like a TrainingArguments field reaches it without a hand-written copy; the ones
+    the run decides itself are listed, and the flags reach the settings through the one CLI mapping."""
     from dataclasses import fields
 
     import torch
     from transformers import TrainingArguments
 
     from psydt_lora.train import trainer as T
-    from psydt_lora.train_cli import build_parser
+    from psydt_lora.train.config import TrainerConfig
+    from psydt_lora.train_cli import build_parser, config_from_args
 
     args = build_parser().parse_args(["--learning_rate", "3e-5", "--warmup_steps", "7", "--save_total_limit", "2",
                                       "--lr_scheduler_type", "cosine", "--seed", "5"])
+    config = config_from_args(args).trainer
     names = {f.name for f in fields(TrainingArguments)}
-    through = T.passed_through(args)
-    assert set(through) == (vars(args).keys() & names) - set(T.OWN_HANDLING)
-    # exactly these today: a transformers release that adds a field named like one of our own flags shows up here
+    through = T.passed_through(config)
+    assert set(through) == ({f.name for f in fields(TrainerConfig)} & names) - set(T.OWN_HANDLING)
+    # exactly these today: a transformers release that adds a field named like one of our own settings shows up here
     assert through == ["deepspeed", "gradient_accumulation_steps", "learning_rate", "logging_steps", "lr_scheduler_type",
                        "max_steps", "num_train_epochs", "per_device_eval_batch_size", "per_device_train_batch_size",
                        "save_steps", "save_total_limit", "seed", "warmup_steps"]
-    ta = T.training_arguments(args, [], torch.float32, "cpu", do_eval=False)
+    ta = T.training_arguments(config, [], torch.float32, "cpu", do_eval=False)
     assert (ta.learning_rate, ta.warmup_steps, ta.save_total_limit, ta.seed) == (3e-5, 7, 2, 5)
     assert ta.lr_scheduler_type.value == "cosine" and ta.eval_strategy.value == "no"

@@ -98,7 +98,8 @@ def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(ti
     adapter = out / "lora_adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "loss_curve.png").is_file()
     info = json.loads((adapter / "psydt_run.json").read_text("utf-8"))
-    assert info["args"]["max_steps"] == 4 and info["data"]["eval"]["samples"] == 4
+    assert info["format"] == 2 and "args" not in info and info["stage"] == "sft"
+    assert info["settings"]["trainer"]["max_steps"] == 4 and info["data"]["eval"]["samples"] == 4
     assert info["versions"]["transformers"]
     cfg = json.loads((adapter / "adapter_config.json").read_text("utf-8"))
     assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 32, 0.1)

@@ -10,6 +10,7 @@ Ground floor (this folder):
     prompt    -- the one prompt rendering shared by training and inference
     hub       -- fetching the model and the dataset files (modelscope / huggingface)
     models    -- loading tokenizer / base model / adapter
+    run_record -- psydt_run.json: the typed record a finished run leaves beside its adapter
 Wings, lowest first:
     data/       dialogues (the one dialogue type, validating, picking items), formats (every file format, detected),
                 datasets (the dataset spec, mixing several, duplicates, the held-out split),
@@ -21,10 +22,11 @@ Wings, lowest first:
                 screen (the one reply screen chat, serve and test use), session (the Safety a front end holds),
                 guard (Qwen3Guard-Gen, or the loaded model with its adapter off, beside the lexicon),
                 measurement (recall and false alarms of each layer; the frozen SOS-HL-1K split)
-    train/      training (one run, step by step), lora (the model: LoRA, 4-bit), trainer (the Trainer, its
-                arguments, loss wiring, callbacks), rows (the training set, --packing rows), progress (what the
-                run says), signals and ranks (stopping on a signal, leaving together), checkpoints, tracking
-                (SwanLab), outputs (adapter, run JSON, loss history), loss (the LM head at supervised positions)
+    train/      config (the typed settings of a run), training_data (datasets read, samples built), job (one run,
+                step by step), lora (the model: LoRA, 4-bit), trainer (the Trainer, its arguments, loss wiring,
+                callbacks), sample_dataset (the training set, --packing rows), progress (what the run says), signals
+                and ranks (stopping on a signal, leaving together), checkpoints (what is whole, where a run resumes),
+                tracking (SwanLab), outputs (adapter, run record, loss history), loss (the LM head at supervised positions)
     inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
                 it), chat (the terminal chat), openai_api (the OpenAI request and response shapes, errors),
                 serving (the server, its admission and the chat page in web/)
@@ -37,4 +39,10 @@ Wings, lowest first:
     export/     merged (the merged folder), template (the training defaults in the chat template), card (the
                 model card), gguf (llama.cpp's converters), modelfile (Ollama), recipes (serving commands), run (the steps)
 Top floor: train_cli, infer_cli, judge_cli -- the command-line programs (the scripts in LLM_fine_turning/ call them).
+
+Imports sit at the top of each module, the package's own included. The exceptions, kept inside the functions
+that use them so that `--help` and `--dry_run` start in a moment and an optional extra stays optional: torch,
+transformers, peft, accelerate, datasets, deepspeed, bitsandbytes, swanlab, modelscope, huggingface_hub,
+safetensors, matplotlib, tqdm, the metric libraries (jieba, nltk, sacrebleu, rouge_chinese), the serving extra
+(fastapi, uvicorn, openai) and llama.cpp's converters.
 """

@@ -13,20 +13,31 @@ The adapter lands in <output_dir>/lora_adapter; talk to it with inference_psydt_
 Run again with the same command after an interruption and it resumes from the last checkpoint.
 """
 import argparse
-import contextlib
 import os
-import shutil
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
+from psydt_lora import hub
 from psydt_lora.cli import make_parser
+from psydt_lora.data.datasets import check_local_entries, entries_from_args
+from psydt_lora.data.samples import SAMPLE_MODES, SampleSettings, dump_samples
 from psydt_lora.errors import PsyDTError, run_cli
+from psydt_lora.files import check_can_write, check_files_exist
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE
-from psydt_lora.prompt import DEFAULT_SYSTEM
-from psydt_lora.data.samples import SAMPLE_MODES
-from psydt_lora.train.lora import DEFAULT_TARGET_MODULES
-from psydt_lora.train.ranks import is_main_process, world_size
+from psydt_lora.models import load_tokenizer
+from psydt_lora.prompt import prompt_format
+from psydt_lora.train.checkpoints import find_checkpoint, plan_resume
+from psydt_lora.train.config import (DEFAULT_TARGET_MODULES, DataConfig, LoraSettings, ModelConfig, TrackingConfig,
+                                     TrainConfig, TrainerConfig)
+from psydt_lora.train.job import TrainingRun, train
+from psydt_lora.train.lora import four_bit_config
+from psydt_lora.train.outputs import ADAPTER_DIR, preflight
+from psydt_lora.train.ranks import is_main_process, main_process_first, world_size
+from psydt_lora.train.sample_dataset import datasets_for, pack_capacity
+from psydt_lora.train.trainer import planned_steps
+from psydt_lora.train.training_data import read_data, samples_for, write_heldout
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -116,18 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def main_process_first():
-    """With several processes (torchrun, accelerate launch), let rank 0 download before the others look."""
-    from psydt_lora.train.ranks import world_size
-
-    if world_size() <= 1:
-        yield
-        return
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
-        yield
+def config_from_args(args) -> TrainConfig:
+    """The typed settings of a run: the only place the command line's names meet the settings' names."""
+    return TrainConfig(
+        model=ModelConfig(repo=args.model_repo, local_dir=args.model_local_dir, hub=args.hub, dtype=args.dtype,
+                          attn_implementation=args.attn_implementation, load_in_4bit=args.load_in_4bit,
+                          gradient_checkpointing=args.gradient_checkpointing, trust_remote_code=args.trust_remote_code),
+        data=DataConfig(dataset_repo=args.dataset_repo, dataset_dir=args.dataset_dir,
+                        train_files=tuple(args.train_file or ()), dataset_spec=args.dataset_spec,
+                        system_prompt=args.system_prompt, val_size=args.val_size, eval_file=args.eval_file,
+                        max_train_items=args.max_train_items, max_eval_items=args.max_eval_items, do_eval=args.do_eval,
+                        sample_cache=args.sample_cache, sample_cache_dir=args.sample_cache_dir, seed=args.seed),
+        samples=SampleSettings(max_length=args.max_length, mode=args.sample_mode, pack_length=args.pack_length),
+        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                          target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),
+        trainer=TrainerConfig(**{f.name: getattr(args, f.name) for f in fields(TrainerConfig)}),
+        tracking=TrackingConfig(report_to=tuple(r.strip() for r in args.report_to.split(",") if r.strip()),
+                                swanlab_project=args.swanlab_project, swanlab_run_name=args.swanlab_run_name,
+                                swanlab_mode=args.swanlab_mode),
+    )
 
 
 def check_args(args) -> None:
@@ -156,18 +174,11 @@ def check_args(args) -> None:
                              "在 CPU 上不支持反向传播）；CPU 上请用默认的 sdpa。")
     check_local(args)
     if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
-        from psydt_lora.train.lora import four_bit_config
-
         four_bit_config(None)
 
 
 def check_local(args) -> None:
     """Every local argument, in a moment, before any download, tokenisation or weight load."""
-    from psydt_lora.files import check_can_write, check_files_exist
-    from psydt_lora.train.checkpoints import find_checkpoint
-
-    from psydt_lora.data.datasets import check_local_entries, entries_from_args
-
     check_files_exist({"--eval_file": args.eval_file if args.do_eval else None, "--deepspeed": args.deepspeed,
                        "--dataset_spec": args.dataset_spec})
     check_local_entries(entries_from_args(args.train_file, args.dataset_spec, None))
@@ -179,190 +190,45 @@ def check_local(args) -> None:
         check_can_write(args.dump_samples, "--dump_samples")
 
 
-def read_data(args):
-    """(Mix, eval file or None): every training dataset read and mixed (fetching what is missing), and the
-    eval file (PsyDTCorpus's test file when training on PsyDTCorpus; none for other corpora without --val_size)."""
-    from psydt_lora.data.datasets import DatasetEntry, build_mix, entries_from_args
-    from psydt_lora.hub import ensure_dataset_file, ensure_hub_dataset
-
-    limit = args.max_train_items if args.max_train_items > 0 else None
-    entries = entries_from_args(args.train_file, args.dataset_spec, limit)
-    if not entries:
-        path = ensure_dataset_file(args.dataset_repo, args.dataset_dir, TRAIN_FILE, args.hub)
-        entries = [DatasetEntry("PsyDTCorpus", "--train_file", path=str(path), max_items=limit)]
-    say = print if is_main_process() else (lambda *a: None)
-    system = DEFAULT_SYSTEM if args.system_prompt is None else args.system_prompt or None
-    mix = build_mix(entries, hub=args.hub, seed=args.seed, system_prompt=system,
-                    val_size=args.val_size, fetch=ensure_hub_dataset, say=say)
-    if not args.do_eval or args.val_size:
-        return mix, None
-    if args.eval_file:  # check_local made sure it is there
-        return mix, Path(args.eval_file)
-    if all(e.path and Path(e.path).name == TRAIN_FILE for e in entries):
-        return mix, ensure_dataset_file(args.dataset_repo, args.dataset_dir, TEST_FILE, args.hub)
-    say("[验证] 这些数据没有配套的验证文件：训练时不做验证。要验证请加 --val_size 0.05（留出 5% 的对话）或 --eval_file。")
-    return mix, None
-
-
-def preflight(output_dir: Path, need_bytes: int) -> None:
-    """Fail before loading weights for reasons knowable now: unwritable or full output folder."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write_test.{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise PsyDTError(f"输出目录 {output_dir} 不可写：{err.strerror}。请换一个 --output_dir。") from None
-    free = shutil.disk_usage(output_dir).free
-    if free < need_bytes:
-        raise PsyDTError(
-            f"输出目录 {output_dir} 所在磁盘只剩 {free / 2**20:.0f} MiB，估计需要 {need_bytes / 2**20:.0f} MiB"
-            "（检查点 + adapter）。请清理磁盘、换 --output_dir 或设置 --save_total_limit。"
-        )
-
-
-def print_stats(title, read_stats, sample_stats) -> None:
-    s = sample_stats
-    print(f"[{title}] 对话 {s.dialogues}，样本 {s.samples}，token {s.tokens:,}，其中监督 token {s.supervised_tokens:,}"
-          f"（{100 * s.supervised_tokens / max(s.tokens, 1):.1f}%），最长样本 {s.max_sample_tokens}，平均 {s.as_dict()['mean_sample_tokens']}")
-    if s.per_turn_tokens:
-        print(f"[{title}] shared_prefix 打包：{s.per_turn_samples} 个逐轮样本 → {s.samples} 个打包序列，"
-              f"token {s.per_turn_tokens:,} → {s.tokens:,}（{s.per_turn_tokens / max(s.tokens, 1):.1f} 倍更少），损失完全相同")
-    if s.truncated_history_samples or s.truncated_reply_samples or s.dropped_too_long_samples:
-        print(f"[{title}] 超长截断：{s.truncated_history_samples} 个样本丢弃了最早的 {s.dropped_rounds} 轮历史，"
-              f"{s.truncated_reply_samples} 个样本截断了回复结尾，{s.dropped_too_long_samples} 个样本因上下文本身超长被丢弃")
-    r = read_stats.as_dict()
-    if r["dropped_trailing_user_turns"] or r["empty_replies_not_trained"] or r["think_blocks_removed"]:
-        print(f"[{title}] 数据整理：去掉结尾的 user 消息 {r['dropped_trailing_user_turns']} 条，"
-              f"空回复（不训练）{r['empty_replies_not_trained']} 条，去掉 think 块 {r['think_blocks_removed']} 处")
-    for note in s.notes:
-        print(f"[{title}] 注意：{note}")
-
-
-def train_samples_for(args, tokenizer, mix):
-    """(samples, sample stats) of the mixed training dialogues, through the sample cache when on (rank 0
-    builds and stores; the other ranks then read it)."""
-    from psydt_lora.data.samples import build_training_samples
-
-    main_rank = is_main_process()
-
-    def build():
-        return build_training_samples(mix.train, tokenizer, args.max_length, args.sample_mode, progress=main_rank,
-                                      pack_length=args.pack_length or None)
-
-    if not args.sample_cache:
-        return build()
-    from psydt_lora.data.datasets import digest
-    from psydt_lora.data.sample_cache import cache_root, load_or_build
-
-    settings = {"max_length": args.max_length, "mode": args.sample_mode, "pack_length": args.pack_length,
-                "enable_thinking": False}
-    where = mix.rows[0]["location"]
-    say = print if main_rank else (lambda *a: None)
-    say(f"[样本] 样本缓存在 {cache_root(where, args.sample_cache_dir)}")
-    with main_process_first():
-        return load_or_build(where, tokenizer, settings, build, say=say, data_digest=digest(mix.train),
-                             cache_dir=args.sample_cache_dir)
-
-
-def eval_samples_for(args, tokenizer, eval_file, heldout=None):
-    """(samples, stats dict) of --max_eval_items items spread over the dialogues of the eval file, or of the
-    held-out dialogues (one item per reply, as in a test file)."""
-    from psydt_lora.data.dialogues import ReadStats, check_format, read_dialogues, select_spread
-    from psydt_lora.data.datasets import as_test_items
-    from psydt_lora.data.samples import build_samples
-
-    if heldout is not None:
-        items, read = as_test_items(heldout), ReadStats()
-    else:
-        items, read = read_dialogues(eval_file)
-        check_format(items, eval_file, expect_split=True, flag="--eval_file")
-    items = select_spread(items, args.max_eval_items)
-    read.records = len(items)
-    samples, stats = build_samples(items, tokenizer, args.max_length, last_reply_only=True)
-    if is_main_process():
-        print_stats("验证", read, stats)
-    return samples, {"file": str(eval_file) if heldout is None else "--val_size", **read.as_dict(), **stats.as_dict()}
-
-
-def samples_for(args, tokenizer, mix, eval_file):
-    """(train samples, eval samples, data stats) with the statistics printed."""
-    train_samples, train_stats = train_samples_for(args, tokenizer, mix)
-    train_read = mix.read_stats()
-    if is_main_process():
-        print_stats("训练", train_read, train_stats)
-    locations = ", ".join(r["location"] for r in mix.rows)
-    if not train_samples:
-        raise PsyDTError(f"{locations} 没有生成任何训练样本：--max_length {args.max_length} 可能比系统提示词还短。")
-    # (every value a dict: SwanLab's config reads them; no dialogue or prompt text here, it is uploaded)
-    data_stats = {"train": {"file": locations, "duplicates_dropped": mix.duplicates, **train_read.as_dict(),
-                            **train_stats.as_dict()}, "datasets": {row["name"]: row for row in mix.rows}}
-    eval_samples = []
-    if eval_file is not None or mix.heldout and args.do_eval:
-        eval_samples, data_stats["eval"] = eval_samples_for(args, tokenizer, eval_file, mix.heldout or None)
-    return train_samples, eval_samples, data_stats
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from psydt_lora import hub
-    from psydt_lora.models import load_tokenizer
-    from psydt_lora.prompt import prompt_format
-    from psydt_lora.data.samples import dump_samples
-
+    config = config_from_args(args)
     # 1. fetch what is missing, data first: a bad data file stops before any model download
     # (under torchrun / accelerate: the main process first, the others then find it)
-    model_dir = Path(args.model_local_dir)
+    model_dir = Path(config.model.local_dir)
     with main_process_first():
-        mix, eval_file = read_data(args)
+        mix, eval_file = read_data(config.data, config.model.hub)
         if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
-            hub.ensure_model(args.model_repo, model_dir, args.hub)
+            hub.ensure_model(config.model.repo, model_dir, config.model.hub)
 
     # 2. build samples
-    tokenizer = load_tokenizer(model_dir, args.trust_remote_code)
-    train_samples, eval_samples, data_stats = samples_for(args, tokenizer, mix, eval_file)
-    main_rank = is_main_process()
-    if args.dump_samples and main_rank:
+    tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
+    train_samples, eval_samples, data_stats = samples_for(config.data, config.samples, tokenizer, mix, eval_file)
+    if args.dump_samples and is_main_process():
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
     if args.dry_run:
         return 0
 
     # 3. model + LoRA + Trainer -- unless this output folder already holds the finished run
-    from psydt_lora.train.checkpoints import checkpoint_step, find_checkpoint
-    from psydt_lora.train.outputs import ADAPTER_DIR
-    from psydt_lora.train.rows import datasets_for
-    from psydt_lora.train.trainer import planned_steps
-    from psydt_lora.train.training import train
-
-    output_dir = Path(args.output_dir)
-    train_set, eval_set = datasets_for(args, train_samples, eval_samples)
-    steps = planned_steps(len(train_set), args.per_device_train_batch_size, args.gradient_accumulation_steps,
-                            args.num_train_epochs, args.max_steps)
-    resume = find_checkpoint(output_dir, args.resume_from_checkpoint)
-    finished = resume is not None and checkpoint_step(resume) >= steps
-    if finished and hub.safetensors_complete(output_dir / ADAPTER_DIR / "adapter_model.safetensors"):
-        print(f"[已完成] {output_dir} 里的这次训练已经完成（{Path(resume).name}，计划 {steps} 步），"
+    output_dir = config.trainer.output_path
+    train_set, eval_set = datasets_for(config.trainer.packing, pack_capacity(config.samples), train_samples, eval_samples)
+    t = config.trainer
+    steps = planned_steps(len(train_set), t.per_device_train_batch_size, t.gradient_accumulation_steps,
+                          t.num_train_epochs, t.max_steps)
+    resume = plan_resume(output_dir, t.resume_from_checkpoint, steps)
+    if resume.done:
+        print(f"[已完成] {output_dir} 里的这次训练已经完成（{Path(resume.checkpoint).name}，计划 {steps} 步），"
               f"adapter 在 {output_dir / ADAPTER_DIR}，无需再训练。要从头重新训练请加 --resume_from_checkpoint none"
               "（或换一个 --output_dir）；要训练更久请增大 --max_steps / --num_train_epochs。", flush=True)
         return 0
-    n_ckpt = steps // args.save_steps + 1 if args.save_total_limit is None else args.save_total_limit
+    n_ckpt = steps // t.save_steps + 1 if t.save_total_limit is None else t.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
-    if mix.heldout and main_rank:  # the batch test reads it (infer --mode test finds it through the adapter)
+    if mix.heldout and is_main_process():  # the batch test reads it (infer --mode test finds it through the adapter)
         data_stats["heldout"] = {"file": write_heldout(output_dir, mix.heldout), "dialogues": len(mix.heldout)}
-    return train(args, model_dir, tokenizer, mix.train, train_set, eval_set, data_stats,
-                 prompt_format(tokenizer), resume=resume, steps=steps)
-
-
-def write_heldout(output_dir: Path, heldout) -> str:
-    from psydt_lora.data.datasets import HELDOUT_FILE, as_test_items, test_records
-    from psydt_lora.files import atomic_write_json
-
-    path = (output_dir / HELDOUT_FILE).resolve()
-    atomic_write_json(path, test_records(as_test_items(heldout)))
-    print(f"[验证] 留出的 {len(heldout)} 段对话（按回复拆成测试条目）写入 {path}，批量测试默认用它", flush=True)
-    return str(path)
+    run = TrainingRun(config, model_dir, tokenizer, mix.train, data_stats, prompt_format(tokenizer))
+    return train(run, train_set, eval_set, resume=resume, steps=steps)
 
 
 def cli() -> int:

@@ -95,7 +95,7 @@ def extract_converters(sdist: Path, folder: Path) -> None:
     write_dir(folder, fill)
 
 
-def run_converter(tools: Path, script: str, args: list, out_file: Path, what: str) -> Path:
+def run_converter(tools: Path, script: str, arguments: list, out_file: Path, what: str) -> Path:
     """Run one llama.cpp converter into a temporary file, renamed into place when it succeeded."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
@@ -103,7 +103,7 @@ def run_converter(tools: Path, script: str, args: list, out_file: Path, what: st
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # use the converters' own gguf-py
     print(f"[导出] {what}：llama.cpp 的 {script}，在 CPU 上运行……", flush=True)
     with open(log, "w", encoding="utf-8") as f:
-        done = subprocess.run([sys.executable, str(tools / script), *map(str, args), "--outfile", str(tmp)],
+        done = subprocess.run([sys.executable, str(tools / script), *map(str, arguments), "--outfile", str(tmp)],
                               stdout=f, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)

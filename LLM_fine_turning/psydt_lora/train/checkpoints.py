@@ -1,9 +1,11 @@
 """Trainer checkpoints: which are whole (in each launcher's layout), which to resume from."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
 from psydt_lora.hub import safetensors_complete
+from psydt_lora.train.outputs import ADAPTER_DIR
 
 
 def find_checkpoint(output_dir, requested: str) -> str | None:
@@ -84,3 +86,24 @@ def load_checkpoint_adapter(model, checkpoint) -> None:
 
     set_peft_model_state_dict(model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
 
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where a run starts: the one place that decides whether the output folder already holds it finished."""
+    checkpoint: str | None  # the checkpoint to resume from (None: from scratch)
+    at_last_step: bool  # that checkpoint is the planned last step: training is over
+    adapter_saved: bool  # ... and the final adapter is already there, whole
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to do: trained to the last step and saved."""
+        return self.at_last_step and self.adapter_saved
+
+
+def plan_resume(output_dir, requested: str, steps: int) -> ResumePlan:
+    """`requested` is --resume_from_checkpoint (auto / none / a path); `steps` the planned optimizer steps."""
+    checkpoint = find_checkpoint(output_dir, requested)
+    at_last = checkpoint is not None and checkpoint_step(checkpoint) >= steps
+    adapter = Path(output_dir) / ADAPTER_DIR / "adapter_model.safetensors"
+    return ResumePlan(checkpoint, at_last, at_last and safetensors_complete(adapter))

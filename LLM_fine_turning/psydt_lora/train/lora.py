@@ -1,24 +1,21 @@
 """The base model for training: 4-bit for QLoRA when asked, LoRA on the target modules."""
 from psydt_lora.errors import PsyDTError
+from psydt_lora.models import load_base_model
+from psydt_lora.train.config import LoraSettings, ModelConfig
 
 
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def build_model(args, model_dir, dtype):
+def build_model(model_config: ModelConfig, lora: LoraSettings, model_dir, dtype):
     """The base model (4-bit for QLoRA when asked) with LoRA on the target modules; (model, base config)."""
-    from psydt_lora.models import load_base_model
-
-    quantization = four_bit_config(dtype) if args.load_in_4bit else None
-    model = load_base_model(model_dir, dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization,
-                            attn_implementation=args.attn_implementation)
+    m = model_config
+    quantization = four_bit_config(dtype) if m.load_in_4bit else None
+    model = load_base_model(model_dir, dtype, trust_remote_code=m.trust_remote_code, quantization_config=quantization,
+                            attn_implementation=m.attn_implementation)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=m.gradient_checkpointing)
     base_config = model.config
-    targets = [m.strip() for m in args.target_modules.split(",") if m.strip()]
-    return add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.gradient_checkpointing), base_config
+    return add_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, m.gradient_checkpointing), base_config
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules, gradient_checkpointing: bool):

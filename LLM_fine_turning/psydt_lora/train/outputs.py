@@ -1,14 +1,15 @@
 """What a finished run leaves: the adapter folder (written whole or not at all), its run JSON, the loss history."""
+import os
 import platform
 import shutil
-import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from psydt_lora.files import atomic_write_json
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import atomic_write_json, write_dir
 from psydt_lora.models import base_model_signature
-from psydt_lora.run_record import RUN_FILE
+from psydt_lora.run_record import RUN_FILE, BaseModel, RunRecord, settings_dict
 
 
 ADAPTER_DIR = "lora_adapter"
@@ -20,15 +21,13 @@ METRICS_FILE = "metrics.json"
 LOSS_PLOT = "loss_curve.png"
 
 
-def save_adapter(trainer, adapter_dir: Path, run_info: dict, extra_files=()) -> None:
+def save_adapter(trainer, adapter_dir: Path, record: RunRecord, extra_files=()) -> None:
     """Adapter (safetensors) + tokenizer/chat template + run JSON, written to a folder beside
     `adapter_dir` and renamed into place, so `adapter_dir` is never half-written.
 
     Called on every rank: the weights go through the Trainer's own save, which gathers parameters that
     DeepSpeed ZeRO-3 or FSDP partitioned across ranks and writes the tokenizer (its processing class);
     the main process adds the rest and renames the folder."""
-    from psydt_lora.files import write_dir
-
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.saving")  # the same path on every rank
     main = trainer.is_world_process_zero()
@@ -43,7 +42,7 @@ def save_adapter(trainer, adapter_dir: Path, run_info: dict, extra_files=()) -> 
 
     def fill(folder):
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle; the run JSON holds the settings
-        atomic_write_json(folder / RUN_FILE, run_info)
+        atomic_write_json(folder / RUN_FILE, record.to_json())
         for f in extra_files:
             if Path(f).is_file():
                 shutil.copy2(f, folder / Path(f).name)
@@ -51,18 +50,36 @@ def save_adapter(trainer, adapter_dir: Path, run_info: dict, extra_files=()) -> 
     write_dir(adapter_dir, fill, tmp=tmp)
 
 
-def run_info(args, base_config, prompt_fmt: dict, system_prompt, data_stats: dict) -> dict:
-    return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "args": {k: v for k, v in vars(args).items()},
-        "base_model": {"path": str(args.model_local_dir), "repo": args.model_repo, "signature": base_model_signature(base_config)},
-        "prompt_format": prompt_fmt,
-        "system_prompt": system_prompt,
-        "data": data_stats,
-        "versions": library_versions(),
-        "host": platform.node(),
-        "time": time.time(),
-    }
+def run_record(config, base_config, prompt_fmt: dict, system_prompt, system_prompts: dict, data_stats: dict,
+               metrics: dict) -> RunRecord:
+    """The record a finished run leaves beside its adapter: the typed settings, never the command line."""
+    pref = config.preference
+    return RunRecord(
+        settings=settings_dict(*config.parts()),
+        base_model=BaseModel(str(config.model.local_dir), config.model.repo, base_model_signature(base_config)),
+        stage=config.stage,
+        preference=None if pref is None else settings_dict(pref)[pref.group],
+        prompt_format=prompt_fmt, system_prompt=system_prompt, system_prompts=system_prompts, data=data_stats,
+        metrics=metrics, versions=library_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def preflight(output_dir: Path, need_bytes: int) -> None:
+    """Fail before loading weights for reasons knowable now: unwritable or full output folder."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise PsyDTError(f"输出目录 {output_dir} 不可写：{err.strerror}。请换一个 --output_dir。") from None
+    free = shutil.disk_usage(output_dir).free
+    if free < need_bytes:
+        raise PsyDTError(
+            f"输出目录 {output_dir} 所在磁盘只剩 {free / 2**20:.0f} MiB，估计需要 {need_bytes / 2**20:.0f} MiB"
+            "（检查点 + adapter）。请清理磁盘、换 --output_dir 或设置 --save_total_limit。"
+        )
 
 
 def loss_history(log_history) -> dict:

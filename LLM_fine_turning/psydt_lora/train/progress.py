@@ -3,9 +3,11 @@ import os
 import platform
 from pathlib import Path
 
+from psydt_lora.train.config import TrainConfig
+from psydt_lora.train.loss import describe_head
 from psydt_lora.train.outputs import ADAPTER_DIR
 from psydt_lora.train.ranks import world_size
-from psydt_lora.train.rows import pack_capacity
+from psydt_lora.train.sample_dataset import pack_capacity
 
 
 def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
@@ -28,22 +30,21 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
     return lines + launcher
 
 
-def run_summary(trainer, tokens: int, args, steps: int, output_dir: Path) -> list[str]:
-    from psydt_lora.train.loss import describe_head
-
+def run_summary(trainer, tokens: int, config: TrainConfig, steps: int) -> list[str]:
+    t, lora, output_dir = config.trainer, config.lora, config.trainer.output_path
     model = trainer.model
     trainable, total = model.get_nb_trainable_parameters()
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
-    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
     data = trainer.train_dataset
-    rows = "" if data.rows is None else f"，--packing 拼成 {len(data):,} 行（每行最多 {pack_capacity(args):,} token，样本互不可见）"
+    rows = "" if data.rows is None else f"，--packing 拼成 {len(data):,} 行（每行最多 {pack_capacity(config.samples):,} token，样本互不可见）"
     return [
-        f"[运行] 注意力实现：{attention}；LoRA r={args.lora_r} α={args.lora_alpha}，可训练参数 {trainable:,} / {total:,}"
+        f"[运行] 注意力实现：{attention}；LoRA r={lora.r} α={lora.alpha}，可训练参数 {trainable:,} / {total:,}"
         f"（{100 * trainable / max(total, 1):.2f}%）",
         f"[运行] 损失：{describe_head(trainer.compute_loss_func.head)}",  # the head build_trainer chose
-        f"[运行] 训练样本 {len(data.samples):,} 个（{tokens:,} token）{rows}；有效批量 {args.per_device_train_batch_size} × "
-        f"{args.gradient_accumulation_steps}（梯度累积）× {world_size()}（进程）= {batch}；计划 {steps} 步",
-        f"[运行] 输出目录：{output_dir.resolve()}（检查点每 {args.save_steps} 步，最终 adapter 在 {ADAPTER_DIR}/）",
+        f"[运行] 训练样本 {len(data.samples):,} 个（{tokens:,} token）{rows}；有效批量 {t.per_device_train_batch_size} × "
+        f"{t.gradient_accumulation_steps}（梯度累积）× {world_size()}（进程）= {batch}；计划 {steps} 步",
+        f"[运行] 输出目录：{output_dir.resolve()}（检查点每 {t.save_steps} 步，最终 adapter 在 {ADAPTER_DIR}/）",
     ]
 
 

@@ -1,4 +1,5 @@
 """Which process this is under a launcher (torchrun, accelerate launch), and leaving the process group."""
+import contextlib
 import os
 
 
@@ -8,6 +9,18 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """With several processes (torchrun, accelerate launch), let rank 0 download or build before the others look."""
+    if world_size() <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
 
 
 

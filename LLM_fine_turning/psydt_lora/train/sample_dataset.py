@@ -1,16 +1,17 @@
 """The training set as the Trainer reads it: one sample a row, or with --packing several a row."""
 from psydt_lora.data.packing import fill_rows, merge_features, resolve_pack_length
+from psydt_lora.data.samples import SampleSettings
 
 
-def pack_capacity(args) -> int:
+def pack_capacity(settings: SampleSettings) -> int:
     """Tokens a --packing row may hold: --pack_length (by default 1.5 x --max_length, a tree's limit too)."""
-    return resolve_pack_length(args.pack_length, args.max_length)
+    return resolve_pack_length(settings.pack_length, settings.max_length)
 
 
-def datasets_for(args, train_samples, eval_samples):
+def datasets_for(packing: bool, capacity: int, train_samples, eval_samples):
     """(train set, eval set or None). --packing merges the training samples into rows; evaluation keeps one
     sample a row, so its loss (the Trainer averages per batch) stays comparable between runs."""
-    train_set = SampleDataset(train_samples, args.packing, pack_capacity(args))
+    train_set = SampleDataset(train_samples, packing, capacity)
     return train_set, (SampleDataset(eval_samples) if eval_samples else None)
 
 

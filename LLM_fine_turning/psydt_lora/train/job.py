@@ -1,0 +1,92 @@
+"""One training run, step by step: set up the model and the Trainer, train, save what a finished run leaves.
+
+The train wing's rooms: config (the typed settings), training_data (datasets read, samples built), lora (the
+model), trainer (the Trainer, its arguments and loss wiring), sample_dataset (the training set, --packing rows),
+progress (what the run says), signals and ranks (stopping and leaving), checkpoints (what is whole, where a run
+resumes), tracking (SwanLab), outputs (adapter, run record, loss history), loss (the LM head at supervised positions)."""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from psydt_lora.data.datasets import system_prompts
+from psydt_lora.files import atomic_write_json
+from psydt_lora.models import pick_device, pick_dtype
+from psydt_lora.plots import plot_losses
+from psydt_lora.train.checkpoints import ResumePlan
+from psydt_lora.train.config import TrainConfig
+from psydt_lora.train.lora import build_model
+from psydt_lora.train.outputs import (ADAPTER_DIR, LOSS_PLOT, METRICS_FILE, loss_history, most_common_system_prompt,
+                                      run_record, save_adapter)
+from psydt_lora.train.progress import device_lines, run_summary
+from psydt_lora.train.ranks import finish_distributed, is_main_process
+from psydt_lora.train.signals import ignore_sigterm_while_leaving
+from psydt_lora.train.trainer import build_trainer, final_eval, run
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What one run trains on and with: its settings, the model folder, the tokenizer, the training
+    dialogues (for the run record's system prompts) and the data statistics."""
+    config: TrainConfig
+    model_dir: Path
+    tokenizer: object
+    dialogues: list
+    data_stats: dict
+    prompt_format: dict
+
+
+def train(job: TrainingRun, train_set, eval_set, *, resume: ResumePlan, steps: int) -> int:
+    """Set up -> train -> save; the exit code (130 / 143 when a signal stopped it after a checkpoint)."""
+    from transformers import set_seed
+
+    config = job.config
+    set_seed(config.trainer.seed)
+    device = pick_device("auto")
+    if device == "cpu":  # the Trainer imports DeepSpeed whenever it is installed; told the device, it does not guess aloud
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    dtype = pick_dtype(config.model.dtype, device)
+    if is_main_process():
+        print("\n".join(device_lines(device, dtype, config.model.dtype)), flush=True)
+    model, base_config = build_model(config.model, config.lora, job.model_dir, dtype)
+    trainer, collator, stop = build_trainer(config, model, job.tokenizer, train_set, eval_set, job.data_stats, device, dtype)
+    if is_main_process():
+        print("\n".join(run_summary(trainer, job.data_stats["train"]["tokens"], config, steps)), flush=True)
+    result = run(trainer, stop, resume)
+    if stop.exit_code:
+        ignore_sigterm_while_leaving()
+        if trainer.is_world_process_zero():
+            saved = config.trainer.output_path / f"checkpoint-{trainer.state.global_step}"  # the Trainer's folder name
+            print(f"[中断] 已保存检查点 {saved}。用同样的命令重新运行即可继续训练。", flush=True)
+        finish_distributed()
+        return stop.exit_code
+    metrics = {"train": result.metrics if result else {}, "padding_share": round(collator.padding_share(), 4)}
+    if eval_set is not None:
+        metrics["eval"] = final_eval(trainer)
+    save_outputs(job, trainer, metrics, base_config, collator.padding_share())
+    finish_distributed()
+    return 0
+
+
+def save_outputs(job: TrainingRun, trainer, metrics, base_config, padding_share) -> None:
+    """Metrics, loss curve and run record from the main process; the adapter through every rank."""
+    config = job.config
+    output_dir = config.trainer.output_path
+    plot = output_dir / LOSS_PLOT
+    main_rank = trainer.is_world_process_zero()
+    if main_rank:
+        hint = "（--group_by_length 可以减少）" if padding_share > 0.05 and not config.trainer.group_by_length else ""
+        print(f"[训练] padding 占比 {100 * padding_share:.1f}%{hint}", flush=True)
+        history = loss_history(trainer.state.log_history)
+        metrics["loss_history"] = history
+        metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
+        metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
+        atomic_write_json(output_dir / METRICS_FILE, metrics)
+        names = " + ".join(job.data_stats.get("datasets") or {}) or "PsyDTCorpus"
+        plot_losses(history, plot, f"{Path(config.model.local_dir).name} + LoRA on {names}")
+    record = run_record(config, base_config, job.prompt_format, most_common_system_prompt(job.dialogues),
+                        system_prompts(job.dialogues), job.data_stats,
+                        {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")})
+    adapter_dir = output_dir / ADAPTER_DIR
+    save_adapter(trainer, adapter_dir, record, extra_files=[plot])
+    if main_rank:
+        print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / METRICS_FILE}；损失曲线 {plot}", flush=True)

@@ -1,0 +1,118 @@
+"""The data of a training run: every dataset read and mixed (fetching what is missing), the eval items, the
+samples built (through the sample cache), the statistics printed, and the held-out dialogues written."""
+from pathlib import Path
+
+from psydt_lora.data.datasets import (HELDOUT_FILE, DatasetEntry, as_turn_items, build_mix, digest, entries_from_args,
+                                      split_records)
+from psydt_lora.data.dialogues import ReadStats, check_format, read_dialogues, select_spread
+from psydt_lora.data.sample_cache import cache_root, load_or_build
+from psydt_lora.data.samples import SampleSettings, build_samples, build_with_settings
+from psydt_lora.errors import PsyDTError
+from psydt_lora.files import atomic_write_json
+from psydt_lora.hub import TEST_FILE, TRAIN_FILE, ensure_dataset_file, ensure_hub_dataset
+from psydt_lora.prompt import DEFAULT_SYSTEM
+from psydt_lora.train.config import DataConfig
+from psydt_lora.train.ranks import is_main_process, main_process_first
+
+
+def say(*parts) -> None:
+    if is_main_process():
+        print(*parts, flush=True)
+
+
+def read_data(data: DataConfig, hub: str):
+    """(Mix, eval file or None): every training dataset read and mixed (fetching what is missing), and the
+    eval file (PsyDTCorpus's test file when training on PsyDTCorpus; none for other corpora without --val_size)."""
+    limit = data.max_train_items if data.max_train_items > 0 else None
+    entries = entries_from_args(list(data.train_files) or None, data.dataset_spec, limit)
+    if not entries:
+        path = ensure_dataset_file(data.dataset_repo, data.dataset_dir, TRAIN_FILE, hub)
+        entries = [DatasetEntry("PsyDTCorpus", "--train_file", path=str(path), max_items=limit)]
+    system = DEFAULT_SYSTEM if data.system_prompt is None else data.system_prompt or None
+    mix = build_mix(entries, hub=hub, seed=data.seed, system_prompt=system, val_size=data.val_size,
+                    fetch=ensure_hub_dataset, say=say)
+    if not data.do_eval or data.val_size:
+        return mix, None
+    if data.eval_file:  # the CLI made sure it is there
+        return mix, Path(data.eval_file)
+    if all(e.path and Path(e.path).name == TRAIN_FILE for e in entries):
+        return mix, ensure_dataset_file(data.dataset_repo, data.dataset_dir, TEST_FILE, hub)
+    say("[验证] 这些数据没有配套的验证文件：训练时不做验证。要验证请加 --val_size 0.05（留出 5% 的对话）或 --eval_file。")
+    return mix, None
+
+
+def print_stats(title, read_stats, sample_stats) -> None:
+    s = sample_stats
+    print(f"[{title}] 对话 {s.dialogues}，样本 {s.samples}，token {s.tokens:,}，其中监督 token {s.supervised_tokens:,}"
+          f"（{100 * s.supervised_tokens / max(s.tokens, 1):.1f}%），最长样本 {s.max_sample_tokens}，平均 {s.as_dict()['mean_sample_tokens']}")
+    if s.per_turn_tokens:
+        print(f"[{title}] shared_prefix 打包：{s.per_turn_samples} 个逐轮样本 → {s.samples} 个打包序列，"
+              f"token {s.per_turn_tokens:,} → {s.tokens:,}（{s.per_turn_tokens / max(s.tokens, 1):.1f} 倍更少），损失完全相同")
+    if s.truncated_history_samples or s.truncated_reply_samples or s.dropped_too_long_samples:
+        print(f"[{title}] 超长截断：{s.truncated_history_samples} 个样本丢弃了最早的 {s.dropped_rounds} 轮历史，"
+              f"{s.truncated_reply_samples} 个样本截断了回复结尾，{s.dropped_too_long_samples} 个样本因上下文本身超长被丢弃")
+    r = read_stats.as_dict()
+    if r["dropped_trailing_user_turns"] or r["empty_replies_not_trained"] or r["think_blocks_removed"]:
+        print(f"[{title}] 数据整理：去掉结尾的 user 消息 {r['dropped_trailing_user_turns']} 条，"
+              f"空回复（不训练）{r['empty_replies_not_trained']} 条，去掉 think 块 {r['think_blocks_removed']} 处")
+    for note in s.notes:
+        print(f"[{title}] 注意：{note}")
+
+
+def train_samples_for(data: DataConfig, settings: SampleSettings, tokenizer, mix):
+    """(samples, sample stats) of the mixed training dialogues, through the sample cache when on (rank 0
+    builds and stores; the other ranks then read it). One SampleSettings feeds the builder and the fingerprint."""
+    main_rank = is_main_process()
+
+    def build():
+        return build_with_settings(mix.train, tokenizer, settings, progress=main_rank)
+
+    if not data.sample_cache:
+        return build()
+    where = mix.rows[0]["location"]
+    say(f"[样本] 样本缓存在 {cache_root(where, data.sample_cache_dir)}")
+    with main_process_first():
+        return load_or_build(where, tokenizer, settings.fingerprint(), build, say=say, data_digest=digest(mix.train),
+                             cache_dir=data.sample_cache_dir)
+
+
+def eval_samples_for(data: DataConfig, settings: SampleSettings, tokenizer, eval_file, heldout=None):
+    """(samples, stats dict) of --max_eval_items items spread over the dialogues of the eval file, or of the
+    held-out dialogues (one item per reply, as in a test file)."""
+    if heldout is not None:
+        items, read = as_turn_items(heldout), ReadStats()
+    else:
+        items, read = read_dialogues(eval_file)
+        check_format(items, eval_file, expect_split=True, flag="--eval_file")
+    items = select_spread(items, data.max_eval_items)
+    read.records = len(items)
+    samples, stats = build_samples(items, tokenizer, settings.max_length, last_reply_only=True)
+    if is_main_process():
+        print_stats("验证", read, stats)
+    return samples, {"file": str(eval_file) if heldout is None else "--val_size", **read.as_dict(), **stats.as_dict()}
+
+
+def samples_for(data: DataConfig, settings: SampleSettings, tokenizer, mix, eval_file):
+    """(train samples, eval samples, data stats) with the statistics printed."""
+    train_samples, train_stats = train_samples_for(data, settings, tokenizer, mix)
+    train_read = mix.read_stats()
+    if is_main_process():
+        print_stats("训练", train_read, train_stats)
+    locations = ", ".join(r["location"] for r in mix.rows)
+    if not train_samples:
+        raise PsyDTError(f"{locations} 没有生成任何训练样本：--max_length {settings.max_length} 可能比系统提示词还短。")
+    # (every value a dict: SwanLab's config reads them; no dialogue or prompt text here, it is uploaded)
+    data_stats = {"train": {"file": locations, "duplicates_dropped": mix.duplicates, **train_read.as_dict(),
+                            **train_stats.as_dict()}, "datasets": {row["name"]: row for row in mix.rows}}
+    eval_samples = []
+    if eval_file is not None or mix.heldout and data.do_eval:
+        eval_samples, data_stats["eval"] = eval_samples_for(data, settings, tokenizer, eval_file, mix.heldout or None)
+    return train_samples, eval_samples, data_stats
+
+
+def write_heldout(output_dir: Path, heldout) -> str:
+    """The held-out dialogues as test items beside the run's outputs (the batch test's default test file)."""
+    path = (Path(output_dir) / HELDOUT_FILE).resolve()
+    atomic_write_json(path, split_records(as_turn_items(heldout)))
+    say(f"[验证] 留出的 {len(heldout)} 段对话（按回复拆成测试条目）写入 {path}，批量测试默认用它")
+    return str(path)
