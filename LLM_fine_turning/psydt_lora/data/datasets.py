@@ -76,9 +76,10 @@ class Mix:
 
 
 # -- which datasets ------------------------------------------------------------------------------------
-def entries_from_args(train_files, spec_file, max_items) -> list[DatasetEntry]:
+def entries_from_args(train_files, spec_file, max_items, check=None) -> list[DatasetEntry]:
     """From repeated or comma-separated --train_file values (a path, or hub:OWNER/NAME) and --dataset_spec;
-    `max_items` caps each dataset that sets no max_items of its own."""
+    `max_items` caps each dataset that sets no max_items of its own. `check` checks each spec entry (default:
+    `check_entry`, the dialogue formats; data.pairs passes its own)."""
     entries = []
     for value in train_files or []:
         for item in (v.strip() for v in value.split(",")):
@@ -87,7 +88,7 @@ def entries_from_args(train_files, spec_file, max_items) -> list[DatasetEntry]:
                 entries.append(DatasetEntry(name=_name_of(hub or item), where=f"--train_file {item}",
                                             path=None if hub else item, hub=hub))
     if spec_file:
-        entries += read_spec(spec_file)
+        entries += read_spec(spec_file, check)
     for e in entries:
         if e.max_items is None and max_items:
             e.max_items = max_items
@@ -109,7 +110,7 @@ def _name_of(value: str) -> str:
     return path.stem if path.suffix else path.name or value
 
 
-def read_spec(path) -> list[DatasetEntry]:
+def read_spec(path, check=None) -> list[DatasetEntry]:
     path = Path(path)
     text = read_user_text(path, "数据集说明 --dataset_spec")
     try:
@@ -126,10 +127,10 @@ def read_spec(path) -> list[DatasetEntry]:
         items = [{"name": k, **v} if isinstance(v, dict) else v for k, v in items.items()]
     if not isinstance(items, list) or not items:
         raise PsyDTError(f"数据集说明 {path} 需要一个非空的 datasets 列表（或 名字: 设置 的映射）。")
-    return [_entry(path, i, item) for i, item in enumerate(items)]
+    return [_entry(path, i, item, check or check_entry) for i, item in enumerate(items)]
 
 
-def _entry(spec: Path, i: int, item) -> DatasetEntry:
+def _entry(spec: Path, i: int, item, check) -> DatasetEntry:
     where = f"数据集说明 {spec} 的第 {i} 个数据集"
     if not isinstance(item, dict):
         raise PsyDTError(f"{where}：必须是对象（name、path 或 hub、format……），实际是 {type(item).__name__}。")
@@ -149,12 +150,20 @@ def _entry(spec: Path, i: int, item) -> DatasetEntry:
                          format=item.get("format", "auto"), columns=item.get("columns"), tags=item.get("tags"),
                          system_prompt=item.get("system_prompt"), max_items=item.get("max_items"),
                          weight=item.get("weight", 1.0))
-    check_entry(entry)
+    check(entry)
     return entry
 
 
 def check_entry(e: DatasetEntry) -> None:
     """Everything about an entry that can be checked without reading its data."""
+    check_common(e, FORMAT_NAMES)
+    if e.format != "auto":
+        layout_for(e.format, e.columns, e.tags, where=f"{e.where}：")
+
+
+def check_common(e: DatasetEntry, format_names) -> None:
+    """The checks every kind of dataset entry shares (dialogues and preference pairs): weight, max_items, the
+    names, the format among `format_names`, columns / tags as objects."""
     w = e.weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
         raise PsyDTError(f"{e.where}：字段 weight 必须是正数，收到 {w!r}。")
@@ -166,8 +175,8 @@ def check_entry(e: DatasetEntry) -> None:
             raise PsyDTError(f"{e.where}：字段 {key} 必须是字符串，收到 {value!r}。")
     if e.hub_name is not None and e.hub_name not in HUBS:
         raise PsyDTError(f"{e.where}：字段 hub_name 是 {e.hub_name!r}，可用：{', '.join(HUBS)}。")
-    if e.format not in FORMAT_NAMES:
-        raise PsyDTError(f"{e.where}：字段 format 是 {e.format!r}，可用：{', '.join(FORMAT_NAMES)}。")
+    if e.format not in format_names:
+        raise PsyDTError(f"{e.where}：字段 format 是 {e.format!r}，可用：{', '.join(format_names)}。")
     if (e.columns or e.tags) and e.format == "auto":
         raise PsyDTError(f"{e.where}：给了 columns / tags 时请同时写明 format（它们改的是哪种格式的列名）。")
     for key in ("columns", "tags"):
@@ -175,8 +184,6 @@ def check_entry(e: DatasetEntry) -> None:
             raise PsyDTError(f"{e.where}：字段 {key} 必须是对象。")
     if e.system_prompt is not None and not isinstance(e.system_prompt, str):
         raise PsyDTError(f"{e.where}：字段 system_prompt 必须是字符串。")
-    if e.format != "auto":
-        layout_for(e.format, e.columns, e.tags, where=f"{e.where}：")
 
 
 def check_local_entries(entries) -> None:
@@ -190,11 +197,17 @@ def check_local_entries(entries) -> None:
 # -- reading and mixing --------------------------------------------------------------------------------
 def read_entry(e: DatasetEntry, hub: str, fetch=None):
     """(Source, where it was read from) of one dataset; hub ids through `fetch(repo, hub, filename)`."""
-    location, files = (Path(e.path), None) if e.path else _train_part(fetch(e.hub, e.hub_name or hub, e.hub_file))
+    location, files = locate(e, hub, fetch)
     layout = layout_for(e.format, e.columns, e.tags, where=f"{e.where}：") if e.format != "auto" else None
     source = read_source(location, e.format, layout, limit=e.max_items, source=e.name, files=files)
     check_format(source.dialogues, location, expect_split=False, flag="--train_file" if e.where.startswith("--train_file") else e.where)
     return source, location
+
+
+def locate(e: DatasetEntry, hub: str, fetch=None):
+    """(where the dataset is, the files to read or None = every file): a local path, or a hub dataset fetched
+    through `fetch(repo, hub, filename)`, its training files only."""
+    return (Path(e.path), None) if e.path else _train_part(fetch(e.hub, e.hub_name or hub, e.hub_file))
 
 
 def _train_part(folder: Path):
@@ -229,7 +242,7 @@ def build_mix(entries, *, hub: str = "modelscope", seed: int = 42, system_prompt
         if not mine:
             raise PsyDTError(f"{e.where}：去重{'和留出验证集' if out else ''}之后没有剩下可训练的对话"
                              f"（读到 {row['records']} 条，重复 {dups} 条，留出 {len(out)} 条）。")
-        weighted = _weigh(mine, e.weight, f"{seed}:{e.name}")
+        weighted = weigh(mine, e.weight, f"{seed}:{e.name}")
         if not weighted:
             raise PsyDTError(f"{e.where}：weight {e.weight:g} 乘以 {len(mine)} 段对话不到半段，这个数据集一段也不会参与训练。"
                              f"请把 weight 调大到至少 {0.5 / len(mine):.3g}，或去掉这个数据集。")
@@ -301,13 +314,13 @@ def _dedupe(sources):
     return kept, counts
 
 
-def heldout_count(total: int, val_size: float) -> int:
-    """--val_size as a number of dialogues: below 1 a share, from 1 up a count."""
+def heldout_count(total: int, val_size: float, unit: str = "段对话") -> int:
+    """--val_size as a number of dialogues (or of another `unit`): below 1 a share, from 1 up a count."""
     if not val_size:
         return 0
     n = int(val_size) if val_size >= 1 else max(1, round(total * val_size))
     if n >= total:
-        raise PsyDTError(f"--val_size {val_size:g} 要留出 {n} 段对话做验证，但一共只有 {total} 段：训练就没有数据了。")
+        raise PsyDTError(f"--val_size {val_size:g} 要留出 {n} {unit}做验证，但一共只有 {total} {unit}：训练就没有数据了。")
     return n
 
 
@@ -317,7 +330,7 @@ def _heldout(kept, val_size: float, seed: int) -> set:
     return {id(d) for d in random.Random(f"heldout:{seed}").sample(pool, n)} if n else set()
 
 
-def _weigh(dialogues: list, weight: float, seed: str) -> list:
+def weigh(dialogues: list, weight: float, seed: str) -> list:
     """weight w: floor(w) copies of every dialogue, plus a seeded share of (w - floor(w)) of them, in file order."""
     whole = int(weight)
     extra = round((weight - whole) * len(dialogues))

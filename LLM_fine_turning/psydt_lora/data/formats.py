@@ -80,7 +80,11 @@ class Source:
 
 def layout_for(fmt: str, columns: dict | None = None, tags: dict | None = None, where: str = "") -> Layout:
     """A built-in format, with the spec's column and tag names laid over it."""
-    layout = FORMATS[fmt]
+    return overlay(FORMATS[fmt], columns, tags, where)
+
+
+def overlay(layout: Layout, columns: dict | None = None, tags: dict | None = None, where: str = "") -> Layout:
+    """`layout` with a dataset spec's column and tag names laid over it (the spec's key names)."""
     changes = {}
     for key, value in (columns or {}).items():
         if key not in COLUMN_KEYS:
@@ -220,7 +224,7 @@ def read_source(path, fmt: str = "auto", layout: Layout | None = None, limit: in
         records = records[:limit]
     layout = layout or FORMATS[fmt]
     stats = ReadStats(records=len(records))
-    read = {"turns": _from_turns, "alpaca": _from_alpaca, "prefixed": _from_prefixed}[layout.kind]
+    read = {"turns": turns_of, "alpaca": _from_alpaca, "prefixed": _from_prefixed}[layout.kind]
     dialogues = []
     for index, (record, where, file_id) in enumerate(records):
         rid, tag, turns = read(record, where, layout)
@@ -228,7 +232,7 @@ def read_source(path, fmt: str = "auto", layout: Layout | None = None, limit: in
     return Source(dialogues, stats, fmt, detected, files)
 
 
-def _role(tag, layout: Layout, where: str, field_name: str) -> str:
+def role_of(tag, layout: Layout, where: str, field_name: str) -> str:
     for role in ("user", "assistant", "system"):
         if tag in getattr(layout, role):
             return role
@@ -237,7 +241,7 @@ def _role(tag, layout: Layout, where: str, field_name: str) -> str:
                      "（别的标签请在数据集说明的 tags 里声明）。")
 
 
-def _column(record, name, where, kind=str, required=True):
+def field_of(record, name, where, kind=str, required=True):
     if not isinstance(record, dict):
         raise PsyDTError(f"{where}：记录必须是 JSON 对象，实际是 {type(record).__name__}。")
     if name not in record or record[name] is None:
@@ -263,37 +267,42 @@ def _meta(record, layout: Layout):
     return (record.get(layout.id_column) if layout.id_column else None), (tag if isinstance(tag, str) else None)
 
 
-def _system_turn(record, layout: Layout, where):
-    text = _column(record, layout.system_column, where, required=False) if layout.system_column else None
+def system_turn(record, layout: Layout, where):
+    text = field_of(record, layout.system_column, where, required=False) if layout.system_column else None
     return [("system", text, layout.system_column)] if text and text.strip() else []
 
 
-def _from_turns(record, where, layout: Layout):
+def turns_of(record, where, layout: Layout):
     bare = layout.turns is None or isinstance(record, list)  # the record is the turn list itself
     name = "" if bare else layout.turns
-    items = record if bare else _column(record, layout.turns, where, list)
+    items = record if bare else field_of(record, layout.turns, where, list)
     if not isinstance(items, list):
         raise PsyDTError(f"{where}：一段对话必须是轮次的列表，实际是 {type(items).__name__}。")
-    turns = [] if bare else _system_turn(record, layout, where)
+    turns = [] if bare else system_turn(record, layout, where)
     for j, t in enumerate(items):
         field_name = f"{name}[{j}]"
         if not isinstance(t, dict):
             raise PsyDTError(f"{where}：{field_name} 必须是含 \"{layout.role}\" 和 \"{layout.content}\" 的对象。")
-        role = _role(t.get(layout.role), layout, where, f"{field_name}.{layout.role}")
+        role = role_of(t.get(layout.role), layout, where, f"{field_name}.{layout.role}")
         turns.append((role, t.get(layout.content, MISSING), f"{field_name}.{layout.content}"))
     return (*_meta(record, layout), turns)
 
 
 def _from_alpaca(record, where, layout: Layout):
-    prompt = _column(record, layout.prompt, where)
-    query = _column(record, layout.query, where, required=False)
-    turns = _system_turn(record, layout, where)
-    for j, pair in enumerate(_column(record, layout.history, where, list, required=False) or []):
+    rid, tag, turns = alpaca_context(record, where, layout)
+    return rid, tag, turns + [("assistant", record.get(layout.response, MISSING), layout.response)]
+
+
+def alpaca_context(record, where, layout: Layout):
+    """An alpaca record's turns up to and with the instruction (+ input): system, history, the user turn."""
+    prompt = field_of(record, layout.prompt, where)
+    query = field_of(record, layout.query, where, required=False)
+    turns = system_turn(record, layout, where)
+    for j, pair in enumerate(field_of(record, layout.history, where, list, required=False) or []):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise PsyDTError(f"{where}：{layout.history}[{j}] 必须是 [提问, 回答] 两项的列表。")
         turns += [("user", pair[0], f"{layout.history}[{j}][0]"), ("assistant", pair[1], f"{layout.history}[{j}][1]")]
     turns.append(("user", "\n".join(p for p in (prompt, query) if p), layout.prompt))  # LLaMA-Factory's join
-    turns.append(("assistant", record.get(layout.response, MISSING), layout.response))
     return (*_meta(record, layout), turns)
 
 
