@@ -159,7 +159,6 @@ def trl_trainer(loss_type, model, tok, data, out):
     if loss_type in ("sigmoid", "ipo"):
         return trl.DPOTrainer(model=model, args=trl.DPOConfig(loss_type=loss_type, **common), train_dataset=dataset,
                               processing_class=tok)
-    common["max_prompt_length"] = 4096
     if loss_type == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -167,7 +166,16 @@ def trl_trainer(loss_type, model, tok, data, out):
         return CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    return ORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=dataset, processing_class=tok)
+    class ReplyNLLORPOTrainer(ORPOTrainer):
+        """TRL's ORPO with its NLL term on the chosen reply only (LLaMA-Factory's, ours) -- TRL's own average
+        log-prob of the chosen reply; TRL's ORPO takes the NLL over the prompt as well."""
+
+        def concatenated_forward(self, model, batch):
+            out = list(super().concatenated_forward(model, batch))
+            out[4] = -out[0].mean()
+            return tuple(out)
+
+    return ReplyNLLORPOTrainer(model=model, args=ORPOConfig(**common), train_dataset=dataset, processing_class=tok)
 
 
 def trl_ids(trainer, loss_type, i):
@@ -187,6 +195,8 @@ def test_tree_equals_trl(setup, loss_type, tmp_path):
              "rejected": p.rejected} for p in prefs]
     theirs = copy.deepcopy(model)
     trainer = trl_trainer(loss_type, theirs, tok, data, tmp_path)
+    if "ref" in theirs.peft_config:  # TRL copies an existing adapter as its reference; ours here is the base
+        theirs.delete_adapter("ref")
     leaves = [(0, 0, 1), (1, 0, 1), (2, 0, 1), (0, 0, 2)]  # (tree, chosen leaf, rejected leaf) of each pair
     for i, (t, c, r) in enumerate(leaves):  # TRL trains on exactly our token ids
         assert trl_ids(trainer, loss_type, i) == (trees[t].leaf_row(c)[0], trees[t].leaf_row(r)[0])

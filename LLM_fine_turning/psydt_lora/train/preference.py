@@ -10,7 +10,8 @@ step's loss is the mean over its pairs. Rewards: beta * (policy - reference) log
 loss uses), or beta * policy log-probs for the reference-free losses; margins = chosen - rejected rewards,
 accuracy = share of pairs whose chosen reward is higher. (TRL's IPO is the same loss; its rewards use summed
 log-probs. TRL's ORPO and SimPO (CPO, cpo_alpha 0) equal these per pair; with several pairs in a micro-batch
-TRL's ORPO averages the NLL over the batch's tokens, this over pairs.)
+TRL's ORPO averages the NLL over the batch's tokens, this over pairs; and TRL's ORPO takes its NLL over the
+prompt tokens too, LLaMA-Factory and this over the chosen reply only.)
 
 Logits exist only at reply positions: the model runs with `logits_to_keep` (the collator's) and its LM head
 detached (train.loss.head_detached); each reply token's log-prob comes from PyTorch's chunked
