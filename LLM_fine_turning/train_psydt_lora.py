@@ -16,7 +16,7 @@ Installed, the same command is `psydt-train` (the code lives in psydt_lora/train
 """
 import sys
 
-from psydt_lora.train_cli import build_parser, cli, main  # noqa: F401  (main and build_parser: for scripting and tests)
+from psydt_lora.train_cli import build_parser, cli, config_from_args, main  # noqa: F401  (for scripting and tests)
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -87,21 +87,25 @@ def base_model_signature(config) -> dict:
 
 def check_inference_paths(model_path, adapter_path=None) -> None:
     """The folders inference loads from, checked in a moment before anything is read or fetched."""
-    from psydt_lora.hub import safetensors_complete
-
     model_path = Path(model_path)
     if not (model_path / "config.json").is_file():
         raise PsyDTError(
             f"找不到基础模型 {model_path}（缺少 config.json）。先运行 python LLM_fine_turning/train_psydt_lora.py"
             "（会自动下载 Qwen/Qwen3-1.7B），或用 --model_path 指向模型文件夹。"
         )
-    if adapter_path is None:
-        return
+    if adapter_path is not None:
+        check_adapter_dir(adapter_path, "或加 --no_adapter 直接和基础模型对话")
+
+
+def check_adapter_dir(adapter_path, alternative: str = "") -> None:
+    """A LoRA adapter folder with its config and whole safetensors weights."""
+    from psydt_lora.hub import safetensors_complete
+
     adapter_path = Path(adapter_path)
     if not (adapter_path / "adapter_config.json").is_file():
         raise PsyDTError(
             f"找不到 LoRA adapter {adapter_path}（缺少 adapter_config.json）。先训练："
-            "python LLM_fine_turning/train_psydt_lora.py；或用 --adapter_path 指定，或加 --no_adapter 直接和基础模型对话。"
+            f"python LLM_fine_turning/train_psydt_lora.py；或用 --adapter_path 指定{'，' + alternative if alternative else ''}。"
         )
     weights = adapter_path / "adapter_model.safetensors"
     if not weights.is_file():

@@ -25,9 +25,13 @@ def save_figure(fig, path) -> None:
 
 
 def plot_losses(history: dict, path: Path, title: str) -> bool:
+    """The loss curve; a preference run's reward margins and accuracy in a second panel beside it."""
     if not history["train"] and not history["eval"]:
         return False
-    fig, ax = pyplot().subplots(figsize=(7, 4), dpi=120)
+    rewards = [k for k in ("rewards/margins", "eval_rewards/margins", "rewards/accuracies", "eval_rewards/accuracies")
+               if history.get(k)]
+    fig, axes = pyplot().subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), dpi=120, squeeze=False)
+    ax = axes[0][0]
     if history["train"]:
         ax.plot(*zip(*history["train"]), label="train loss", marker="." if len(history["train"]) < 30 else None)
     if history["eval"]:
@@ -37,6 +41,14 @@ def plot_losses(history: dict, path: Path, title: str) -> bool:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if rewards:
+        side = axes[0][1]
+        for k in rewards:
+            side.plot(*zip(*history[k]), label=k.replace("eval_", "eval ").replace("rewards/", "reward "), marker=".")
+        side.set_xlabel("step")
+        side.set_title("preference: reward margin and accuracy")
+        side.grid(alpha=0.3)
+        side.legend()
     fig.tight_layout()
     save_figure(fig, path)
     return True

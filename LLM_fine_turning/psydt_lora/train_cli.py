@@ -21,23 +21,24 @@ from pathlib import Path
 
 from psydt_lora import hub
 from psydt_lora.cli import make_parser
-from psydt_lora.data.datasets import check_local_entries, entries_from_args
+from psydt_lora.data.datasets import check_local_entries, entries_from_args, system_prompts
 from psydt_lora.data.samples import SAMPLE_MODES, SampleSettings, dump_samples
 from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.files import check_can_write, check_files_exist
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE
-from psydt_lora.models import load_tokenizer
+from psydt_lora.models import check_adapter_dir, load_tokenizer
 from psydt_lora.prompt import prompt_format
 from psydt_lora.train.checkpoints import find_checkpoint, plan_resume
-from psydt_lora.train.config import (DEFAULT_TARGET_MODULES, DataConfig, LoraSettings, ModelConfig, TrackingConfig,
-                                     TrainConfig, TrainerConfig)
+from psydt_lora.train.config import (DEFAULT_TARGET_MODULES, PREFERENCE_LEARNING_RATE, SFT_LEARNING_RATE, STAGES,
+                                     DataConfig, LoraSettings, ModelConfig, TrackingConfig, TrainConfig, TrainerConfig)
 from psydt_lora.train.job import TrainingRun, train
 from psydt_lora.train.lora import four_bit_config
-from psydt_lora.train.outputs import ADAPTER_DIR, preflight
+from psydt_lora.train.outputs import ADAPTER_DIR, most_common_system_prompt, preflight
+from psydt_lora.train.preference import LOSSES, REFERENCE_FREE, PreferenceConfig
 from psydt_lora.train.ranks import is_main_process, main_process_first, world_size
 from psydt_lora.train.sample_dataset import datasets_for, pack_capacity
 from psydt_lora.train.trainer import planned_steps
-from psydt_lora.train.training_data import read_data, samples_for, write_heldout
+from psydt_lora.train.training_data import preference_data, read_data, samples_for, write_heldout
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient_accumulation_steps", type=int, default=4, help="每次优化器更新累积的微批次数")
     g.add_argument("--num_train_epochs", type=float, default=2, help="训练样本过几遍")
     g.add_argument("--max_steps", type=int, default=-1, help="训练到这么多次优化器更新就停（-1：按轮数）")
-    g.add_argument("--learning_rate", type=float, default=1e-4, help="峰值学习率")
+    g.add_argument("--learning_rate", type=float, default=None,
+                   help=f"峰值学习率（默认：sft {SFT_LEARNING_RATE:g}，dpo {PREFERENCE_LEARNING_RATE:g}，同 LLaMA-Factory 的 DPO 示例）")
     g.add_argument("--lr_scheduler_type", default="linear", help="学习率调度（linear、cosine 等 Trainer 支持的）")
     g.add_argument("--warmup_steps", type=float, default=0, help="预热：步数，小于 1 时表示占总步数的比例")
     g.add_argument("--save_steps", type=int, default=400, help="每 N 次优化器更新保存一个检查点")
@@ -107,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load_in_4bit", action="store_true", help="QLoRA：以 4-bit NF4 加载基础模型（需要 CUDA + bitsandbytes）")
     g.add_argument("--resume_from_checkpoint", default="auto",
                    help="auto（output_dir 中最新的完整检查点）、none（从头开始）或检查点路径")
+
+    g = p.add_argument_group("偏好训练（--stage dpo）")
+    g.add_argument("--stage", choices=STAGES, default="sft",
+                   help="sft：监督微调（默认）；dpo：在偏好数据（--train_file 给出选中/拒绝回复对）上做偏好优化，损失见 --pref_loss")
+    g.add_argument("--pref_loss", choices=LOSSES, default="sigmoid",
+                   help="sigmoid（DPO）、ipo、orpo、simpo（与 LLaMA-Factory 同名）；orpo 和 simpo 不需要参考模型")
+    g.add_argument("--pref_beta", type=float, default=0.1, help="偏好损失的 beta（DPO 的温度；ORPO 中是比值项的权重）")
+    g.add_argument("--pref_ftx", type=float, default=0.0, help="再加上选中回复的 SFT 损失，乘以这个系数（0 = 不加）")
+    g.add_argument("--simpo_gamma", type=float, default=0.5, help="SimPO 的目标间隔 gamma")
+    g.add_argument("--adapter_path", default=None, metavar="DIR",
+                   help="从这个 SFT adapter 继续训练（与推理脚本同名）；这时参考模型默认就是这个 SFT 模型，而不是基础模型")
+    g.add_argument("--pref_reference", choices=("auto", "base", "adapter"), default="auto",
+                   help="参考模型：auto（有 --adapter_path 时是那个 SFT 模型，否则是基础模型）、base（关掉 adapter 的基础模型）、"
+                        "adapter（--adapter_path 的 SFT 模型）；参考 log-prob 在训练前只算一次并缓存")
 
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora_r", type=int, default=8, help="LoRA 秩")
@@ -130,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> TrainConfig:
     """The typed settings of a run: the only place the command line's names meet the settings' names."""
     return TrainConfig(
-        model=ModelConfig(repo=args.model_repo, local_dir=args.model_local_dir, hub=args.hub, dtype=args.dtype,
+        model=ModelConfig(repo=args.model_repo, local_dir=args.model_local_dir, adapter_path=args.adapter_path,
+                          hub=args.hub, dtype=args.dtype,
                           attn_implementation=args.attn_implementation, load_in_4bit=args.load_in_4bit,
                           gradient_checkpointing=args.gradient_checkpointing, trust_remote_code=args.trust_remote_code),
         data=DataConfig(dataset_repo=args.dataset_repo, dataset_dir=args.dataset_dir,
@@ -141,11 +158,31 @@ def config_from_args(args) -> TrainConfig:
         samples=SampleSettings(max_length=args.max_length, mode=args.sample_mode, pack_length=args.pack_length),
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                           target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),
-        trainer=TrainerConfig(**{f.name: getattr(args, f.name) for f in fields(TrainerConfig)}),
+        trainer=TrainerConfig(**{f.name: getattr(args, f.name) for f in fields(TrainerConfig) if f.name != "learning_rate"},
+                              learning_rate=learning_rate(args)),
         tracking=TrackingConfig(report_to=tuple(r.strip() for r in args.report_to.split(",") if r.strip()),
                                 swanlab_project=args.swanlab_project, swanlab_run_name=args.swanlab_run_name,
                                 swanlab_mode=args.swanlab_mode),
+        preference=preference_from_args(args),
     )
+
+
+def learning_rate(args) -> float:
+    if args.learning_rate is not None:
+        return args.learning_rate
+    return SFT_LEARNING_RATE if args.stage == "sft" else PREFERENCE_LEARNING_RATE
+
+
+def preference_from_args(args) -> PreferenceConfig | None:
+    if args.stage == "sft":
+        return None
+    reference = args.pref_reference
+    if reference == "auto":
+        reference = "adapter" if args.adapter_path else "base"
+    if args.pref_loss in REFERENCE_FREE:
+        reference = "none"
+    return PreferenceConfig(loss=args.pref_loss, beta=args.pref_beta, ftx=args.pref_ftx, simpo_gamma=args.simpo_gamma,
+                            reference=reference)
 
 
 def check_args(args) -> None:
@@ -164,8 +201,9 @@ def check_args(args) -> None:
         raise PsyDTError(f"--val_size 必须是 0 到 1 之间的比例或正整数段数，收到 {args.val_size:g}。")
     if args.val_size and args.eval_file:
         raise PsyDTError("--val_size（从训练数据留出验证集）和 --eval_file 只能给一个。")
-    if args.learning_rate <= 0:
+    if args.learning_rate is not None and args.learning_rate <= 0:
         raise PsyDTError(f"--learning_rate 必须是正数，收到 {args.learning_rate}。")
+    check_stage(args)
     if args.attn_implementation == "flex_attention":
         import torch
 
@@ -175,6 +213,25 @@ def check_args(args) -> None:
     check_local(args)
     if args.load_in_4bit:  # before any download or tokenisation: QLoRA cannot run here at all
         four_bit_config(None)
+
+
+def check_stage(args) -> None:
+    """The preference flags, before anything is read: each one only where it means something."""
+    if args.stage == "sft":
+        given = [f for f in ("adapter_path",) if getattr(args, f)] + (["pref_reference"] if args.pref_reference != "auto" else [])
+        if given:
+            raise PsyDTError(f"--{given[0]} 只用于偏好训练（--stage dpo）；SFT 请去掉它。")
+        return
+    if not args.train_file and not args.dataset_spec:
+        raise PsyDTError("--stage dpo 需要偏好数据：--train_file 偏好对文件（TRL、LLaMA-Factory、ms-swift 的格式，见 README 的“偏好数据格式”），"
+                         "或 --dataset_spec。psydt-judge pairs 可以从评审结果生成这样的文件。")
+    if args.pref_reference == "adapter" and not args.adapter_path:
+        raise PsyDTError("--pref_reference adapter 需要 --adapter_path（作为参考模型的 SFT adapter）。")
+    if args.adapter_path:
+        check_adapter_dir(args.adapter_path)
+    if args.sample_mode != "shared_prefix" or args.packing:
+        raise PsyDTError("--stage dpo 总是把同一提示词的回复放进一棵树（shared_prefix）；不支持 --sample_mode / --packing。")
+    PreferenceConfig(loss=args.pref_loss, beta=args.pref_beta, ftx=args.pref_ftx, simpo_gamma=args.simpo_gamma)
 
 
 def check_local(args) -> None:
@@ -198,13 +255,19 @@ def main(argv=None) -> int:
     # (under torchrun / accelerate: the main process first, the others then find it)
     model_dir = Path(config.model.local_dir)
     with main_process_first():
-        mix, eval_file = read_data(config.data, config.model.hub)
+        mix, eval_file = read_data(config.data, config.model.hub) if config.stage == "sft" else (None, None)
         if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
             hub.ensure_model(config.model.repo, model_dir, config.model.hub)
 
-    # 2. build samples
+    # 2. build samples (a preference run reads its pair files here: they need the tokenizer)
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
-    train_samples, eval_samples, data_stats = samples_for(config.data, config.samples, tokenizer, mix, eval_file)
+    if config.stage == "sft":
+        train_samples, eval_samples, data_stats = samples_for(config.data, config.samples, tokenizer, mix, eval_file)
+        cache_dir, contexts = None, mix.train
+    else:
+        with main_process_first():
+            train_samples, eval_samples, data_stats, cache_dir, contexts = preference_data(
+                config.data, config.samples, tokenizer, config.model.hub)
     if args.dump_samples and is_main_process():
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
@@ -213,7 +276,11 @@ def main(argv=None) -> int:
 
     # 3. model + LoRA + Trainer -- unless this output folder already holds the finished run
     output_dir = config.trainer.output_path
-    train_set, eval_set = datasets_for(config.trainer.packing, pack_capacity(config.samples), train_samples, eval_samples)
+    if config.stage == "sft":
+        train_set, eval_set = datasets_for(config.trainer.packing, pack_capacity(config.samples), train_samples,
+                                           eval_samples)
+    else:  # the reference log-probs join them once the model is loaded
+        train_set, eval_set = train_samples, (eval_samples or None)
     t = config.trainer
     steps = planned_steps(len(train_set), t.per_device_train_batch_size, t.gradient_accumulation_steps,
                           t.num_train_epochs, t.max_steps)
@@ -225,10 +292,12 @@ def main(argv=None) -> int:
         return 0
     n_ckpt = steps // t.save_steps + 1 if t.save_total_limit is None else t.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
-    if mix.heldout and is_main_process():  # the batch test reads it (infer --mode test finds it through the adapter)
+    if mix is not None and mix.heldout and is_main_process():  # the batch test finds it through the adapter
         data_stats["heldout"] = {"file": write_heldout(output_dir, mix.heldout), "dialogues": len(mix.heldout)}
-    run = TrainingRun(config, model_dir, tokenizer, mix.train, data_stats, prompt_format(tokenizer))
-    return train(run, train_set, eval_set, resume=resume, steps=steps)
+    job = TrainingRun(config, model_dir, tokenizer, data_stats, prompt_format(tokenizer),
+                      most_common_system_prompt(contexts),
+                      system_prompts(contexts) if config.stage == "sft" else {}, cache_dir)
+    return train(job, train_set, eval_set, resume=resume, steps=steps)
 
 
 def cli() -> int:

@@ -10,6 +10,9 @@ from pathlib import Path
 from psydt_lora.data.samples import SampleSettings
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+STAGES = ("sft", "dpo")
+SFT_LEARNING_RATE = 1e-4
+PREFERENCE_LEARNING_RATE = 5e-6  # LLaMA-Factory's DPO examples (LoRA); preference steps move far more per update
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,7 @@ class ModelConfig:
     group = "model"
     repo: str = "Qwen/Qwen3-1.7B"  # the hub id
     local_dir: str = "./Qwen/Qwen3-1.7B"  # fetched here when incomplete
+    adapter_path: str | None = None  # preference stage: the SFT adapter the policy continues
     hub: str = "modelscope"
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
     attn_implementation: str = "sdpa"
@@ -62,7 +66,7 @@ class TrainerConfig:
     gradient_accumulation_steps: int = 4
     num_train_epochs: float = 2
     max_steps: int = -1
-    learning_rate: float = 1e-4
+    learning_rate: float = SFT_LEARNING_RATE
     lr_scheduler_type: str = "linear"
     warmup_steps: float = 0  # < 1: a share of the steps
     save_steps: int = 400

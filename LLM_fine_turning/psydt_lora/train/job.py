@@ -8,17 +8,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from psydt_lora.data.datasets import system_prompts
+from psydt_lora.data.preference_samples import PreferenceDataset
 from psydt_lora.files import atomic_write_json
-from psydt_lora.models import pick_device, pick_dtype
+from psydt_lora.models import base_model_signature, pick_device, pick_dtype
 from psydt_lora.plots import plot_losses
 from psydt_lora.train.checkpoints import ResumePlan
 from psydt_lora.train.config import TrainConfig
 from psydt_lora.train.lora import build_model
-from psydt_lora.train.outputs import (ADAPTER_DIR, LOSS_PLOT, METRICS_FILE, loss_history, most_common_system_prompt,
-                                      run_record, save_adapter)
+from psydt_lora.train.outputs import (ADAPTER_DIR, LOSS_PLOT, METRICS_FILE, final_metrics, loss_history, run_record,
+                                      save_adapter)
+from psydt_lora.train.preference import cached_reference_logps, reference_identity, reference_logps
 from psydt_lora.train.progress import device_lines, run_summary
-from psydt_lora.train.ranks import finish_distributed, is_main_process
+from psydt_lora.train.ranks import finish_distributed, is_main_process, main_process_first
+from psydt_lora.train.training_data import say
 from psydt_lora.train.signals import ignore_sigterm_while_leaving
 from psydt_lora.train.trainer import build_trainer, final_eval, run
 
@@ -30,9 +32,11 @@ class TrainingRun:
     config: TrainConfig
     model_dir: Path
     tokenizer: object
-    dialogues: list
-    data_stats: dict
+    data_stats: dict  # counts only: SwanLab's config and the run record hold them
     prompt_format: dict
+    system_prompt: str | None  # the training contexts' most common one (chat, test and serve default to it)
+    system_prompts: dict  # each dataset's
+    cache_dir: Path | None = None  # the preference stage's reference log-probs are cached here
 
 
 def train(job: TrainingRun, train_set, eval_set, *, resume: ResumePlan, steps: int) -> int:
@@ -48,6 +52,8 @@ def train(job: TrainingRun, train_set, eval_set, *, resume: ResumePlan, steps: i
     if is_main_process():
         print("\n".join(device_lines(device, dtype, config.model.dtype)), flush=True)
     model, base_config = build_model(config.model, config.lora, job.model_dir, dtype)
+    if config.preference is not None:  # the reference log-probs, once, before the first step
+        train_set, eval_set = with_reference(job, model, base_config, train_set, eval_set)
     trainer, collator, stop = build_trainer(config, model, job.tokenizer, train_set, eval_set, job.data_stats, device, dtype)
     if is_main_process():
         print("\n".join(run_summary(trainer, job.data_stats["train"]["tokens"], config, steps)), flush=True)
@@ -78,15 +84,31 @@ def save_outputs(job: TrainingRun, trainer, metrics, base_config, padding_share)
         print(f"[训练] padding 占比 {100 * padding_share:.1f}%{hint}", flush=True)
         history = loss_history(trainer.state.log_history)
         metrics["loss_history"] = history
-        metrics["final_train_loss"] = history["train"][-1][1] if history["train"] else None
+        metrics.update(final_metrics(history))
         metrics["final_eval_loss"] = metrics.get("eval", {}).get("eval_loss")
         atomic_write_json(output_dir / METRICS_FILE, metrics)
         names = " + ".join(job.data_stats.get("datasets") or {}) or "PsyDTCorpus"
         plot_losses(history, plot, f"{Path(config.model.local_dir).name} + LoRA on {names}")
-    record = run_record(config, base_config, job.prompt_format, most_common_system_prompt(job.dialogues),
-                        system_prompts(job.dialogues), job.data_stats,
-                        {k: metrics.get(k) for k in ("final_train_loss", "final_eval_loss")})
+    record = run_record(config, base_config, job.prompt_format, job.system_prompt, job.system_prompts, job.data_stats,
+                        {k: v for k, v in metrics.items() if k.startswith("final_")})
     adapter_dir = output_dir / ADAPTER_DIR
     save_adapter(trainer, adapter_dir, record, extra_files=[plot])
     if main_rank:
         print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / METRICS_FILE}；损失曲线 {plot}", flush=True)
+
+
+def with_reference(job: TrainingRun, model, base_config, train_trees, eval_trees):
+    """The preference datasets: each tree with its leaves' reference log-probs (computed once, on the main
+    process first, cached under the reference's identity; none for ORPO / SimPO)."""
+    pref, pad = job.config.preference, job.tokenizer.pad_token_id
+
+    def reference(trees):
+        if not pref.needs_reference or trees is None:
+            return None
+        identity = reference_identity(base_model_signature(base_config), pref.reference, job.config.model.adapter_path)
+        with main_process_first():
+            return cached_reference_logps(job.cache_dir, trees, identity,
+                                          lambda: reference_logps(model, trees, pad, pref.reference), say=say)
+
+    train_set = PreferenceDataset(train_trees, reference(train_trees))
+    return train_set, (PreferenceDataset(eval_trees, reference(eval_trees)) if eval_trees else None)

@@ -15,7 +15,31 @@ def build_model(model_config: ModelConfig, lora: LoraSettings, model_dir, dtype)
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=m.gradient_checkpointing)
     base_config = model.config
+    if m.adapter_path:  # the preference stage continues an SFT adapter: its own r, alpha and target modules
+        return continue_adapter(model, m.adapter_path, m.gradient_checkpointing), base_config
     return add_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, m.gradient_checkpointing), base_config
+
+
+def continue_adapter(model, adapter_dir, gradient_checkpointing: bool):
+    """The base with a trained adapter loaded trainable (its weights the policy's starting point)."""
+    from peft import PeftModel
+
+    prepare_for_training(model, gradient_checkpointing)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise PsyDTError(f"--adapter_path {adapter_dir} 与基础模型不匹配（形状或层名不同）：{str(err).splitlines()[0][:300]}") from None
+
+
+def prepare_for_training(model, gradient_checkpointing: bool) -> None:
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        # transformers 5 renamed gradient checkpointing to activation checkpointing
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
 
 
 def add_lora(model, r: int, alpha: int, dropout: float, target_modules, gradient_checkpointing: bool):
@@ -28,14 +52,7 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules, gradient
             f"--target_modules 中的 {', '.join(missing)} 在模型里不存在；可用的线性层名如 "
             f"{', '.join(sorted(m for m in present if m.endswith('_proj')))}。"
         )
-    model.config.use_cache = False
-    if gradient_checkpointing:
-        # transformers 5 renamed gradient checkpointing to activation checkpointing
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    prepare_for_training(model, gradient_checkpointing)
     config = LoraConfig(
         task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules)
     )

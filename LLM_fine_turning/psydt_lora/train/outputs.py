@@ -82,10 +82,30 @@ def preflight(output_dir: Path, need_bytes: int) -> None:
         )
 
 
+PREFERENCE_SERIES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
 def loss_history(log_history) -> dict:
+    """(step, value) series of the losses, and of a preference run's rewards, margins and accuracy."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    return {"train": train, "eval": evals}
+    history = {"train": train, "eval": evals}
+    for key in PREFERENCE_SERIES:
+        for name in (key, f"eval_{key}"):
+            series = [(h["step"], h[name]) for h in log_history if name in h and "step" in h]
+            if series:
+                history[name] = series
+    return history
+
+
+def final_metrics(history: dict) -> dict:
+    """The run record's metrics: the last value of each series (losses; rewards, margins, accuracy)."""
+    out = {"final_train_loss": history["train"][-1][1] if history["train"] else None,
+           "final_eval_loss": history["eval"][-1][1] if history["eval"] else None}
+    for name, series in history.items():
+        if name not in ("train", "eval"):
+            out[f"final_{name.replace('/', '_')}"] = series[-1][1]
+    return out
 
 
 def library_versions() -> dict:

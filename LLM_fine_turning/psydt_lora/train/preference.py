@@ -45,6 +45,7 @@ BATCH_KEYS = ("leaf_ids", "pairs", "ref_logps")  # what the preference collator 
 
 @dataclass(frozen=True)
 class PreferenceConfig:
+    group = "preference"  # its name in the run record
     loss: str = "sigmoid"
     beta: float = 0.1
     ftx: float = 0.0

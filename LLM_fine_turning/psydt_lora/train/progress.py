@@ -31,21 +31,45 @@ def device_lines(device: str, dtype, requested_dtype: str) -> list[str]:
 
 
 def run_summary(trainer, tokens: int, config: TrainConfig, steps: int) -> list[str]:
-    t, lora, output_dir = config.trainer, config.lora, config.trainer.output_path
+    t, output_dir = config.trainer, config.trainer.output_path
     model = trainer.model
     trainable, total = model.get_nb_trainable_parameters()
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
     batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
-    data = trainer.train_dataset
-    rows = "" if data.rows is None else f"，--packing 拼成 {len(data):,} 行（每行最多 {pack_capacity(config.samples):,} token，样本互不可见）"
     return [
-        f"[运行] 注意力实现：{attention}；LoRA r={lora.r} α={lora.alpha}，可训练参数 {trainable:,} / {total:,}"
+        f"[运行] 注意力实现：{attention}；{lora_line(model, config)}，可训练参数 {trainable:,} / {total:,}"
         f"（{100 * trainable / max(total, 1):.2f}%）",
-        f"[运行] 损失：{describe_head(trainer.compute_loss_func.head)}",  # the head build_trainer chose
-        f"[运行] 训练样本 {len(data.samples):,} 个（{tokens:,} token）{rows}；有效批量 {t.per_device_train_batch_size} × "
+        f"[运行] 损失：{loss_line(trainer, config)}",
+        f"[运行] 训练样本 {samples_line(trainer.train_dataset, config, tokens)}；有效批量 {t.per_device_train_batch_size} × "
         f"{t.gradient_accumulation_steps}（梯度累积）× {world_size()}（进程）= {batch}；计划 {steps} 步",
         f"[运行] 输出目录：{output_dir.resolve()}（检查点每 {t.save_steps} 步，最终 adapter 在 {ADAPTER_DIR}/）",
     ]
+
+
+def lora_line(model, config: TrainConfig) -> str:
+    if config.model.adapter_path:  # continued: the adapter's own rank, not --lora_r
+        peft = model.peft_config["default"]
+        return f"继续训练 {config.model.adapter_path}（LoRA r={peft.r} α={peft.lora_alpha}）"
+    return f"LoRA r={config.lora.r} α={config.lora.alpha}"
+
+
+def loss_line(trainer, config: TrainConfig) -> str:
+    pref = config.preference
+    if pref is None:
+        return describe_head(trainer.compute_loss_func.head)  # the head build_trainer chose
+    reference = {"base": "基础模型（关闭 adapter）", "adapter": f"SFT 模型 {config.model.adapter_path}",
+                 "none": "不需要"}[pref.reference]
+    extra = f"，SFT 项 × {pref.ftx:g}" if pref.ftx else ""
+    gamma = f"，gamma {pref.simpo_gamma:g}" if pref.loss == "simpo" else ""
+    return (f"偏好优化 {pref.loss}（beta {pref.beta:g}{gamma}{extra}）；参考模型：{reference}；"
+            f"{describe_head(trainer.head)}")
+
+
+def samples_line(data, config: TrainConfig, tokens: int) -> str:
+    if config.preference is not None:
+        return f"{len(data):,} 棵偏好树（每个提示词一棵，{tokens:,} token）"
+    rows = "" if data.rows is None else f"，--packing 拼成 {len(data):,} 行（每行最多 {pack_capacity(config.samples):,} token，样本互不可见）"
+    return f"{len(data.samples):,} 个（{tokens:,} token）{rows}"
 
 
 def make_progress_callback():

@@ -8,6 +8,7 @@ from psydt_lora.run_record import settings_dict
 from psydt_lora.train.checkpoints import ResumePlan, load_checkpoint_adapter
 from psydt_lora.train.config import TrainConfig, TrainerConfig
 from psydt_lora.train.loss import SupervisedLoss, fused_head, head_detached
+from psydt_lora.train.preference import make_preference_trainer
 from psydt_lora.train.progress import make_progress_callback
 from psydt_lora.train.ranks import is_main_process, world_size
 from psydt_lora.train.signals import make_stop_callback
@@ -90,18 +91,19 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, da
     from transformers.trainer_callback import ProgressCallback
 
     reporters, callbacks, stop = make_callbacks(config, data_stats)
-    collator = SampleCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None,
-                              block_mask=config.model.attn_implementation == "flex_attention")
-    trainer = make_trainer_class()(
-        model=model,
-        args=training_arguments(config.trainer, reporters, dtype, device, eval_set is not None),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        compute_loss_func=SupervisedLoss(fused_head(model)),  # logits only where the loss is (the collator says where)
-    )
+    arguments = training_arguments(config.trainer, reporters, dtype, device, eval_set is not None)
+    pad_to = 8 if device == "cuda" else None
+    if config.preference is not None:  # the same Trainer, the preference loss on tree batches
+        trainer, collator = make_preference_trainer(model, tokenizer, arguments, config.preference, train_set, eval_set,
+                                                    callbacks, pad_to)
+    else:
+        collator = SampleCollator(tokenizer.pad_token_id, pad_to_multiple_of=pad_to,
+                                  block_mask=config.model.attn_implementation == "flex_attention")
+        trainer = make_trainer_class()(
+            model=model, args=arguments, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
+            processing_class=tokenizer, callbacks=callbacks,
+            compute_loss_func=SupervisedLoss(fused_head(model)),  # logits only where the loss is (the collator says where)
+        )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(make_progress_callback())
     return trainer, collator, stop

@@ -5,6 +5,8 @@ from pathlib import Path
 from psydt_lora.data.datasets import (HELDOUT_FILE, DatasetEntry, as_turn_items, build_mix, digest, entries_from_args,
                                       split_records)
 from psydt_lora.data.dialogues import ReadStats, check_format, read_dialogues, select_spread
+from psydt_lora.data.pairs import build_pair_mix, pair_entries
+from psydt_lora.data.preference_samples import build_preference_samples
 from psydt_lora.data.sample_cache import cache_root, load_or_build
 from psydt_lora.data.samples import SampleSettings, build_samples, build_with_settings
 from psydt_lora.errors import PsyDTError
@@ -116,3 +118,35 @@ def write_heldout(output_dir: Path, heldout) -> str:
     atomic_write_json(path, split_records(as_turn_items(heldout)))
     say(f"[验证] 留出的 {len(heldout)} 段对话（按回复拆成测试条目）写入 {path}，批量测试默认用它")
     return str(path)
+
+
+def preference_data(data: DataConfig, settings: SampleSettings, tokenizer, hub: str):
+    """(train trees, held-out trees, data stats, the reference cache folder, the training pairs) of a preference run: every pair file
+    read and mixed as SFT mixes dialogues (held out BY PROMPT with --val_size), each prompt's replies one tree."""
+    limit = data.max_train_items if data.max_train_items > 0 else None
+    entries = pair_entries(list(data.train_files) or None, data.dataset_spec, limit)
+    system = DEFAULT_SYSTEM if data.system_prompt is None else data.system_prompt or None
+    mix = build_pair_mix(entries, hub=hub, seed=data.seed, system_prompt=system, val_size=data.val_size,
+                         fetch=ensure_hub_dataset, say=say)
+    train, train_stats = build_preference_samples(mix.train, tokenizer, settings.max_length, system_prompt=system)
+    if not len(train):
+        raise PsyDTError(f"{', '.join(r['location'] for r in mix.rows)} 没有生成任何偏好训练样本：--max_length "
+                         f"{settings.max_length} 可能比提示词还短。")
+    stats = {"train": {"file": ", ".join(r["location"] for r in mix.rows), "duplicates_dropped": mix.duplicates,
+                       **train_stats.as_dict()}, "datasets": {row["name"]: row for row in mix.rows}}
+    say(preference_line("训练", train_stats))
+    heldout = []
+    if mix.heldout and data.do_eval:
+        heldout, held_stats = build_preference_samples(mix.heldout, tokenizer, settings.max_length, system_prompt=system)
+        stats["eval"] = {"file": "--val_size", **held_stats.as_dict()}
+        say(preference_line("验证", held_stats))
+    return train, heldout, stats, cache_root(mix.rows[0]["location"], data.sample_cache_dir), mix.train
+
+
+def preference_line(title: str, s) -> str:
+    saved = s.two_row_tokens / max(s.tokens, 1)
+    return (f"[{title}] 偏好对 {s.pairs}，提示词 {s.prompts}（每个提示词一棵树，{s.leaves} 条回复），token {s.tokens:,}"
+            f"（每对 {s.tokens / max(s.pairs, 1):.0f}；两行布局每对 {s.two_row_tokens / max(s.pairs, 1):.0f}，多 {saved:.1f} 倍），"
+            f"其中监督 token {s.supervised_tokens:,}"
+            + (f"；{s.truncated_history_prompts} 个提示词丢弃了最早的 {s.dropped_rounds} 轮历史" if s.truncated_history_prompts else "")
+            + (f"；{s.dropped_too_long_pairs} 对因超长被丢弃" if s.dropped_too_long_pairs else ""))
