@@ -19,6 +19,7 @@ from psydt_lora.train.preference import (LOSSES, PreferenceConfig, batch_prefere
 torch = pytest.importorskip("torch")
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOL = 1e-5
+FTX = 0.3
 
 
 def real_prefs() -> list[Preference]:
@@ -133,7 +134,7 @@ def tree_loss_and_grads(setup, config):
 @pytest.mark.parametrize("loss_type", LOSSES)
 def test_tree_equals_two_rows(setup, loss_type):
     tok, prefs, _, _, model, _ = setup
-    config = PreferenceConfig(loss=loss_type, ftx=0.3)
+    config = PreferenceConfig(loss=loss_type, ftx=FTX)
     tree_loss, tree_grads, metrics = tree_loss_and_grads(setup, config)
     prefs = [prefs[0], prefs[3], prefs[1], prefs[2]]  # the trees' pair order: the first prompt's two pairs first
     sums, counts = two_row_sums(model, tok, prefs)
@@ -149,16 +150,17 @@ def test_tree_equals_two_rows(setup, loss_type):
 
 def trl_trainer(loss_type, model, tok, data, out):
     """TRL's trainer for `loss_type` with our settings: plain-text prompt (our rendered prompt), the reply
-    (TRL appends <|im_end|>), one pair a batch, no truncation, no dropout, no gradient checkpointing."""
+    (TRL appends <|im_end|>), one pair a batch, no truncation, no dropout, no gradient checkpointing; for DPO
+    and IPO with pref_ftx as TRL's "sft" loss beside it."""
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
     common = dict(output_dir=str(out), per_device_train_batch_size=1, beta=0.1, report_to="none", use_cpu=True,
                   max_length=None if loss_type in ("sigmoid", "ipo") else 8192, gradient_checkpointing=False,
                   disable_dropout=True)
     dataset = datasets.Dataset.from_list(data)
-    if loss_type in ("sigmoid", "ipo"):
-        return trl.DPOTrainer(model=model, args=trl.DPOConfig(loss_type=loss_type, **common), train_dataset=dataset,
-                              processing_class=tok)
+    if loss_type in ("sigmoid", "ipo"):  # pref_ftx is TRL's "sft" term (the chosen reply's mean NLL) beside it
+        args = trl.DPOConfig(loss_type=[loss_type, "sft"], loss_weights=[1.0, FTX], **common)
+        return trl.DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
     if loss_type == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -190,7 +192,8 @@ def trl_ids(trainer, loss_type, i):
 @pytest.mark.parametrize("loss_type", LOSSES)
 def test_tree_equals_trl(setup, loss_type, tmp_path):
     tok, prefs, trees, _, model, _ = setup
-    tree_loss, tree_grads, _ = tree_loss_and_grads(setup, PreferenceConfig(loss=loss_type))
+    ftx = FTX if loss_type in ("sigmoid", "ipo") else 0.0
+    tree_loss, tree_grads, _ = tree_loss_and_grads(setup, PreferenceConfig(loss=loss_type, ftx=ftx))
     data = [{"prompt": render_prompt(tok, with_system(p.messages, DEFAULT_SYSTEM)), "chosen": p.chosen,
              "rejected": p.rejected} for p in prefs]
     theirs = copy.deepcopy(model)
