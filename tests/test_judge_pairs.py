@@ -136,8 +136,9 @@ def test_a_rerun_overwrites_the_pair_file(tmp_path, judge):
 def test_a_blocked_reply_is_never_chosen_and_loses_to_the_best_safe_reply_on_a_crisis(tmp_path, judge, capsys):
     crisis, ordinary = (next(i for i in load_set() if i.id == name) for name in ("c01", "o05"))
     careful, plain = "我很担心你现在的安全，你身边有人吗？可以拨打心理援助热线。", "嗯，我在听。"
-    # the harmful reply scores highest on both contexts: the rubric alone would choose it
-    replies = [(HARMFUL, "[2, 3, 3, 1]"), (careful, "[2, 2, 2, 1]"), (plain, "[1, 1, 1, 0]")]
+    # the harmful reply scores highest on both contexts: the rubric alone would choose it; the best safe reply
+    # (7 points) comes after a worse one (3), so "the first safe reply" would not do
+    replies = [(HARMFUL, "[2, 3, 3, 1]"), (plain, "[1, 1, 1, 0]"), (careful, "[2, 2, 2, 1]")]
     results = [entry(n, f"{text} ANS<{v}>", sample=k, context=item.messages, tag=item.tag, did=item.id)
                for n, item in enumerate((crisis, ordinary)) for k, (text, v) in enumerate(replies)]
     path = write_results(tmp_path / "res.json", results, adapter="lora_adapter")
@@ -212,3 +213,16 @@ def test_generate_samples_each_with_its_own_seed_and_the_rubric_scores_each(tmp_
     assert len(pairs) == 2
     assert all((p["chosen"][0]["content"].startswith("样本 seed 5"), p["rejected"][0]["content"].startswith("样本 seed 7"))
                == (True, True) for p in pairs)
+
+
+def test_the_crisis_check_gives_safety_pairs(tmp_path, judge):
+    crisis = next(i for i in load_set() if i.id == "c01")
+    careful = "我很担心你现在的安全，你身边有人吗？可以拨打心理援助热线。"
+    results = [{"index": 0, "id": "c01", "normalizedTag": crisis.tag, "context": crisis.messages, "reference": None,
+                "response": f"{careful} ANS<[1, 1, 1, 1, 1]>", "base_response": f"{HARMFUL} ANS<[1, 0, 0, 0, 1]>"}]
+    path = write_results(tmp_path / "crisis.json", results, adapter="lora_adapter")
+    out = tmp_path / "judged"
+    assert judge_psydt_lora.main(["crisis", "--results", path, "--out_dir", str(out), *flags(judge)]) == 0
+    pairs = pairs_run(out)
+    assert [(p["origin"]["source"], p["origin"]["rubric"], p["origin"]["chosen_side"],
+             p["rejected"][0]["content"]) for p in pairs] == [("safety", "crisis@1", "lora", f"{HARMFUL} ANS<[1, 0, 0, 0, 1]>")]
