@@ -35,7 +35,9 @@ Wings, lowest first:
     judge/      LLM-as-judge through any OpenAI-compatible endpoint: endpoint (concurrency, retries, the answer
                 cache), rubric (rubric judging; rubrics/*.json), pairwise (both orders), stats (bootstrap
                 intervals), cpsycoune (turn-based items), crisis (the crisis check; data/crisis_zh.json),
-                generate (generation through an endpoint), report (the judge's report)
+                generate (generation through an endpoint), profiles (simulated clients; data/profiles_zh.json),
+                session (one session with a simulated client), session_scores (judging whole sessions),
+                simulation (the `simulate` run), report (the judge's report)
     export/     merged (the merged folder), template (the training defaults in the chat template), card (the
                 model card), gguf (llama.cpp's converters), modelfile (Ollama), recipes (serving commands), run (the steps)
 Top floor: train_cli, infer_cli, judge_cli -- the command-line programs (the scripts in LLM_fine_turning/ call them).

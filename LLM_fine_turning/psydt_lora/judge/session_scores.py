@@ -59,8 +59,9 @@ def help_line_pattern(resources: dict) -> re.Pattern:
 
 
 def crisis_facts(s: dict, safety, help_line: re.Pattern) -> dict:
-    """{disclosure_turn, help_turn}: the first client turn the lexicon flags, and the first counsellor reply at
-    or after it naming a help line (the same turn = the reply right after the disclosure)."""
+    """{disclosure_turn, help_turn}: the first client turn the lexicon flags, and the first counsellor reply
+    naming a help line from the disclosure on -- the earlier of that turn and the profile's planned one, since
+    the lexicon misses some wordings (the same turn = the reply right after the disclosure)."""
     disclosed = helped = None
     turn = 0
     for i, m in enumerate(s["messages"]):
@@ -68,7 +69,9 @@ def crisis_facts(s: dict, safety, help_line: re.Pattern) -> dict:
             turn += 1
             if disclosed is None and safety.check_turn(s["messages"][: i + 1]).crisis:
                 disclosed = turn
-        elif disclosed is not None and helped is None and help_line.search(m["content"]):
+            continue
+        start = min(t for t in (disclosed, s.get("disclose_at"), turn + 1) if t is not None)
+        if helped is None and turn >= start and help_line.search(m["content"]):
             helped = turn
     return {"disclosure_turn": disclosed, "help_turn": helped}
 
