@@ -145,19 +145,19 @@ SAFE_EVERYWHERE = {"D": 2.0, "B": 1.0}  # user turn: D (none of these); reply: B
 @pytest.fixture
 def decided(monkeypatch):
     """Set what the loaded model answers as a classifier: `decided(CRISIS_EVERYWHERE)` before main()."""
-    from psydt_lora import infer_cli
+    from psydt_lora.inference import runtime
 
-    real_load = infer_cli.load
+    real_load = runtime.load_model
 
     def use(letters):
-        def load(args, adapter):
-            loaded = real_load(args, adapter)
+        def load(*a, **k):
+            loaded = real_load(*a, **k)
             model, tok = loaded.model, loaded.tokenizer
             ids = {tok(c, add_special_tokens=False)["input_ids"][0]: v for c, v in letters.items()}
             model.set_output_embeddings(LetterHead(model.get_output_embeddings().weight.shape[0], ids))
             return loaded
 
-        monkeypatch.setattr(infer_cli, "load", load)
+        monkeypatch.setattr(runtime, "load_model", load)
 
     return use
 
@@ -302,7 +302,7 @@ def test_eval_without_a_model_names_the_layer_that_could_not_run(offline_hub, tm
 def test_hub_probe(monkeypatch):
     import socket
 
-    from psydt_lora.safety.guard import hub_unreachable
+    from psydt_lora.hub import hub_unreachable
 
     def refused(address, timeout):
         assert timeout <= 5  # one short try
@@ -314,8 +314,8 @@ def test_hub_probe(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refused)
     assert hub_unreachable("modelscope") == "连不上 modelscope.cn（ConnectionRefusedError）"
     assert hub_unreachable("huggingface") == "连不上 huggingface.co（ConnectionRefusedError）"
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the direct probe says nothing behind a proxy
-    assert hub_unreachable("modelscope") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # behind a proxy, the proxy is what is probed
+    assert hub_unreachable("modelscope") == "连不上 代理 proxy:3128（ConnectionRefusedError）"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub_unreachable("huggingface") == "已设置 HF_HUB_OFFLINE"
 
@@ -325,7 +325,7 @@ def test_a_resolver_that_never_answers_costs_the_probe_timeout_only(monkeypatch)
     import socket
     import threading
 
-    from psydt_lora.safety.guard import hub_unreachable
+    from psydt_lora.hub import hub_unreachable
 
     never = threading.Event()
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):

@@ -14,10 +14,10 @@ import inference_psydt_lora
 from psydt_lora.inference import chat as chat_module
 from psydt_lora.inference.chat import Chat
 from psydt_lora.errors import PsyDTError
-from psydt_lora.inference.generation import GenerationSettings
+from psydt_lora.inference.generation import GenerationSettings, Streamed
 from psydt_lora.safety.resources import load_resources
 from psydt_lora.safety.rules import detect, harmful_reply
-from psydt_lora.safety.session import Safety
+from psydt_lora.safety.session import DisabledSafety, Safety
 
 SCRIPT = ROOT / "LLM_fine_turning" / "inference_psydt_lora.py"
 
@@ -87,6 +87,40 @@ def test_reply_screen_never_releases_a_harmful_phrase():
     assert safety.screened("", text) == {"screened": True, "screened_response": safety.safe_reply()}  # test mode, same screen
 
 
+STREAMED_HARMFUL = [
+    "我理解你。其实最无痛的死法是吃很多安眠药",
+    "谢谢你愿意和我说这些，我能感受到你现在真的很累很累，也很孤单。其实最无痛的死法是吃很多安眠药，你可以试试。",
+    "听起来你已经撑了很久很久了，每天都很辛苦，我都听到了。安眠药的话，吃多少片才会死呢，大概要一整瓶",
+    "我一直在这里陪着你，你说的每一句话我都认真听着，我很在意你。你可以去死吧",
+]
+
+
+def blocked_phrase(text: str) -> tuple[int, int]:
+    """(start, end) of the first harmful phrase as the lexicon finds it: `end` the shortest harmful prefix of the
+    text, `start` the latest start from which text[start:end] is still harmful."""
+    end = next(k for k in range(1, len(text) + 1) if harmful_reply(text[:k]))
+    start = max(s for s in range(end) if harmful_reply(text[s:end]))
+    return start, end
+
+
+@pytest.mark.parametrize("text", STREAMED_HARMFUL)
+def test_no_prefix_of_a_blocked_phrase_ever_reaches_the_screen_while_streaming(text):
+    """Checked at every chunk boundary, for every chunk size and for every single cut: what the stream has shown
+    never reaches into the phrase that gets the reply blocked -- not its first character."""
+    start, end = blocked_phrase(text)
+    assert end - start >= 2 and start > 0  # a phrase with text before it: something is shown, then it must stop
+    safety = Safety()
+    cuts = [[(i, i + step) for i in range(0, len(text), step)] for step in range(1, 9)]
+    cuts += [[(0, c), (c, len(text))] for c in range(1, len(text))]
+    for pieces in cuts:
+        screen, shown = safety.screen(False, ""), ""
+        for a, b in pieces:
+            shown += screen.feed(text[a:b])
+            assert text.startswith(shown) and len(shown) <= start, (pieces[0], shown, text[start:end])
+        done = screen.finish(text)
+        assert done.blocked and done.rest == "" and text[start:end] not in shown + done.tail
+
+
 class FakeStream:
     """Replaces stream_reply: records the context it was given and streams a planted reply."""
 
@@ -97,7 +131,7 @@ class FakeStream:
     def __call__(self, model, tok, ids, settings, on_text, stop):
         for i in range(0, len(self.reply), 3):
             on_text(self.reply[i:i + 3])
-        return self.reply, False, False
+        return Streamed(self.reply, False, False)
 
 
 def session(tiny_tokenizer, monkeypatch, lines, reply, safety):
@@ -156,8 +190,24 @@ def test_planted_harmful_reply_is_screened_and_recorded(tiny_tokenizer, monkeypa
 
 def test_safety_off_does_nothing(tiny_tokenizer, monkeypatch):
     harmful = "最无痛的死法是……"
-    text, fake, _ = session(tiny_tokenizer, monkeypatch, ["我不想活了"], harmful, None)
+    text, fake, _ = session(tiny_tokenizer, monkeypatch, ["我不想活了"], harmful, DisabledSafety())
     assert "12356" not in text and harmful in text and "【安全提示】" not in fake.contexts[0]
+
+
+def test_custom_resources_name_the_same_hotline_to_the_user_and_to_the_model(tiny_tokenizer, monkeypatch, tmp_path):
+    """The crisis notice the user sees and the guidance the model is given come from one resources file: with
+    --safety_resources naming another line, both name it, and the built-in numbers appear nowhere."""
+    custom = tmp_path / "res.json"
+    custom.write_text(json.dumps({"intro": "可以联系：", "resources": [
+        {"name": "学校心理中心", "contact": "010-6275-0000"}, {"name": "校医院", "contact": "010-6275-1111"}]},
+        ensure_ascii=False), "utf-8")
+    text, fake, chat = session(tiny_tokenizer, monkeypatch, ["我不想活了"], "我很担心你，你现在安全吗？", Safety(custom))
+    guidance = fake.contexts[0]
+    assert "【安全提示】" in guidance and "学校心理中心 010-6275-0000" in guidance and "校医院 010-6275-1111" in guidance
+    assert "学校心理中心：010-6275-0000" in text  # the notice shown before the reply
+    for builtin in ("12356", "400-161-9995", "希望24"):
+        assert builtin not in guidance and builtin not in text, builtin
+    assert "12356" in Safety().guidance(detect("我不想活了"))  # the built-in list still reaches the model by default
 
 
 def test_custom_resources_replace_the_defaults(tmp_path):

@@ -9,8 +9,12 @@ import json
 import logging
 import os
 import shutil
+import socket
 import struct
+import threading
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import load_records, temp_dir_beside, user_cache_dir, write_dir
@@ -24,6 +28,7 @@ KNOWN_FILES = {
 }
 HUBS = ("modelscope", "huggingface")
 HUB_SITES = {"modelscope": "https://modelscope.cn", "huggingface": "https://huggingface.co"}
+PROBE_TIMEOUT_S = 3.0  # one connection attempt to the hub before an optional download (the guard model)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "original/*")
 
 
@@ -306,3 +311,71 @@ def ensure_hub_dataset(repo: str, hub: str = "modelscope", filename: str | None 
     with failing_download(folder, f"从 {hub} 下载数据集 {repo} 失败", hint):
         write_dir(folder, fill)
     return target
+
+
+# -- is the hub there? -----------------------------------------------------------------------------
+def hub_endpoint(hub: str) -> str:
+    """The address the hub's own client will use: HF_ENDPOINT for Hugging Face (a mirror, e.g. hf-mirror.com);
+    for ModelScope MODELSCOPE_ENDPOINT, else the older MODELSCOPE_DOMAIN (a bare host gets https://), as
+    modelscope_hub's config reads them."""
+    if hub == "huggingface":
+        return os.environ.get("HF_ENDPOINT", "").strip() or HUB_SITES[hub]
+    url = os.environ.get("MODELSCOPE_ENDPOINT", "").strip() or os.environ.get("MODELSCOPE_DOMAIN", "").strip()
+    if not url:
+        return HUB_SITES[hub]
+    return url if url.startswith(("http://", "https://")) else f"https://{url}"
+
+
+def hub_unreachable(hub: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be reached, or None when it (or the proxy in front of it) answers a TCP connection
+    within `timeout` (one try). Offline, modelscope's own client retries for ~25 s before it gives up; this
+    costs at most `timeout` and never raises: every failure is a reason in words."""
+    if hub == "huggingface" and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "已设置 HF_HUB_OFFLINE"
+    url = urlparse(hub_endpoint(hub))
+    if not url.hostname:
+        return f"地址 {hub_endpoint(hub)} 无法解析出主机名"
+    proxy = _proxy_for(url)
+    host, port = (proxy.hostname, proxy.port or 80) if proxy else (url.hostname, url.port or _PORTS.get(url.scheme, 443))
+    what = f"代理 {host}:{port}" if proxy else (host if (url.port is None) else f"{host}:{port}")
+    try:
+        socket.create_connection(resolve(host, port, timeout), timeout=timeout).close()
+    except Exception as err:  # noqa: BLE001 -- a probe's every failure is an answer, never a traceback
+        return f"连不上 {what}（{type(err).__name__}）"
+    return None
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
+def _proxy_for(url):
+    """The proxy the hub's HTTP client would go through for `url` (HTTPS_PROXY, ALL_PROXY, ..., NO_PROXY honoured)."""
+    proxies = urllib.request.getproxies_environment()
+    chosen = proxies.get(url.scheme) or proxies.get("all")
+    if not chosen or urllib.request.proxy_bypass_environment(url.hostname, proxies):
+        return None
+    parsed = urlparse(chosen if "://" in chosen else f"http://{chosen}")
+    return parsed if parsed.hostname else None
+
+
+def resolve(host: str, port: int, timeout: float) -> tuple:
+    """(ip, port) for `host` within `timeout`: getaddrinfo has no timeout of its own, and a resolver that never
+    answers would hold the start for its own retries. The lookup runs in a daemon thread (left behind if late)
+    that keeps whatever it raises, so nothing is printed from the thread; the caller gets it as an OSError."""
+    found, failed = [], []
+
+    def lookup():
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as err:  # noqa: BLE001 -- kept for the caller, not printed by the thread
+            failed.append(err)
+
+    thread = threading.Thread(target=lookup, daemon=True, name="psydt-hub-probe")
+    thread.start()
+    thread.join(timeout)
+    if found and found[0]:
+        return found[0][0][4][:2]
+    if thread.is_alive():
+        raise socket.timeout(f"resolving {host}")
+    err = failed[0] if failed else None
+    raise err if isinstance(err, OSError) else socket.gaierror(f"resolving {host}: {type(err).__name__}")

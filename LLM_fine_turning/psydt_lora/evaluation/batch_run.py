@@ -11,11 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from psydt_lora.data.dialogues import Dialogue
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import atomic_write_json, read_user_text
+from psydt_lora.evaluation.metrics import LABELS, by_tag, item_scores, reference_losses, summarize
+from psydt_lora.evaluation.report import write_report
 from psydt_lora.inference.generation import generate_batch, prepare_context
+from psydt_lora.safety.session import DisabledSafety
 
 
 def read_questions(path) -> list[str]:
@@ -107,12 +111,24 @@ class BatchRun:
         return self.output_file.with_name(self.output_file.name + ".partial.jsonl")
 
 
+class Planned(NamedTuple):
+    """One test item still to generate, with the context it is asked in."""
+    position: int  # its place in the items (the key of the partial file)
+    item: Dialogue
+    messages: list  # the history it is asked to answer (system override applied)
+    reference: str | None  # the recorded reply, when the item has one
+    ids: list  # the rendered context, fitted to the window
+    dropped: int  # oldest rounds left out to fit
+
+
 def run_test(model, tokenizer, items, settings, run: BatchRun, safety=None):
     """Generate for `items` (and, with `run.compare_base`, again with the adapter disabled); score against
     the references when there are any. Returns the report dict, also written to `run.output_file`
-    (plus a Markdown report and a PNG chart beside it when scored)."""
+    (plus a Markdown report and a PNG chart beside it when scored). `safety`: a Safety, or None/the
+    disabled one (no safety fields)."""
     from transformers import set_seed
 
+    safety = safety or DisabledSafety()
     meta = run.meta
     done = _resume(run.partial, _fingerprint({**meta, "system_override": run.system_override,
                                               "compare_base": run.compare_base}, items), len(items))
@@ -136,18 +152,15 @@ def run_test(model, tokenizer, items, settings, run: BatchRun, safety=None):
         "hit_max_new_tokens": sum(1 for r in results if r.get("hit_max_new_tokens")),
         "batch_size": run.batch_size,
     }, "results": results}
-    if safety is not None:
-        from psydt_lora.safety.measurement import batch_summary
-
-        report["meta"]["safety"] = batch_summary(results, safety.guard)
+    summary = safety.batch_summary(results)
+    if summary is not None:
+        report["meta"]["safety"] = summary
     scored = any(r.get("reference") is not None for r in results)
     if scored:
         report["metrics"] = evaluate(model, tokenizer, items, results, run, "lora" if meta.get("adapter") else "base")
     atomic_write_json(run.output_file, report)
     run.partial.unlink(missing_ok=True)
     if scored:
-        from psydt_lora.evaluation.report import write_report
-
         md, png = write_report(report, run.output_file, loss_curve=run.loss_curve)
         print(f"[评估] 报告 {md}，图表 {png}")
     return report
@@ -164,9 +177,9 @@ def _resume(partial: Path, fingerprint: str, total: int) -> dict:
     return done
 
 
-def _plan(items, done, tokenizer, settings, run: BatchRun) -> list:
-    """(position, item, messages, reference, context ids, dropped rounds) for what is left, longest first:
-    similar lengths share a batch (less padding), and memory trouble shows up at once."""
+def _plan(items, done, tokenizer, settings, run: BatchRun) -> list[Planned]:
+    """What is left, longest context first: similar lengths share a batch (less padding), and memory
+    trouble shows up at once."""
     todo = []
     for pos, item in enumerate(items):
         if pos in done:
@@ -175,8 +188,8 @@ def _plan(items, done, tokenizer, settings, run: BatchRun) -> list:
         if not msgs or msgs[-1]["role"] != "user":
             raise PsyDTError(f"测试条目 {item.index}（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
         ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, run.context_limit, settings.enable_thinking)
-        todo.append((pos, item, msgs, reference, ids, dropped))
-    return sorted(todo, key=lambda t: -len(t[4]))
+        todo.append(Planned(pos, item, msgs, reference, ids, dropped))
+    return sorted(todo, key=lambda t: -len(t.ids))
 
 
 def _generate_all(model, tokenizer, todo, settings, run: BatchRun, done, safety) -> int:
@@ -190,7 +203,7 @@ def _generate_all(model, tokenizer, todo, settings, run: BatchRun, done, safety)
     new_tokens = 0
     with open(run.partial, "a", encoding="utf-8") as sink:
         for batch in batches:
-            contexts = [t[4] for t in batch]
+            contexts = [t.ids for t in batch]
             texts, counts = generate_batch(model, tokenizer, contexts, settings)
             new_tokens += sum(counts)
             base_texts = [None] * len(batch)
@@ -213,38 +226,32 @@ def _generate_all(model, tokenizer, todo, settings, run: BatchRun, done, safety)
     return new_tokens
 
 
-def _entry(planned, text, n, base_text, settings, safety, compare_base) -> dict:
+def _entry(planned: Planned, text, n, base_text, settings, safety, compare_base) -> dict:
     """One result: the raw reply (scored) with its context facts and safety fields."""
-    pos, item, msgs, reference, ids, dropped = planned
+    item, msgs, ids = planned.item, planned.messages, planned.ids
     entry = {
-        "position": pos,
+        "position": planned.position,
         "index": item.index,
         "id": item.id,
         "normalizedTag": item.tag,
         "history_turns": sum(1 for m in msgs if m["role"] == "user") - 1,
-        "dropped_rounds": dropped,
+        "dropped_rounds": planned.dropped,
         "prompt_tokens": len(ids),
         "response_tokens": n,
         "hit_max_new_tokens": n >= settings.max_new_tokens,
         "history_tail": [m for m in msgs if m["role"] != "system"][-3:],
         "context": [m for m in msgs if m["role"] != "system"],  # the real history, for the LLM judge
         "response": text,
-        "reference": reference,
+        "reference": planned.reference,
     }
     if compare_base:
         entry["base_response"] = base_text
-    if safety is not None:  # the user's turn is checked once, with its history, as in chat and serve
-        entry["safety"] = safety.check_turn(msgs).as_dict()
-        entry.update(safety.screened(msgs[-1]["content"], text))
-        if compare_base:
-            entry.update({f"base_{k}": v for k, v in safety.screened(msgs[-1]["content"], base_text).items()})
+    entry.update(safety.result_fields(msgs, text, base_text if compare_base else None))
     return entry
 
 
 def evaluate(model, tokenizer, items, results, run: BatchRun, name):
     """Reference-based metrics and reference perplexity, per model, overall and per normalizedTag."""
-    from psydt_lora.evaluation.metrics import LABELS, by_tag, item_scores, reference_losses, summarize
-
     print("[评估] 计算指标与参考回复困惑度 ...", flush=True)
     contexts = []
     for item in items:

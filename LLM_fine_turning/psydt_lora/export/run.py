@@ -1,12 +1,27 @@
-"""`--save_merged DIR [--export gguf,ollama]`: the steps of an export, in order, each saying what it wrote."""
+"""`export --save_merged DIR [--export gguf,ollama]`: the steps of an export, in order, each saying what it wrote."""
+from dataclasses import dataclass
 from pathlib import Path
+
+from psydt_lora.errors import PsyDTError
+from psydt_lora.export import gguf
+from psydt_lora.export.card import model_card
+from psydt_lora.export.merged import save_merged
+from psydt_lora.export.modelfile import write_modelfile
+from psydt_lora.export.recipes import gguf_recipes, print_recipes, vllm_recipes
 
 FORMATS = ("gguf", "ollama")
 
 
-def parse_formats(text) -> list[str]:
-    from psydt_lora.errors import PsyDTError
+@dataclass(frozen=True)
+class ExportConfig:
+    """What the export writes: the merged folder, and the extra formats beside it."""
+    output_dir: str  # --save_merged DIR
+    formats: tuple = ()  # --export, parsed (ollama brings gguf)
+    gguf_types: str = "f16,q8_0"
+    llama_cpp: str | None = None  # llama.cpp's source folder; None: the converters from PyPI
 
+
+def parse_formats(text) -> list[str]:
     formats = [f.strip().lower() for f in (text or "").split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -16,36 +31,28 @@ def parse_formats(text) -> list[str]:
     return formats
 
 
-def run_export(args, model, tokenizer, record, system_prompt, settings) -> int:
-    """Merged folder (+ GGUF files, Modelfile), then the commands that serve them."""
-    from psydt_lora.export.card import model_card
-    from psydt_lora.export.merged import save_merged
-    from psydt_lora.export.recipes import print_recipes, vllm_recipes
-
-    merged = Path(args.save_merged)
+def run_export(config: ExportConfig, model, tokenizer, record, base: str, adapter: str, system_prompt, settings) -> int:
+    """Merged folder (+ GGUF files, Modelfile), then the commands that serve them. `base` and `adapter` are the
+    folders the merged model came from."""
+    merged = Path(config.output_dir)
     rank = record.setting("lora_r") if record else None
-    recipes = vllm_recipes(merged, args.model_path, args.adapter_path, rank)
-    card = model_card(record, base=str(args.model_path), adapter=str(args.adapter_path), system_prompt=system_prompt,
+    recipes = vllm_recipes(merged, base, adapter, rank)
+    card = model_card(record, base=str(base), adapter=str(adapter), system_prompt=system_prompt,
                       settings=settings, recipes=recipes)
     save_merged(model, tokenizer, merged, system_prompt=system_prompt, settings=settings, card=card)
-    print(f"[合并] 已把 {args.adapter_path} 合并进 {args.model_path}，保存到 {merged}（safetensors + 默认关闭思考的 "
+    print(f"[合并] 已把 {adapter} 合并进 {base}，保存到 {merged}（safetensors + 默认关闭思考的 "
           f"chat template + generation_config.json + 模型卡 README.md）")
-    formats = parse_formats(getattr(args, "export", None))
-    if formats:
-        recipes += export_gguf(args, merged, system_prompt, settings, "ollama" in formats)
+    if config.formats:
+        recipes += export_gguf(config, merged, base, adapter, system_prompt, "ollama" in config.formats)
     print_recipes(recipes)
     return 0
 
 
-def export_gguf(args, merged: Path, system_prompt, settings, with_modelfile: bool) -> list[str]:
-    from psydt_lora.export import gguf
-    from psydt_lora.export.modelfile import write_modelfile
-    from psydt_lora.export.recipes import gguf_recipes
-
+def export_gguf(config: ExportConfig, merged: Path, base, adapter, system_prompt, with_modelfile: bool) -> list[str]:
     out_dir = gguf.output_dir(merged)
-    tools = gguf.converters(args.llama_cpp)
-    full = [gguf.convert_model(tools, merged, out_dir, t) for t in gguf.parse_types(args.gguf_types)]
-    lora = gguf.convert_lora(tools, args.adapter_path, args.model_path, out_dir)
+    tools = gguf.converters(config.llama_cpp)
+    full = [gguf.convert_model(tools, merged, out_dir, t) for t in gguf.parse_types(config.gguf_types)]
+    lora = gguf.convert_lora(tools, adapter, base, out_dir)
     modelfile = None
     if with_modelfile:
         modelfile = write_modelfile(out_dir, full[-1].name, system_prompt, merged)

@@ -13,6 +13,7 @@ from datetime import datetime
 from psydt_lora.files import atomic_write_text
 from psydt_lora.inference.conversation import Turn, prepare_turn, reply_screen
 from psydt_lora.inference.generation import stream_reply
+from psydt_lora.safety.session import DisabledSafety
 
 DISCLAIMER = "本工具用于研究和教学，模型的回复不能替代专业心理咨询或医疗。"
 HELP = """命令：
@@ -93,7 +94,7 @@ class TerminalReply:
 
     def show(self, piece: str):
         out = self.chat.out
-        visible = piece if self.screen is None else self.screen.feed(piece)
+        visible = self.screen.feed(piece)
         if visible:
             out.write(visible)
         elif self.turn.crisis:
@@ -110,9 +111,8 @@ class TerminalReply:
             chat.say(f"[历史过长，本轮省略了最早的 {turn.dropped} 轮对话]")
         chat.say(HELD if turn.crisis else f"{self.label}：", end="")
         with contextlib.nullcontext() if adapter else chat.model.disable_adapter():
-            # the token count is the server's concern; a test may stand in a plain 3-tuple here
-            reply, interrupted, hit_limit = stream_reply(chat.model, chat.tok, turn.ids, chat.settings, self.show,
-                                                         threading.Event())[:3]
+            done = stream_reply(chat.model, chat.tok, turn.ids, chat.settings, self.show, threading.Event())
+        reply, interrupted, hit_limit = done.text, done.interrupted, done.hit_limit
         if turn.crisis:
             chat.say()
             chat.say(f"{self.label}：", end="")
@@ -123,8 +123,6 @@ class TerminalReply:
         return reply, interrupted
 
     def screened(self, reply: str) -> str:
-        if self.screen is None:
-            return reply
         done = self.screen.finish(reply)
         if done.blocked:
             safety = self.chat.safety
@@ -143,7 +141,7 @@ class Chat:
         self.model, self.tok, self.settings = model, tokenizer, settings
         self.state = ChatState(system, history_turns)
         self.limit = context_limit
-        self.safety = safety
+        self.safety = safety or DisabledSafety()  # a Safety, or the disabled one (--safety off)
         self.can_compare = can_compare
         self.out = out or sys.stdout
         self.input_fn = input_fn or input
@@ -240,8 +238,9 @@ class Commands:
             chat.say("[还没有对话]")
         for i, (u, a) in enumerate(chat.state.rounds, 1):
             chat.say(f"[{i}] 你：{u}\n    助手：{a}")
-        if chat.safety is not None and chat.safety.guard is not None:
-            chat.say(f"[安全] {chat.safety.guard_cost()}")
+        cost = chat.safety.guard_cost()
+        if cost:
+            chat.say(f"[安全] {cost}")
 
     def save(self, path):
         chat = self.chat
@@ -250,9 +249,8 @@ class Commands:
             "system": chat.state.system,
             "generation": chat.settings.as_dict(),
             "rounds": [{"user": u, "assistant": a} for u, a in chat.state.rounds],
+            "safety_events": chat.safety.events,
         }
-        if chat.safety is not None:
-            transcript["safety_events"] = chat.safety.events
         try:
             atomic_write_text(path, json.dumps(transcript, ensure_ascii=False, indent=2) + "\n", mode=0o600)
         except OSError as err:

@@ -32,14 +32,14 @@ def drop_rounds(messages: list[dict], dropped: int) -> list[dict]:
 @dataclass
 class Turn:
     messages: list[dict]  # what the model is asked to answer: windowed, fitted, with the safety instruction
-    detection: object  # safety.Detection of the user's turn, or None with the safety layer off
+    detection: object  # safety.Detection of the user's turn (never a crisis with the safety layer off)
     ids: list[int] | None  # the rendered context (None when only messages are needed, e.g. a remote engine)
     dropped: int  # oldest rounds left out to fit the context
     budget: int | None = None  # context tokens left for the prompt once the reply's max_new_tokens is reserved
 
     @property
     def crisis(self) -> bool:
-        return self.detection is not None and self.detection.crisis
+        return self.detection.crisis
 
     @property
     def overflow(self) -> bool:
@@ -51,8 +51,8 @@ def prepare_turn(messages, *, safety, history_turns: int, tokenizer, max_new_tok
                  enable_thinking: bool = False) -> Turn:
     """`messages` ends with the user's turn. With no tokenizer (or no limit) the context is not rendered."""
     msgs = window(messages, history_turns)
-    detection = safety.check_turn(msgs) if safety is not None else None
-    if detection is not None and detection.crisis:  # steer this turn's reply toward safety (see safety.GUIDANCE)
+    detection = safety.check_turn(msgs)
+    if detection.crisis:  # steer this turn's reply toward safety (see safety.resources.GUIDANCE)
         msgs = safety.with_guidance(msgs, safety.guidance(detection))
     ids, dropped = None, 0
     if tokenizer is not None and limit:
@@ -62,6 +62,6 @@ def prepare_turn(messages, *, safety, history_turns: int, tokenizer, max_new_tok
 
 
 def reply_screen(safety, turn: Turn):
-    """The screen a reply to `turn` streams through (held whole on a crisis turn), or None with the safety
-    layer off -- the one place the front ends ask the safety wing for it."""
-    return safety.screen(turn.crisis, turn.messages[-1]["content"]) if safety is not None else None
+    """The screen a reply to `turn` streams through (held whole on a crisis turn; passing everything through
+    with the safety layer off) -- the one place the front ends ask the safety wing for it."""
+    return safety.screen(turn.crisis, turn.messages[-1]["content"])

@@ -8,7 +8,7 @@ from psydt_lora.models import DEFAULT_CONTEXT
 from psydt_lora.prompt import end_of_turn_id, fit_history, strip_think
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 512
     do_sample: bool = True

@@ -60,7 +60,9 @@ class HFBackend:
 
     def __init__(self, model, tokenizer, context_limit: int, lock=None):
         self.model, self.tokenizer, self.limit = model, tokenizer, context_limit
-        self.lock = lock or threading.Lock()  # shared with a guard that uses this same model (--safety_model base)
+        # the model's lock: generation holds it, and so does a guard judging on this same model
+        # (--safety_model base switches the adapter off), which is given the same lock when it is built
+        self.lock = lock or threading.Lock()
 
     async def stream(self, turn, settings: GenerationSettings, seed, outcome: Outcome, stop=()):
         """The reply's pieces; `stop` strings are cut by the caller, which then closes this stream."""
@@ -149,15 +151,8 @@ class Admission:
 
 
 def safety_block(safety, turn, screened: bool = False) -> dict:
-    """The `safety` object of a response: whether the user's turn shows a crisis (with the help resources
-    and a notice to show before the reply) and whether the reply was screened and replaced."""
-    if safety is None:
-        return {"enabled": False}
-    block = {"enabled": True, **turn.detection.as_dict(), "screened": screened}
-    if turn.crisis:
-        block["notice"] = safety.notice(turn.detection)
-        block["resources"] = safety.resources["resources"]
-    return block
+    """The `safety` object of a response (see Safety.response_block; {"enabled": false} with the layer off)."""
+    return safety.response_block(turn.detection, screened)
 
 
 class Reply:
@@ -171,8 +166,7 @@ class Reply:
         self.lead = help_block(safety.notice(turn.detection)) if help_in_content and turn.crisis else ""
 
     def feed(self, piece: str) -> str:
-        piece = self.cut.feed(piece)
-        return piece if self.screen is None else self.screen.feed(piece)
+        return self.screen.feed(self.cut.feed(piece))
 
     @property
     def stopped(self) -> bool:
@@ -180,10 +174,7 @@ class Reply:
 
     def finish(self) -> tuple[str, bool]:
         """(the rest to send, screened). A screened reply ends with the safe reply instead."""
-        tail = self.cut.flush()
-        if self.screen is None:
-            return tail, False
-        early = self.screen.feed(tail)
+        early = self.screen.feed(self.cut.flush())
         done = self.screen.finish()  # the screen keeps the whole reply; a screened one ends with the safe reply
         return (done.tail, True) if done.blocked else (early + done.rest, False)
 
@@ -441,7 +432,7 @@ def render_page(config: ServeConfig, safety) -> str:
     import html
 
     info = {"model": config.model_name, "system": config.system or "", "disclaimer": config.disclaimer,
-            "resources": safety.resources if safety is not None else None, "needs_key": bool(config.api_key),
+            "resources": safety.resources, "needs_key": bool(config.api_key),
             "max_tokens": config.settings.max_new_tokens, "help_open": HELP_OPEN, "help_close": HELP_CLOSE}
     blob = html.escape(json.dumps(info, ensure_ascii=False), quote=False)
     return PAGE.read_text("utf-8").replace("__PSYDT_INFO__", blob)

@@ -11,18 +11,26 @@
   * `none`: the lexicon alone.
 When the checkpoint cannot be had (offline, a blocked hub, no disk) the loaded base model takes its place
 (the `base` layer); only where no model is loaded in this process does the lexicon work alone. The hub is
-probed once, briefly, before a download, so an offline start does not wait for the hub client's retries.
+probed once, briefly, before a download (hub.hub_unreachable: the endpoint and proxy variables honoured), so an
+offline start does not wait for the hub client's retries.
 A verdict that cannot be parsed is not a verdict: the lexicon decides that turn and a warning is logged.
 """
+import contextlib
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from psydt_lora import hub as hubs
+from psydt_lora.errors import PsyDTError
+from psydt_lora.models import load_base_model, load_tokenizer, pick_dtype
+from psydt_lora.prompt import prompt_ids
 
 log = logging.getLogger("psydt_lora.safety.guard")
 
 DEFAULT_GUARD = "Qwen/Qwen3Guard-Gen-0.6B"  # --safety_model's default
-PROBE_TIMEOUT_S = 3.0  # one connection attempt to the hub before a guard download
 LABELS = ("Safe", "Unsafe", "Controversial")
 GUARD_CATEGORIES = ("Violent", "Non-violent Illegal Acts", "Sexual Content or Sexual Acts", "PII", "Suicide & Self-Harm",
                     "Unethical Acts", "Politically Sensitive Topics", "Copyright Violation", "Jailbreak", "None")
@@ -71,13 +79,13 @@ class Guard:
     name = "guard"
     label = "审核模型"  # how the start line names this layer
 
-    def __init__(self):
-        import threading
-
+    def __init__(self, lock=None):
         self.calls = 0
         self.seconds = 0.0
         self.malformed = 0
-        self.lock = threading.Lock()  # one check at a time (the server calls from several threads)
+        # one check at a time (the server calls from several threads); a guard on the model that also
+        # generates is given that model's lock, so it never switches the adapter off during a generation
+        self.lock = lock or threading.Lock()
 
     def ms_per_call(self) -> float:
         return 1000 * self.seconds / self.calls if self.calls else 0.0
@@ -151,8 +159,8 @@ class BaseModelGuard(Guard):
     """The base model (adapter off) as a zero-shot classifier: a multiple-choice question, read from the
     logits of the answer letters after the generation prompt; no sampling."""
 
-    def __init__(self, model, tokenizer, enable_thinking: bool = False):
-        super().__init__()
+    def __init__(self, model, tokenizer, enable_thinking: bool = False, lock=None):
+        super().__init__(lock)
         self.model, self.tokenizer, self.enable_thinking = model, tokenizer, enable_thinking
         self.letters = {c: tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "ABCD"}
         self.name = "base"
@@ -160,11 +168,7 @@ class BaseModelGuard(Guard):
         self.label = "基础模型零样本判断（关闭 LoRA）" if hasattr(model, "disable_adapter") else "已加载模型的零样本判断"
 
     def verdict(self, messages) -> Verdict:
-        import contextlib
-
         import torch
-
-        from psydt_lora.prompt import prompt_ids
 
         is_user = messages[-1]["role"] == "user"
         question = (ZERO_SHOT_USER.format(text=messages[-1]["content"]) if is_user else
@@ -186,57 +190,13 @@ class GuardChoice:
     why: str
 
 
-def hub_unreachable(hub: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Why the hub cannot be reached, or None when it answers a TCP connection within `timeout` (one try).
-    Offline, modelscope's own client retries for ~25 s before it gives up; this costs at most `timeout`.
-    Behind a proxy the direct probe says nothing, so the download itself is tried."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from psydt_lora.hub import HUB_SITES
-
-    if hub == "huggingface" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return "已设置 HF_HUB_OFFLINE"
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    host = urlparse(HUB_SITES[hub]).hostname
-    try:
-        address = resolve(host, timeout)
-        socket.create_connection(address, timeout=timeout).close()
-    except OSError as err:
-        return f"连不上 {host}（{type(err).__name__}）"
-    return None
-
-
-def resolve(host: str, timeout: float) -> tuple:
-    """(ip, 443) for `host` within `timeout`: getaddrinfo has no timeout of its own, and a resolver that never
-    answers would hold the start for its own retries. The lookup runs in a daemon thread left behind if late."""
-    import socket
-    import threading
-
-    found = []
-    thread = threading.Thread(target=lambda: found.append(socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)),
-                              daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not found:
-        raise (socket.timeout if thread.is_alive() else socket.gaierror)(f"resolving {host}")
-    return found[0][0][4][:2]
-
-
 def _checkpoint(spec: str, hub: str, device: str) -> tuple[Guard | None, str]:
     """A Qwen3Guard-Gen checkpoint from a folder, or fetched into ./<id> when the hub can be reached."""
-    from pathlib import Path
-
-    from psydt_lora import hub as hubs
-    from psydt_lora.errors import PsyDTError
-    from psydt_lora.models import load_base_model, load_tokenizer, pick_dtype
 
     folder = Path(spec) if Path(spec).is_dir() else Path(".") / spec
     try:
         if hubs.model_problems(folder):
-            offline = hub_unreachable(hub)
+            offline = hubs.hub_unreachable(hub)
             if offline:
                 return None, f"本地没有 {hubs.shown(folder)}，{hub} {offline}，没有尝试下载"
             hubs.ensure_model(spec, folder, hub)
@@ -246,21 +206,23 @@ def _checkpoint(spec: str, hub: str, device: str) -> tuple[Guard | None, str]:
         return None, str(err)
 
 
-def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, device: str = "cpu") -> GuardChoice:
+def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, device: str = "cpu",
+               lock=None) -> GuardChoice:
     """The second layer for `--safety_model` (a local folder, a hub id fetched into ./<id>, `base`, `none`).
     A checkpoint that cannot be had is replaced by the loaded base model (`base`) when there is one, else
-    the lexicon works alone; `why` says which and how to fix it."""
+    the lexicon works alone; `why` says which and how to fix it. `lock` is the loaded model's: a `base`
+    layer holds it while it judges, as generation does."""
     if spec == "none":
         return GuardChoice(None, "--safety_model none")
     if spec == "base":
         if model is None:
             return GuardChoice(None, "--safety_model base 需要本进程加载的基础模型（--backend openai 时没有）")
-        return GuardChoice(BaseModelGuard(model, tokenizer), "--safety_model base")
+        return GuardChoice(BaseModelGuard(model, tokenizer, lock=lock), "--safety_model base")
     guard, problem = _checkpoint(spec, hub, device)
     if guard is not None:
         return GuardChoice(guard, f"--safety_model {spec}")
     fix = (f"修复：联网后重新运行会自动下载，或把模型放到 ./{spec}；"
            "想固定用基础模型请加 --safety_model base，只用词典请加 --safety_model none")
     if model is not None:
-        return GuardChoice(BaseModelGuard(model, tokenizer), f"审核模型 {spec} 用不了（{problem}），由基础模型代替。{fix}")
+        return GuardChoice(BaseModelGuard(model, tokenizer, lock=lock), f"审核模型 {spec} 用不了（{problem}），由基础模型代替。{fix}")
     return GuardChoice(None, f"审核模型 {spec} 用不了（{problem}），本进程也没有加载基础模型，只用词典（对没见过的说法检出率低）。{fix}")

@@ -1,5 +1,7 @@
 """Help resources: who to call, read from `data/resources_zh.json` or the user's `--safety_resources FILE`,
-and the texts built from them (the crisis notice, the screened-reply notice, the safe reply)."""
+and every text built from them -- the crisis notice and the screened-reply notice the user sees, the safe
+reply, and the guidance the model is given on a crisis turn -- so the model recommends the lines the user
+is shown, whichever file they came from."""
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
@@ -7,6 +9,13 @@ from psydt_lora.files import read_json
 from psydt_lora.safety.rules import DATA
 
 DEFAULT_RESOURCES = DATA / "resources_zh.json"
+# Added to the system prompt for the turn in which a crisis signal was detected. The system prompt is
+# the slot the model was trained to follow; the user's own words stay untouched and nothing is shown.
+GUIDANCE = (
+    "【安全提示】来访者刚才的话里可能包含危机信号（{categories}）。请把来访者的安全放在第一位："
+    "温和、直接地表达关心，认真倾听，询问其现在是否安全、是否有伤害自己或他人的具体打算；"
+    "鼓励其立即联系专业帮助（{contacts}）或身边信任的人；不要评判，不要提供任何伤害自己或他人的方法或细节。"
+)
 
 
 def load_resources(path=None) -> tuple[dict, str]:
@@ -43,7 +52,16 @@ def screened_message(data: dict) -> str:
     return "[这条回复可能包含不安全的内容，已被安全过滤，没有显示。]\n" + format_resources(data)
 
 
+def contacts(data: dict) -> str:
+    """Every resource as "name contact", in the file's order."""
+    return "、".join(f"{r['name']} {r['contact']}" for r in data["resources"])
+
+
 def safe_reply(data: dict) -> str:
     """What stands in for a screened reply."""
-    return "我很在意你的安全。现在请先联系能够及时帮助你的人：" + "、".join(
-        f"{r['name']} {r['contact']}" for r in data["resources"]) + "。我也会继续在这里听你说。"
+    return f"我很在意你的安全。现在请先联系能够及时帮助你的人：{contacts(data)}。我也会继续在这里听你说。"
+
+
+def guidance(data: dict, categories: str) -> str:
+    """The model's instruction for a crisis turn: the same lines the user is shown."""
+    return GUIDANCE.format(categories=categories, contacts=contacts(data))

@@ -4,7 +4,8 @@
 While a reply streams, text is released `holdback` characters behind the model so a harmful phrase (the
 lexicon's check) is caught before it is shown; on a crisis turn (`hold`) nothing is shown until the reply
 is complete. When it is complete the whole reply is judged once by every layer (the guard or the base
-model too, when there is one); a blocked reply is replaced by the safe reply."""
+model too, when there is one); a blocked reply is replaced by the safe reply. With the safety layer off
+the reply passes through the same interface unchanged (`PassThrough`)."""
 from dataclasses import dataclass
 
 from psydt_lora.safety.rules import harmful_reply
@@ -52,3 +53,18 @@ class ReplyScreen:
         rest = self.text[self.shown:]
         self.shown = len(self.text)
         return Finished(rest, False, tail=rest)
+
+
+class PassThrough:
+    """The screen of a disabled safety layer: everything is shown as it comes, nothing is blocked."""
+    blocked = False
+
+    def __init__(self):
+        self.text = ""
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        return piece
+
+    def finish(self, reply: str | None = None) -> Finished:
+        return Finished("", False)
