@@ -17,7 +17,9 @@ Wings, lowest first:
                 sample_types (Sample, WholeDialogue, Tree and the SampleSource every holder of them is),
                 samples (dialogues -> ids + reply-only labels, shared_prefix trees),
                 packing (--packing rows of several samples, padding, the tree mask, the collator),
-                sample_cache (built samples as a datasets.Dataset keyed by a fingerprint)
+                sample_cache (built samples as a datasets.Dataset keyed by a fingerprint),
+                pairs (the Preference of a context, a chosen and a rejected reply), preference_samples (pairs as
+                shared-prefix trees: one prompt, every reply a leaf; their collator)
     safety/     rules (the crisis-language lexicon engine), resources (help lines and the texts built from them),
                 screen (the one reply screen chat, serve and test use), session (the Safety a front end holds),
                 guard (Qwen3Guard-Gen, or the loaded model with its adapter off, beside the lexicon),
@@ -26,7 +28,8 @@ Wings, lowest first:
                 step by step), lora (the model: LoRA, 4-bit), trainer (the Trainer, its arguments, loss wiring,
                 callbacks), sample_dataset (the training set, --packing rows), progress (what the run says), signals
                 and ranks (stopping on a signal, leaving together), checkpoints (what is whole, where a run resumes),
-                tracking (SwanLab), outputs (adapter, run record, loss history), loss (the LM head at supervised positions)
+                tracking (SwanLab), outputs (adapter, run record, loss history), loss (the LM head at supervised positions),
+                preference (DPO / IPO / ORPO / SimPO on trees, the reference log-probs once, its Trainer)
     inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
                 it), chat (the terminal chat), openai_api (the OpenAI request and response shapes, errors),
                 serving (the server, its admission and the chat page in web/)
