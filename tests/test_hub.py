@@ -166,3 +166,111 @@ def test_known_file_with_the_published_hash_is_accepted_without_parsing(tmp_path
     p.write_bytes(b"not json but known")
     monkeypatch.setitem(hub.KNOWN_FILES, hub.TEST_FILE, (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()))
     assert hub.dataset_file_problem(p) is None
+
+
+# -- the probe before an optional download (the guard model) ---------------------------------------------
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
+HUB_VARS = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN")
+
+
+@pytest.fixture
+def plain_env(monkeypatch):
+    for var in PROXY_VARS + HUB_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def stub():
+    """A local HTTP server on a free port that answers every GET: a mirror, or a proxy."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def no_dns(*a, **k):
+    import socket
+
+    raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+
+def test_a_mirror_in_hf_endpoint_is_what_is_probed(plain_env, stub):
+    import socket
+
+    plain_env.setattr(socket, "getaddrinfo", lambda host, *a, **k: (
+        no_dns() if host != "127.0.0.1" else [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(stub.rsplit(":", 1)[1])))]))
+    assert hub.hub_unreachable("huggingface") == "连不上 huggingface.co（gaierror）"  # the default host: no DNS here
+    plain_env.setenv("HF_ENDPOINT", stub)  # the mirror answers: reachable, the download is tried
+    assert hub.hub_unreachable("huggingface") is None
+    plain_env.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.hub_unreachable("huggingface") == "已设置 HF_HUB_OFFLINE"
+
+
+def test_a_mirror_that_is_down_is_named(plain_env, stub):
+    import socket
+
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()  # nothing listens there now
+    plain_env.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free}")
+    assert hub.hub_unreachable("huggingface", timeout=2) == f"连不上 127.0.0.1:{free}（ConnectionRefusedError）"
+
+
+def test_modelscope_endpoint_variables_as_its_client_reads_them(plain_env, stub):
+    assert hub.hub_endpoint("modelscope") == "https://modelscope.cn"
+    plain_env.setenv("MODELSCOPE_DOMAIN", "www.modelscope.ai")  # the older variable: a bare host
+    assert hub.hub_endpoint("modelscope") == "https://www.modelscope.ai"
+    plain_env.setenv("MODELSCOPE_ENDPOINT", stub)  # the newer one wins
+    assert hub.hub_endpoint("modelscope") == stub and hub.hub_unreachable("modelscope") is None
+
+
+def test_behind_a_proxy_the_proxy_is_probed_not_the_hubs_dns(plain_env, stub):
+    import socket
+
+    port = int(stub.rsplit(":", 1)[1])
+    plain_env.setattr(socket, "getaddrinfo", lambda host, *a, **k: (
+        no_dns() if host != "127.0.0.1" else [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]))
+    plain_env.setenv("HTTPS_PROXY", stub)  # no DNS for the hub here: the proxy resolves it
+    assert hub.hub_unreachable("modelscope") is None
+    plain_env.setenv("NO_PROXY", "modelscope.cn")  # ...unless the hub is exempt from the proxy
+    assert hub.hub_unreachable("modelscope") == "连不上 modelscope.cn（gaierror）"
+
+
+def test_a_failing_resolver_is_one_clear_line_and_no_traceback(tmp_path):
+    """A real start with name resolution failing (an offline machine): the probe's thread prints nothing; the
+    user reads one line saying the hub is unreachable and why."""
+    import os
+    import subprocess
+    import sys
+
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps({"positive": ["我不想活了"]}, ensure_ascii=False), "utf-8")
+    code = ("import socket, sys\n"
+            "def no_dns(*a, **k):\n    raise socket.gaierror(-3, 'Temporary failure in name resolution')\n"
+            "socket.getaddrinfo = no_dns\n"
+            "sys.argv = ['inference_psydt_lora.py', '--safety_eval', sys.argv[1], '--safety_model', 'Qwen/Qwen3Guard-Gen-0.6B']\n"
+            "from psydt_lora.infer_cli import cli\nsys.exit(cli())\n")
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS + HUB_VARS}
+    res = subprocess.run([sys.executable, "-c", code, str(cases)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "Exception in thread" not in res.stderr, res.stderr
+    said = [line for line in res.stdout.splitlines() if "连不上" in line and not line.startswith("{")]
+    assert len(said) == 1 and "连不上 modelscope.cn（gaierror）" in said[0] and "没有尝试下载" in said[0], res.stdout
+    assert not (tmp_path / "Qwen").exists()
