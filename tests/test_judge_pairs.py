@@ -10,6 +10,7 @@ import pytest
 from judge_server import JudgeServer
 
 import judge_psydt_lora
+from psydt_lora.data.pairs import read_preferences
 from psydt_lora.errors import run_cli
 from psydt_lora.judge.crisis import load_set
 
@@ -117,6 +118,10 @@ def test_rubric_pairs_best_against_worst_by_the_margin_rule(tmp_path, judge, cap
     assert (o["source"], o["judge"], o["rubric"]) == ("rubric", "scripted-judge", "cpsycoune@1")
     assert o["scores"]["chosen"] == {"comprehensiveness": 2, "professionalism": 3, "authenticity": 2, "safety": 0, "total": 7}
     assert o["scores"]["rejected"]["total"] == 2 and (o["chosen_side"], o["rejected_side"]) == ("lora@samples#s0", "lora@samples#s2")
+    # the training script's pair reader takes the file as written: TRL conversational, origin kept
+    read = read_preferences(out / "pairs.jsonl")
+    assert [(r.chosen, r.rejected, r.origin) for r in read] == [
+        (p["chosen"][0]["content"], p["rejected"][0]["content"], p["origin"]) for p in pairs]
     printed = capsys.readouterr().out
     assert "[偏好对] 3 对" in printed and "rubric 3" in printed
     assert "rubric：最好和最差的回复分数相同（平局）：1 条" in printed and "rubric：有效评分的回复不到两条：1 条" in printed
