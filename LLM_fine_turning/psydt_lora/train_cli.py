@@ -22,6 +22,7 @@ from pathlib import Path
 from psydt_lora import hub
 from psydt_lora.cli import make_parser
 from psydt_lora.data.datasets import check_local_entries, entries_from_args, system_prompts
+from psydt_lora.data.pairs import pair_entries
 from psydt_lora.data.samples import SAMPLE_MODES, SampleSettings, dump_samples
 from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.files import check_can_write, check_files_exist
@@ -38,7 +39,7 @@ from psydt_lora.train.preference import LOSSES, REFERENCE_FREE, PreferenceConfig
 from psydt_lora.train.ranks import is_main_process, main_process_first, world_size
 from psydt_lora.train.sample_dataset import datasets_for, pack_capacity
 from psydt_lora.train.trainer import planned_steps
-from psydt_lora.train.training_data import preference_data, read_data, samples_for, write_heldout
+from psydt_lora.train.training_data import preference_samples, read_data, read_pairs, samples_for, write_heldout
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for our users
 
@@ -238,7 +239,10 @@ def check_local(args) -> None:
     """Every local argument, in a moment, before any download, tokenisation or weight load."""
     check_files_exist({"--eval_file": args.eval_file if args.do_eval else None, "--deepspeed": args.deepspeed,
                        "--dataset_spec": args.dataset_spec})
-    check_local_entries(entries_from_args(args.train_file, args.dataset_spec, None))
+    if args.stage == "sft":
+        check_local_entries(entries_from_args(args.train_file, args.dataset_spec, None))
+    else:
+        pair_entries(args.train_file, args.dataset_spec, None)  # the same checks, for pair files
     if not args.dry_run:
         check_can_write(args.output_dir, "--output_dir")
         if args.resume_from_checkpoint not in ("auto", "none"):
@@ -255,7 +259,10 @@ def main(argv=None) -> int:
     # (under torchrun / accelerate: the main process first, the others then find it)
     model_dir = Path(config.model.local_dir)
     with main_process_first():
-        mix, eval_file = read_data(config.data, config.model.hub) if config.stage == "sft" else (None, None)
+        if config.stage == "sft":
+            mix, eval_file = read_data(config.data, config.model.hub)
+        else:
+            mix, eval_file = read_pairs(config.data, config.model.hub), None
         if not (args.dry_run and hub.tokenizer_present(model_dir)):  # a dry run needs the tokenizer only
             hub.ensure_model(config.model.repo, model_dir, config.model.hub)
 
@@ -263,11 +270,10 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
     if config.stage == "sft":
         train_samples, eval_samples, data_stats = samples_for(config.data, config.samples, tokenizer, mix, eval_file)
-        cache_dir, contexts = None, mix.train
+        cache_dir = None
     else:
-        with main_process_first():
-            train_samples, eval_samples, data_stats, cache_dir, contexts = preference_data(
-                config.data, config.samples, tokenizer, config.model.hub)
+        train_samples, eval_samples, data_stats, cache_dir = preference_samples(mix, config.data, config.samples,
+                                                                                tokenizer)
     if args.dump_samples and is_main_process():
         dump_samples(train_samples, args.dump_samples)
         print(f"[样本] 已写出 {len(train_samples)} 个训练样本到 {args.dump_samples}")
@@ -292,11 +298,11 @@ def main(argv=None) -> int:
         return 0
     n_ckpt = steps // t.save_steps + 1 if t.save_total_limit is None else t.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
-    if mix is not None and mix.heldout and is_main_process():  # the batch test finds it through the adapter
+    if config.stage == "sft" and mix.heldout and is_main_process():  # the batch test finds it through the adapter
         data_stats["heldout"] = {"file": write_heldout(output_dir, mix.heldout), "dialogues": len(mix.heldout)}
     job = TrainingRun(config, model_dir, tokenizer, data_stats, prompt_format(tokenizer),
-                      most_common_system_prompt(contexts),
-                      system_prompts(contexts) if config.stage == "sft" else {}, cache_dir)
+                      most_common_system_prompt(mix.train),
+                      system_prompts(mix.train) if config.stage == "sft" else {}, cache_dir)
     return train(job, train_set, eval_set, resume=resume, steps=steps)
 
 

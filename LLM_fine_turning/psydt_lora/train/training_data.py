@@ -30,7 +30,7 @@ def read_data(data: DataConfig, hub: str):
     if not entries:
         path = ensure_dataset_file(data.dataset_repo, data.dataset_dir, TRAIN_FILE, hub)
         entries = [DatasetEntry("PsyDTCorpus", "--train_file", path=str(path), max_items=limit)]
-    system = DEFAULT_SYSTEM if data.system_prompt is None else data.system_prompt or None
+    system = system_prompt_of(data)
     mix = build_mix(entries, hub=hub, seed=data.seed, system_prompt=system, val_size=data.val_size,
                     fetch=ensure_hub_dataset, say=say)
     if not data.do_eval or data.val_size:
@@ -120,14 +120,22 @@ def write_heldout(output_dir: Path, heldout) -> str:
     return str(path)
 
 
-def preference_data(data: DataConfig, settings: SampleSettings, tokenizer, hub: str):
-    """(train trees, held-out trees, data stats, the reference cache folder, the training pairs) of a preference run: every pair file
-    read and mixed as SFT mixes dialogues (held out BY PROMPT with --val_size), each prompt's replies one tree."""
+def read_pairs(data: DataConfig, hub: str):
+    """Every pair file read, checked and mixed as SFT mixes dialogues (held out BY PROMPT with --val_size): a
+    bad pair stops here, before the model is fetched or anything is written."""
     limit = data.max_train_items if data.max_train_items > 0 else None
     entries = pair_entries(list(data.train_files) or None, data.dataset_spec, limit)
-    system = DEFAULT_SYSTEM if data.system_prompt is None else data.system_prompt or None
-    mix = build_pair_mix(entries, hub=hub, seed=data.seed, system_prompt=system, val_size=data.val_size,
-                         fetch=ensure_hub_dataset, say=say)
+    return build_pair_mix(entries, hub=hub, seed=data.seed, system_prompt=system_prompt_of(data), val_size=data.val_size,
+                          fetch=ensure_hub_dataset, say=say)
+
+
+def system_prompt_of(data: DataConfig) -> str | None:
+    return DEFAULT_SYSTEM if data.system_prompt is None else data.system_prompt or None
+
+
+def preference_samples(mix, data: DataConfig, settings: SampleSettings, tokenizer):
+    """(train trees, held-out trees, data stats, the reference cache folder): each prompt's replies one tree."""
+    system = system_prompt_of(data)
     train, train_stats = build_preference_samples(mix.train, tokenizer, settings.max_length, system_prompt=system)
     if not len(train):
         raise PsyDTError(f"{', '.join(r['location'] for r in mix.rows)} 没有生成任何偏好训练样本：--max_length "
@@ -140,7 +148,7 @@ def preference_data(data: DataConfig, settings: SampleSettings, tokenizer, hub: 
         heldout, held_stats = build_preference_samples(mix.heldout, tokenizer, settings.max_length, system_prompt=system)
         stats["eval"] = {"file": "--val_size", **held_stats.as_dict()}
         say(preference_line("验证", held_stats))
-    return train, heldout, stats, cache_root(mix.rows[0]["location"], data.sample_cache_dir), mix.train
+    return train, heldout, stats, cache_root(mix.rows[0]["location"], data.sample_cache_dir)
 
 
 def preference_line(title: str, s) -> str:
