@@ -117,7 +117,7 @@ def test_think_blocks_are_hidden_from_the_stream_whatever_the_split(text):
 
 @pytest.mark.slow
 def test_piped_stdin_session(tiny_model_dir, memorised_adapter):
-    res = cli(["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+    res = cli(["chat", "--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
                "--max_new_tokens", "40"], input=f"{D0[1]['content']}\n/history\n", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert D0[2]["content"] in res.stdout and "不能替代专业心理咨询" in res.stdout and "12356" in res.stdout
@@ -172,8 +172,8 @@ def test_keys_typed_while_a_reply_streams_are_neither_echoed_nor_sent(tiny_model
     assert "[1] 你：你好" in history and "[2]" not in history and "typed ahead" not in history  # nor sent
 
 
-def run_test_mode(tiny_model_dir, adapter, test_file, out, *extra):
-    argv = ["--model_path", str(tiny_model_dir), "--mode", "test", "--test_file", str(test_file),
+def run_test_mode(tiny_model_dir, adapter, test_file, out, *extra, command=("--mode", "test")):
+    argv = [*command, "--model_path", str(tiny_model_dir), "--test_file", str(test_file),
             "--test_output_file", str(out), "--no-do_sample", "--max_new_tokens", "40", *extra]
     if adapter is None:
         argv.append("--no_adapter")
@@ -187,7 +187,8 @@ def test_test_mode_reproduces_memorised_replies_batched_equal_sequential(tiny_mo
     _, test = data_files
     batched = run_test_mode(tiny_model_dir, memorised_adapter, test, tmp_path / "b.json", "--batch_size", "4")
     one = run_test_mode(tiny_model_dir, memorised_adapter, test, tmp_path / "s.json", "--batch_size", "1")
-    merged = run_test_mode(tiny_model_dir, memorised_adapter, test, tmp_path / "m.json", "--batch_size", "3", "--merge_lora")
+    merged = run_test_mode(tiny_model_dir, memorised_adapter, test, tmp_path / "m.json", "--batch_size", "3", "--merge_lora",
+                           command=("test",))  # the subcommand, the same program
     for r in batched["results"]:
         assert r["response"] == r["reference"]
         assert set(r) >= {"id", "normalizedTag", "index", "history_turns", "response", "reference"}
@@ -207,8 +208,8 @@ def test_save_merged_loads_with_plain_transformers_and_says_the_same(tiny_model_
     from psydt_lora.prompt import prompt_ids
 
     merged = tmp_path / "merged"
-    assert inference_psydt_lora.main(["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter),
-                                      "--save_merged", str(merged)]) == 0
+    assert inference_psydt_lora.main(["export", "--model_path", str(tiny_model_dir), "--adapter_path",
+                                      str(memorised_adapter), "--save_merged", str(merged)]) == 0
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(merged))
@@ -268,6 +269,91 @@ def test_adapter_for_another_base_model_is_refused(memorised_adapter, tmp_path):
     other = build_tiny_model(tmp_path / "other", layers=3)
     with pytest.raises(PsyDTError, match=r"另一个基础模型.*num_hidden_layers: 训练时 2 / 现在 3"):
         load_for_inference(other, memorised_adapter, device="cpu")
+
+
+COMMAND_FLAGS = {  # a flag of its own that each program has, and one it must not have
+    "chat": ("--history_turns", "--backend"), "test": ("--test_output_file", "--backend"),
+    "serve": ("--backend", "--test_output_file"), "export": ("--gguf_types", "--safety_resources"),
+    "safety-eval": ("--safety_model", "--max_new_tokens")}
+
+
+@pytest.mark.parametrize("command", list(COMMAND_FLAGS))
+def test_each_subcommand_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        inference_psydt_lora.main([command, "--help"])
+    said = capsys.readouterr().out
+    own, foreign = COMMAND_FLAGS[command]
+    assert done.value.code == 0 and f" {command} [选项]" in said.splitlines()[0]
+    assert own in said and foreign not in said, command
+
+
+def test_help_loads_no_heavy_library():
+    """--help answers without torch, transformers or the server's libraries (they load when a program runs)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'transformers', 'peft', 'datasets', 'fastapi', 'uvicorn', 'openai', 'matplotlib'})))\n"
+            "sys.argv = ['inference_psydt_lora.py', *sys.argv[1:]]\n"
+            "from psydt_lora.infer_cli import cli\nsys.exit(cli())\n")
+    for argv in (["--help"], ["serve", "--help"], ["test", "--help"]):
+        res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "用法：" in res.stdout and "LOADED []" in res.stdout, (argv, res.stdout[-300:])
+
+
+FLAT_FORMS = [  # the tutorial's flat invocations and the subcommand each one is
+    ([], ["chat"]),
+    (["--mode", "interactive", "--history_turns", "2", "--safety", "off"], ["chat", "--history_turns", "2", "--safety", "off"]),
+    (["--mode", "test", "--max_test_items", "5", "--no-do_sample", "--questions_file", "q.txt"],
+     ["test", "--max_test_items", "5", "--no-do_sample", "--questions_file", "q.txt"]),
+    (["--mode", "serve", "--port", "0", "--backend", "openai", "--backend_url", "http://127.0.0.1:1/v1"],
+     ["serve", "--port", "0", "--backend", "openai", "--backend_url", "http://127.0.0.1:1/v1"]),
+    (["--save_merged", "out", "--system_prompt", "你好"], ["export", "--save_merged", "out", "--system_prompt", "你好"]),
+    (["--safety_eval", "cases.json", "--safety_model", "none"], ["safety-eval", "cases.json", "--safety_model", "none"]),
+]
+
+
+@pytest.mark.parametrize("flat, command", FLAT_FORMS, ids=[c[0] + str(i) for i, (_, c) in enumerate(FLAT_FORMS)])
+def test_the_flat_form_is_the_same_program_with_the_same_settings(flat, command):
+    from psydt_lora.infer_cli import parse, settings_from_flags
+
+    old, new = settings_from_flags(*parse(flat)), settings_from_flags(*parse(command))
+    assert old == new and old.command == command[0]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--save_merged", "out", "--mode", "test"], "--save_merged 不能和 --mode test 一起用"),
+    (["--save_merged", "out", "--mode", "interactive"], "--save_merged 不能和 --mode interactive 一起用"),
+    (["--safety_eval", "cases.json", "--mode", "serve"], "--safety_eval 不能和 --mode serve 一起用"),
+    (["--save_merged", "out", "--safety_eval", "cases.json"], "--save_merged 和 --safety_eval 是两个单独的程序"),
+])
+def test_a_separate_program_beside_a_conflicting_mode_is_refused(argv, said, capsys):
+    """--save_merged / --safety_eval used to override --mode silently; now the user is told, before anything loads."""
+    from psydt_lora.errors import run_cli
+
+    assert run_cli(inference_psydt_lora.main, argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def readme_commands():
+    """Every inference command the README shows (code blocks and inline), as argv."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text("utf-8")
+    found = re.findall(r"(?:python LLM_fine_turning/inference_psydt_lora\.py|psydt-chat)((?: [^`\n（，；&#]*)?)", text)
+    return sorted({tuple(shlex.split(args)) for args in found if not args.rstrip().endswith("\\")})
+
+
+def test_every_readme_command_parses_to_its_program():
+    from psydt_lora.infer_cli import COMMANDS, parse
+
+    commands = readme_commands()
+    assert len(commands) >= 12 and {argv[0] for argv in commands if argv} >= {"chat", "test", "serve", "export"}
+    for argv in commands:
+        if "--help" in argv:
+            continue
+        program, _ = parse(list(argv))  # argparse exits 2 on an unknown flag: the README would be wrong
+        assert program in COMMANDS, argv
 
 
 def test_missing_paths_say_what_produces_them(tiny_model_dir, tmp_path):

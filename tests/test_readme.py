@@ -12,7 +12,7 @@ from conftest import ROOT
 
 ROWS = [line for line in (ROOT / "README.md").read_text("utf-8").splitlines() if line.startswith("| `--")]
 PARSERS = {"train": train_psydt_lora.build_parser, "inference": inference_psydt_lora.build_parser,
-           "judge": judge_psydt_lora.build_parser}
+           "inference-commands": inference_psydt_lora.build_command_parser, "judge": judge_psydt_lora.build_parser}
 
 
 def _numbers(text):

@@ -1,5 +1,5 @@
-"""The HTTP server for real: started as a process that takes a free localhost port itself (--port 0, read
-back from its start line), driven with the official `openai` client, LangChain's `ChatOpenAI` and raw HTTP
+"""The HTTP server for real: started as a process (`serve`) on a free localhost port, ready when GET /v1/models
+answers (one test lets it pick with --port 0 and reads the port back from its start line), driven with the official `openai` client, LangChain's `ChatOpenAI` and raw HTTP
 where a client cannot say it; the app also runs in-process on a free port where a test must hold the model
 (a lock the test owns) or see inside it. The chat page is measured in headless Chromium (test_page.py)."""
 import contextlib
@@ -52,29 +52,41 @@ def wait_for(ready, timeout: float, what: str):
         time.sleep(0.05)
 
 
-class Server:
-    """The CLI's server as a process on the port it picked itself."""
+def free_port() -> int:
+    """A localhost port nothing listens on now (the server binds it a moment later)."""
+    import socket
 
-    def __init__(self, *args, env=None):
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "--mode", "serve", "--port", "0", *args],
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """The CLI's server (`serve`) as a process on a free port; ready when GET /v1/models answers (any status:
+    with an API key it is a 401), never by its console wording. `port=0` lets the server pick and reads the
+    port it announces (the one test of that announcement)."""
+
+    def __init__(self, *args, env=None, port=None):
+        port = free_port() if port is None else port
+        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "serve", "--port", str(port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, "PYTHONPATH": "", **(env or {})})
-        self.lines, self.port, self.announced = [], None, threading.Event()
+        self.lines, self.port, self.announced = [], port or None, threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        if not self.announced.wait(180) or self.port is None:
+        if not port and (not self.announced.wait(180) or self.port is None):
             self.proc.kill()
             raise AssertionError("server did not start:\n" + "".join(self.lines)[-3000:])
         self.url = f"http://127.0.0.1:{self.port}"
 
-        def healthy():
-            assert self.proc.poll() is None, "".join(self.lines)[-3000:]
+        def answers():
+            assert self.proc.poll() is None, "server exited:\n" + "".join(self.lines)[-3000:]
             try:
-                return http("GET", f"{self.url}/healthz", timeout=5)[0] == 200
+                return http("GET", f"{self.url}/v1/models", timeout=5)[0] in (200, 401)
             except OSError:
                 return False
 
-        wait_for(healthy, 60, "/healthz")
+        wait_for(answers, 180, "GET /v1/models")
 
     def _read(self):
         for line in self.proc.stdout:
@@ -227,7 +239,7 @@ def test_bad_requests_get_json_errors(server):
 
 def test_keys_and_no_request_text_in_the_log(tiny_model_dir):
     s = Server("--model_path", str(tiny_model_dir), "--no_adapter", "--max_new_tokens", "8", "--no-do_sample",
-               env={"PSYDT_API_KEY": "s3cret"})
+               env={"PSYDT_API_KEY": "s3cret"}, port=0)  # --port 0: the server picks a free port and says which
     try:
         with pytest.raises(openai.AuthenticationError):
             s.client("wrong").models.list()
