@@ -5,11 +5,13 @@ reference log-probs; bad preference input and misplaced flags stop before any we
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 import train_psydt_lora
-from conftest import DIALOGUES
+from conftest import DIALOGUES, ROOT
 from psydt_lora.run_record import RunRecord
 
 LN2 = math.log(2)
@@ -114,3 +116,34 @@ def test_bad_preference_runs_stop_before_any_weight_with_a_chinese_message(memor
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written, no model looked for
+
+
+@pytest.mark.multiprocess
+def test_dpo_under_deepspeed_zero2_on_two_processes_equals_one_process(tiny_model_dir, tmp_path):
+    """Real DeepSpeed ZeRO-2 (its CPU accelerator, 2 gloo processes under torchrun): one tree a rank against
+    two trees in one process's batch; each tree holds one pair, so the pair mean is the same and so are the
+    adapters. The reference log-probs are computed by the main process and read by the other."""
+    pytest.importorskip("deepspeed", reason="deepspeed is in requirements-dev.txt")
+    import torch
+    from test_multigpu import ENV, TRAIN, tensors, torchrun
+
+    pairs = pair_file(tmp_path / "pairs.jsonl")
+    common = ["--stage", "dpo", "--model_local_dir", str(tiny_model_dir), "--train_file", str(pairs), "--report_to",
+              "none", "--max_steps", "2", "--save_steps", "2", "--gradient_accumulation_steps", "1", "--learning_rate",
+              "1e-3", "--no-do_eval", "--lr_scheduler_type", "constant", "--no-gradient_checkpointing",
+              "--sample_cache_dir", str(tmp_path / "cache")]
+    one = subprocess.run([sys.executable, str(TRAIN), *common, "--output_dir", str(tmp_path / "one"),
+                          "--per_device_train_batch_size", "2"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    config = str(ROOT / "examples" / "deepspeed" / "zero2.json")
+    two = subprocess.run([*torchrun(2), str(TRAIN), *common, "--output_dir", str(tmp_path / "two"),
+                          "--per_device_train_batch_size", "1", "--deepspeed", config],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 个进程" in two.stdout and two.stdout.count("[完成]") == 1
+    assert "读取已缓存的参考 log-prob" in two.stdout  # the one process's reference, reused: the same identity
+    a, b = tensors(tmp_path / "one" / "lora_adapter"), tensors(tmp_path / "two" / "lora_adapter")
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)  # it did train
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
