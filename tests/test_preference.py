@@ -240,15 +240,28 @@ def test_first_loss_is_ln2_from_base_and_from_sft_adapter(setup, tmp_path):
                                             target_modules=PROJECTIONS))
     ref = reference_logps(fresh, trees, tok.pad_token_id, "base")
     assert first_logged_loss(fresh, tok, trees, ref, config, tmp_path / "base") == pytest.approx(math.log(2), abs=1e-6)
-    sft = copy.deepcopy(sft_model)
-    for m in sft.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.1  # the SFT adapter's dropout: preference training switches it off
+    # the SFT adapter (non-zero B) with LoRA dropout 0.1 in its config: preference training switches it off
+    sft = get_peft_model(copy.deepcopy(sft_model).unload(), LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
+                                                                       lora_dropout=0.1, target_modules=PROJECTIONS))
+    sft.load_state_dict({n: p.detach().clone() for n, p in lora_params(sft_model).items()}, strict=False)
+    assert all(torch.equal(p, lora_params(sft_model)[n]) for n, p in lora_params(sft).items())
     ref = reference_logps(sft, trees, tok.pad_token_id, "adapter")
     wrong = reference_logps(sft, trees, tok.pad_token_id, "base")  # the bare base: not the SFT model
     batch = PreferenceCollator(tok.pad_token_id)(list(PreferenceDataset(trees, wrong)))
     assert batch_preference_loss(sft, batch, config)[0].item() != pytest.approx(math.log(2), abs=1e-3)
     assert first_logged_loss(sft, tok, trees, ref, config, tmp_path / "sft") == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_orpo_odds_ratio_where_replies_are_likely():
+    """ORPO's log odds ratio, checked by hand where it differs from the log-prob ratio (mean log-probs near 0)."""
+    c, r = torch.tensor([-0.2, -1.5], dtype=torch.float64), torch.tensor([-0.9, -0.05], dtype=torch.float64)
+    loss, _ = preference_loss(PreferenceConfig(loss="orpo", beta=0.1), torch.cat([c, r]), torch.ones(4),
+                              torch.tensor([[0, 2], [1, 3]]))
+    by_hand = []
+    for lc, lr in zip(c.tolist(), r.tolist()):
+        odds = math.log(math.exp(lc) / (1 - math.exp(lc))) - math.log(math.exp(lr) / (1 - math.exp(lr)))
+        by_hand.append(-lc - 0.1 * math.log(1 / (1 + math.exp(-odds))))
+    assert loss.item() == pytest.approx(sum(by_hand) / 2, abs=1e-12)
 
 
 def test_reference_cache_is_reused_and_keyed_by_the_reference(setup, tmp_path):
@@ -287,11 +300,15 @@ def test_truncation_keeps_the_latest_round_for_every_leaf(real_tokenizer):
     tok = real_tokenizer
     prefs = real_prefs()[:1]
     full = prompt_ids(tok, with_system(prefs[0].messages, DEFAULT_SYSTEM))
-    trees, stats = build_preference_samples(prefs, tok, len(full) + 20)
+    short, long = sorted(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in (prefs[0].chosen, prefs[0].rejected))
+    assert short < long
+    max_length = len(full) + short + 1  # the whole prompt fits beside the shorter reply, not beside the longer
+    trees, stats = build_preference_samples(prefs, tok, max_length)
     assert stats.truncated_history_prompts == 1 and stats.dropped_rounds >= 1
+    assert stats.truncated_reply_leaves == 0  # rounds dropped for the longest reply: no reply is cut
     chosen, rejected = (trees[0].leaf_row(k)[0] for k in trees[0].pairs[0])
     prompt_len = trees[0].branches[0][1] + 1
     assert chosen[:prompt_len] == rejected[:prompt_len] and len(chosen[:prompt_len]) < len(full)
-    assert max(len(chosen), len(rejected)) <= len(full) + 20
+    assert max(len(chosen), len(rejected)) <= max_length
     last_user = prefs[0].messages[-1]["content"]
     assert last_user in tok.decode(chosen[:prompt_len]) and prefs[0].messages[1]["content"] not in tok.decode(chosen)
