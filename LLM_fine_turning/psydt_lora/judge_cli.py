@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         return c
 
     c = command("generate", "通过接口为测试集生成回复（LoRA，可选再加基础模型），写成批量测试结果文件")
-    c.add_argument("--eval_set", choices=("psydt", "cpsycoune", "crisis"), default="psydt", help="测试集")
+    c.add_argument("--eval_set", choices=("psydt", "cpsycoune", "crisis", "dialogues"), default="psydt",
+                   help="测试集；dialogues：--test_file 是整段多轮对话（如训练文件），每条咨询师回复一个条目——"
+                        "为偏好训练在训练对话上生成候选回复时用它（不要在测试集上做偏好训练）")
     c.add_argument("--test_file", default=None, help="psydt：单轮拆分格式的测试文件")
     c.add_argument("--max_test_items", type=int, default=0, help="从不同对话中均匀取 N 条；0 = 全部")
     c.add_argument("--cpsycoune_dir", default=None, help="cpsycoune：本地 CPsyCounE 文件夹；不给时下载到 <out_dir>/CPsyCounE")
@@ -215,6 +217,7 @@ def sample_seeds(args) -> list:
 def eval_items(args, out_dir):
     """(items, where they came from) for --eval_set, checked before any request; --max_test_items spreads
     the pick over as many dialogues as possible."""
+    from psydt_lora.data.datasets import as_turn_items
     from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
 
     if args.eval_set == "crisis":
@@ -228,6 +231,13 @@ def eval_items(args, out_dir):
         dialogues = cpsycoune.load_dialogues(folder)
         items, source = cpsycoune.turn_items(dialogues), str(folder)
         print(f"[CPsyCounE] {len(dialogues)} 段对话，{len(items)} 个逐轮测试条目")
+    elif args.eval_set == "dialogues":
+        if not args.test_file:
+            raise PsyDTError("--eval_set dialogues 需要 --test_file（整段多轮对话的文件，例如 PsyDTCorpus 的训练文件）。")
+        dialogues, _ = read_dialogues(args.test_file)
+        check_format(dialogues, args.test_file, expect_split=False, flag="--test_file")
+        items, source = as_turn_items(dialogues), str(args.test_file)
+        print(f"[对话] {len(dialogues)} 段对话，{len(items)} 个逐条回复的条目")
     else:
         if not args.test_file:
             raise PsyDTError("--eval_set psydt 需要 --test_file（PsyDTCorpus 的单轮拆分测试文件）。")
