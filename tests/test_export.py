@@ -120,11 +120,14 @@ def test_merged_folder_carries_the_recommended_settings_and_a_card(exported, mem
     tok = AutoTokenizer.from_pretrained(str(exported))
     assert tok.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"]
     card = (exported / "README.md").read_text("utf-8")
-    run = json.loads((memorised_adapter / "psydt_run.json").read_text("utf-8"))
+    from psydt_lora.export.run import lora_rank
+    from psydt_lora.run_record import RunRecord
+
+    run = RunRecord.read(memorised_adapter)  # either record format
     front = card.split("---\n")[1]
     assert "license: \"apache-2.0\"" in front and "datasets:" in front and "base_model:" in front
-    for must in ("12356", "400-161-9995", "不能替代", "lora_r", str(run["args"]["lora_r"]),
-                 str(run["metrics"]["final_train_loss"]), "vllm serve", "--max-lora-rank 16", LEARNED):
+    for must in ("12356", "400-161-9995", "不能替代", "lora_r", str(lora_rank(run)),
+                 str(run.metrics["final_train_loss"]), "vllm serve", "--max-lora-rank 16", LEARNED):
         assert must in card, must
 
 

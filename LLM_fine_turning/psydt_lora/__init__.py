@@ -8,7 +8,8 @@ Ground floor (this folder):
     cli       -- the Chinese --help both scripts share
     plots     -- PNG charts (loss curve; helpers for the report's chart)
     prompt    -- the one prompt rendering shared by training and inference
-    hub       -- fetching the model and the dataset files (modelscope / huggingface)
+    hub       -- fetching the model and the dataset files (modelscope / huggingface); the probe before an
+                 optional download (HF_ENDPOINT, MODELSCOPE_ENDPOINT / MODELSCOPE_DOMAIN and proxies honoured)
     models    -- loading tokenizer / base model / adapter
     run_record -- psydt_run.json: the typed record a finished run leaves beside its adapter
 Wings, lowest first:
@@ -21,7 +22,8 @@ Wings, lowest first:
                 pairs (the Preference of a context, a chosen and a rejected reply), preference_samples (pairs as
                 shared-prefix trees: one prompt, every reply a leaf; their collator)
     safety/     rules (the crisis-language lexicon engine), resources (help lines and the texts built from them),
-                screen (the one reply screen chat, serve and test use), session (the Safety a front end holds),
+                screen (the one reply screen chat, serve and test use), session (the Safety a front end holds, built
+                whole; DisabledSafety for --safety off),
                 guard (Qwen3Guard-Gen, or the loaded model with its adapter off, beside the lexicon),
                 measurement (recall and false alarms of each layer; the frozen SOS-HL-1K split)
     train/      config (the typed settings of a run), training_data (datasets read, samples built), job (one run,
@@ -30,7 +32,9 @@ Wings, lowest first:
                 and ranks (stopping on a signal, leaving together), checkpoints (what is whole, where a run resumes),
                 tracking (SwanLab), outputs (adapter, run record, loss history), loss (the LM head at supervised positions),
                 preference (DPO / IPO / ORPO / SimPO on trees, the reference log-probs once, its Trainer)
-    inference/  generation (streaming, settings in words), conversation (one turn as every front end prepares
+    inference/  settings (the programs' typed settings), runtime (the one Runtime chat, test, serve and export
+                run over: model, adapter and record, generation settings, system prompt, Safety, context limit),
+                generation (streaming, settings in words), conversation (one turn as every front end prepares
                 it), chat (the terminal chat), openai_api (the OpenAI request and response shapes, errors),
                 serving (the server, its admission and the chat page in web/)
     evaluation/ the batch run on the test split: batch_run (generate and score), metrics (reference scores,

@@ -14,6 +14,7 @@ and mapped onto the same subcommands. The parsers turn flags into typed frozen s
 GenerationSettings, export.run.ExportConfig); the programs receive those, never the namespace.
 """
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -21,6 +22,8 @@ import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+
+from tqdm import tqdm
 
 from psydt_lora.cli import HelpFormatter, make_parser
 from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
@@ -303,8 +306,6 @@ def check_flags(command: str, ns) -> None:
 
 def check_serve_extra(backend: str) -> None:
     """The server's libraries are the optional `serve` extra (a user who only trains does not install them)."""
-    import importlib.util
-
     needed = ("fastapi", "uvicorn", "openai") if backend == "openai" else ("fastapi", "uvicorn")
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
@@ -473,8 +474,6 @@ def run_safety_eval(inv: Invocation) -> int:
     """Counts, recall and false alarms of each safety layer and of any of them on a file of texts; the last
     line is JSON. Loads the guard of --safety_model (the base model too for `base`); a layer that cannot
     run is named, with why."""
-    from tqdm import tqdm
-
     spec = inv.safety.guard
     cases = read_eval_cases(inv.eval_file)
     layers, missing, guard = {"lexicon": lexicon_layer()}, {}, None

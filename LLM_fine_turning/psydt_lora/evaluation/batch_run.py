@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from tqdm.auto import tqdm
+
 from psydt_lora.data.dialogues import Dialogue
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import atomic_write_json, read_user_text
@@ -197,8 +199,6 @@ def _generate_all(model, tokenizer, todo, settings, run: BatchRun, done, safety)
     batches = [todo[i:i + run.batch_size] for i in range(0, len(todo), run.batch_size)]
     bar = None
     if run.progress and batches:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(todo), desc="批量测试", unit="条")
     new_tokens = 0
     with open(run.partial, "a", encoding="utf-8") as sink:

@@ -31,11 +31,19 @@ def parse_formats(text) -> list[str]:
     return formats
 
 
+def lora_rank(record) -> int | None:
+    """The adapter's LoRA rank from its run record, either format (the typed lora.r; format 1's lora_r flag)."""
+    if record is None:
+        return None
+    lora = record.settings.get("lora")
+    return lora.get("r") if isinstance(lora, dict) and "r" in lora else record.setting("lora_r")
+
+
 def run_export(config: ExportConfig, model, tokenizer, record, base: str, adapter: str, system_prompt, settings) -> int:
     """Merged folder (+ GGUF files, Modelfile), then the commands that serve them. `base` and `adapter` are the
     folders the merged model came from."""
     merged = Path(config.output_dir)
-    rank = record.setting("lora_r") if record else None
+    rank = lora_rank(record)
     recipes = vllm_recipes(merged, base, adapter, rank)
     card = model_card(record, base=str(base), adapter=str(adapter), system_prompt=system_prompt,
                       settings=settings, recipes=recipes)

@@ -2,6 +2,7 @@
 
 Works the same on a terminal and with piped stdin (so it can be scripted and tested).
 """
+import array
 import contextlib
 import json
 import os
@@ -57,8 +58,7 @@ def typeahead_discarded(chat):
 
 
 def _pending_bytes(fd) -> int:
-    import array
-    import fcntl
+    import fcntl  # POSIX only, like termios: imported where a terminal is known to be there
     import termios
 
     buf = array.array("i", [0])

@@ -14,6 +14,7 @@ openai_api), for clients that keep nothing else. Request text is never logged; n
 import asyncio
 import contextlib
 import hmac
+import html
 import json
 import threading
 import time
@@ -429,8 +430,6 @@ def held_stream(events, release):
 
 def render_page(config: ServeConfig, safety) -> str:
     """The chat page with what it shows read-only: model, system prompt, disclaimer, hotlines."""
-    import html
-
     info = {"model": config.model_name, "system": config.system or "", "disclaimer": config.disclaimer,
             "resources": safety.resources, "needs_key": bool(config.api_key),
             "max_tokens": config.settings.max_new_tokens, "help_open": HELP_OPEN, "help_close": HELP_CLOSE}
