@@ -10,7 +10,8 @@ optimizer steps for each sample length (2,048 and 8,192), attention kernel (sdpa
 applying the LM head (fused: training's chunked linear_cross_entropy; --heads fused,kept adds logits then
 cross_entropy)
 and sample mode (per_turn, shared_prefix, and shared_prefix with --packing: several dialogues' packs a
-row). Prints tokens/s, supervised tokens/s, MFU and peak memory.
+row). Prints tokens/s, supervised tokens/s, MFU and peak memory. Then a DPO step at the same shape
+(--dpo_steps; pairs as shared-prefix trees, reference once): pairs/s and peak memory.
 
 FLOPs are counted honestly per processed token: every matmul forward (2 x params), its recomputation
 under activation checkpointing (decoder layers only), the backward pass for activations (2 x params;
@@ -119,6 +120,51 @@ def timed_steps(model, chunks, collate, warmup: int, batch_size: int, head: str,
     return time.perf_counter() - t0
 
 
+def dpo_check(cfg, tok, dialogues, args, device) -> None:
+    """A DPO step at this shape: pairs (a dialogue up to its last reply; that reply against another dialogue's)
+    as shared-prefix trees, the reference once (adapter disabled), then --dpo_steps optimizer steps of
+    --grad_accum trees each, sdpa, the fused head. Prints pairs/s, tokens/s and peak memory."""
+    import torch
+
+    from psydt_lora.data.pairs import Preference
+    from psydt_lora.data.preference_samples import PreferenceCollator, PreferenceDataset, build_preference_samples
+    from psydt_lora.train.preference import PreferenceConfig, batch_preference_loss, reference_logps
+
+    n = args.grad_accum * (args.warmup + args.dpo_steps)
+    prefs = [Preference(tuple(d.messages[:-1]), d.messages[-1]["content"],
+                        dialogues[(i + 1) % len(dialogues)].messages[-1]["content"], f"gpu#{i}", {})
+             for i, d in enumerate(dialogues[:n])]
+    trees, stats = build_preference_samples(prefs, tok, 2048)
+    torch.manual_seed(0)
+    model = lora_model(cfg, "sdpa", device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    data = PreferenceDataset(trees, reference_logps(model, trees, tok.pad_token_id, "base", batch_size=1))
+    ref_seconds = time.perf_counter() - start
+    collate, config = PreferenceCollator(tok.pad_token_id, pad_to_multiple_of=8), PreferenceConfig()
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+    for step in range(args.warmup + args.dpo_steps):
+        if step == args.warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        for i in range(step * args.grad_accum, (step + 1) * args.grad_accum):
+            batch = {k: v.to(device) for k, v in collate([data[i]]).items()}
+            (batch_preference_loss(model, batch, config)[0] / args.grad_accum).backward()
+        opt.step()
+        opt.zero_grad()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    timed = trees[args.warmup * args.grad_accum:]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    print(f"[DPO 2048 / sdpa / fused] {len(timed) / secs:.2f} pairs/s, {sum(len(t.input_ids) for t in timed) / secs:,.0f} "
+          f"tree tokens/s, reference pass {ref_seconds:.1f} s for {len(trees)} pairs, peak {peak:.1f} GiB; "
+          f"{stats.as_dict()['tokens_per_pair']} tokens a "
+          f"pair (two rows: {stats.as_dict()['two_row_tokens_per_pair']})", flush=True)
+
+
 def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--assets", default=str(HERE.parent.parent / "shared" / "assets"))
@@ -134,6 +180,7 @@ def parse_args():
                    help="sample modes; '+packing': several samples a row up to the pack length (--packing)")
     p.add_argument("--peak_tflops", type=float, default=989.0)
     p.add_argument("--tiny", action="store_true", help="2 small layers on CPU, to check the script runs")
+    p.add_argument("--dpo_steps", type=int, default=4, help="timed DPO optimizer steps at 2,048 (0: none)")
     return p.parse_args()
 
 
@@ -190,6 +237,8 @@ def main():
             if device == "cuda":
                 torch.cuda.empty_cache()
     print_results(results, runs)
+    if args.dpo_steps:
+        dpo_check(cfg, tok, dialogues, args, device)
 
 
 def print_results(results, runs):

@@ -24,6 +24,13 @@ median over the rounds. Ratios are against this project's `shared_prefix` on the
 same run. TRL trains on the first --small_dialogues (12) only -- about 5 minutes for those here --
 beside a `shared_prefix` run on those same dialogues, its reference.
 
+With --dpo: one DPO epoch on --dpo_pairs (24) multi-turn counselling pairs, this project (pairs as
+shared-prefix trees, the reference computed once before training) against TRL's DPOTrainer (a chosen and a
+rejected row per pair, the reference run in every step), same rendered prompts, same model, same settings
+(bench/peer_dpo.py); time, tokens, peak memory and the ratio.
+
+    python bench/peers.py --dpo [--repeats 1]
+
 This project also runs with `--packing` (several samples a row up to the pack length, each isolated),
 in both exact modes.
 
@@ -191,6 +198,42 @@ def run_one(config: Config, model: Path, data: Path, work: Path, python: str, ti
     return {"seconds": seconds, "wall": wall, "tokens": tokens}
 
 
+def dpo_main(args) -> None:
+    """--dpo: one DPO epoch by this project (shared-prefix trees, reference once) and by TRL's DPOTrainer
+    (two rows a pair, reference every step), same pairs, same model, interleaved rounds (bench/peer_dpo.py)."""
+    work = Path(tempfile.mkdtemp(prefix="psydt-peers-dpo-"))
+    write_model(work / "model")
+    sides = {"this project, DPO on trees": sys.executable, "TRL 1.16 DPOTrainer": args.trl or sys.executable}
+    runs = {label: [] for label in sides}
+    for r in range(args.repeats):
+        for label, python in sides.items():
+            side = "ours" if label.startswith("this") else "trl"
+            cmd = [python, str(HERE / "peer_dpo.py"), "--side", side, "--model", str(work / "model"), "--out",
+                   str(work / side), "--pairs", str(args.dpo_pairs), "--config", json.dumps(COMMON),
+                   "--target_modules", PROJECTIONS]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=work,
+                                  env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"})
+            if proc.returncode != 0:
+                print(f"  {label}: exit {proc.returncode}\n" + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
+                continue
+            runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  round {r + 1} {label}: {runs[label][-1]}", flush=True)
+    print(f"\n{args.dpo_pairs} multi-turn counselling pairs, CPU fp32, batch 1 pair x accumulation 4, LoRA r8/a32, "
+          f"sigmoid beta 0.1, median of {args.repeats}; time = reference pass + train_runtime\n")
+    print("| tool | tokens a forward | train time | reference pass | total | ratio | peak RSS |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("train_runtime", "reference_seconds", "tokens",
+                                                                  "peak_rss_mb")} for k, v in runs.items() if v}
+    ours_total = next((m["train_runtime"] + m["reference_seconds"] for k, m in med.items() if k.startswith("this")), None)
+    for label, m in med.items():
+        total = m["train_runtime"] + m["reference_seconds"]
+        ratio = f"{total / ours_total:.2f}x" if ours_total else "-"
+        print(f"| {label} | {int(m['tokens']):,} | {m['train_runtime']:.1f} s | {m['reference_seconds']:.1f} s | "
+              f"{total:.1f} s | {ratio} | {m['peak_rss_mb']:.0f} MB |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1), "utf-8")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--swift", help="python of a venv with ms-swift 4.6.0")
@@ -203,8 +246,14 @@ def main():
                                                 "(separated by '|', e.g. 'this project|ms-swift')")
     p.add_argument("--timeout", type=int, default=3600, help="seconds for one configuration")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--dpo", action="store_true", help="DPO instead: this project against TRL's DPOTrainer "
+                                                      "(TRL from --trl, else this interpreter's)")
+    p.add_argument("--dpo_pairs", type=int, default=24)
     args = p.parse_args()
     require_assets()
+    if args.dpo:
+        dpo_main(args)
+        return
     pythons = {"ours": sys.executable, "swift": args.swift, "llamafactory": args.llamafactory, "trl": args.trl}
     configs = [c for c in configs_for(args.small_dialogues) if pythons[c.python]]
     if not args.trl:  # the small shared_prefix run is TRL's reference
