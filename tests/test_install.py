@@ -63,9 +63,9 @@ def test_training_needs_no_server_libraries(tiny_model_dir, tmp_path):
     data = tmp_path / "train.json"
     data.write_text(__import__("json").dumps(DIALOGUES, ensure_ascii=False), "utf-8")
     code = ("import train_psydt_lora, inference_psydt_lora\n"
-            "from psydt_lora.train import trainer, training  # noqa: F401\n"
+            "from psydt_lora.train import job, preference, trainer  # noqa: F401\n"
             "import psydt_lora.inference.chat, psydt_lora.evaluation.batch_run, psydt_lora.safety.guard\n"
-            "trainer.make_trainer_class()  # transformers.Trainer and our subclass\n"
+            "trainer.make_trainer_class(), preference.make_preference_trainer_class()  # transformers.Trainer and ours\n"
             "sys.exit(train_psydt_lora.main(sys.argv[1:]))\n")
     res = blocked(code, "--model_local_dir", str(tiny_model_dir), "--train_file", str(data), "--no-do_eval",
                   "--dry_run", "--no-sample_cache")
