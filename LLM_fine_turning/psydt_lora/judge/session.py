@@ -134,7 +134,10 @@ def run_sessions(profiles: list[Profile], client, counsellor, system: str, max_t
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    return results, time.time() - started
+    seconds = time.time() - started
+    for endpoint in {id(client): client, id(counsellor): counsellor}.values():
+        endpoint.usage.seconds += seconds  # the wall time both spent in these sessions
+    return results, seconds
 
 
 def numbered(messages: list[dict]) -> list[dict]:
