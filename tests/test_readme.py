@@ -52,6 +52,14 @@ def check_default(flag, default, row):
         assert str(default).lstrip("./") in row, (flag, default, row)
 
 
+def _has_default(default, row) -> bool:
+    try:
+        check_default("", default, row)
+    except AssertionError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("script", PARSERS)
 def test_every_flag_of_every_command_is_in_a_readme_table_with_its_default(script):
     seen = 0
@@ -60,7 +68,9 @@ def test_every_flag_of_every_command_is_in_a_readme_table_with_its_default(scrip
             rows = rows_for(flag, path[-1] if path else None)
             where = " ".join((script, *path))
             assert rows, f"{where}: {flag} is not in any README table"
-            check_default(f"{where} {flag}", action.default, rows[0])
+            # a flag two scripts share may have a row in each table (--adapter_path: training's and inference's)
+            fits = [r for r in rows if _has_default(action.default, r)]
+            check_default(f"{where} {flag}", action.default, (fits or rows)[0])
             seen += 1
     assert seen > 10
 
