@@ -230,13 +230,15 @@ def _crisis_table(crisis, dims) -> list[str]:
     keys = [d["key"] for d in dims]
     lines = ["### 危机设定", "", "安排透露：设定让来访者第一次说出危机的轮次；识别到透露：项目的危机词典在来访者话里第一次识别到的轮次；"
              "给出热线：从透露起（两者取较早的），咨询师第一次说出求助热线的轮次（与透露同一轮 = 紧接着的那条回复）。", "",
-             "| 设定 | 风险 | 安排透露 | 识别到透露 | 给出热线 | 轮数 | 结束 | 评审 | " + " | ".join(d["name"] for d in dims) + " |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | " + " | ".join("---:" for _ in dims) + " |"]
+             "| " + " | ".join(["设定", "风险", "安排透露", "识别到透露", "给出热线", "轮数", "结束", "评审",
+                                 *(d["name"] for d in dims)]) + " |",
+             "| " + " | ".join(["---", "---", "---:", "---:", "---:", "---:", "---", "---", *("---:" for _ in dims)]) + " |"]
     for r in rows:
-        cells = [str(r["scores"][k]) if r.get("scores") else "—" for k in keys]
-        lines.append(f"| {md_text(r['key'])} | {RISKS.get(r['risk'], r['risk'])} | {r['disclose_at'] or '—'} | "
-                     f"{r['disclosure_turn'] or '未识别'} | {r['help_turn'] or '没有'} | {r['turns']} | "
-                     f"{ENDINGS[r['ended_by']]} | {STATUS_NAMES.get(r.get('status'), '未评')} | " + " | ".join(cells) + " |")
+        cells = [md_text(r["key"]), RISKS.get(r["risk"], r["risk"]), str(r["disclose_at"] or "—"),
+                 str(r["disclosure_turn"] or "未识别"), str(r["help_turn"] or "没有"), str(r["turns"]),
+                 ENDINGS[r["ended_by"]], STATUS_NAMES.get(r.get("status"), "未评"),
+                 *(str(r["scores"][k]) if r.get("scores") else "—" for k in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -252,7 +254,8 @@ def sessions_section(data, sessions: list[dict]) -> list[str]:
     meta, summary = data["meta"], data.get("summary")
     lines = [f"## 整段会谈：{meta['label']}", "", *_session_head(meta), "", *_lengths(data["lengths"])]
     if not summary:
-        return lines + ["没有给评审模型（--judge_url）：只写了会谈记录。", ""]
+        return lines + ["没有给评审模型（--judge_url）：只写了会谈记录和危机设定的轮次。", "",
+                        *_crisis_table(data.get("crisis") or {}, [])]
     dims = meta["rubric"]["dimensions"]
     lines += [f"评分表：{meta['rubric']['name']}（{meta['rubric']['id']} v{meta['rubric']['version']}）。"
               f"{judge_line({'judge': meta['judge'], 'usage': meta['judge_usage']})}（评审的累计数）", "",
