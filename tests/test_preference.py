@@ -13,8 +13,10 @@ from psydt_lora.data.preference_samples import (PreferenceCollator, PreferenceDa
                                                 with_system)
 from psydt_lora.errors import PsyDTError
 from psydt_lora.prompt import DEFAULT_SYSTEM, prompt_ids, render_prompt
+from psydt_lora.train.loss import fused_head, head_detached
 from psydt_lora.train.preference import (LOSSES, PreferenceConfig, batch_preference_loss, cached_reference_logps,
-                                         make_preference_trainer, preference_loss, reference_identity, reference_logps)
+                                         leaf_logps, make_preference_trainer, preference_loss, reference_identity,
+                                         reference_logps)
 
 torch = pytest.importorskip("torch")
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -23,10 +25,11 @@ FTX = 0.3
 
 
 def real_prefs() -> list[Preference]:
-    """Real multi-turn contexts (two rounds of history, then the client's turn): the counsellor's real reply
-    chosen against a reply from another dialogue; the first prompt ranks three replies (two pairs, one tree)."""
+    """Real multi-turn contexts (the system prompt, a round of history, then the client's turn): the
+    counsellor's real reply chosen against a reply from another dialogue; the first prompt ranks three replies
+    (two pairs, one tree). Short enough that TRL's full-vocabulary logits on every position stay cheap."""
     d = json.loads(require(SHAPED_TRAIN).read_text("utf-8"))
-    prefs = [Preference(tuple(d[i]["messages"][:5]), d[i]["messages"][5]["content"],
+    prefs = [Preference(tuple(d[i]["messages"][:4]), d[i]["messages"][4]["content"],
                         d[i + 10]["messages"][2]["content"], f"pairs.jsonl#{i}", {}) for i in range(3)]
     prefs.append(Preference(prefs[0].messages, prefs[0].chosen, d[20]["messages"][4]["content"], "pairs.jsonl#3", {}))
     return prefs
@@ -123,29 +126,43 @@ def assert_grads_close(a: dict, b: dict):
     assert max(g.abs().max().item() for g in a.values()) > 100 * TOL  # the gradients compared are not all ~0
 
 
-def tree_loss_and_grads(setup, config):
+def tree_loss_and_grads(setup, config, n_trees=None):
     tok, _, trees, _, model, ref = setup
-    batch = PreferenceCollator(tok.pad_token_id)(list(PreferenceDataset(trees, ref)))
+    batch = PreferenceCollator(tok.pad_token_id)(list(PreferenceDataset(trees, ref))[:n_trees])
     loss, metrics = batch_preference_loss(model, batch, config)
     return loss.item(), grads_of(model, loss), metrics
 
 
+def grads_kept(model, loss) -> dict:
+    """LoRA gradients of `loss`, keeping the graph (one forward serves every loss)."""
+    params = lora_params(model)
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type", LOSSES)
-def test_tree_equals_two_rows(setup, loss_type):
-    tok, prefs, _, _, model, _ = setup
-    config = PreferenceConfig(loss=loss_type, ftx=FTX)
-    tree_loss, tree_grads, metrics = tree_loss_and_grads(setup, config)
+def test_tree_equals_two_rows_for_every_loss(setup):
+    """One forward of the trees (the training path: fused head, per-leaf sums) and one of the plain rows;
+    each loss, its metrics and its LoRA gradients from both."""
+    tok, prefs, trees, _, model, ref_tree = setup
+    batch = PreferenceCollator(tok.pad_token_id)(list(PreferenceDataset(trees, ref_tree)))
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "leaf_ids", "pairs", "ref_logps")}
+    head = fused_head(model)
+    with head_detached(model, head):
+        states = model(**inputs).logits
+    tree_sums, tree_counts = leaf_logps(states, batch["labels"], batch["leaf_ids"], int(batch["leaf_ids"].max()) + 1, head)
     prefs = [prefs[0], prefs[3], prefs[1], prefs[2]]  # the trees' pair order: the first prompt's two pairs first
     sums, counts = two_row_sums(model, tok, prefs)
     with torch.no_grad():
         ref, _ = two_row_sums(model, tok, prefs, disable_adapter=True)
     pairs = torch.arange(2 * len(prefs)).reshape(-1, 2)
-    loss, rows_metrics = preference_loss(config, sums, counts, pairs, ref)
-    assert abs(loss.item() - tree_loss) <= TOL and loss.item() != pytest.approx(math.log(2), abs=1e-3)
-    for k in metrics:
-        assert torch.allclose(metrics[k], rows_metrics[k], atol=TOL), k
-    assert_grads_close(tree_grads, grads_of(model, loss))
+    for loss_type in LOSSES:
+        config = PreferenceConfig(loss=loss_type, ftx=FTX)
+        tree_loss, metrics = preference_loss(config, tree_sums, tree_counts, batch["pairs"], batch["ref_logps"])
+        loss, rows_metrics = preference_loss(config, sums, counts, pairs, ref)
+        assert abs(loss.item() - tree_loss.item()) <= TOL and loss.item() != pytest.approx(math.log(2), abs=1e-3)
+        for k in metrics:
+            assert torch.allclose(metrics[k], rows_metrics[k], atol=TOL), (loss_type, k)
+        assert_grads_close(grads_kept(model, tree_loss), grads_kept(model, loss))
 
 
 def trl_trainer(loss_type, model, tok, data, out):
@@ -193,14 +210,16 @@ def trl_ids(trainer, loss_type, i):
 def test_tree_equals_trl(setup, loss_type, tmp_path):
     tok, prefs, trees, _, model, _ = setup
     ftx = FTX if loss_type in ("sigmoid", "ipo") else 0.0
-    tree_loss, tree_grads, _ = tree_loss_and_grads(setup, PreferenceConfig(loss=loss_type, ftx=ftx))
+    # the first prompt's tree: one prompt, three replies, two pairs (TRL: two rows a pair, ~15 s a trainer here)
+    tree_loss, tree_grads, _ = tree_loss_and_grads(setup, PreferenceConfig(loss=loss_type, ftx=ftx), n_trees=1)
+    prefs = [prefs[0], prefs[3]]
     data = [{"prompt": render_prompt(tok, with_system(p.messages, DEFAULT_SYSTEM)), "chosen": p.chosen,
              "rejected": p.rejected} for p in prefs]
     theirs = copy.deepcopy(model)
     trainer = trl_trainer(loss_type, theirs, tok, data, tmp_path)
     if "ref" in theirs.peft_config:  # TRL copies an existing adapter as its reference; ours here is the base
         theirs.delete_adapter("ref")
-    leaves = [(0, 0, 1), (1, 0, 1), (2, 0, 1), (0, 0, 2)]  # (tree, chosen leaf, rejected leaf) of each pair
+    leaves = [(0, 0, 1), (0, 0, 2)]  # (tree, chosen leaf, rejected leaf) of each pair
     for i, (t, c, r) in enumerate(leaves):  # TRL trains on exactly our token ids
         assert trl_ids(trainer, loss_type, i) == (trees[t].leaf_row(c)[0], trees[t].leaf_row(r)[0])
     total = 0.0
@@ -285,6 +304,13 @@ def test_reference_cache_is_reused_and_keyed_by_the_reference(setup, tmp_path):
     changed = reference_identity({"model_type": "qwen3", "hidden_size": 64}, "adapter", adapter)
     cached_reference_logps(tmp_path, trees, changed, compute, say=lambda *_: None)
     assert len(calls) == 3 and len(list(tmp_path.glob("reference-logps-*.json"))) == 3
+
+
+def test_a_context_not_ending_on_the_clients_turn_is_named(real_tokenizer):
+    p = real_prefs()[1]
+    bad = Preference(p.messages + ({"role": "assistant", "content": p.chosen},), p.chosen, p.rejected, "pairs.jsonl#7", {})
+    with pytest.raises(PsyDTError, match="pairs.jsonl#7"):
+        build_preference_samples([real_prefs()[0], bad], real_tokenizer, 2048)
 
 
 @pytest.mark.parametrize("kwargs, word", [({"loss": "kto"}, "--pref_loss"), ({"beta": 0}, "--pref_beta"),

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 from psydt_lora.data.packing import SampleCollator
 from psydt_lora.data.sample_types import IGNORE_INDEX, SampleList
+from psydt_lora.errors import PsyDTError
 from psydt_lora.prompt import DEFAULT_SYSTEM, encode_many, end_of_turn_id, fit_history, render_prompt
 
 
@@ -89,6 +90,8 @@ def group_by_prompt(prefs, tokenizer, system_prompt, enable_thinking) -> list[tu
     """[(context messages, [Preference, ...])]: pairs whose contexts render to the same prompt, first seen first."""
     groups: dict[str, tuple[list[dict], list]] = {}
     for p in prefs:
+        if not p.messages or p.messages[-1].get("role") != "user":
+            raise PsyDTError(f"{p.where}：上下文 messages 必须以来访者（user）的一轮结束，才能比较两条咨询师回复。")
         messages = with_system(p.messages, system_prompt)
         key = render_prompt(tokenizer, messages, enable_thinking)
         groups.setdefault(key, (messages, []))[1].append(p)
