@@ -23,7 +23,22 @@ import sys
 from pathlib import Path
 
 from psydt_lora.cli import HelpFormatter, make_parser
+from psydt_lora.data.datasets import as_turn_items
+from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
 from psydt_lora.errors import PsyDTError, run_cli
+from psydt_lora.files import atomic_write_json, check_can_write
+from psydt_lora.judge import cpsycoune
+from psydt_lora.judge.crisis import CRISIS_SET, crisis_only, load_set, screen_sides
+from psydt_lora.judge.endpoint import Cache, Endpoint, EndpointConfig
+from psydt_lora.judge.generate import generate
+from psydt_lora.judge.pairwise import judge_pairs, load_prompt, summarize_verdicts
+from psydt_lora.judge.preferences import DEFAULT_MIN_MARGIN, SOURCES, build_pairs, judged_files, write_pairs
+from psydt_lora.judge.profiles import SHIPPED, load_profiles, pick_spread, replay_profiles, shipped_profiles
+from psydt_lora.judge.report import write_judge_report
+from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize_scores
+from psydt_lora.judge.simulation import Counsellor, simulate
+from psydt_lora.prompt import DEFAULT_SYSTEM
+from psydt_lora.safety.session import Safety
 
 SIDE_FIELDS = {"base": "base_response", "response": "response"}
 
@@ -90,7 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--results", required=True, help="`generate --eval_set crisis` 写出的结果文件")
     add_endpoint(c, "judge", "评审模型", required=False)
 
-    from psydt_lora.judge.preferences import DEFAULT_MIN_MARGIN
 
     c = command("pairs", "从评审结果写出偏好对（DPO 等偏好训练用）：两两比较两种顺序一致的胜负、评分表的最好对最差、回复过滤层")
     c.add_argument("--judged", action="append", default=None,
@@ -128,7 +142,6 @@ def simulate_options(c) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out_dir)
-    from psydt_lora.files import check_can_write
 
     check_can_write(out_dir, "--out_dir")
     run = {"generate": run_generate, "rubric": run_rubric, "pairwise": run_pairwise, "crisis": run_crisis,
@@ -138,7 +151,6 @@ def main(argv=None) -> int:
         return 0
     if args.command in run:
         run[args.command](args, out_dir)
-    from psydt_lora.judge.report import write_judge_report
 
     md, png = write_judge_report(out_dir)
     print(f"[报告] {md}" + (f"，图表 {png}" if png else ""))
@@ -146,8 +158,6 @@ def main(argv=None) -> int:
 
 
 def endpoint(args, who: str, cache, url=None, model=None, **sampling):
-    from psydt_lora.judge.endpoint import Endpoint, EndpointConfig
-
     try:
         extra = json.loads(getattr(args, f"{who}_extra_body"))
     except json.JSONDecodeError as err:
@@ -164,8 +174,6 @@ def endpoint(args, who: str, cache, url=None, model=None, **sampling):
 
 
 def open_cache(args, out_dir):
-    from psydt_lora.judge.endpoint import Cache
-
     return Cache(args.cache or out_dir / "cache.sqlite")
 
 
@@ -174,9 +182,6 @@ def report_usage(name: str, ep) -> None:
 
 
 def run_generate(args, out_dir) -> None:
-    from psydt_lora.judge.generate import generate
-    from psydt_lora.prompt import DEFAULT_SYSTEM
-
     items, source = eval_items(args, out_dir)
     system = args.system_prompt if args.system_prompt is not None else (None if args.eval_set == "psydt" else DEFAULT_SYSTEM)
     output = Path(args.output or out_dir / f"{args.eval_set}.json")
@@ -217,15 +222,11 @@ def sample_seeds(args) -> list:
 def eval_items(args, out_dir):
     """(items, where they came from) for --eval_set, checked before any request; --max_test_items spreads
     the pick over as many dialogues as possible."""
-    from psydt_lora.data.datasets import as_turn_items
-    from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
 
     if args.eval_set == "crisis":
-        from psydt_lora.judge.crisis import CRISIS_SET, load_set
 
         items, source = load_set(), str(CRISIS_SET)
     elif args.eval_set == "cpsycoune":
-        from psydt_lora.judge import cpsycoune
 
         folder = Path(args.cpsycoune_dir) if args.cpsycoune_dir else cpsycoune.fetch(out_dir / "CPsyCounE")
         dialogues = cpsycoune.load_dialogues(folder)
@@ -248,8 +249,6 @@ def eval_items(args, out_dir):
 
 
 def run_rubric(args, out_dir) -> None:
-    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize_scores
-
     rubric = load_rubric(args.rubric)
     sides = unique_labels([s for path in args.results for s in sides_of(path)])
     judge = endpoint(args, "judge", open_cache(args, out_dir))
@@ -264,9 +263,6 @@ def run_rubric(args, out_dir) -> None:
 
 
 def run_pairwise(args, out_dir) -> None:
-    from psydt_lora.judge.rubric import sides_of
-    from psydt_lora.judge.pairwise import judge_pairs, load_prompt, summarize_verdicts
-
     a = pick_side(args.a)
     b = pick_side(args.b) if args.b else next((s for s in sides_of(args.a) if s.field == "base_response"), None)
     if b is None:
@@ -285,10 +281,6 @@ def run_pairwise(args, out_dir) -> None:
 
 
 def run_crisis(args, out_dir) -> None:
-    from psydt_lora.judge.crisis import crisis_only, screen_sides
-    from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize_scores
-    from psydt_lora.safety.session import Safety
-
     sides = sides_of(args.results)
     screen = screen_sides(Safety(), sides)
     result = {"meta": {"sources": [args.results], "sides": [s.label for s in sides]}, "screen": screen}
@@ -301,7 +293,6 @@ def run_crisis(args, out_dir) -> None:
         report_usage("评审", judge)
     else:
         print("[危机检查] 没有给 --judge_url：只报告回复过滤层的判断。")
-    from psydt_lora.files import atomic_write_json
 
     atomic_write_json(out_dir / "crisis-check.json", result)
     for side, groups in screen.items():
@@ -310,10 +301,6 @@ def run_crisis(args, out_dir) -> None:
 
 
 def run_pairs(args, out_dir) -> None:
-    from psydt_lora.files import check_can_write
-    from psydt_lora.judge.preferences import SOURCES, build_pairs, judged_files, write_pairs
-    from psydt_lora.safety.session import Safety
-
     paths = args.judged or judged_files(out_dir)
     if not paths:
         raise PsyDTError(f"{out_dir} 里没有评审结果：先运行 rubric / pairwise，或用 --judged 指定评审结果文件。")
@@ -328,10 +315,6 @@ def run_pairs(args, out_dir) -> None:
 
 
 def run_simulate(args, out_dir) -> None:
-    from psydt_lora.judge.simulation import Counsellor, simulate
-    from psydt_lora.prompt import DEFAULT_SYSTEM
-    from psydt_lora.safety.session import Safety
-
     if args.max_turns < 1 or args.sessions_per_profile < 1:
         raise PsyDTError("--max_turns 和 --sessions_per_profile 至少是 1。")
     profiles, source = simulate_profiles(args)
@@ -360,7 +343,6 @@ def run_simulate(args, out_dir) -> None:
 def simulate_profiles(args):
     """(profiles, where they came from): the user's file, replayed dialogues, or the shipped set; --max_profiles
     spreads the pick over the list."""
-    from psydt_lora.judge.profiles import SHIPPED, load_profiles, pick_spread, replay_profiles, shipped_profiles
 
     profiles, sources = [], []
     if args.profiles:
@@ -378,8 +360,6 @@ def simulate_profiles(args):
 
 
 def pick_side(spec: str):
-    from psydt_lora.judge.rubric import sides_of
-
     path, _, which = spec.rpartition(":")
     if which not in SIDE_FIELDS or not path:
         path, which = spec, "response"
@@ -402,8 +382,6 @@ def rubric_info(rubric) -> dict:
 
 
 def write_judged(path, judge, items, summary, **meta) -> None:
-    from psydt_lora.files import atomic_write_json
-
     atomic_write_json(path, {"meta": {**meta, "judge": judge.config.describe(), "usage": vars(judge.usage)},
                              "items": items, "summary": summary})
 
