@@ -267,7 +267,9 @@ def test_first_loss_is_ln2_from_base_and_from_sft_adapter(setup, tmp_path):
     ref = reference_logps(sft, trees, tok.pad_token_id, "adapter")
     wrong = reference_logps(sft, trees, tok.pad_token_id, "base")  # the bare base: not the SFT model
     batch = PreferenceCollator(tok.pad_token_id)(list(PreferenceDataset(trees, wrong)))
+    sft.eval()  # no dropout here: only the reference differs
     assert batch_preference_loss(sft, batch, config)[0].item() != pytest.approx(math.log(2), abs=1e-3)
+    sft.train()
     assert first_logged_loss(sft, tok, trees, ref, config, tmp_path / "sft") == pytest.approx(math.log(2), abs=1e-6)
 
 
