@@ -4,7 +4,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from psydt_lora.errors import PsyDTError
+from psydt_lora.hub import safetensors_complete
 from psydt_lora.run_record import RunRecord
+
 
 DEFAULT_CONTEXT = 32768  # Qwen3's context window, where a config or the user does not say
 
@@ -99,8 +101,6 @@ def check_inference_paths(model_path, adapter_path=None) -> None:
 
 def check_adapter_dir(adapter_path, alternative: str = "") -> None:
     """A LoRA adapter folder with its config and whole safetensors weights."""
-    from psydt_lora.hub import safetensors_complete
-
     adapter_path = Path(adapter_path)
     if not (adapter_path / "adapter_config.json").is_file():
         raise PsyDTError(

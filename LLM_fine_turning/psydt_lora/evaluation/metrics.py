@@ -9,7 +9,10 @@ training code itself (same prompt rendering, same masking).
 import math
 from collections import defaultdict
 
+from psydt_lora.data.packing import IGNORE_INDEX, pad, padding_mask
+from psydt_lora.data.samples import build_samples
 from psydt_lora.prompt import strip_think
+
 
 LABELS = {
     "bleu4_char": "BLEU-4（字符，nltk sentence_bleu，smoothing method3，×100）",
@@ -125,8 +128,6 @@ def reference_losses(model, tokenizer, items, context_limit: int, batch_size: in
     import torch
     import torch.nn.functional as F
 
-    from psydt_lora.data.packing import IGNORE_INDEX, pad, padding_mask
-    from psydt_lora.data.samples import build_samples
 
     samples, _ = build_samples(items, tokenizer, context_limit, last_reply_only=True)
     device = next(model.parameters()).device

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
+from psydt_lora.files import write_dir
+
 
 TYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself (no llama-quantize needed)
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python release whose llama.cpp converters were tested here
@@ -80,8 +82,6 @@ def download_sdist(dest: Path) -> Path:
 
 def extract_converters(sdist: Path, folder: Path) -> None:
     """Keep only the converters and their library from the sdist; the folder appears whole or not at all."""
-    from psydt_lora.files import write_dir
-
     def fill(tmp):
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():

@@ -5,6 +5,9 @@ import copy
 from pathlib import Path
 
 from psydt_lora.export.template import with_training_defaults
+from psydt_lora.files import write_dir
+from psydt_lora.inference.generation import GenerationSettings, stop_ids
+
 
 CARD_FILE = "README.md"
 
@@ -12,8 +15,6 @@ CARD_FILE = "README.md"
 def generation_config(model, tokenizer, settings):
     """The model's own generation config with the README's recommended sampling settings and the
     end-of-turn token as a stop token (engines such as vLLM read their defaults from it)."""
-    from psydt_lora.inference.generation import stop_ids
-
     config = copy.deepcopy(model.generation_config)
     config.do_sample = settings.do_sample
     config.temperature = settings.temperature if settings.do_sample else None
@@ -30,9 +31,6 @@ def generation_config(model, tokenizer, settings):
 def save_merged(model, tokenizer, folder, *, system_prompt=None, settings=None, card: str | None = None) -> None:
     """Write the merged model to `folder` atomically (an interrupted save leaves the old folder or
     none). `model` is already merged (`merge_and_unload`). The tokenizer object is left as it was."""
-    from psydt_lora.files import write_dir
-    from psydt_lora.inference.generation import GenerationSettings
-
     settings = settings or GenerationSettings()
 
     def fill(tmp):

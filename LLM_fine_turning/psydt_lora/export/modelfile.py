@@ -12,6 +12,9 @@ import unicodedata
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
+from psydt_lora.files import atomic_write_text
+from psydt_lora.prompt import generation_prompt, render_prompt
+
 
 MODELFILE = "Modelfile"
 PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
@@ -24,8 +27,6 @@ def chatml(messages) -> str:
 
 def go_template(tokenizer) -> str:
     """The TEMPLATE text; refuses a chat template that is not ChatML (the Go template would not match it)."""
-    from psydt_lora.prompt import generation_prompt, render_prompt
-
     suffix = generation_prompt(tokenizer)
     if render_prompt(tokenizer, PROBE) != chatml(PROBE) + suffix:
         raise PsyDTError("这个模型的 chat template 不是 Qwen3 的 ChatML 格式，无法生成对应的 Ollama TEMPLATE；"
@@ -68,7 +69,6 @@ def write_modelfile(out_dir, gguf_name: str, system_prompt, merged) -> Path:
     """Modelfile beside the GGUF, from the merged folder's tokenizer and generation_config.json."""
     from transformers import AutoTokenizer
 
-    from psydt_lora.files import atomic_write_text
 
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     generation = json.loads((Path(merged) / "generation_config.json").read_text("utf-8"))

@@ -11,8 +11,10 @@ import urllib.request
 from pathlib import Path
 
 from psydt_lora.data.dialogues import Dialogue
+from psydt_lora.data.formats import read_source
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import atomic_write_bytes
+
 
 TOPICS = ("Career", "Education", "Emotion&Stress", "Family Relationship", "Love&Marriage", "Mental Disease",
           "Self-growth", "Sex", "Social Relationship")
@@ -46,8 +48,6 @@ def fetch(cache_dir) -> Path:
 def load_dialogues(folder) -> dict[str, list[dict]]:
     """{"<topic>/<n>": messages} for every <topic>/<n>.json under `folder`, read by the project's one
     CPsyCounE reader (data.formats), which names the file and the sentence of anything malformed."""
-    from psydt_lora.data.formats import read_source
-
     folder = Path(folder)
     if not folder.is_dir():
         raise PsyDTError(f"CPsyCounE 文件夹 {folder} 不存在。")

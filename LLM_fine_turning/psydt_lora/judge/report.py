@@ -9,13 +9,15 @@ sessions compared pairwise.
 """
 from pathlib import Path
 
-from psydt_lora.files import atomic_write_text, load_records, read_json
-from psydt_lora.plots import pyplot, save_figure
-from psydt_lora.judge.rubric import STATUSES, history, item_key, read_results
+from psydt_lora.evaluation.metrics import item_scores
 from psydt_lora.evaluation.report import md_text
-from psydt_lora.judge.stats import spearman
+from psydt_lora.files import atomic_write_text, load_records, read_json
 from psydt_lora.judge.profiles import ATTITUDES, RISKS
+from psydt_lora.judge.rubric import STATUSES, history, item_key, read_results
 from psydt_lora.judge.session import ENDINGS
+from psydt_lora.judge.stats import spearman
+from psydt_lora.plots import pyplot, save_figure
+
 
 STATUS_NAMES = {"ok": "有效", "unparseable": "无法解析", "out_of_range": "超出范围", "refused": "拒答", "failed": "请求失败"}
 OVERLAP = {"chrf": "chrF", "rougeL": "ROUGE-L", "bleu4_char": "BLEU-4(字)"}
@@ -90,8 +92,6 @@ def _replies(data, sources) -> dict:
 def agreement_section(data, sources) -> list[str]:
     """Spearman's rho between the rubric total and each overlap metric, per model, over items with a reference;
     and whether the two rank the models the same way."""
-    from psydt_lora.evaluation.metrics import item_scores
-
     totals, replies = _item_totals(data), _replies(data, sources)
     rows, system = [], {}
     for side, per_item in totals.items():
