@@ -66,6 +66,9 @@ def test_dpo_from_an_sft_adapter_uses_it_as_reference_and_resumes_exactly(tiny_m
     assert abs(first_loss(out) - LN2) < 1e-4
     record = RunRecord.read(out / "lora_adapter")
     assert record.preference["reference"] == "adapter" and record.setting("adapter_path") == str(memorised_adapter)
+    # the continued adapter's own LoRA settings and data are what the record (and so export and the card) say
+    assert record.settings["lora"]["r"] == 16 and record.parent["stage"] == "sft"
+    assert record.parent["adapter"] == str(memorised_adapter) and record.all_datasets.keys() > record.datasets.keys()
     sft_rank = json.loads((memorised_adapter / "adapter_config.json").read_text("utf-8"))["r"]
     assert json.loads((out / "lora_adapter" / "adapter_config.json").read_text("utf-8"))["r"] == sft_rank == 16
     whole = load_file(str(out / "lora_adapter" / "adapter_model.safetensors"))
@@ -100,6 +103,10 @@ def test_the_base_as_reference_is_a_choice_when_continuing(tiny_model_dir, memor
     (["--stage", "dpo", "--train_file", "{pairs}", "--pref_beta", "0"], "--pref_beta 必须是正数"),
     (["--stage", "dpo", "--train_file", "{pairs}", "--packing"], "不支持 --sample_mode / --packing"),
     (["--stage", "dpo", "--train_file", "{bad}"], "bad.jsonl 第 0 条记录"),
+    (["--pref_beta", "0.2"], "--pref_beta 只用于偏好训练"),
+    (["--stage", "dpo", "--train_file", "{pairs}", "--adapter_path", "{adapter}", "--lora_r", "32"], "--lora_r 不会起作用"),
+    (["--stage", "dpo", "--train_file", "{pairs}", "--eval_file", "{pairs}"], "不用 --eval_file"),
+    (["--stage", "dpo", "--train_file", "{pairs}", "--output_dir", "{sft_out}"], "已经是 sft 的训练"),
 ])
 def test_bad_preference_runs_stop_before_any_weight_with_a_chinese_message(memorised_adapter, tmp_path, capsys, extra,
                                                                            message):
@@ -109,13 +116,27 @@ def test_bad_preference_runs_stop_before_any_weight_with_a_chinese_message(memor
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "我很难过"}],
                                "chosen": [{"role": "assistant", "content": "我在听"}]}, ensure_ascii=False) + "\n", "utf-8")
-    fill = {"adapter": str(memorised_adapter), "pairs": str(pairs), "bad": str(bad)}
+    fill = {"adapter": str(memorised_adapter), "pairs": str(pairs), "bad": str(bad), "sft_out": str(memorised_adapter.parent)}
     argv = ["--model_local_dir", str(tmp_path / "no-model"), "--output_dir", str(tmp_path / "out"), "--report_to", "none",
             *[a.format(**fill) for a in extra]]
+    before = sorted(p.name for p in memorised_adapter.parent.iterdir())
     assert run_cli(train_psydt_lora.main, argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written, no model looked for
+    assert sorted(p.name for p in memorised_adapter.parent.iterdir()) == before  # the SFT run's folder untouched
+
+
+def test_a_run_continuing_an_sft_adapter_defaults_to_its_learned_system_prompt(memorised_adapter):
+    """Pair files from the judge carry no system message: they get the prompt the SFT adapter learned."""
+    from conftest import SYSTEM
+
+    parse = train_psydt_lora.build_parser().parse_args
+    args = parse(["--stage", "dpo", "--train_file", "x", "--adapter_path", str(memorised_adapter)])
+    assert train_psydt_lora.config_from_args(args).data.system_prompt == SYSTEM
+    assert train_psydt_lora.config_from_args(args).lora.r == 16  # the adapter's, not --lora_r's default 8
+    args = parse(["--stage", "dpo", "--train_file", "x", "--adapter_path", str(memorised_adapter), "--system_prompt", ""])
+    assert train_psydt_lora.config_from_args(args).data.system_prompt == ""
 
 
 @pytest.mark.multiprocess

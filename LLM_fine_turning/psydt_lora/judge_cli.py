@@ -127,7 +127,7 @@ def simulate_options(c) -> None:
     c.add_argument("--client_seed", type=int, default=0, help="来访者种子的起点；每个设定的种子由它和设定 id 决定，两位咨询师遇到同一个来访者")
     c.add_argument("--client_temperature", type=float, default=0.7, help="来访者模型的采样温度")
     c.add_argument("--label", default=None, help="咨询师在报告里的名字；默认 --gen_model")
-    c.add_argument("--system_prompt", default=None, help="咨询师的系统提示词（默认推理脚本的默认值）")
+    c.add_argument("--system_prompt", default=None, help="咨询师的系统提示词（默认推理脚本的默认值；\"\" 表示不发系统提示词，由咨询师的服务用它自己的默认值）")
     c.add_argument("--temperature", type=float, default=0.7, help="咨询师的采样温度（0 = 贪心）")
     c.add_argument("--top_p", type=float, default=0.8, help="咨询师的 nucleus 采样阈值")
     c.add_argument("--seed", type=int, default=None, help="咨询师请求里带上的随机种子（vLLM 支持）")
@@ -183,7 +183,7 @@ def report_usage(name: str, ep) -> None:
 
 def run_generate(args, out_dir) -> None:
     items, source = eval_items(args, out_dir)
-    system = args.system_prompt if args.system_prompt is not None else (None if args.eval_set == "psydt" else DEFAULT_SYSTEM)
+    system = args.system_prompt if args.system_prompt is not None else (None if args.eval_set in ("psydt", "dialogues") else DEFAULT_SYSTEM)
     output = Path(args.output or out_dir / f"{args.eval_set}.json")
     print(f"[生成] {args.eval_set}：{len(items)} 条（来自 {source}）")
     cache = open_cache(args, out_dir)
@@ -329,7 +329,8 @@ def run_simulate(args, out_dir) -> None:
     judge = endpoint(args, "judge", cache) if args.judge_url else None
     print(f"[会谈] {len(profiles)} 个设定（{source}）× {args.sessions_per_profile} 场，最多 {args.max_turns} 轮")
     results = simulate(profiles, counsellors, judge, out_dir, Safety(), rubric=args.rubric, source=source,
-                       system=args.system_prompt or DEFAULT_SYSTEM, max_turns=args.max_turns,
+                       system=DEFAULT_SYSTEM if args.system_prompt is None else args.system_prompt or None,
+                       max_turns=args.max_turns,
                        repeats=args.sessions_per_profile, base_seed=args.client_seed, progress=not args.no_progress)
     for c in counsellors:
         report_usage("来访者", c.client)

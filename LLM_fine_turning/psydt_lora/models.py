@@ -57,7 +57,7 @@ def load_base_model(path, dtype, device: str | None = None, trust_remote_code: b
                     attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    extra = {"quantization_config": quantization_config, "device_map": {"": _local_cuda()}} if quantization_config else {}
+    extra = {"quantization_config": quantization_config, "device_map": {"": local_cuda()}} if quantization_config else {}
     if attn_implementation:
         extra["attn_implementation"] = attn_implementation
     try:
@@ -71,7 +71,7 @@ def load_base_model(path, dtype, device: str | None = None, trust_remote_code: b
     return model
 
 
-def _local_cuda() -> int:
+def local_cuda() -> int:
     import os
 
     return int(os.environ.get("LOCAL_RANK", "0"))
@@ -166,3 +166,10 @@ def load_for_inference(model_path, adapter_path=None, *, merge=False, device="au
     model.eval()
     return InferenceModel(model, tokenizer, record, device)
 
+
+
+def weights_identity(model_dir) -> list:
+    """What tells one checkpoint's weights from another of the same shape, without reading them: each
+    safetensors file's name, size and modification time."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]

@@ -28,6 +28,7 @@ class RunRecord:
     base_model: BaseModel = field(default_factory=BaseModel)
     stage: str = "sft"  # sft | dpo
     preference: dict | None = None  # the preference stage: loss, beta, ftx, simpo_gamma, reference (None for SFT)
+    parent: dict | None = None  # the adapter a preference run continued: its folder, stage and datasets
     prompt_format: dict = field(default_factory=dict)
     system_prompt: str | None = None  # the most common system prompt of the training dialogues
     system_prompts: dict = field(default_factory=dict)  # each dataset's
@@ -58,6 +59,15 @@ class RunRecord:
     @property
     def datasets(self) -> dict:
         return self.data.get("datasets") or {}
+
+    @property
+    def all_datasets(self) -> dict:
+        """The datasets the adapter learned from: its own run's, and those of the adapter it continued."""
+        return {**((self.parent or {}).get("datasets") or {}), **self.datasets}
+
+    def as_parent(self, adapter_dir) -> dict:
+        return {"adapter": str(adapter_dir), "stage": self.stage, "datasets": self.all_datasets,
+                "system_prompt": self.system_prompt}
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **asdict(self)}

@@ -29,11 +29,12 @@ from psydt_lora.files import check_can_write, check_files_exist
 from psydt_lora.hub import HUBS, TEST_FILE, TRAIN_FILE
 from psydt_lora.models import check_adapter_dir, load_tokenizer
 from psydt_lora.prompt import prompt_format
-from psydt_lora.train.checkpoints import find_checkpoint, plan_resume
+from psydt_lora.run_record import RunRecord
+from psydt_lora.train.checkpoints import check_output_stage, find_checkpoint, mark_stage, plan_resume
 from psydt_lora.train.config import (DEFAULT_TARGET_MODULES, PREFERENCE_LEARNING_RATE, SFT_LEARNING_RATE, STAGES,
                                      DataConfig, LoraSettings, ModelConfig, TrackingConfig, TrainConfig, TrainerConfig)
 from psydt_lora.train.job import TrainingRun, train
-from psydt_lora.train.lora import four_bit_config
+from psydt_lora.train.lora import continued_lora, four_bit_config
 from psydt_lora.train.outputs import ADAPTER_DIR, most_common_system_prompt, preflight
 from psydt_lora.train.preference import LOSSES, REFERENCE_FREE, PreferenceConfig
 from psydt_lora.train.ranks import is_main_process, main_process_first, world_size
@@ -153,12 +154,13 @@ def config_from_args(args) -> TrainConfig:
                           gradient_checkpointing=args.gradient_checkpointing, trust_remote_code=args.trust_remote_code),
         data=DataConfig(dataset_repo=args.dataset_repo, dataset_dir=args.dataset_dir,
                         train_files=tuple(args.train_file or ()), dataset_spec=args.dataset_spec,
-                        system_prompt=args.system_prompt, val_size=args.val_size, eval_file=args.eval_file,
+                        system_prompt=system_prompt(args), val_size=args.val_size, eval_file=args.eval_file,
                         max_train_items=args.max_train_items, max_eval_items=args.max_eval_items, do_eval=args.do_eval,
                         sample_cache=args.sample_cache, sample_cache_dir=args.sample_cache_dir, seed=args.seed),
         samples=SampleSettings(max_length=args.max_length, mode=args.sample_mode, pack_length=args.pack_length),
-        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                          target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),
+        lora=continued_lora(args.adapter_path) if args.adapter_path else LoraSettings(
+            r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+            target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())),
         trainer=TrainerConfig(**{f.name: getattr(args, f.name) for f in fields(TrainerConfig) if f.name != "learning_rate"},
                               learning_rate=learning_rate(args)),
         tracking=TrackingConfig(report_to=tuple(r.strip() for r in args.report_to.split(",") if r.strip()),
@@ -166,6 +168,15 @@ def config_from_args(args) -> TrainConfig:
                                 swanlab_mode=args.swanlab_mode),
         preference=preference_from_args(args),
     )
+
+
+def system_prompt(args) -> str | None:
+    """--system_prompt; a preference run continuing an SFT adapter defaults to the prompt that adapter learned
+    (its contexts are the same conversations; pair files from the judge carry no system message)."""
+    if args.system_prompt is not None or not args.adapter_path:
+        return args.system_prompt
+    record = RunRecord.read(args.adapter_path)
+    return record.system_prompt if record and record.system_prompt else None
 
 
 def learning_rate(args) -> float:
@@ -219,10 +230,18 @@ def check_args(args) -> None:
 def check_stage(args) -> None:
     """The preference flags, before anything is read: each one only where it means something."""
     if args.stage == "sft":
-        given = [f for f in ("adapter_path",) if getattr(args, f)] + (["pref_reference"] if args.pref_reference != "auto" else [])
+        defaults = {"adapter_path": None, "pref_reference": "auto", "pref_loss": "sigmoid", "pref_beta": 0.1,
+                    "pref_ftx": 0.0, "simpo_gamma": 0.5}
+        given = [f for f, default in defaults.items() if getattr(args, f) != default]
         if given:
-            raise PsyDTError(f"--{given[0]} 只用于偏好训练（--stage dpo）；SFT 请去掉它。")
+            raise PsyDTError(f"--{given[0]} 只用于偏好训练（--stage dpo）；SFT 请去掉它，或加 --stage dpo。")
         return
+    if args.eval_file:
+        raise PsyDTError("偏好训练的验证集来自偏好数据本身：用 --val_size 按提示词留出，不用 --eval_file。")
+    if args.attn_implementation == "flex_attention":
+        raise PsyDTError("--stage dpo 还不支持 --attn_implementation flex_attention；请用默认的 sdpa。")
+    if args.adapter_path:
+        check_continued_lora(args)
     if not args.train_file and not args.dataset_spec:
         raise PsyDTError("--stage dpo 需要偏好数据：--train_file 偏好对文件（TRL、LLaMA-Factory、ms-swift 的格式，见 README 的“偏好数据格式”），"
                          "或 --dataset_spec。psydt-judge pairs 可以从评审结果生成这样的文件。")
@@ -235,6 +254,15 @@ def check_stage(args) -> None:
     PreferenceConfig(loss=args.pref_loss, beta=args.pref_beta, ftx=args.pref_ftx, simpo_gamma=args.simpo_gamma)
 
 
+def check_continued_lora(args) -> None:
+    """Continuing an adapter keeps its own rank, alpha and target modules: a LoRA flag given with it would be ignored."""
+    lora_flags = {"lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": ",".join(DEFAULT_TARGET_MODULES)}
+    given = [f for f, default in lora_flags.items() if getattr(args, f) != default]
+    if given:
+        raise PsyDTError(f"--adapter_path 继续训练时沿用这个 adapter 自己的 LoRA 设置（见它的 adapter_config.json）；"
+                         f"--{given[0]} 不会起作用，请去掉它。")
+
+
 def check_local(args) -> None:
     """Every local argument, in a moment, before any download, tokenisation or weight load."""
     check_files_exist({"--eval_file": args.eval_file if args.do_eval else None, "--deepspeed": args.deepspeed,
@@ -245,6 +273,7 @@ def check_local(args) -> None:
         pair_entries(args.train_file, args.dataset_spec, None)  # the same checks, for pair files
     if not args.dry_run:
         check_can_write(args.output_dir, "--output_dir")
+        check_output_stage(args.output_dir, args.stage)
         if args.resume_from_checkpoint not in ("auto", "none"):
             find_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if args.dump_samples:
@@ -298,6 +327,8 @@ def main(argv=None) -> int:
         return 0
     n_ckpt = steps // t.save_steps + 1 if t.save_total_limit is None else t.save_total_limit
     preflight(output_dir, need_bytes=(n_ckpt + 1) * 200 * 2**20)
+    if is_main_process():
+        mark_stage(output_dir, config.stage)
     if config.stage == "sft" and mix.heldout and is_main_process():  # the batch test finds it through the adapter
         data_stats["heldout"] = {"file": write_heldout(output_dir, mix.heldout), "dialogues": len(mix.heldout)}
     job = TrainingRun(config, model_dir, tokenizer, data_stats, prompt_format(tokenizer),

@@ -40,7 +40,7 @@ def _table(rows) -> list[str]:
 def data_lines(record) -> tuple[list, list, str]:
     """(hub ids for the front matter, the card's data lines, a short name) from the datasets the run recorded;
     PsyDTCorpus when it recorded none (runs before several datasets existed train on it alone)."""
-    rows = list(record.datasets.values()) if record else []
+    rows = list(record.all_datasets.values()) if record else []
     if not rows:
         dataset = (record.setting("dataset_repo") if record else None) or PSYDT
         return [dataset], [f"- 数据：`{dataset}`（PsyDTCorpus，中文多轮心理咨询对话，Apache-2.0）"], "PsyDTCorpus"

@@ -79,7 +79,7 @@ def says_goodbye(reply: str) -> bool:
     return bool(GOODBYE.search(reply))
 
 
-def run_session(profile: Profile, repeat: int, client, counsellor, system: str, max_turns: int, seed: int) -> dict:
+def run_session(profile: Profile, repeat: int, client, counsellor, system: str | None, max_turns: int, seed: int) -> dict:
     """One session, turn after turn; a request that fails for good ends it as "error" (a rerun continues
     from the cache)."""
     transcript, ended, error = [], "max_turns", None
@@ -97,7 +97,8 @@ def run_session(profile: Profile, repeat: int, client, counsellor, system: str, 
         if done:
             ended = "client"
             break
-        reply = counsellor.ask(f"counsellor:{profile.id}#{repeat}", [{"role": "system", "content": system}, *transcript])
+        head = [{"role": "system", "content": system}] if system else []  # none: the counsellor's server uses its own
+        reply = counsellor.ask(f"counsellor:{profile.id}#{repeat}", [*head, *transcript])
         if reply.error:
             ended, error = "error", f"咨询师模型：{reply.error}"
             break

@@ -4,8 +4,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
+from psydt_lora.files import atomic_write_json
 from psydt_lora.hub import safetensors_complete
+from psydt_lora.run_record import RunRecord
 from psydt_lora.train.outputs import ADAPTER_DIR
+
+STAGE_FILE = "psydt_stage.json"  # which stage (sft / dpo) an output folder's checkpoints belong to
 
 
 def find_checkpoint(output_dir, requested: str) -> str | None:
@@ -107,3 +111,29 @@ def plan_resume(output_dir, requested: str, steps: int) -> ResumePlan:
     at_last = checkpoint is not None and checkpoint_step(checkpoint) >= steps
     adapter = Path(output_dir) / ADAPTER_DIR / "adapter_model.safetensors"
     return ResumePlan(checkpoint, at_last, at_last and safetensors_complete(adapter))
+
+
+def stage_of(output_dir) -> str | None:
+    """The stage whose checkpoints or adapter an output folder holds (None: nothing yet). Folders written
+    before the preference stage existed hold SFT."""
+    out = Path(output_dir)
+    try:
+        return json.loads((out / STAGE_FILE).read_text("utf-8"))["stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    record = RunRecord.read(out / ADAPTER_DIR)
+    if record is not None:
+        return record.stage
+    return "sft" if out.is_dir() and any(out.glob("checkpoint-*")) else None
+
+
+def check_output_stage(output_dir, stage: str) -> None:
+    """A preference run must not resume from, or overwrite, an SFT run's folder (nor the other way round)."""
+    found = stage_of(output_dir)
+    if found is not None and found != stage:
+        raise PsyDTError(f"--output_dir {output_dir} 里已经是 {found} 的训练（检查点或 adapter）；这次是 --stage {stage}，"
+                         "会把它当成自己的检查点续训，或覆盖它的 adapter。请换一个 --output_dir。")
+
+
+def mark_stage(output_dir, stage: str) -> None:
+    atomic_write_json(Path(output_dir) / STAGE_FILE, {"stage": stage})

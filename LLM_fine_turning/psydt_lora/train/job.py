@@ -10,7 +10,7 @@ from pathlib import Path
 
 from psydt_lora.data.preference_samples import PreferenceDataset
 from psydt_lora.files import atomic_write_json
-from psydt_lora.models import base_model_signature, pick_device, pick_dtype
+from psydt_lora.models import base_model_signature, local_cuda, pick_device, pick_dtype, weights_identity
 from psydt_lora.plots import plot_losses
 from psydt_lora.train.checkpoints import ResumePlan
 from psydt_lora.train.config import TrainConfig
@@ -19,7 +19,7 @@ from psydt_lora.train.outputs import (ADAPTER_DIR, LOSS_PLOT, METRICS_FILE, fina
                                       save_adapter)
 from psydt_lora.train.preference import cached_reference_logps, reference_identity, reference_logps
 from psydt_lora.train.progress import device_lines, run_summary
-from psydt_lora.train.ranks import finish_distributed, is_main_process, main_process_first
+from psydt_lora.train.ranks import finish_distributed, is_main_process
 from psydt_lora.train.training_data import say
 from psydt_lora.train.signals import ignore_sigterm_while_leaving
 from psydt_lora.train.trainer import build_trainer, final_eval, run
@@ -53,7 +53,8 @@ def train(job: TrainingRun, train_set, eval_set, *, resume: ResumePlan, steps: i
         print("\n".join(device_lines(device, dtype, config.model.dtype)), flush=True)
     model, base_config = build_model(config.model, config.lora, job.model_dir, dtype)
     if config.preference is not None:  # the reference log-probs, once, before the first step
-        train_set, eval_set = with_reference(job, model, base_config, train_set, eval_set)
+        to_training_device(model, device, config.model.load_in_4bit)
+        train_set, eval_set = with_reference(job, model, base_config, dtype, train_set, eval_set)
     trainer, collator, stop = build_trainer(config, model, job.tokenizer, train_set, eval_set, job.data_stats, device, dtype)
     if is_main_process():
         print("\n".join(run_summary(trainer, job.data_stats["train"]["tokens"], config, steps)), flush=True)
@@ -97,18 +98,28 @@ def save_outputs(job: TrainingRun, trainer, metrics, base_config, padding_share)
         print(f"[完成] LoRA adapter 已保存到 {adapter_dir}；指标 {output_dir / METRICS_FILE}；损失曲线 {plot}", flush=True)
 
 
-def with_reference(job: TrainingRun, model, base_config, train_trees, eval_trees):
-    """The preference datasets: each tree with its leaves' reference log-probs (computed once, on the main
-    process first, cached under the reference's identity; none for ORPO / SimPO)."""
+def with_reference(job: TrainingRun, model, base_config, dtype, train_trees, eval_trees):
+    """The preference datasets: each tree with its leaves' reference log-probs (none for ORPO / SimPO),
+    computed once on the device training uses and cached under the reference's identity. Every process
+    computes what the cache does not hold (no process waits on another at a barrier); the main one writes it."""
     pref, pad = job.config.preference, job.tokenizer.pad_token_id
+    m = job.config.model
+    identity = {**reference_identity(base_model_signature(base_config), pref.reference, m.adapter_path),
+                "weights": weights_identity(job.model_dir), "dtype": str(dtype), "load_in_4bit": m.load_in_4bit}
 
     def reference(trees):
-        if not pref.needs_reference or trees is None:
+        if not pref.needs_reference or not trees:
             return None
-        identity = reference_identity(base_model_signature(base_config), pref.reference, job.config.model.adapter_path)
-        with main_process_first():
-            return cached_reference_logps(job.cache_dir, trees, identity,
-                                          lambda: reference_logps(model, trees, pad, pref.reference), say=say)
+        return cached_reference_logps(job.cache_dir, trees, identity,
+                                      lambda: reference_logps(model, trees, pad, pref.reference), say=say,
+                                      write=is_main_process())
 
     train_set = PreferenceDataset(train_trees, reference(train_trees))
     return train_set, (PreferenceDataset(eval_trees, reference(eval_trees)) if eval_trees else None)
+
+
+def to_training_device(model, device: str, quantized: bool):
+    """The model on the GPU this process trains on before the reference pass (the Trainer would only move
+    it later); a 4-bit model is already placed by its device map."""
+    if device == "cuda" and not quantized:
+        model.to(f"cuda:{local_cuda()}")

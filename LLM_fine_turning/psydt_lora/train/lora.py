@@ -1,4 +1,7 @@
 """The base model for training: 4-bit for QLoRA when asked, LoRA on the target modules."""
+import json
+from pathlib import Path
+
 from psydt_lora.errors import PsyDTError
 from psydt_lora.models import load_base_model
 from psydt_lora.train.config import LoraSettings, ModelConfig
@@ -18,6 +21,18 @@ def build_model(model_config: ModelConfig, lora: LoraSettings, model_dir, dtype)
     if m.adapter_path:  # the preference stage continues an SFT adapter: its own r, alpha and target modules
         return continue_adapter(model, m.adapter_path, m.gradient_checkpointing), base_config
     return add_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, m.gradient_checkpointing), base_config
+
+
+def continued_lora(adapter_dir) -> LoraSettings:
+    """The LoRA settings of a trained adapter (its adapter_config.json): what continuing it trains with."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        c = json.loads(path.read_text("utf-8"))
+        targets = c["target_modules"]
+        return LoraSettings(r=int(c["r"]), alpha=int(c["lora_alpha"]), dropout=float(c.get("lora_dropout") or 0),
+                            target_modules=tuple(sorted(targets)) if isinstance(targets, list) else (str(targets),))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PsyDTError(f"{path} 读不出 LoRA 设置（r、lora_alpha、target_modules）：{err}") from None
 
 
 def continue_adapter(model, adapter_dir, gradient_checkpointing: bool):

@@ -59,10 +59,19 @@ def run_record(config, base_config, prompt_fmt: dict, system_prompt, system_prom
         base_model=BaseModel(str(config.model.local_dir), config.model.repo, base_model_signature(base_config)),
         stage=config.stage,
         preference=None if pref is None else settings_dict(pref)[pref.group],
+        parent=parent_of(config.model.adapter_path),
         prompt_format=prompt_fmt, system_prompt=system_prompt, system_prompts=system_prompts, data=data_stats,
         metrics=metrics, versions=library_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def parent_of(adapter_dir) -> dict | None:
+    """What a continued adapter's record says about where it came from (None: a run from the base)."""
+    if not adapter_dir:
+        return None
+    record = RunRecord.read(adapter_dir)
+    return record.as_parent(adapter_dir) if record else {"adapter": str(adapter_dir)}
 
 
 def preflight(output_dir: Path, need_bytes: int) -> None:

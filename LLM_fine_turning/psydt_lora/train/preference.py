@@ -228,9 +228,9 @@ def reference_cache_file(cache_dir, trees, identity: dict) -> Path:
     return Path(cache_dir) / f"reference-logps-{key[:24]}.json"
 
 
-def cached_reference_logps(cache_dir, trees, identity: dict, compute, say=print) -> list[list[float]]:
+def cached_reference_logps(cache_dir, trees, identity: dict, compute, say=print, write=True) -> list[list[float]]:
     """The reference log-probs from the cache file for these trees and this reference, else `compute()`d
-    and written there (atomically) for the next run or a resume."""
+    and written there (atomically; by the main process: `write`) for the next run or a resume."""
     path = reference_cache_file(cache_dir, trees, identity)
     if path.is_file():
         stored = json.loads(path.read_text("utf-8"))
@@ -240,7 +240,11 @@ def cached_reference_logps(cache_dir, trees, identity: dict, compute, say=print)
             return values
     say(f"[参考模型] 计算参考 log-prob（{len(trees)} 个提示词，只算一次，缓存到 {path}）")
     values = compute()
-    atomic_write_json(path, {"identity": identity, "logps": values})
+    if write:
+        try:
+            atomic_write_json(path, {"identity": identity, "logps": values})
+        except OSError as err:  # an unwritable cache folder costs the next run a recomputation, nothing else
+            say(f"[参考模型] 无法写入参考 log-prob 缓存（{err.strerror}），下次仍会重新计算")
     return values
 
 

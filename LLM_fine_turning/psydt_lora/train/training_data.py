@@ -134,9 +134,9 @@ def system_prompt_of(data: DataConfig) -> str | None:
 
 
 def preference_samples(mix, data: DataConfig, settings: SampleSettings, tokenizer):
-    """(train trees, held-out trees, data stats, the reference cache folder): each prompt's replies one tree."""
-    system = system_prompt_of(data)
-    train, train_stats = build_preference_samples(mix.train, tokenizer, settings.max_length, system_prompt=system)
+    """(train trees, held-out trees, data stats, the reference cache folder): each prompt's replies one tree.
+    The mix already gave each context its dataset's system prompt (or none, where a spec says "")."""
+    train, train_stats = build_preference_samples(mix.train, tokenizer, settings.max_length, system_prompt=None)
     if not len(train):
         raise PsyDTError(f"{', '.join(r['location'] for r in mix.rows)} 没有生成任何偏好训练样本：--max_length "
                          f"{settings.max_length} 可能比提示词还短。")
@@ -145,9 +145,11 @@ def preference_samples(mix, data: DataConfig, settings: SampleSettings, tokenize
     say(preference_line("训练", train_stats))
     heldout = []
     if mix.heldout and data.do_eval:
-        heldout, held_stats = build_preference_samples(mix.heldout, tokenizer, settings.max_length, system_prompt=system)
+        heldout, held_stats = build_preference_samples(mix.heldout, tokenizer, settings.max_length, system_prompt=None)
         stats["eval"] = {"file": "--val_size", **held_stats.as_dict()}
         say(preference_line("验证", held_stats))
+    elif data.do_eval:
+        say("[验证] 偏好训练的验证集按提示词从偏好数据里留出：没有 --val_size，这次不做验证（例如 --val_size 0.05）。")
     return train, heldout, stats, cache_root(mix.rows[0]["location"], data.sample_cache_dir)
 
 
