@@ -338,6 +338,7 @@ def test_a_resolver_that_never_answers_costs_the_probe_timeout_only(monkeypatch)
         never.set()
 
 
+@pytest.mark.slow
 def test_chat_and_eval_use_the_guard_when_given(tiny_model_dir, memorised_adapter, tmp_path, capsys):
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps({"positive": ["我不想活了"], "safe_replies": ["我在这里陪你"]}, ensure_ascii=False), "utf-8")

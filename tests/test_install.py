@@ -57,6 +57,7 @@ def blocked(code: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT / "LLM_fine_turning")})
 
 
+@pytest.mark.slow
 def test_training_needs_no_server_libraries(tiny_model_dir, tmp_path):
     """The training path, the Trainer included, imports and runs a dry run with fastapi, uvicorn and openai
     unimportable; chat and the batch test import without them too."""

@@ -257,6 +257,7 @@ def test_keys_and_no_request_text_in_the_log(tiny_model_dir):
     assert "你好" not in log  # no request text in the logs
 
 
+@pytest.mark.slow
 def test_the_openai_backend_is_a_safety_gateway_in_front_of_another_engine(tiny_model_dir, memorised_adapter, server):
     engine = Server("--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
                     "--max_new_tokens", "60", "--safety", "off")
@@ -280,6 +281,7 @@ def test_the_openai_backend_is_a_safety_gateway_in_front_of_another_engine(tiny_
         engine.stop()
 
 
+@pytest.mark.slow
 def test_the_base_model_as_guard_shares_the_model_safely_across_streams(tiny_model_dir, memorised_adapter):
     """--safety_model base switches the adapter off to judge: never while another request is generating."""
     s = Server("--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",

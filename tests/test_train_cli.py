@@ -198,7 +198,7 @@ def test_no_do_eval_needs_no_eval_file_and_no_network(tiny_model_dir, data_files
         ('[{"id": 1, "messages": [', [], r"不是合法的 JSON"),
         (None, ["--max_length", "-5"], r"--max_length 必须是正数"),
         (None, ["--max_length", "20"], r"没有生成任何训练样本"),
-        (None, ["--target_modules", "nonexistent_proj"], r"nonexistent_proj.*不存在"),
+        pytest.param(None, ["--target_modules", "nonexistent_proj"], r"nonexistent_proj.*不存在", marks=pytest.mark.slow),
     ],
 )
 def test_bad_input_stops_with_exit_2_and_no_traceback(tiny_model_dir, data_files, tmp_path, content, args, pattern):
