@@ -182,23 +182,8 @@ class Endpoint:
 
     def ask_all(self, jobs: list[tuple[str, list[dict]]], desc: str, progress: bool = True) -> list[Answer]:
         """Answers to (purpose, messages) jobs in order, `concurrency` at a time, with a progress bar."""
-        from tqdm.auto import tqdm
-
         started = time.time()
-        bar = tqdm(total=len(jobs), desc=desc, unit="条", disable=not progress)
-        results: list = [None] * len(jobs)
-
-        def one(i):
-            results[i] = self.ask(*jobs[i])
-            bar.update(1)
-
-        pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
-        try:
-            for future in [pool.submit(one, i) for i in range(len(jobs))]:
-                future.result()  # a PsyDTError (bad key, unknown model) stops the run here
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            bar.close()
+        results = in_parallel(lambda job: self.ask(*job), jobs, self.config.concurrency, desc, "条", progress)
         self.usage.seconds += time.time() - started
         return results
 
@@ -220,3 +205,25 @@ def _answer(res) -> Answer:
                   finish_reason=choice.finish_reason if choice else None,
                   prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                   completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+
+
+def in_parallel(fn, jobs: list, workers: int, desc: str, unit: str, progress: bool = True) -> list:
+    """`fn(job)` for every job, `workers` at a time, results in the jobs' order, with a progress bar. The first
+    PsyDTError (bad key, unknown model) stops the run; the jobs not yet started are cancelled."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress)
+    results: list = [None] * len(jobs)
+
+    def one(i):
+        results[i] = fn(jobs[i])
+        bar.update(1)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        for future in [pool.submit(one, i) for i in range(len(jobs))]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return results

@@ -13,9 +13,9 @@ the same client.
 import hashlib
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from psydt_lora.prompt import strip_think
+from psydt_lora.judge.endpoint import in_parallel
 from psydt_lora.judge.profiles import Profile
 from psydt_lora.judge.rubric import format_history
 
@@ -116,25 +116,12 @@ def run_sessions(profiles: list[Profile], client, counsellor, system: str, max_t
                  base_seed: int = 0, progress: bool = True) -> tuple[list[dict], float]:
     """Every (profile, repeat) session, `min(client, counsellor concurrency)` at a time; (sessions in
     profile order, seconds)."""
-    from tqdm.auto import tqdm
-
     jobs = [(p, r) for p in profiles for r in range(repeats)]
     started = time.time()
-    bar = tqdm(total=len(jobs), desc=f"会谈（{counsellor.config.model}）", unit="场", disable=not progress)
-    results: list = [None] * len(jobs)
-
-    def one(i):
-        p, r = jobs[i]
-        results[i] = run_session(p, r, client, counsellor, system, max_turns, client_seed(base_seed, p.id, r))
-        bar.update(1)
-
-    pool = ThreadPoolExecutor(max_workers=max(1, min(client.config.concurrency, counsellor.config.concurrency)))
-    try:
-        for future in [pool.submit(one, i) for i in range(len(jobs))]:
-            future.result()  # a PsyDTError (bad key, unknown model) stops the run here
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+    results = in_parallel(lambda job: run_session(job[0], job[1], client, counsellor, system, max_turns,
+                                                  client_seed(base_seed, job[0].id, job[1])),
+                          jobs, min(client.config.concurrency, counsellor.config.concurrency),
+                          f"会谈（{counsellor.config.model}）", "场", progress)
     seconds = time.time() - started
     for endpoint in {id(client): client, id(counsellor): counsellor}.values():
         endpoint.usage.seconds += seconds  # the wall time both spent in these sessions
