@@ -35,6 +35,7 @@ from psydt_lora.data.packing import IGNORE_INDEX, supervised_positions
 from psydt_lora.data.preference_samples import PreferenceCollator
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import atomic_write_json
+from psydt_lora.hub import sha256_file
 from psydt_lora.train.loss import HEAD_CHUNK, fused_head, head_detached
 
 LOSSES = ("sigmoid", "ipo", "orpo", "simpo")
@@ -204,8 +205,6 @@ def reference_logps(model, trees, pad_id: int, reference: str, batch_size: int =
 
 def reference_identity(base_signature: dict, reference: str, adapter_dir=None) -> dict:
     """What decides the reference: the base model's signature and, for an adapter reference, its weights' hash."""
-    from psydt_lora.hub import sha256_file
-
     identity = {"reference": reference, "base": base_signature}
     if reference == "adapter":
         weights = sorted(Path(adapter_dir).glob("adapter_model.*"))
