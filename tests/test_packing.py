@@ -1,4 +1,6 @@
 """shared_prefix trees compute exactly the per_turn loss and gradients with far fewer tokens."""
+import dataclasses
+
 import pytest
 
 from conftest import REAL_SAMPLE, SHAPED_TRAIN, require
@@ -96,9 +98,14 @@ def test_loss_and_lora_gradients_equal_per_turn(real_tokenizer, max_length):
     for name, p in model.named_parameters():  # LoRA B starts at zero; make it non-zero so its path is exercised
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
-    dialogues = real_dialogues()[-2:]
-    per_turn, _ = build_samples(dialogues, real_tokenizer, max_length)  # each made whole from its own context
+    shaped, record = real_dialogues()[-2:]
+    # the real record's first 15 messages (7 replies, the real system prompt): half the per_turn tokens of the
+    # whole record, still truncated and split into several windows at 700
+    dialogues = [shaped, dataclasses.replace(record, messages=record.messages[:15])]
+    per_turn, stats = build_samples(dialogues, real_tokenizer, max_length)  # each made whole from its own context
     packs, _ = build_training_samples(dialogues, real_tokenizer, max_length, "shared_prefix")
+    if max_length == 700:
+        assert stats.truncated_history_samples > 0 and len([p for p in packs if p.dialogue_index == 99]) > 1
     collate = SampleCollator(real_tokenizer.pad_token_id)
     assert fused_head(model) is not None  # the fused path really runs below (this torch has it)
     loss_a, grads_a = loss_and_grads(model, per_turn, collate, head="full")  # the reference objective
