@@ -212,3 +212,33 @@ def test_valid_files_of_both_shapes_give_the_same_samples(tiny_model_dir, tiny_t
     for sample, dialogue in zip(dumps[0], DIALOGUES):
         supervised = tiny_tokenizer.decode([t for t in sample["labels"] if t != -100])
         assert supervised == "".join(m["content"] + "<|im_end|>" for m in dialogue["messages"] if m["role"] == "assistant")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stderr_to", ["file", "pipe"])
+def test_ctrl_c_with_the_log_reader_gone_still_saves_and_exits_130(tiny_model_dir, data_files, tmp_path, stderr_to):
+    """`python train.py 2>&1 | tee log` and Ctrl-C: tee ends too. Its pipe closed, the run still finishes its step,
+    saves the checkpoint and exits 130 -- the handler's message and every later write must not raise."""
+    train, _ = data_files
+    out, errors = tmp_path / "out", tmp_path / "stderr.txt"
+    cmd = train_cmd(tiny_model_dir, train, out, "--max_steps", "100000", "--save_steps", "100000", "--logging_steps", "1")
+    with open(errors, "w") as err_sink:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_sink if stderr_to == "file" else subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": ""})
+        seen = b""
+        while b"[\xe6\x97\xa5\xe5\xbf\x97] \xe7\xac\xac 3/" not in seen:  # "[日志] 第 3/": the handler is installed
+            chunk = proc.stdout.read1(65536)
+            assert chunk, "training ended before it could be interrupted"
+            seen += chunk
+        proc.stdout.close()  # the reader is gone: every later write to the pipe fails
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    from psydt_lora.train.checkpoints import checkpoint_complete, find_checkpoint
+
+    said = errors.read_text("utf-8")
+    assert code == 130, said[-2000:]
+    saved = find_checkpoint(out, "auto")
+    assert saved is not None and checkpoint_complete(saved)
+    assert "Traceback" not in said and "BrokenPipeError" not in said
+    if stderr_to == "file":
+        assert "[中断] 收到 SIGINT" in said  # the handler writes to stderr

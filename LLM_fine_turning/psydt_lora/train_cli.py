@@ -39,6 +39,7 @@ from psydt_lora.train.outputs import ADAPTER_DIR, most_common_system_prompt, pre
 from psydt_lora.train.preference import LOSSES, REFERENCE_FREE, PreferenceConfig
 from psydt_lora.train.ranks import is_main_process, main_process_first, world_size
 from psydt_lora.train.sample_dataset import datasets_for, pack_capacity
+from psydt_lora.train.signals import console_outlives_its_pipe
 from psydt_lora.train.trainer import planned_steps
 from psydt_lora.train.training_data import preference_samples, read_data, read_pairs, samples_for, write_heldout
 
@@ -338,10 +339,14 @@ def main(argv=None) -> int:
 
 
 def cli() -> int:
-    """The `psydt-train` console command and `python LLM_fine_turning/train_psydt_lora.py`."""
-    code = run_cli(main)
-    if world_size() > 1:
-        leave_without_finalizing(code)
+    """The `psydt-train` console command and `python LLM_fine_turning/train_psydt_lora.py`. Its output survives
+    a reader that went away (Ctrl-C under `| tee log` ends tee too): the run still saves and exits 130."""
+    with console_outlives_its_pipe():
+        code = run_cli(main)
+        if world_size() > 1:
+            leave_without_finalizing(code)
+        sys.stdout.flush()  # inside: a pipe found gone now still goes quietly to /dev/null
+        sys.stderr.flush()
     return code
 
 

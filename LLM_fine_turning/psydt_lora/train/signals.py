@@ -3,9 +3,15 @@ checkpoint, stop -- and give the process its handlers back however training ends
 
 Handlers left behind outlive the run: a fork `Pool` started later in the same process (the parallel
 template rendering) inherits them, its workers only record `Pool.terminate()`'s SIGTERM, and `join()`
-waits for ever. So they are installed for `trainer.train()` alone (`StopOnSignal.installed`)."""
+waits for ever. So they are installed for `trainer.train()` alone (`StopOnSignal.installed`).
+
+Under `python train.py 2>&1 | tee log`, Ctrl-C reaches `tee` too: it ends, and every later write to the pipe
+raises BrokenPipeError. `console_outlives_its_pipe` keeps the run going to its checkpoint: the first write
+that finds the pipe gone points that descriptor at /dev/null, and the run goes on silently."""
 import contextlib
+import os
 import signal
+import sys
 
 from psydt_lora.train.ranks import is_main_process, world_size
 
@@ -25,6 +31,57 @@ def handlers(handler):
     finally:
         for s, previous in before.items():
             signal.signal(s, previous)
+
+
+class PipeSafeStream:
+    """A text stream (stdout / stderr) whose writes never raise BrokenPipeError: the first one that would sends
+    the descriptor to /dev/null (so the original stream, tqdm's and C-level writes and the interpreter's last
+    flush all succeed) and the text is dropped. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self):
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            self._stream.flush()  # what was buffered goes to /dev/null now
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def console_outlives_its_pipe():
+    """sys.stdout and sys.stderr as PipeSafeStreams inside the block (the whole training program)."""
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PipeSafeStream(sys.stdout), PipeSafeStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
+
+
+def tell(message: str) -> None:
+    """A line from a signal handler: to stderr (the log of a `2>&1 | tee` run keeps it), never an exception
+    (a handler's exception would end the step it interrupted, before the checkpoint)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)
 
 
 def ignore_sigterm_while_leaving() -> None:
@@ -52,7 +109,7 @@ def make_stop_callback():
             self.requested = signal.Signals(signum).name
             signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C interrupts at once
             if first and is_main_process():
-                print(f"\n[中断] 收到 {self.requested}，保存检查点后退出（再按一次 Ctrl-C 立即退出）...", flush=True)
+                tell(f"\n[中断] 收到 {self.requested}，保存检查点后退出（再按一次 Ctrl-C 立即退出）...")
 
         def installed(self):
             return handlers(self.on_signal)
