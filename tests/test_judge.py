@@ -82,7 +82,7 @@ def test_verdicts_are_parsed_strictly():
 def test_rubric_means_intervals_and_honest_counts(tmp_path, judge):
     data, out = rubric_run(tmp_path, judge)
     s = data["summary"]["lora"]
-    assert s["counts"] == {"ok": 5, "unparseable": 1, "out_of_range": 1, "refused": 1, "failed": 0}
+    assert s["counts"] == {"ok": 5, "unparseable": 1, "out_of_range": 1, "refused": 1, "empty": 0, "failed": 0}
     o = s["overall"]
     # means of dialogue means: (1+0+0)/3, (2+0+3)/3, (2+0+0)/3, 1
     assert o["comprehensiveness"]["mean"] == pytest.approx(1 / 3)
@@ -128,7 +128,8 @@ def test_a_failed_request_is_counted_and_retried_next_run(tmp_path, judge):
     assert "| 请求失败 | 1 |" in (out / "report.md").read_text("utf-8")
     assert judge_psydt_lora.main(args) == 0  # the failure was not cached: asked again, answered now
     data = json.loads((out / "rubric-cpsycoune.json").read_text("utf-8"))
-    assert data["summary"]["base"]["counts"] == {"ok": 2, "unparseable": 0, "out_of_range": 0, "refused": 0, "failed": 0}
+    assert data["summary"]["base"]["counts"] == {"ok": 2, "unparseable": 0, "out_of_range": 0, "refused": 0, "empty": 0,
+                                                "failed": 0}
 
 
 def test_pairwise_asks_both_orders_and_disagreement_is_a_tie(tmp_path, judge):
@@ -146,7 +147,7 @@ def test_pairwise_asks_both_orders_and_disagreement_is_a_tie(tmp_path, judge):
     p3 = data["items"][2]["orders"]
     assert [o["raw"] for o in p3] == ["A", "A"] and [o["verdict"] for o in p3] == ["a", "b"]
     s = data["summary"]
-    assert s["counts"] == {"win": 1, "tie": 3, "loss": 1, "invalid": 0}
+    assert s["counts"] == {"win": 1, "tie": 3, "loss": 1, "invalid": 0, "failed": 0}
     assert s["win"]["rate"] == pytest.approx(0.2) and s["consistent"]["rate"] == pytest.approx(0.8)
     # five one-item dialogues, one win: P(no win in a resample of 5) = 0.8^5 = 0.33 > 2.5 %, and
     # P(at most 2 wins) = 0.942, P(at most 3) = 0.993 -> the 97.5th percentile is 3/5

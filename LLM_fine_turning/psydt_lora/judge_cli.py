@@ -14,6 +14,9 @@
 
 Every command writes its JSON into --out_dir and rebuilds the report there (report.md + report.png);
 answers are cached in <out_dir>/cache.sqlite, so a rerun sends nothing and a killed run resumes.
+Exit codes: 0 done (some requests may have failed: counted by kind, a rerun fills them in); 2 bad input;
+3 every request to one of the servers failed (nothing listening, wrong port...); 130 Ctrl-C (the answers
+so far are in the cache).
 The script LLM_fine_turning/judge_psydt_lora.py calls this module.
 """
 import argparse
@@ -29,18 +32,24 @@ from psydt_lora.errors import PsyDTError, run_cli
 from psydt_lora.files import atomic_write_json, check_can_write
 from psydt_lora.judge import cpsycoune
 from psydt_lora.judge.crisis import CRISIS_SET, crisis_only, load_set, screen_sides
-from psydt_lora.judge.endpoint import Cache, Endpoint, EndpointConfig
+from psydt_lora.judge.endpoint import Cache, Endpoint, EndpointConfig, describe_failures
 from psydt_lora.judge.generate import generate
 from psydt_lora.judge.pairwise import judge_pairs, load_prompt, summarize_verdicts
 from psydt_lora.judge.preferences import DEFAULT_MIN_MARGIN, SOURCES, build_pairs, judged_files, write_pairs
 from psydt_lora.judge.profiles import SHIPPED, load_profiles, pick_spread, replay_profiles, shipped_profiles
-from psydt_lora.judge.report import write_judge_report
+from psydt_lora.judge.report import STATUS_NAMES, write_judge_report
 from psydt_lora.judge.rubric import judge_sides, load_rubric, sides_of, summarize_scores
 from psydt_lora.judge.simulation import Counsellor, simulate
 from psydt_lora.prompt import DEFAULT_SYSTEM
 from psydt_lora.safety.session import Safety
 
 SIDE_FIELDS = {"base": "base_response", "response": "response"}
+EXIT_ALL_FAILED = 3  # every request to one server failed: nothing to judge by
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command; args[0]: the cache that holds the answers so far."""
 
 
 def add_endpoint(p, who: str, name: str, required: bool = True) -> None:
@@ -149,12 +158,31 @@ def main(argv=None) -> int:
     if args.command == "pairs":  # reads the judged files, writes the pair file: the report stays as it is
         run_pairs(args, out_dir)
         return 0
-    if args.command in run:
-        run[args.command](args, out_dir)
+    try:
+        endpoints = run[args.command](args, out_dir) if args.command in run else []
+    except KeyboardInterrupt:
+        raise Interrupted(Path(args.cache or out_dir / "cache.sqlite")) from None
 
     md, png = write_judge_report(out_dir)
     print(f"[报告] {md}" + (f"，图表 {png}" if png else ""))
-    return 0
+    return all_failed(endpoints)
+
+
+def all_failed(endpoints) -> int:
+    """EXIT_ALL_FAILED, with a message naming each server whose every request failed; else 0."""
+    dead = {(ep.config.url, ep.config.model): ep for ep in endpoints if ep.usage.all_failed()}
+    for (url, model), ep in dead.items():
+        say(f"错误：{url}（模型 {model!r}）的 {ep.usage.failed} 个请求全部失败（{describe_failures(ep.usage.failures)}）。"
+            "检查服务是否在运行、地址和端口是否正确；结果里这些条目记为“请求失败”（不是评审的回答），服务好了以后重跑同一命令会补上。")
+    return EXIT_ALL_FAILED if dead else 0
+
+
+def say(text: str) -> None:
+    """A line on stderr that never raises: under `| tee log` a Ctrl-C ends tee too, and the pipe is gone."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def endpoint(args, who: str, cache, url=None, model=None, **sampling):
@@ -170,7 +198,9 @@ def endpoint(args, who: str, cache, url=None, model=None, **sampling):
                             concurrency=getattr(args, f"{who}_concurrency"), timeout=getattr(args, f"{who}_timeout"),
                             retries=getattr(args, f"{who}_retries"), max_tokens=getattr(args, f"{who}_max_tokens"),
                             extra_body=extra, **sampling)
-    return Endpoint(config, cache)
+    ep = Endpoint(config, cache)
+    ep.check_model()  # a model the server does not list is refused now, not after a whole pass
+    return ep
 
 
 def open_cache(args, out_dir):
@@ -181,7 +211,7 @@ def report_usage(name: str, ep) -> None:
     print(f"[{name}] {ep.config.model}：{ep.usage.describe()}")
 
 
-def run_generate(args, out_dir) -> None:
+def run_generate(args, out_dir) -> list:
     items, source = eval_items(args, out_dir)
     system = args.system_prompt if args.system_prompt is not None else (None if args.eval_set in ("psydt", "dialogues") else DEFAULT_SYSTEM)
     output = Path(args.output or out_dir / f"{args.eval_set}.json")
@@ -204,6 +234,7 @@ def run_generate(args, out_dir) -> None:
     failed = sum(report["meta"]["failed"].values())
     each = f"，每条 {len(samples)} 个样本" if len(samples) > 1 else ""
     print(f"[完成] {len(items)} 条{each}写入 {output}" + (f"；{failed} 条请求失败（重跑同一命令会补上）" if failed else ""))
+    return [ep for endpoints in samples for ep in endpoints.values()]
 
 
 def sample_seeds(args) -> list:
@@ -248,7 +279,7 @@ def eval_items(args, out_dir):
     return select_spread(items, args.max_test_items), source
 
 
-def run_rubric(args, out_dir) -> None:
+def run_rubric(args, out_dir) -> list:
     rubric = load_rubric(args.rubric)
     sides = unique_labels([s for path in args.results for s in sides_of(path)])
     judge = endpoint(args, "judge", open_cache(args, out_dir))
@@ -259,10 +290,17 @@ def run_rubric(args, out_dir) -> None:
                  fields=[s.field for s in sides])
     report_usage("评审", judge)
     for side, s in summary.items():
-        print(f"[评审] {side}：解析失败 {sum(s['counts'].values()) - s['counts']['ok']} 条（{s['counts']}）")
+        print(f"[评审] {side}：{verdict_counts(s)}")
+    return [judge]
 
 
-def run_pairwise(args, out_dir) -> None:
+def verdict_counts(summary: dict) -> str:
+    """`有效 5，无法解析 1，…，请求失败 6（连接失败 6）`: the judge's answers apart from the requests that failed."""
+    text = "，".join(f"{STATUS_NAMES[k]} {n}" for k, n in summary["counts"].items())
+    return text + (f"（{describe_failures(summary['failures'])}）" if summary.get("failures") else "")
+
+
+def run_pairwise(args, out_dir) -> list:
     a = pick_side(args.a)
     b = pick_side(args.b) if args.b else next((s for s in sides_of(args.a) if s.field == "base_response"), None)
     if b is None:
@@ -277,10 +315,13 @@ def run_pairwise(args, out_dir) -> None:
                  prompt={"id": prompt["id"], "version": prompt["version"]})
     report_usage("评审", judge)
     c = summary["counts"]
-    print(f"[两两比较] {a.label} 对 {b.label}：胜 {c['win']}，平 {c['tie']}，负 {c['loss']}，无效 {c['invalid']}")
+    lost = f"（{describe_failures(summary['failures'])}）" if summary["failures"] else ""
+    print(f"[两两比较] {a.label} 对 {b.label}：胜 {c['win']}，平 {c['tie']}，负 {c['loss']}，无效 {c['invalid']}，"
+          f"请求失败 {c['failed']}{lost}")
+    return [judge]
 
 
-def run_crisis(args, out_dir) -> None:
+def run_crisis(args, out_dir) -> list:
     sides = sides_of(args.results)
     screen = screen_sides(Safety(), sides)
     result = {"meta": {"sources": [args.results], "sides": [s.label for s in sides]}, "screen": screen}
@@ -291,13 +332,17 @@ def run_crisis(args, out_dir) -> None:
         result.update(items=verdicts, summary=summarize_scores(verdicts, rubric))
         result["meta"].update(judge=judge.config.describe(), usage=vars(judge.usage), rubric=rubric_info(rubric))
         report_usage("评审", judge)
+        for side, s in result["summary"].items():
+            print(f"[危机评分] {side}：{verdict_counts(s)}")
     else:
+        judge = None
         print("[危机检查] 没有给 --judge_url：只报告回复过滤层的判断。")
 
     atomic_write_json(out_dir / "crisis-check.json", result)
     for side, groups in screen.items():
         g = groups["crisis"]
         print(f"[危机检查] {side}：危机对话 {g['items']} 条，来访者一轮被识别 {g['turn_flagged']} 条，回复被拦截 {g['reply_blocked']} 条")
+    return [judge] if judge else []
 
 
 def run_pairs(args, out_dir) -> None:
@@ -314,7 +359,7 @@ def run_pairs(args, out_dir) -> None:
         print(f"[跳过] {reason}：{n} 条")
 
 
-def run_simulate(args, out_dir) -> None:
+def run_simulate(args, out_dir) -> list:
     if args.max_turns < 1 or args.sessions_per_profile < 1:
         raise PsyDTError("--max_turns 和 --sessions_per_profile 至少是 1。")
     profiles, source = simulate_profiles(args)
@@ -339,6 +384,7 @@ def run_simulate(args, out_dir) -> None:
         report_usage("评审", judge)
     for line in results:
         print(line)
+    return [ep for c in counsellors for ep in (c.endpoint, c.client)] + ([judge] if judge else [])
 
 
 def simulate_profiles(args):
@@ -388,8 +434,19 @@ def write_judged(path, judge, items, summary, **meta) -> None:
 
 
 def cli() -> int:
-    """The `psydt-judge` console command and `python LLM_fine_turning/judge_psydt_lora.py`."""
-    return run_cli(main)
+    """The `psydt-judge` console command and `python LLM_fine_turning/judge_psydt_lora.py`. Ctrl-C: one line,
+    no traceback, exit 130; the process ends at once (os._exit) rather than wait up to --*_timeout for the
+    requests in flight -- every answer that arrived is already committed to the cache."""
+    try:
+        return run_cli(main)
+    except KeyboardInterrupt as stop:
+        where = f" {stop.args[0]} " if stop.args else "缓存"
+        say(f"\n[中断] 收到 Ctrl-C：已经得到的回答都在{where}里，重跑同一命令只补剩下的。")
+        try:
+            sys.stdout.flush()
+        except (BrokenPipeError, OSError):
+            pass
+        os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,15 @@ generator: the official `openai` client, a thread pool for concurrency, retries 
 5xx / timeouts / dropped connections, and a persistent cache so a rerun or a resumed run sends nothing twice.
 
 The cache is one SQLite file; every answer is committed the moment it arrives, so a run killed half-way
-keeps what it got and the next run asks only for the rest. The key is the model, the purpose (a rubric's
-id and version, or the generation settings) and the exact messages; the server's URL is not in it (the
-same judge model behind another host gives the same verdicts), the API key never is anywhere.
+keeps what it got and the next run asks only for the rest. The key is the server's URL, the model, the
+purpose (a rubric's id and version, or the generation settings) and the exact messages: two servers that
+serve one model name (the adapter on one port, the base model on another) never share an answer. The API
+key is never in it, nor anywhere else.
+
+A request that fails for good is named by its kind (`connection`, `timeout`, `http 503`), never taken for
+an answer. The wait before a retry doubles each time and is never shorter than the server's Retry-After;
+the requests in flight to one server are halved on a 429 and grow back by one after as many answers in a
+row (a Gate), so a server that admits fewer than `concurrency` is not hammered until the retries run out.
 """
 import hashlib
 import json
@@ -20,6 +26,8 @@ from pathlib import Path
 from psydt_lora.errors import PsyDTError
 
 RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
+MAX_WAIT = 60.0  # seconds: the longest wait before a retry
+FAILURE_NAMES = {"connection": "连接失败", "timeout": "超时", "http": "HTTP 错误", "no_reply": "没有可评的回复"}
 
 
 @dataclass
@@ -30,7 +38,7 @@ class EndpointConfig:
     concurrency: int = 8
     timeout: float = 120.0  # seconds per request
     retries: int = 5  # extra attempts after the first, on 429 / 5xx / timeouts
-    backoff: float = 1.0  # first wait in seconds, doubled each retry (Retry-After wins when the server sends it)
+    backoff: float = 1.0  # first wait in seconds, doubled each retry (never shorter than the server's Retry-After)
     temperature: float = 0.0
     top_p: float | None = None
     max_tokens: int = 512
@@ -54,7 +62,7 @@ class EndpointConfig:
 
 @dataclass
 class Answer:
-    text: str | None  # None when the request failed for good (then `error` says why)
+    text: str | None  # None when the request failed for good (then `error` names the kind: see failure_kind)
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -105,10 +113,74 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    failures: dict = field(default_factory=dict)  # error ("connection", "timeout", "http 503") -> answers lost to it
 
     def describe(self) -> str:
-        return (f"请求 {self.requests} 次（重试 {self.retries}，失败 {self.failed}），缓存命中 {self.cached}，"
+        lost = f"（{describe_failures(self.failures)}）" if self.failures else ""
+        return (f"请求 {self.requests} 次（重试 {self.retries}，失败 {self.failed}{lost}），缓存命中 {self.cached}，"
                 f"输入 {self.prompt_tokens} + 输出 {self.completion_tokens} token，用时 {self.seconds:.1f} 秒")
+
+    def all_failed(self) -> bool:
+        """Every answer this run needed failed: nothing answered, nothing from the cache."""
+        return self.failed > 0 and self.answered == 0 and self.cached == 0
+
+
+def failure_kind(error: str) -> str:
+    """`connection`, `timeout`, `http` or `no_reply` for an Answer's error."""
+    return error.split()[0] if error.split()[0] in FAILURE_NAMES else error
+
+
+def failure_counts(errors) -> dict:
+    """{error: how many} over the errors given (None skipped), in first-seen order."""
+    out: dict = {}
+    for e in errors:
+        if e:
+            out[e] = out.get(e, 0) + 1
+    return out
+
+
+def describe_failures(counts: dict) -> str:
+    """`连接失败 6，HTTP 503 2` for {error: n}."""
+    def name(e):
+        kind = failure_kind(e)
+        return e.upper() if kind == "http" else FAILURE_NAMES.get(kind, e)
+    return "，".join(f"{name(e)} {n}" for e, n in counts.items())
+
+
+class Gate:
+    """The requests in flight to one server: at most `limit`, which starts at the configured concurrency, is
+    halved on a 429 (once per wave: a 429 to a request sent before the last cut does not cut again) and
+    grows back by one after `limit` answers in a row, never above where it started (AIMD, as TCP does)."""
+
+    def __init__(self, ceiling: int):
+        self.ceiling = self.limit = max(1, ceiling)
+        self.in_flight = self.epoch = self.streak = 0
+        self.cond = threading.Condition()
+
+    def enter(self) -> int:
+        with self.cond:
+            self.cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+            return self.epoch
+
+    def leave(self, epoch: int, outcome: str) -> None:
+        """outcome: "ok" (an answer), "throttled" (a 429) or anything else (neither)."""
+        with self.cond:
+            self.in_flight -= 1
+            if outcome == "throttled" and epoch == self.epoch:
+                self.limit, self.epoch, self.streak = max(1, self.limit // 2), self.epoch + 1, 0
+            elif outcome == "ok":
+                self.streak += 1
+                if self.streak >= self.limit and self.limit < self.ceiling:
+                    self.limit, self.streak = self.limit + 1, 0
+            self.cond.notify_all()
+
+
+def backoff_wait(attempt: int, base: float, retry_after: float | None = None) -> float:
+    """Seconds before retry `attempt + 1`: base * 2**attempt with jitter (half to all of it), never shorter
+    than the server's Retry-After, at most MAX_WAIT."""
+    grown = base * 2 ** attempt * (0.5 + random.random() / 2)
+    return min(MAX_WAIT, max(retry_after or 0.0, grown))
 
 
 class Endpoint:
@@ -121,14 +193,15 @@ class Endpoint:
                              max_retries=0)
         self.usage = Usage()
         self.lock = threading.Lock()
+        self.gate = Gate(config.concurrency)
 
     def sampling(self, seed: int | None = None) -> dict:
         """The config's sampling, with a per-request seed when one is given (a simulated client's per profile)."""
         return {**self.config.sampling(), **({"seed": seed} if seed is not None else {})}
 
     def key(self, purpose: str, messages: list[dict], seed: int | None = None) -> str:
-        blob = json.dumps({"model": self.config.model, "purpose": purpose, "sampling": self.sampling(seed),
-                           "messages": messages}, ensure_ascii=False, sort_keys=True)
+        blob = json.dumps({"url": self.config.url.rstrip("/"), "model": self.config.model, "purpose": purpose,
+                           "sampling": self.sampling(seed), "messages": messages}, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def ask(self, purpose: str, messages: list[dict], seed: int | None = None) -> Answer:
@@ -147,6 +220,7 @@ class Endpoint:
                 self.usage.answered += 1
             else:
                 self.usage.failed += 1
+                self.usage.failures[answer.error] = self.usage.failures.get(answer.error, 0) + 1
         if answer.error is None:  # a failure is not remembered: the next run tries again
             self.cache.put(key, self.config.model, purpose, {"text": answer.text, "finish_reason": answer.finish_reason,
                                                              "prompt_tokens": answer.prompt_tokens,
@@ -154,31 +228,71 @@ class Endpoint:
         return answer
 
     def _request(self, messages, seed: int | None = None) -> Answer:
-        import openai
-
+        """One answer from the server, retried on 429 / 5xx / timeouts / dropped connections; a failure for
+        good is an Answer whose error names its kind."""
         c = self.config
-        sampling = {k: v for k, v in self.sampling(seed).items() if k != "extra_body"}
         for attempt in range(c.retries + 1):
             with self.lock:
                 self.usage.requests += 1
                 self.usage.retries += attempt > 0
+            epoch = self.gate.enter()
+            outcome = "failed"
             try:
-                res = self.client.chat.completions.create(model=c.model, messages=messages,
-                                                          extra_body=c.extra_body or None, **sampling)
-            except (openai.APITimeoutError, openai.APIConnectionError) as err:
-                reason, wait = f"{type(err).__name__}", None
-            except openai.APIStatusError as err:
-                if err.status_code in (401, 403, 404):
-                    raise PsyDTError(f"{c.url} 拒绝了请求（HTTP {err.status_code}）：检查地址、模型名 {c.model!r} "
-                                     "和 API key（--*_api_key 或环境变量）。") from None
-                if err.status_code not in RETRY_STATUS:
-                    return Answer(None, error=f"HTTP {err.status_code}")
-                reason, wait = f"HTTP {err.status_code}", _retry_after(err.response)
-            else:
-                return _answer(res)
+                result, retry_after = self._send(messages, seed)
+                outcome = "ok" if isinstance(result, Answer) else "throttled" if result == "http 429" else "failed"
+            finally:
+                self.gate.leave(epoch, outcome)
+            if isinstance(result, Answer):
+                return result
+            if result.startswith("http") and int(result.split()[1]) not in RETRY_STATUS:
+                return Answer(None, error=result)
             if attempt < c.retries:
-                time.sleep(wait if wait is not None else c.backoff * 2 ** attempt * (0.5 + random.random() / 2))
-        return Answer(None, error=reason)
+                time.sleep(backoff_wait(attempt, c.backoff, retry_after))
+        return Answer(None, error=result)
+
+    def _send(self, messages, seed):
+        """(Answer, None) or (the error's kind, the server's Retry-After); 401 / 403 / 404 end the run."""
+        import openai
+
+        c = self.config
+        sampling = {k: v for k, v in self.sampling(seed).items() if k != "extra_body"}
+        try:
+            res = self.client.chat.completions.create(model=c.model, messages=messages,
+                                                      extra_body=c.extra_body or None, **sampling)
+        except openai.APITimeoutError:  # a subclass of APIConnectionError: caught first
+            return "timeout", None
+        except openai.APIConnectionError:
+            return "connection", None
+        except openai.APIStatusError as err:
+            if err.status_code in (401, 403):
+                raise PsyDTError(f"{c.url} 拒绝了请求（HTTP {err.status_code}）：检查 API key（--*_api_key 或环境变量）"
+                                 f"和模型名 {c.model!r} 是否允许使用。") from None
+            if err.status_code == 404:
+                raise PsyDTError(self.not_found()) from None
+            return f"http {err.status_code}", _retry_after(err.response)
+        return _answer(res), None
+
+    def served_models(self) -> list[str] | None:
+        """The model names GET <url>/models lists, or None when the server does not say."""
+        try:
+            listed = self.client.with_options(timeout=min(10.0, self.config.timeout)).models.list()
+            return [m.id for m in listed.data]
+        except Exception:  # noqa: BLE001 -- any failure here only means we cannot tell
+            return None
+
+    def check_model(self) -> None:
+        """Before any work: a server that lists its models and not ours is refused now, not after a whole pass."""
+        served = self.served_models()
+        if served and self.config.model not in served:
+            raise PsyDTError(self.not_found(served))
+
+    def not_found(self, served: list[str] | None = None) -> str:
+        c = self.config
+        served = self.served_models() if served is None else served
+        listed = f"它提供的模型：{'、'.join(map(repr, served))}" if served else "它没有列出自己提供的模型"
+        return (f"{c.url} 上没有模型 {c.model!r}（HTTP 404；{listed}）。检查地址和模型名。本项目的服务只提供"
+                " --served_model_name 这一个名字（默认 psydt）：基础模型的服务请加 --no_adapter --served_model_name base"
+                "，再用 --gen_base_model base；vLLM 用 --served-model-name 或 --lora-modules 名字=路径。")
 
     def ask_all(self, jobs: list[tuple[str, list[dict]]], desc: str, progress: bool = True) -> list[Answer]:
         """Answers to (purpose, messages) jobs in order, `concurrency` at a time, with a progress bar."""
@@ -209,7 +323,8 @@ def _answer(res) -> Answer:
 
 def in_parallel(fn, jobs: list, workers: int, desc: str, unit: str, progress: bool = True) -> list:
     """`fn(job)` for every job, `workers` at a time, results in the jobs' order, with a progress bar. The first
-    PsyDTError (bad key, unknown model) stops the run; the jobs not yet started are cancelled."""
+    PsyDTError (bad key, unknown model) stops the run; the jobs not yet started are cancelled (on Ctrl-C
+    without waiting for those in flight)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress)
@@ -220,10 +335,14 @@ def in_parallel(fn, jobs: list, workers: int, desc: str, unit: str, progress: bo
         bar.update(1)
 
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    interrupted = False
     try:
         for future in [pool.submit(one, i) for i in range(len(jobs))]:
             future.result()
+    except KeyboardInterrupt:  # Ctrl-C: no wait for the requests in flight (what arrived is in the cache)
+        interrupted = True
+        raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
         bar.close()
     return results

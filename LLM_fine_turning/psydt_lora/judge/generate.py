@@ -53,7 +53,12 @@ def _desc(endpoint, k: int, sampled: bool) -> str:
 def _usage(endpoints) -> dict:
     """One field's usage summed over its samples' endpoints."""
     rows = [vars(e.usage) for e in endpoints]
-    return {k: sum(r[k] for r in rows) for k in rows[0]}
+    out = {k: sum(r[k] for r in rows) for k in rows[0] if k != "failures"}
+    out["failures"] = {}
+    for r in rows:
+        for error, n in r["failures"].items():
+            out["failures"][error] = out["failures"].get(error, 0) + n
+    return out
 
 
 def _entry(item, msgs, reference) -> dict:

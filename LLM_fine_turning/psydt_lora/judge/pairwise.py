@@ -1,7 +1,8 @@
 """Pairwise judging: two sides' replies to the same items, each pair asked in both orders (A/B and B/A).
 
 A win counts only when both orders pick the same side; orders that disagree, and ties, count as ties.
-An answer that is not exactly `A`, `B` or `平` makes the item invalid: counted, kept raw, not scored.
+An answer that is not exactly `A`, `B` or `平` makes the item invalid: counted, kept raw, not scored; a
+request that failed for good makes it failed (counted apart, the failure's kind in `failures`).
 Rates carry 95 % intervals from resampling dialogues; the position-consistency rate is the share of
 valid items whose two orders agree (both pick the same side, or both say tie).
 """
@@ -10,6 +11,7 @@ from collections import defaultdict
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import read_json
 from psydt_lora.prompt import strip_think
+from psydt_lora.judge.endpoint import failure_counts
 from psydt_lora.judge.rubric import RUBRICS, format_history, history, item_key
 from psydt_lora.judge.stats import ratio_ci
 
@@ -47,7 +49,7 @@ def pairs(a, b) -> list[tuple[dict, dict]]:
 
 
 def judge_pairs(a, b, endpoint, prompt: dict, progress=True) -> list[dict]:
-    """Per item: both orders asked; the outcome from a's point of view: win / loss / tie / invalid."""
+    """Per item: both orders asked; the outcome from a's point of view: win / loss / tie / invalid / failed."""
     matched = pairs(a, b)
     purpose = f"pairwise:{prompt['id']}@{prompt['version']}"
     jobs = []
@@ -64,12 +66,14 @@ def judge_pairs(a, b, endpoint, prompt: dict, progress=True) -> list[dict]:
         # the swapped order names a's reply "B": map both verdicts to sides
         s1 = {"A": "a", "B": "b", "tie": "tie"}.get(v1)
         s2 = {"A": "b", "B": "a", "tie": "tie"}.get(v2)
-        if s1 is None or s2 is None:
+        if first.error or second.error:
+            outcome = "failed"
+        elif s1 is None or s2 is None:
             outcome = "invalid"
         else:
             outcome = {"a": "win", "b": "loss"}.get(s1, "tie") if s1 == s2 else "tie"
         out.append({"key": item_key(ra), "dialogue": str(ra.get("id")), "topic": ra.get("normalizedTag") or "（无标签）",
-                    "outcome": outcome, "consistent": None if outcome == "invalid" else s1 == s2,
+                    "outcome": outcome, "consistent": None if outcome in ("invalid", "failed") else s1 == s2,
                     "orders": [{"raw": first.text, "verdict": s1, "error": first.error},
                                {"raw": second.text, "verdict": s2, "error": second.error}]})
     return out
@@ -77,15 +81,16 @@ def judge_pairs(a, b, endpoint, prompt: dict, progress=True) -> list[dict]:
 
 def summarize_verdicts(outcomes: list[dict]) -> dict:
     """Win / tie / loss rates over valid items with 95 % intervals (dialogues resampled), the
-    position-consistency rate, and the count of invalid items."""
+    position-consistency rate, the counts of invalid and failed items, the failed requests by kind."""
     per = defaultdict(lambda: defaultdict(int))
     for o in outcomes:
-        if o["outcome"] != "invalid":
+        if o["outcome"] not in ("invalid", "failed"):
             d = per[o["dialogue"]]
             d[o["outcome"]] += 1
             d["consistent"] += o["consistent"]
             d["n"] += 1
     totals = [d["n"] for d in per.values()]
     out = {k: ratio_ci([d[k] for d in per.values()], totals) for k in ("win", "tie", "loss", "consistent")}
-    out["counts"] = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("win", "tie", "loss", "invalid")}
+    out["counts"] = {k: sum(1 for o in outcomes if o["outcome"] == k) for k in ("win", "tie", "loss", "invalid", "failed")}
+    out["failures"] = failure_counts(order["error"] for o in outcomes for order in o["orders"])
     return out

@@ -226,7 +226,9 @@ def pairwise_pair(item: Item, tally: Tally) -> list[Preference]:
     made = safety_pairs(item, tally, safe, winner if winner in safe else (safe[0] if safe else None), scores)
     if made or (item.crisis and a.blocked and b.blocked):
         return made
-    if outcome == "invalid":
+    if outcome == "failed":
+        tally.skip("pairwise", "评审请求失败（重跑 pairwise 会补上）")
+    elif outcome == "invalid":
         tally.skip("pairwise", "评审回答无效（不是 A / B / 平）")
     elif winner is None:
         tally.skip("pairwise", "两种顺序都判平" if item.origin["consistent"] else "两种顺序选的不一致（位置偏差），不算胜负")

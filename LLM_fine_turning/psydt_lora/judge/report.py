@@ -1,7 +1,8 @@
 """The judge's report: everything `psydt-judge` wrote into its folder, as one Markdown file and one chart.
 
 Per rubric: per-dimension means with 95 % intervals (bootstrap over dialogues) for each model, overall and
-per topic, how many verdicts failed and why, the judge and its settings, the rank agreement between the
+per topic, how many verdicts failed and why (a failed request by its kind: connection, timeout, HTTP
+status), the judge and its settings, the rank agreement between the
 rubric and the overlap metrics, and the items where two models differ most; the pairwise tables; the
 crisis-response table; the sessions of `simulate`: per-attitude and per-profile means with intervals,
 session lengths and how each ended, the crisis-persona table, the weakest sessions in full, and the
@@ -12,6 +13,7 @@ from pathlib import Path
 from psydt_lora.evaluation.metrics import item_scores
 from psydt_lora.evaluation.report import md_text
 from psydt_lora.files import atomic_write_text, load_records, read_json
+from psydt_lora.judge.endpoint import describe_failures
 from psydt_lora.judge.profiles import ATTITUDES, RISKS
 from psydt_lora.judge.rubric import STATUSES, history, item_key, read_results
 from psydt_lora.judge.session import ENDINGS
@@ -19,7 +21,9 @@ from psydt_lora.judge.stats import spearman
 from psydt_lora.plots import pyplot, save_figure
 
 
-STATUS_NAMES = {"ok": "有效", "unparseable": "无法解析", "out_of_range": "超出范围", "refused": "拒答", "failed": "请求失败"}
+STATUS_NAMES = {"ok": "有效", "unparseable": "无法解析", "out_of_range": "超出范围", "refused": "拒答", "empty": "空回答",
+                "failed": "请求失败"}
+NO_VERDICT = "无有效评分"  # the chart's mark where a model has no valid verdict on a dimension (no bar drawn)
 OVERLAP = {"chrf": "chrF", "rougeL": "ROUGE-L", "bleu4_char": "BLEU-4(字)"}
 MOST_DIFFERENT = 5
 
@@ -38,7 +42,8 @@ def judge_line(meta: dict) -> str:
     return (f"评审模型 `{j.get('model')}`（{j.get('url')}），temperature {j.get('temperature')}，max_tokens "
             f"{j.get('max_tokens')}；本次请求 {u.get('requests', 0)} 次（重试 {u.get('retries', 0)}），缓存命中 "
             f"{u.get('cached', 0)}，输入 {u.get('prompt_tokens', 0)} + 输出 {u.get('completion_tokens', 0)} token，"
-            f"{u.get('seconds', 0):.1f} 秒")
+            f"{u.get('seconds', 0):.1f} 秒" + (f"；请求失败 {u.get('failed', 0)} 条：{describe_failures(u['failures'])}"
+                                                if u.get("failures") else ""))
 
 
 def _dimension_table(per_side: dict, dims: list[dict]) -> list[str]:
@@ -61,7 +66,10 @@ def rubric_section(data: dict) -> list[str]:
              *_dimension_table({s: v["overall"] for s, v in summary.items()}, dims), "",
              "| 评审结果 | " + " | ".join(summary) + " |", "| --- | " + " | ".join("---:" for _ in summary) + " |"]
     for status in STATUSES:
-        lines.append(f"| {STATUS_NAMES[status]} | " + " | ".join(str(v["counts"][status]) for v in summary.values()) + " |")
+        lines.append(f"| {STATUS_NAMES[status]} | " + " | ".join(str(v["counts"].get(status, 0)) for v in summary.values()) + " |")
+    failed = {s: v["failures"] for s, v in summary.items() if v.get("failures")}
+    lines += ["", "请求失败的原因（不是评审的回答，重跑同一命令会补上）：" + "；".join(
+        f"{s} {describe_failures(f)}" for s, f in failed.items())] if failed else []
     lines.append("")
     topics = sorted({t for v in summary.values() for t in v["by_topic"]})
     if len(topics) > 1:
@@ -141,7 +149,8 @@ def pairwise_section(data) -> list[str]:
             "| 结果 | 比例 [95% 置信区间] | 条数 |", "| --- | ---: | ---: |",
             f"| {a} 胜 | {_rate(s['win'])} | {c['win']} |", f"| 平局 | {_rate(s['tie'])} | {c['tie']} |",
             f"| {a} 负 | {_rate(s['loss'])} | {c['loss']} |",
-            f"| 位置一致率 | {_rate(s['consistent'])} | — |", f"| 无效（回答不是 A/B/平） | — | {c['invalid']} |", ""]
+            f"| 位置一致率 | {_rate(s['consistent'])} | — |", f"| 无效（回答不是 A/B/平） | — | {c['invalid']} |",
+            f"| 请求失败{'（' + describe_failures(s['failures']) + '）' if s.get('failures') else ''} | — | {c.get('failed', 0)} |", ""]
 
 
 def crisis_section(data) -> list[str]:
@@ -168,22 +177,41 @@ def plot(rubrics: list[dict], path: Path) -> bool:
     """Per rubric, each dimension's mean as a share of its maximum, with the 95 % interval, per model."""
     if not rubrics:
         return False
+    save_figure(figure(rubrics), path)
+    return True
+
+
+def bar_values(data: dict, side: str) -> list[tuple[float, float, float] | None]:
+    """Per dimension (mean, low, high) as shares of its range; None where the side has no valid verdict."""
+    overall = data["summary"][side]["overall"]
+    out = []
+    for d in data["meta"]["rubric"]["dimensions"]:
+        c, span = overall.get(d["key"]), d["max"] - d["min"]
+        out.append(None if not c else tuple((x - d["min"]) / span for x in (c["mean"], *c["ci"])))
+    return out
+
+
+def figure(rubrics: list[dict]):
+    """The chart: one panel per rubric, a bar per (model, dimension) with a valid verdict; where there is none,
+    no bar but the NO_VERDICT mark (a zero-height bar would read as a score of 0)."""
     plt = pyplot()
+    cjk = _cjk_font()
     fig, axes = plt.subplots(len(rubrics), 1, figsize=(8, 3.2 * len(rubrics)), dpi=120, squeeze=False)
     for ax, data in zip(axes[:, 0], rubrics):
         dims = data["meta"]["rubric"]["dimensions"]
         sides = list(data["summary"])
         width = 0.8 / max(len(sides), 1)
         for i, side in enumerate(sides):
-            overall = data["summary"][side]["overall"]
-            means, errs = [], [[], []]
-            for d in dims:
-                c, span = overall.get(d["key"]), d["max"] - d["min"]
-                m = (c["mean"] - d["min"]) / span if c else 0.0
-                means.append(m)
-                errs[0].append(m - (c["ci"][0] - d["min"]) / span if c else 0.0)
-                errs[1].append((c["ci"][1] - d["min"]) / span - m if c else 0.0)
-            ax.bar([j + i * width for j in range(len(dims))], means, width=width, yerr=errs, capsize=3, label=side)
+            values = bar_values(data, side)
+            xs = [j + i * width for j, v in enumerate(values) if v]
+            got = [v for v in values if v]
+            bars = ax.bar(xs, [m for m, _, _ in got], width=width, capsize=3, label=side,
+                          yerr=[[m - lo for m, lo, _ in got], [hi - m for m, _, hi in got]] if got else None)
+            for j, v in enumerate(values):
+                if v is None:
+                    ax.text(j + i * width, 0.02, NO_VERDICT if cjk else "no valid verdict", rotation=90, ha="center",
+                            va="bottom", fontsize=7, color=bars.patches[0].get_facecolor() if got else "gray",
+                            fontfamily=cjk or "sans-serif")
         ax.set_xticks([j + width * (len(sides) - 1) / 2 for j in range(len(dims))])
         ax.set_xticklabels([d["key"] for d in dims], fontsize=8)
         ax.set_ylim(0, 1.05)
@@ -192,8 +220,17 @@ def plot(rubrics: list[dict], path: Path) -> bool:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path)
-    return True
+    return fig
+
+
+def _cjk_font() -> str | None:
+    """A font matplotlib has that draws Chinese, or None (then the chart's marks are in English)."""
+    from matplotlib import font_manager
+
+    names = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC")
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    return next((n for n in names if n in have), None)
 
 
 def _session_head(meta) -> list[str]:

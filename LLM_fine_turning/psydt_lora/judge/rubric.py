@@ -2,8 +2,9 @@
 
 A rubric (judge/rubrics/<id>.json, or any file of that shape) names its dimensions with their integer
 ranges; the judge answers with exactly one list of integers, `[2, 3, 3, 1]`, nothing else. An answer that
-is not exactly that is counted -- unparseable, out of range, refused, or failed (no answer after the
-retries) -- never guessed and never dropped: every verdict keeps the judge's raw answer.
+is not exactly that is counted -- unparseable, out of range, refused, empty, or failed (no answer after
+the retries: the request's failure, by kind, in `error` and the summary's `failures`) -- never guessed and
+never dropped: every verdict keeps the judge's raw answer.
 
 Scores are averaged per dialogue, then over dialogues (the CPsyCounE protocol), with 95 % bootstrap
 intervals over dialogues, overall and per topic.
@@ -16,11 +17,11 @@ from pathlib import Path
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import read_json
 from psydt_lora.prompt import strip_think
-from psydt_lora.judge.endpoint import Answer
+from psydt_lora.judge.endpoint import Answer, failure_counts
 from psydt_lora.judge.stats import mean_ci
 
 RUBRICS = Path(__file__).resolve().parent / "rubrics"
-STATUSES = ("ok", "unparseable", "out_of_range", "refused", "failed")
+STATUSES = ("ok", "unparseable", "out_of_range", "refused", "empty", "failed")
 ROLE_NAMES = {"user": "来访者", "assistant": "咨询师"}
 _ANSWER = re.compile(r"\[\s*(-?\d+(?:\s*[,，]\s*-?\d+)*)\s*\]")
 _REFUSAL = re.compile(r"抱歉|无法(回答|评分|评价|提供)|不能(回答|评分|评价)|sorry|I can(?:no|')t|I'm unable|as an AI", re.I)
@@ -81,8 +82,9 @@ class Rubric:
         body = strip_think(text or "")
         match = _ANSWER.fullmatch(body)
         if match is None:
-            refused = not body or finish_reason == "content_filter" or _REFUSAL.search(body)
-            return ("refused" if refused else "unparseable"), None
+            if finish_reason == "content_filter" or _REFUSAL.search(body):
+                return "refused", None
+            return ("unparseable" if body.strip() else "empty"), None
         numbers = [int(x) for x in re.split(r"\s*[,，]\s*", match.group(1))]
         if len(numbers) != len(self.dimensions):
             return "unparseable", None
@@ -183,7 +185,7 @@ def judge_sides(sides: list[Side], rubric: Rubric, endpoint, with_reference: boo
     verdicts = []
     for side in sides:
         for r in side.results:
-            answer = next(answers) if r.get(side.field) is not None else Answer(None, error="no reply to judge")
+            answer = next(answers) if r.get(side.field) is not None else Answer(None, error="no_reply")
             verdicts.append(_verdict(side, r, answer, rubric))
     return verdicts
 
@@ -196,14 +198,15 @@ def _verdict(side: Side, r: dict, answer, rubric: Rubric) -> dict:
 
 
 def summarize_scores(verdicts: list[dict], rubric: Rubric) -> dict:
-    """Per side: verdict counts by status; per dimension (and the total) the mean of dialogue means with a
-    95 % interval, overall and per topic."""
+    """Per side: verdict counts by status, the failed requests by kind; per dimension (and the total) the
+    mean of dialogue means with a 95 % interval, overall and per topic."""
     out = {}
     for side in dict.fromkeys(v["side"] for v in verdicts):
         mine = [v for v in verdicts if v["side"] == side]
         counts = {s: sum(1 for v in mine if v["status"] == s) for s in STATUSES}
         topics = sorted({v["topic"] for v in mine})
-        out[side] = {"counts": counts, "overall": _dimension_cis(mine, rubric),
+        failures = failure_counts(v["error"] for v in mine if v["status"] == "failed")
+        out[side] = {"counts": counts, "failures": failures, "overall": _dimension_cis(mine, rubric),
                      "by_topic": {t: _dimension_cis([v for v in mine if v["topic"] == t], rubric) for t in topics}}
     return out
 
