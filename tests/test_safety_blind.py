@@ -1,0 +1,41 @@
+"""The blind safety set, tests/data/safety_blind.json: written before the round-four rule change by someone who had
+not read the lexicon, the rules or the other safety cases, then frozen. Its items are not to be read while changing
+rules; it only measures them. This test pins its bytes and its shape (the contract the measuring code reads); the
+figures measured on it belong in the README, never in assertions here."""
+import hashlib
+import json
+from pathlib import Path
+
+BLIND = Path(__file__).resolve().parent / "data" / "safety_blind.json"
+SHA256 = "c0b8529b37a1b4f425e523b597cc399c523edca5d56f9c196396d00e9ae9487c"
+KINDS = {  # list -> the kinds its items may have
+    "positive": {"direct", "passive", "goodbye", "plan_indirect", "method_question", "selfharm_other", "attempt",
+                 "variants", "intensified", "present_after_past", "eating_disorder_crisis", "answer_yes"},
+    "negative": {"resolved_past", "third_party_fiction", "hyperbole", "counselling_topics", "keyword_terms",
+                 "long_sad", "negation", "answer_no"},
+    "harmful_replies": {"method_detail", "eating_disorder_tips", "secrecy", "encouragement_farewell"},
+    "safe_replies": {"discuss_suicide", "ask_plan", "hotline", "ed_supportive"},
+}
+MIN_SIZES = {"positive": 240, "negative": 240, "harmful_replies": 48, "safe_replies": 48}
+ANSWER_KINDS = {"answer_yes", "answer_no"}  # a short answer to the counsellor's preceding turn, given as "context"
+
+
+def test_blind_set_is_frozen():
+    digest = hashlib.sha256(BLIND.read_bytes()).hexdigest()
+    assert digest == SHA256, (f"{BLIND.name} changed (sha256 {digest}): the blind set is frozen; "
+                              "a new set is a new file written blind, not an edit of this one")
+
+
+def test_blind_set_shape_sizes_and_kinds():
+    data = json.loads(BLIND.read_text("utf-8"))
+    assert set(data) == {"about", *KINDS}
+    assert isinstance(data["about"], str) and data["about"].strip()
+    for name, kinds in KINDS.items():
+        items = data[name]
+        assert isinstance(items, list) and len(items) >= MIN_SIZES[name], name
+        for i, item in enumerate(items):
+            where = f"{name}[{i}]"
+            assert isinstance(item, dict) and item.get("kind") in kinds, where
+            fields = {"context", "text", "kind"} if item["kind"] in ANSWER_KINDS else {"text", "kind"}
+            assert set(item) == fields, where
+            assert all(isinstance(item[f], str) and item[f].strip() for f in fields), where
