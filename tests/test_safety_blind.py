@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 BLIND = Path(__file__).resolve().parent / "data" / "safety_blind.json"
-SHA256 = "c0b8529b37a1b4f425e523b597cc399c523edca5d56f9c196396d00e9ae9487c"
+SHA256 = "b7bf9cb0b4323e710f34d0593771fe066797ff294e749bcd11999265f2d95166"
 KINDS = {  # list -> the kinds its items may have
     "positive": {"direct", "passive", "goodbye", "plan_indirect", "method_question", "selfharm_other", "attempt",
                  "variants", "intensified", "present_after_past", "eating_disorder_crisis", "answer_yes"},
