@@ -154,6 +154,27 @@ def test_rerunning_a_finished_run_changes_nothing_and_says_so(tiny_model_dir, da
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_raising_max_steps_of_a_finished_run_continues_on_the_schedule_for_the_new_total(tiny_model_dir, data_files,
+                                                                                          tmp_path, capsys):
+    """10 steps trained and saved, then --max_steps 14 (what the "already finished" message advises): steps 11-14
+    run on the linear schedule of a 14-step run -- never at learning rate 0, no jump."""
+    train, _ = data_files
+    out = tmp_path / "out"
+    argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval", "--output_dir",
+            str(out), "--report_to", "none", "--save_steps", "5", "--logging_steps", "1", "--gradient_accumulation_steps",
+            "1", "--learning_rate", "1e-3"]
+    assert train_psydt_lora.main([*argv, "--max_steps", "10"]) == 0
+    capsys.readouterr()
+    assert train_psydt_lora.main([*argv, "--max_steps", "14"]) == 0
+    assert "[续训] 计划步数从 10 改为 14" in capsys.readouterr().out
+    state = json.loads((out / "checkpoint-14" / "trainer_state.json").read_text("utf-8"))
+    rates = {h["step"]: h["learning_rate"] for h in state["log_history"] if "learning_rate" in h}
+    assert sorted(rates) == list(range(1, 15))
+    assert [rates[s] for s in range(1, 11)] == pytest.approx([1e-3 * (10 - s + 1) / 10 for s in range(1, 11)])
+    assert [rates[s] for s in range(11, 15)] == pytest.approx([1e-3 * (14 - s + 1) / 14 for s in range(11, 15)])
+    assert all(rates[s] > 0 for s in range(11, 15))
+
+
 def test_help_is_chinese_and_shows_each_default_once():
     import re
 

@@ -83,6 +83,11 @@ def checkpoint_step(path) -> int:
     return int(json.loads((Path(path) / "trainer_state.json").read_text("utf-8")).get("global_step", 0))
 
 
+def checkpoint_plan(path) -> int | None:
+    """The optimizer steps the run that saved a (complete) checkpoint had planned."""
+    return json.loads((Path(path) / "trainer_state.json").read_text("utf-8")).get("max_steps")
+
+
 def load_checkpoint_adapter(model, checkpoint) -> None:
     """Put a checkpoint's LoRA weights into `model` (for a run that finished training but not its save)."""
     from peft import set_peft_model_state_dict

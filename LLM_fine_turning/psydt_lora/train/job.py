@@ -58,7 +58,7 @@ def train(job: TrainingRun, train_set, eval_set, *, resume: ResumePlan, steps: i
     trainer, collator, stop = build_trainer(config, model, job.tokenizer, train_set, eval_set, job.data_stats, device, dtype)
     if is_main_process():
         print("\n".join(run_summary(trainer, job.data_stats["train"]["tokens"], config, steps)), flush=True)
-    result = run(trainer, stop, resume)
+    result = run(trainer, stop, resume, steps)
     if stop.exit_code:
         ignore_sigterm_while_leaving()
         if trainer.is_world_process_zero():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from psydt_lora.data.packing import SampleCollator
 from psydt_lora.run_record import settings_dict
-from psydt_lora.train.checkpoints import ResumePlan, load_checkpoint_adapter
+from psydt_lora.train.checkpoints import ResumePlan, checkpoint_plan, checkpoint_step, load_checkpoint_adapter
 from psydt_lora.train.config import TrainConfig, TrainerConfig
 from psydt_lora.train.loss import SupervisedLoss, fused_head, head_detached
 from psydt_lora.train.preference import make_preference_trainer
@@ -123,10 +123,40 @@ def make_callbacks(config: TrainConfig, data_stats) -> tuple[list, list, object]
                                                    resolve_swanlab_mode(tracking.swanlab_mode),
                                                    config.trainer.output_path / "swanlog", swan_config))
     stop = make_stop_callback()
-    return reporters, callbacks + [stop], stop
+    return reporters, callbacks + [make_schedule_callback(), stop], stop
 
 
-def run(trainer, stop, resume: ResumePlan):
+def make_schedule_callback():
+    """On resume the optimizer's learning rate is the checkpoint's -- 0 at the end of a finished run whose
+    --max_steps / --num_train_epochs was raised. The Trainer rebuilds the scheduler for this run's total and
+    fast-forwards it to the checkpoint's step (its state holds the step, not the total); before the first step
+    the learning rates are set from it, so the run goes on as if this total had been planned from the start."""
+    from transformers import TrainerCallback
+
+    class ScheduleFromCheckpoint(TrainerCallback):
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+            if state.global_step > 0 and lr_scheduler is not None:
+                schedule_at_step(lr_scheduler)
+
+    return ScheduleFromCheckpoint()
+
+
+def schedule_at_step(scheduler) -> None:
+    """The optimizer's learning rates set to what `scheduler` gives at the step it stands at (the same values
+    on an ordinary resume; the new schedule's on an extended one). Schedules without a closed form
+    (ReduceLROnPlateau, DeepSpeed's own) are left as they are."""
+    import torch
+
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the Trainer's scheduler
+    if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+        return
+    rates = [base * fn(inner.last_epoch) for base, fn in zip(inner.base_lrs, inner.lr_lambdas)]
+    for group, rate in zip(inner.optimizer.param_groups, rates):
+        group["lr"] = rate
+    inner._last_lr = rates  # what the Trainer logs
+
+
+def run(trainer, stop, resume: ResumePlan, steps: int):
     """Train, resuming from the plan's checkpoint; a checkpoint already at the last step is only loaded (the
     final save did not happen). Returns the Trainer's result, or None when nothing was trained."""
     from transformers import TrainerState
@@ -140,6 +170,10 @@ def run(trainer, stop, resume: ResumePlan):
         return None
     if resume.checkpoint and main:
         print(f"[续训] 从检查点 {resume.checkpoint} 继续训练（--resume_from_checkpoint none 可从头开始）", flush=True)
+        planned = checkpoint_plan(resume.checkpoint)
+        if planned not in (None, steps):
+            print(f"[续训] 计划步数从 {planned} 改为 {steps}：学习率调度按 {steps} 步重新计算（与一开始就计划 {steps} 步"
+                  f"时相同），从第 {checkpoint_step(resume.checkpoint) + 1} 步接着走。", flush=True)
     with stop.installed():  # on every rank: a launcher's SIGTERM reaches them all
         return trainer.train(resume_from_checkpoint=resume.checkpoint)
 
