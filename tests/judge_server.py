@@ -5,11 +5,15 @@ The text of the last user message decides: `ANS<...>` anywhere in it -> that lit
 prompts the reply holding `WIN` wins in whichever position it stands, and `BIAS` makes the judge always
 say "A". A test may pass its own `answer(body)` instead (a scripted client or counsellor). A prompt holding
 `RATE429` gets a 429 the first time it is seen, `SLOW` a reply that never comes within the client's timeout
-the first time; both succeed afterwards. Every request is recorded."""
+the first time; both succeed afterwards. `HTTP500` always gets a 500, `ALWAYS429` always a 429 with
+`Retry-After: 1`. With `models` set the server lists them at GET /v1/models and answers any other model 404;
+with `limit` set it admits that many requests at a time (each answered after `delay` seconds) and answers
+the rest 429 at once with a 10 ms Retry-After, as a busy server does. Every request is recorded."""
 import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -38,6 +42,8 @@ class JudgeServer:
         self.release = threading.Event()
         self.never = threading.Event()
         self.held = 0
+        self.models = None  # model names listed at GET /v1/models (others 404); None: no such route
+        self.limit, self.delay, self.in_flight, self.peak = None, 0.0, 0, 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +54,11 @@ class JudgeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.handle(self, body)
 
+            def do_GET(self):
+                if server.models is None or self.path.rstrip("/") != "/v1/models":
+                    return server.send(self, 404, {"error": {"message": "not found"}})
+                server.send(self, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -57,6 +68,16 @@ class JudgeServer:
     def handle(self, h, body):
         messages = body["messages"]
         key, text = prompt_key(messages), messages[-1]["content"]
+        if self.models is not None and body["model"] not in self.models:
+            return self.send(h, 404, {"error": {"message": f"model {body['model']} not found", "code": "model_not_found"}})
+        if "HTTP500" in text:
+            self.requests.append((key, 500))
+            return self.send(h, 500, {"error": {"message": "boom", "type": "server_error"}})
+        if "ALWAYS429" in text:
+            self.requests.append((key, 429))
+            return self.send(h, 429, {"error": {"message": "busy", "type": "rate_limit"}}, {"retry-after": "1"})
+        if self.limit is not None:
+            return self.limited(h, body, key)
         with self.lock:
             seen = sum(1 for k, _ in self.requests if k == key)
             status = 429 if "RATE429" in text and seen == 0 else 200
@@ -77,7 +98,25 @@ class JudgeServer:
             return
         if status == 429:
             return self.send(h, 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"retry-after-ms": "10"})
-        answer = self.answer(body)
+        self.reply(h, body)
+
+    def limited(self, h, body, key):
+        with self.lock:
+            admitted = self.in_flight < self.limit
+            self.in_flight += admitted
+            self.peak = max(self.peak, self.in_flight)
+            self.requests.append((key, 200 if admitted else 429))
+        if not admitted:
+            return self.send(h, 429, {"error": {"message": "busy", "type": "rate_limit"}}, {"retry-after-ms": "10"})
+        try:
+            time.sleep(self.delay)
+            self.reply(h, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def reply(self, h, body):
+        answer, text = self.answer(body), body["messages"][-1]["content"]
         self.send(h, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": answer}}],
