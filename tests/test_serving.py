@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from conftest import DIALOGUES, ROOT
-from psydt_lora.inference.openai_api import HELP_CLOSE, HELP_OPEN
+from psydt_lora.inference.openai_api import HELP_CLOSE, HELP_OPEN, UNANSWERED
 
 SCRIPT = ROOT / "LLM_fine_turning" / "inference_psydt_lora.py"
 D0 = DIALOGUES[0]["messages"]
@@ -462,3 +462,156 @@ def test_an_unexpected_failure_is_a_500_in_openai_shape(loaded):
         status, _, body = http("POST", f"{url}/v1/chat/completions",
                                {"model": "psydt", "messages": [{"role": "user", "content": "你好"}]})
     assert status == 500 and body["error"]["type"] == "server_error" and "AttributeError" in body["error"]["message"]
+
+
+# -- the queue, and a crisis turn on every path out ---------------------------------------------------------
+def health(url) -> dict:
+    return http("GET", f"{url}/healthz")[2]
+
+
+def call(url, text, stream=False):
+    """One chat request through the openai client: (reply text, the safety object, finish_reason)."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    msgs = [{"role": "user", "content": text}]
+    if not stream:
+        reply = client.chat.completions.create(model="psydt", messages=msgs, temperature=0, max_tokens=60)
+        return reply.choices[0].message.content, reply.safety, reply.choices[0].finish_reason
+    chunks = list(client.chat.completions.create(model="psydt", messages=msgs, temperature=0, max_tokens=60, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks[0].safety, chunks[-1].choices[0].finish_reason
+
+
+def test_requests_past_the_limit_wait_in_the_queue_crisis_first_and_a_full_queue_is_429(loaded):
+    """--max_concurrency 1 --max_queue 2: while the admitted request waits for the model (its lock held by the
+    test), two more wait in the queue -- the crisis turn that came last ahead of the other -- and a fourth is
+    refused 429 with Retry-After; once the model is free all three are answered, crisis turn second."""
+    lock = threading.Lock()
+    app, _ = app_for(loaded, lock=lock, max_concurrency=1, max_queue=2)
+    calm = D0[1]["content"]
+    done = []
+    with in_process(app) as (url, _), ThreadPoolExecutor(3) as pool:
+
+        def one(text):
+            out = call(url, text)
+            done.append(text)
+            return out
+
+        with lock:
+            first = pool.submit(one, calm)
+            wait_for(lambda: health(url)["running"] == 1, 30, "the first request admitted")
+            queued = pool.submit(one, calm + "。")
+            wait_for(lambda: health(url)["queued"] == 1, 30, "a request queued")
+            crisis = pool.submit(one, CRISIS)
+            wait_for(lambda: health(url)["queued"] == 2, 30, "the crisis turn queued")
+            with pytest.raises(openai.RateLimitError) as refused:
+                call(url, calm)
+        assert refused.value.body["code"] == "rate_limit_exceeded" and "2" in refused.value.body["message"]
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert first.result(120)[0] == D0[2]["content"] and queued.result(120)[2] in ("stop", "length")
+        text, safety, _ = crisis.result(120)
+        assert safety["crisis"] and "unanswered" not in safety and text.startswith(HELP_OPEN)  # answered, not refused
+        assert done == [calm, CRISIS, calm + "。"]
+        assert health(url) == {"status": "ok", "running": 0, "queued": 0, "max_concurrency": 1, "max_queue": 2}
+
+
+@pytest.mark.parametrize("why", ["queue full", "wait timed out"])
+def test_a_crisis_turn_the_busy_server_cannot_answer_still_gets_the_help(loaded, why):
+    """The page, the openai client and LangChain all show `content`: a refused crisis turn is a 200 whose content
+    is the help and a line that the counsellor is busy (safety.unanswered "busy"); a calm turn gets its 429."""
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    lock = threading.Lock()
+    queue = {"queue full": {"max_queue": 0}, "wait timed out": {"max_queue": 4, "queue_timeout": 0.2}}[why]
+    app, _ = app_for(loaded, lock=lock, max_concurrency=1, **queue)
+    with in_process(app) as (url, _), ThreadPoolExecutor(1) as pool:
+        with lock:
+            held = pool.submit(call, url, D0[1]["content"])
+            wait_for(lambda: health(url)["running"] == 1, 30, "the first request admitted")
+            for stream in (False, True):
+                text, safety, finish = call(url, CRISIS, stream=stream)
+                assert safety["crisis"] and safety["unanswered"] == "busy" and finish == "stop", stream
+                assert text == HELP_OPEN + safety["notice"] + HELP_CLOSE + UNANSWERED["busy"], stream
+                assert "12356" in safety["notice"] and safety["resources"]
+            llm = ChatOpenAI(base_url=f"{url}/v1", api_key="x", model="psydt", max_retries=0, max_tokens=20)
+            for shown in (llm.invoke([HumanMessage(CRISIS)]).content,
+                          "".join(c.content for c in llm.stream([HumanMessage(CRISIS)]))):
+                assert shown.startswith(HELP_OPEN) and "12356" in shown and shown.endswith(UNANSWERED["busy"])
+            with pytest.raises(openai.RateLimitError):
+                call(url, D0[1]["content"])
+        assert held.result(120)[0] == D0[2]["content"]
+
+
+def test_a_crisis_turn_too_long_to_answer_still_gets_the_help(loaded):
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    app, backend = app_for(loaded, limit=200)
+    calls = []
+    real = backend.stream
+    backend.stream = lambda *a, **k: calls.append(1) or real(*a, **k)
+    long_crisis = CRISIS + "，" + "好" * 500
+    with in_process(app) as (url, _):
+        for stream in (False, True):
+            text, safety, finish = call(url, long_crisis, stream=stream)
+            assert safety["crisis"] and safety["unanswered"] == "too_long" and finish == "stop", stream
+            assert text == HELP_OPEN + safety["notice"] + HELP_CLOSE + UNANSWERED["too_long"], stream
+        shown = ChatOpenAI(base_url=f"{url}/v1", api_key="x", model="psydt", max_retries=0).invoke(
+            [HumanMessage(long_crisis)]).content
+        assert shown.startswith(HELP_OPEN) and "12356" in shown and shown.endswith(UNANSWERED["too_long"])
+        status, _, body = http("POST", f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "好" * 500}]})
+        assert status == 400 and body["error"]["code"] == "context_length_exceeded"  # a calm one keeps its 400
+        assert calls == [] and health(url)["running"] == 0
+
+
+def test_fields_the_server_cannot_honour_are_refused_by_name(server):
+    client = server.client()
+    hello = [{"role": "user", "content": "你好"}]
+    for field, value in (("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+                         ("response_format", {"type": "json_object"}), ("logprobs", True), ("top_logprobs", 2),
+                         ("frequency_penalty", 0.5), ("top_k", 5)):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="psydt", messages=hello, extra_body={field: value})
+        assert err.value.body["param"] == field and field in err.value.body["message"], field
+    status, _, body = http("POST", f"{server.url}/v1/chat/completions", {"messages": hello, "stream": "yes"})
+    assert status == 400 and body["error"]["param"] == "stream"
+    # what clients send that asks for nothing is accepted; enable_thinking is what this project's gateway and judge send
+    fine = client.chat.completions.create(model="psydt", messages=hello, max_tokens=5, user="u1", tools=[],
+                                          logprobs=False, frequency_penalty=0, presence_penalty=0.0, parallel_tool_calls=True,
+                                          response_format={"type": "text"}, n=1, stream=False,
+                                          extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert fine.choices[0].finish_reason in ("stop", "length")
+
+
+def test_the_history_window_is_told_to_the_client(server):
+    """The API keeps the last --history_turns (6) earlier turns, as the chat does; the response says so."""
+    msgs = []
+    for i in range(9):
+        msgs += [{"role": "user", "content": f"第{i}句"}, {"role": "assistant", "content": "嗯"}]
+    msgs.append({"role": "user", "content": D0[1]["content"]})
+    client = server.client()
+    reply = client.chat.completions.create(model="psydt", messages=msgs, max_tokens=5)
+    assert reply.history == {"window_turns": 6, "turns_sent": 9, "turns_used": 6, "turns_dropped": 3}
+    first = next(iter(client.chat.completions.create(model="psydt", messages=msgs[-3:], max_tokens=5, stream=True)))
+    assert first.history == {"window_turns": 6, "turns_sent": 1, "turns_used": 1, "turns_dropped": 0}
+
+
+@pytest.mark.parametrize("busy", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_ctrl_c_ends_the_server_with_130_and_no_traceback(tiny_model_dir, memorised_adapter, busy):
+    """Idle, and with a stream under way (it is allowed to finish): uvicorn raises SIGINT again once it has shut
+    down, which used to end the run with a KeyboardInterrupt traceback and exit 1."""
+    s = Server("--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+               "--max_new_tokens", "60")
+    try:
+        if busy:  # a stream admitted and under way when Ctrl-C comes: it is allowed to finish
+            stream = iter(s.client().chat.completions.create(
+                model="psydt", messages=[{"role": "user", "content": D0[1]["content"]}], stream=True, temperature=0))
+            next(stream)
+        s.proc.send_signal(signal.SIGINT)
+        if busy:
+            rest = list(stream)
+            assert "".join(c.choices[0].delta.content or "" for c in rest if c.choices) == D0[2]["content"]
+        assert s.proc.wait(60) == 130
+    finally:
+        log = s.stop()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log and "已停止" in log

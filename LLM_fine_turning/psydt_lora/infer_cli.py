@@ -14,6 +14,7 @@ and mapped onto the same subcommands. The parsers turn flags into typed frozen s
 GenerationSettings, export.run.ExportConfig); the programs receive those, never the namespace.
 """
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -138,7 +139,10 @@ def serve_flags(p) -> None:
     g.add_argument("--host", default="127.0.0.1", help="监听地址；只有本机能访问，给别人用时改成 0.0.0.0 并设置 API key")
     g.add_argument("--port", type=int, default=8000, help="端口；0 = 自动选一个空闲端口（启动时打印）")
     g.add_argument("--api_key", default=None, help="要求请求带上 Authorization: Bearer <key>（也可用环境变量 PSYDT_API_KEY）")
-    g.add_argument("--max_concurrency", type=int, default=8, help="同时接受的请求数，超出时返回 429")
+    g.add_argument("--max_concurrency", type=int, default=8, help="同时处理的请求数，超出的排队等待（见 --max_queue）")
+    g.add_argument("--max_queue", type=int, default=None,
+                   help="最多几个请求排队等位置（默认 --max_concurrency 的 4 倍；0 = 不排队），队列满时返回 429；危机消息排在最前")
+    g.add_argument("--queue_timeout", type=float, default=60.0, help="一个请求最多排队几秒，超时返回 429（带 Retry-After）")
     g.add_argument("--backend", choices=("hf", "openai"), default="hf",
                    help="hf：在本进程里用 transformers 生成；openai：转发给 vLLM / SGLang 等 OpenAI 兼容引擎，本进程只做安全层")
     g.add_argument("--backend_url", default=None, help="--backend openai 时引擎的地址，例如 http://127.0.0.1:8001/v1")
@@ -270,7 +274,8 @@ def server_settings(ns) -> ServerSettings:
         ns.host, ns.port, ns.api_key or os.environ.get("PSYDT_API_KEY") or None, ns.max_concurrency, ns.backend,
         ns.backend_url, ns.backend_model, ns.backend_api_key or os.environ.get("PSYDT_BACKEND_API_KEY"),
         ns.served_model_name, ns.max_body_bytes, tuple(o.strip() for o in (ns.cors_origins or "").split(",") if o.strip()),
-        ns.crisis_help_in_content)
+        ns.crisis_help_in_content, max_queue=4 * ns.max_concurrency if ns.max_queue is None else ns.max_queue,
+        queue_timeout=ns.queue_timeout)
 
 
 def check_flags(command: str, ns) -> None:
@@ -299,6 +304,8 @@ def check_flags(command: str, ns) -> None:
             raise PsyDTError("--backend openai 需要 --backend_url（例如 http://127.0.0.1:8001/v1）。")
         if not 0 <= ns.port < 65536 or ns.max_concurrency <= 0 or ns.max_body_bytes <= 0:
             raise PsyDTError("--port 必须在 0–65535 之间，--max_concurrency 和 --max_body_bytes 必须是正数。")
+        if (ns.max_queue is not None and ns.max_queue < 0) or not ns.queue_timeout > 0:
+            raise PsyDTError(f"--max_queue 不能是负数（收到 {ns.max_queue}），--queue_timeout 必须大于 0（收到 {ns.queue_timeout}）。")
         check_serve_extra(ns.backend)
     if command == "test" and ns.compare_base and (ns.no_adapter or ns.merge_lora):
         raise PsyDTError("--compare_base 需要加载未合并的 adapter：不能和 --no_adapter / --merge_lora 一起用。")
@@ -438,6 +445,20 @@ def batch_summary_lines(report, rt: runtime.Runtime, batch: BatchSettings) -> No
 
 
 def run_serve(inv: Invocation, record) -> int:
+    """The server; Ctrl-C, while loading or serving, ends it with one line and exit status 130."""
+    try:
+        return serve_until_stopped(inv, record)
+    except KeyboardInterrupt:
+        return stopped()
+
+
+def stopped() -> int:
+    with contextlib.suppress(OSError):  # stderr may be gone already (`... | tee log` ended by the same Ctrl-C)
+        print("\n[服务] 已停止（Ctrl-C）。", file=sys.stderr, flush=True)
+    return serving.INTERRUPTED
+
+
+def serve_until_stopped(inv: Invocation, record) -> int:
     """The HTTP API and chat page; with the openai backend a remote engine generates and no weights load here."""
     srv = inv.server
     rt = runtime.open_runtime(inv.model, inv.generation, inv.conversation, inv.safety, record, weights=not srv.remote)
@@ -446,7 +467,8 @@ def run_serve(inv: Invocation, record) -> int:
         model_name=srv.served_model_name, system=rt.system, history_turns=inv.conversation.history_turns,
         settings=rt.generation, max_tokens_cap=rt.generation.max_new_tokens, max_body_bytes=srv.max_body_bytes,
         api_key=srv.api_key, max_concurrency=srv.max_concurrency, disclaimer=DISCLAIMER,
-        help_in_content=srv.help_in_content, cors_origins=list(srv.cors_origins))
+        help_in_content=srv.help_in_content, cors_origins=list(srv.cors_origins), max_queue=srv.max_queue,
+        queue_timeout=srv.queue_timeout)
     if srv.remote:
         backend = serving.OpenAIBackend(srv.backend_url, srv.backend_model, srv.backend_api_key, rt.tokenizer,
                                         rt.context_limit)
@@ -458,9 +480,11 @@ def run_serve(inv: Invocation, record) -> int:
 
     def bound(port):  # the port bound (--port 0 picks a free one)
         print(f"[服务] 对话页面 http://{srv.host}:{port}/ ；OpenAI 兼容接口 http://{srv.host}:{port}/v1"
-              f"（模型名 {config.model_name}，最多同时处理 {config.max_concurrency} 个请求）。按 Ctrl-C 停止。", flush=True)
+              f"（模型名 {config.model_name}，最多同时处理 {config.max_concurrency} 个请求，另有 {config.max_queue} 个排队位置）。"
+              "按 Ctrl-C 停止。", flush=True)
 
-    serving.serve(serving.create_app(backend, rt.safety, config), srv.host, srv.port, bound)
+    if serving.serve(serving.create_app(backend, rt.safety, config), srv.host, srv.port, bound):
+        return stopped()
     return 0
 
 
@@ -476,24 +500,27 @@ def run_safety_eval(inv: Invocation) -> int:
     run is named, with why."""
     spec = inv.safety.guard
     cases = read_eval_cases(inv.eval_file)
-    layers, missing, guard = {"lexicon": lexicon_layer()}, {}, None
+    layers, missing, guard, check = {"lexicon": lexicon_layer()}, {}, None, None
     if spec != "none":
         loaded = (runtime.load_model(inv.model, None, inv.generation.enable_thinking) if spec == "base"
                   else runtime.Loaded(None, None, pick_device(inv.model.device), None))
         choice = load_guard(spec, inv.model.hub, loaded.model, loaded.tokenizer, loaded.device, lock=loaded.lock)
-        guard = choice.guard
+        guard, check = choice.guard or choice.rejected, choice.check  # one the start-up check switches off: measured too
         if guard is None:
             missing[spec] = choice.why
         else:
             layers[guard.name] = guard_layer(guard)
     print(f"[安全评估] 评估的层：{'、'.join(layers)}" + (f"；没能运行：{'、'.join(f'{k}（{v}）' for k, v in missing.items())}"
                                                  if missing else ""), flush=True)
+    if check is not None:  # the same figures the start line of chat, test and serve gives
+        print(f"[安全评估] 启动检查{'通过（对话和服务中会启用这一层）' if check.passed else '没通过（对话和服务中会关闭这一层）'}："
+              f"{check.figures()}")
     results = evaluate_layers(cases, layers, progress=(lambda it, desc: tqdm(it, desc=desc, leave=False)) if guard else None)
     print("\n".join(report_lines(results)))
     if guard is not None:
         print(f"[安全评估] 审核模型平均 {guard.ms_per_call():.0f} ms/次，格式不符 {guard.malformed} 次")
-    print(json.dumps({"file": str(inv.eval_file), "layers": list(layers), "not_run": missing, "results": results},
-                     ensure_ascii=False))
+    print(json.dumps({"file": str(inv.eval_file), "layers": list(layers), "not_run": missing, "results": results,
+                      "startup_check": check.as_dict() if check else None}, ensure_ascii=False))
     return 0
 
 

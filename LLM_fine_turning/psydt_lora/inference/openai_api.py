@@ -7,6 +7,10 @@ OpenAI's schema (so the `safety` object never reaches an app built on it), many 
 `content`. On a crisis turn the help therefore also travels at the start of the content, fenced as
 HELP_OPEN ... HELP_CLOSE so a page can render it apart; incoming history has it removed again so the
 model never sees it as something "it" said.
+
+A request field the server cannot honour (tools, a JSON response format, logprobs, penalties, an unknown
+field) is refused with a 400 naming it, rather than silently ignored; the fields clients send with a value
+that asks for nothing (`"tools": []`, `"logprobs": false`, `"user": ...`) are accepted.
 """
 import json
 from dataclasses import dataclass, field, replace
@@ -16,6 +20,35 @@ from psydt_lora.inference.generation import GenerationSettings
 HELP_OPEN = "```psydt-help\n"
 HELP_CLOSE = "\n```\n\n"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}  # developer: OpenAI's newer name
+# the fields read below; chat_template_kwargs is vLLM's (this project's gateway and judge send enable_thinking in it)
+HONOURED = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream",
+            "stream_options", "stop", "n", "chat_template_kwargs"}
+# nothing to do for them here (no account, no billing, no tools to run in parallel): accepted and ignored
+IGNORED = {"user", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "parallel_tool_calls"}
+# accepted only with a value that asks for nothing; any other value is refused with what cannot be done
+NEUTRAL = {
+    "tools": ((None, []), "不能调用工具（tools）"),
+    "functions": ((None, []), "不能调用工具（functions）"),
+    "tool_choice": ((None, "none", "auto"), "不能调用工具（tool_choice）"),
+    "function_call": ((None, "none", "auto"), "不能调用工具（function_call）"),
+    "response_format": ((None, {"type": "text"}), "不能保证输出格式：只支持 {\"type\": \"text\"}（response_format）"),
+    "logprobs": ((None, False), "不返回 logprobs"),
+    "top_logprobs": ((None, 0), "不返回 logprobs（top_logprobs）"),
+    "logit_bias": ((None, {}), "不支持 logit_bias"),
+    "frequency_penalty": ((None, 0), "不支持 frequency_penalty（只能是 0）"),
+    "presence_penalty": ((None, 0), "不支持 presence_penalty（只能是 0）"),
+    "modalities": ((None, ["text"]), "只输出文字（modalities 只能是 [\"text\"]）"),
+    "audio": ((None,), "不输出语音（audio）"),
+    "prediction": ((None,), "不支持 prediction"),
+    "reasoning_effort": ((None,), "不支持 reasoning_effort（思考模式由服务端的设置决定）"),
+    "web_search_options": ((None,), "不能联网搜索（web_search_options）"),
+    "store": ((None, False), "不保存任何对话（store 只能是 false）"),
+}
+# a crisis turn the server cannot answer still gets the help (see Completions): the line after the help block
+UNANSWERED = {
+    "busy": "（咨询师现在忙不过来，暂时没法回复这条消息。请先联系上面的求助热线或身边信任的人，稍后再发一次。）",
+    "too_long": "（这条消息太长，咨询师没法回复。请先联系上面的求助热线或身边信任的人，把话分成几条短一些的消息再发。）",
+}
 
 
 class RequestError(Exception):
@@ -106,8 +139,44 @@ def read_stop(value) -> list[str]:
     return [s for s in stops if s]
 
 
+def asks_nothing(value, neutral) -> bool:
+    """`value` is `neutral` (False is not 0, 0.0 is 0)."""
+    if neutral is None or isinstance(neutral, bool):
+        return value is neutral
+    if isinstance(neutral, int):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == neutral
+    return value == neutral
+
+
+def check_fields(body: dict) -> None:
+    """RequestError naming the first field this server cannot honour (see HONOURED, IGNORED, NEUTRAL)."""
+    for name, value in body.items():
+        if name in HONOURED or name in IGNORED:
+            continue
+        if name not in NEUTRAL:
+            raise RequestError(400, f"不支持请求参数 {name}：本服务不能按它生成，请去掉它。支持的参数："
+                                    f"{'、'.join(sorted(HONOURED))}", code="unsupported_parameter", param=name)
+        accepted, why = NEUTRAL[name]
+        if not any(asks_nothing(value, ok) for ok in accepted):
+            raise RequestError(400, f"{name} 不支持：本服务{why}，收到 {json.dumps(value, ensure_ascii=False)[:80]}",
+                               code="unsupported_parameter", param=name)
+
+
+def read_thinking(body: dict, default: bool) -> bool:
+    """vLLM's `chat_template_kwargs` as this server honours it: only `enable_thinking`."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return default
+    if not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"} or \
+            not isinstance(kwargs.get("enable_thinking", default), bool):
+        raise RequestError(400, "chat_template_kwargs 只支持 {\"enable_thinking\": true/false}", code="unsupported_parameter",
+                           param="chat_template_kwargs")
+    return kwargs.get("enable_thinking", default)
+
+
 def parse_request(body: dict, *, model: str, system: str | None, defaults: GenerationSettings, cap: int) -> ChatRequest:
     """A ChatRequest from an OpenAI chat request, or RequestError."""
+    check_fields(body)
     if body.get("model") not in (None, model):  # no model given: the one served (documented in the README)
         raise RequestError(404, f"模型 {body['model']!r} 不存在；本服务提供的模型是 {model!r}", code="model_not_found",
                            param="model")
@@ -121,15 +190,18 @@ def parse_request(body: dict, *, model: str, system: str | None, defaults: Gener
     do_sample = defaults.do_sample if temperature is None else temperature > 0
     settings = replace(defaults, max_new_tokens=read_max_tokens(body, defaults.max_new_tokens, cap), do_sample=do_sample,
                        temperature=defaults.temperature if not temperature else float(temperature),
-                       top_p=defaults.top_p if top_p is None else float(top_p))
+                       top_p=defaults.top_p if top_p is None else float(top_p),
+                       enable_thinking=read_thinking(body, defaults.enable_thinking))
     seed = body.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise RequestError(400, "seed 必须是整数", param="seed")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise RequestError(400, "stream_options 必须是对象，例如 {\"include_usage\": true}", param="stream_options")
-    return ChatRequest(messages, settings, seed, bool(body.get("stream")), bool(options.get("include_usage")),
-                       read_stop(body.get("stop")))
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError(400, f"stream 必须是 true 或 false，收到 {json.dumps(stream, ensure_ascii=False)[:40]}", param="stream")
+    return ChatRequest(messages, settings, seed, bool(stream), bool(options.get("include_usage")), read_stop(body.get("stop")))
 
 
 def chunk(rid: str, model: str, created: int, delta: dict, finish=None, **extra) -> str:

@@ -1,9 +1,12 @@
 """The counsellor over HTTP: an OpenAI-compatible chat API (FastAPI + uvicorn) with the safety layer in
 front of the model, and a small chat page at `/`.
 
-Backends: `hf` generates in this process (one reply at a time on the model, at most `max_concurrency`
-requests admitted, the rest answered 429); `openai` forwards generation to any OpenAI-compatible engine
-(vLLM, SGLang, another instance of this server) while this process stays the safety gateway.
+Backends: `hf` generates in this process (one reply at a time on the model); `openai` forwards generation
+to any OpenAI-compatible engine (vLLM, SGLang, another instance of this server) while this process stays
+the safety gateway. Either way at most `max_concurrency` requests are admitted, up to `max_queue` more wait
+for a place (`queue_timeout` seconds at most, crisis turns first), and the rest are answered 429 with a
+Retry-After -- except a crisis turn, which the lexicon finds before admission: refused or too long, it is
+answered 200 with the help and a line saying why there is no reply (`safety.unanswered`).
 
 Every request goes through `conversation.prepare_turn` -- the same history window, crisis detection,
 safety instruction and context fitting as the terminal chat -- and its reply through the same reply
@@ -16,6 +19,7 @@ import contextlib
 import hmac
 import html
 import json
+import math
 import threading
 import time
 import uuid
@@ -24,12 +28,15 @@ from pathlib import Path
 
 from psydt_lora.inference.conversation import prepare_turn, reply_screen
 from psydt_lora.inference.generation import GenerationSettings, stream_reply
-from psydt_lora.inference.openai_api import (HELP_CLOSE, HELP_OPEN, ChatRequest, RequestError, StopCut, chunk, error_body, error_event,
-                                             help_block, parse_request, usage_chunk)
+from psydt_lora.inference.openai_api import (HELP_CLOSE, HELP_OPEN, UNANSWERED, ChatRequest, RequestError, StopCut, chunk,
+                                             error_body, error_event, help_block, parse_request, usage_chunk)
+from psydt_lora.prompt import round_starts
+from psydt_lora.safety.rules import Detection, detect
 
 PAGE = Path(__file__).with_name("web") / "chat.html"
 ICON = Path(__file__).with_name("web") / "favicon.svg"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+INTERRUPTED = 130  # the exit status after Ctrl-C (128 + SIGINT), as shells report it
 
 
 @dataclass
@@ -45,6 +52,8 @@ class ServeConfig:
     cors_origins: list = field(default_factory=list)
     disclaimer: str = ""
     help_in_content: bool = True  # a crisis turn's help also leads the reply's content (--crisis_help_in_content)
+    max_queue: int = 0  # requests that may wait for a place (--max_queue); 0: refused at once when all are taken
+    queue_timeout: float = 60.0  # seconds a request waits in the queue before it is refused (--queue_timeout)
 
 
 # -- backends ----------------------------------------------------------------------------------------
@@ -135,20 +144,58 @@ class OpenAIBackend:
 
 # -- one request ---------------------------------------------------------------------------------------
 class Admission:
-    """At most `limit` requests in flight. The check and the count happen with no `await` between them,
-    and every request runs on the one event loop, so two requests can never both take the last place."""
+    """At most `limit` requests in flight and at most `queue` waiting for a place, each for up to `timeout`
+    seconds (then refused); a crisis turn waits ahead of the others. The check and the count happen with no
+    `await` between them, and every request runs on the one event loop, so two requests can never both take
+    the last place. A place given back goes straight to the first waiter (it is never free in between)."""
 
-    def __init__(self, limit: int):
-        self.limit, self.taken = limit, 0
+    def __init__(self, limit: int, queue: int = 0, timeout: float = 60.0):
+        self.limit, self.queue, self.timeout, self.taken = limit, queue, timeout, 0
+        self.waiting: list = []  # (urgent, future), in the order they are served
+        self.hold = 1.0  # seconds a request keeps its place, a moving average (for Retry-After)
 
-    def enter(self) -> bool:
-        if self.taken >= self.limit:
-            return False
-        self.taken += 1
-        return True
+    async def enter(self, urgent: bool = False) -> str | None:
+        """None once admitted; "full" (no room to wait) or "timeout" (waited `timeout` seconds) when refused."""
+        if self.taken < self.limit and not self.waiting:
+            self.taken += 1
+            return None
+        if len(self.waiting) >= self.queue:
+            return "full"
+        place = asyncio.get_running_loop().create_future()
+        ahead = sum(1 for u, _ in self.waiting if u) if urgent else len(self.waiting)
+        self.waiting.insert(ahead, (urgent, place))
+        try:
+            await asyncio.wait_for(asyncio.shield(place), self.timeout)
+            return None
+        except asyncio.TimeoutError:
+            return None if self._withdraw(place) else "timeout"
+        except asyncio.CancelledError:  # the client went away while waiting: a place already given passes on
+            if self._withdraw(place):
+                self.leave()
+            raise
 
-    def leave(self) -> None:
-        self.taken -= 1
+    def _withdraw(self, place) -> bool:
+        """Out of the queue; True when the place had been given to it in the meantime."""
+        self.waiting = [w for w in self.waiting if w[1] is not place]
+        if place.done():
+            return True
+        place.cancel()
+        return False
+
+    def leave(self, held: float | None = None) -> None:
+        if held is not None:
+            self.hold = 0.8 * self.hold + 0.2 * held
+        if self.waiting:
+            self.waiting.pop(0)[1].set_result(None)  # the place moves to the first waiter: `taken` is unchanged
+        else:
+            self.taken -= 1
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely moved on by one: the waiting ahead times the time a place is held."""
+        return max(1, min(60, math.ceil(self.hold * (len(self.waiting) + 1) / self.limit)))
+
+    def state(self) -> dict:
+        return {"running": self.taken, "queued": len(self.waiting), "max_concurrency": self.limit, "max_queue": self.queue}
 
 
 def safety_block(safety, turn, screened: bool = False) -> dict:
@@ -204,7 +251,7 @@ async def stream_events(backend, safety, config, turn, request: ChatRequest, rid
     model = config.model_name
     reply, outcome = Reply(safety, turn, request, config.help_in_content), Outcome()
     yield chunk(rid, model, created, {"role": "assistant", "content": reply.lead}, safety=safety_block(safety, turn),
-                max_tokens=request.settings.max_new_tokens)
+                max_tokens=request.settings.max_new_tokens, history=history_used(request, turn, config))
     try:
         async for shown in generate(backend, reply, turn, request, outcome):
             yield chunk(rid, model, created, {"content": shown})
@@ -230,8 +277,59 @@ async def complete(backend, safety, config, turn, request: ChatRequest, rid, cre
                      "finish_reason": outcome.finish_reason}],
         "usage": usage(outcome),
         "max_tokens": request.settings.max_new_tokens,
+        "history": history_used(request, turn, config),
         "safety": safety_block(safety, turn, screened),
     }
+
+
+def history_used(request: ChatRequest, turn, config) -> dict:
+    """How many of the earlier turns (a user message and the reply to it) the request sent reached the model:
+    the last `--history_turns` of them, fewer when the context is too short for those."""
+    sent, used = len(round_starts(request.messages)) - 1, len(round_starts(turn.messages)) - 1
+    return {"window_turns": config.history_turns, "turns_sent": sent, "turns_used": used, "turns_dropped": sent - used}
+
+
+# -- a crisis turn that cannot be answered still gets the help ------------------------------------------------
+def words_only(safety, messages) -> Detection:
+    """The lexicon alone on the user's turn (no model: cheap enough to run before admission). The guard, when
+    there is one, still judges every admitted turn (prepare_turn)."""
+    if not safety.enabled:
+        return Detection()
+    found = detect(messages[-1]["content"])
+    found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
+    return found
+
+
+def unanswered_block(safety, detection, why: str) -> dict:
+    return {**safety.response_block(detection), "unanswered": why}
+
+
+def unanswered_text(safety, detection, why: str, help_in_content: bool) -> tuple[str, str]:
+    """(the help block, the line saying why there is no reply): the help leads as on any crisis turn."""
+    return help_block(safety.notice(detection)) if help_in_content else "", UNANSWERED[why]
+
+
+def unanswered(safety, config, detection, why: str, request: ChatRequest):
+    """A normal completion (or stream) whose content is the help and a line saying why the counsellor does not
+    answer ("busy" | "too_long"): every client shows it. Status 200, finish_reason "stop", no tokens."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), config.model_name
+    lead, line = unanswered_text(safety, detection, why, config.help_in_content)
+    block, nothing = unanswered_block(safety, detection, why), usage(Outcome())
+    if not request.stream:
+        return JSONResponse({
+            "id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": lead + line}, "finish_reason": "stop"}],
+            "usage": nothing, "max_tokens": request.settings.max_new_tokens, "safety": block})
+    events = [chunk(rid, model, created, {"role": "assistant", "content": lead}, safety=block,
+                    max_tokens=request.settings.max_new_tokens),
+              chunk(rid, model, created, {"content": line}),
+              chunk(rid, model, created, {}, finish="stop", safety=block)]
+    if request.include_usage:
+        events.append(usage_chunk(rid, model, created, nothing))
+    return StreamingResponse(iter([*events, "data: [DONE]\n\n"]), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store"})
 
 
 def too_long(turn, request: ChatRequest, limit: int) -> RequestError:
@@ -303,58 +401,74 @@ def openai_errors(app) -> None:
 
 
 class Completions:
-    """POST /v1/chat/completions: parse, admit, prepare the turn, answer (whole or streamed)."""
+    """POST /v1/chat/completions: parse, screen the user's turn with the lexicon, admit (or queue), prepare the
+    turn, answer (whole or streamed). A crisis turn is never refused: busy or too long, it gets the help."""
 
     def __init__(self, backend, safety, config: ServeConfig):
         self.backend, self.safety, self.config = backend, safety, config
-        self.admission = Admission(config.max_concurrency)
+        self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
 
     async def __call__(self, request):
-        from fastapi.responses import JSONResponse
-
-        config = self.config
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return fail(RequestError(400, "请求体不是合法的 JSON"))
-        try:
-            chat = parse_request(body if isinstance(body, dict) else {}, model=config.model_name, system=config.system,
-                                 defaults=config.settings, cap=config.max_tokens_cap)
+            chat = self.read(await request.body())
         except RequestError as err:
             return fail(err)
-        if not self.admission.enter():  # before any await: see Admission
-            return fail(RequestError(429, f"服务繁忙：已有 {config.max_concurrency} 个请求在处理，请稍后重试",
-                                     "rate_limit_exceeded", code="rate_limit_exceeded"), headers={"Retry-After": "1"})
-        stream = None
+        seen = words_only(self.safety, chat.messages)  # before admission: a crisis turn waits first, and is never refused
+        refused = await self.admission.enter(urgent=seen.crisis)
+        if refused:
+            return unanswered(self.safety, self.config, seen, "busy", chat) if seen.crisis else self.busy(refused)
+        started, stream = time.monotonic(), None
         try:
             turn = await self.turn_for(chat)
-            rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            if chat.stream:  # the place is given back when the stream ends (see held_stream)
-                events = stream_events(self.backend, self.safety, config, turn, chat, rid, created)
-                stream = held_stream(events, self.admission.leave)
-                return stream
-            try:
-                return JSONResponse(await complete(self.backend, self.safety, config, turn, chat, rid, created))
-            except Exception as err:  # the engine failed: say so, never a traceback to the client
-                return fail(RequestError(502, f"生成失败：{type(err).__name__}", "backend_error"))
+            if turn.overflow:
+                if turn.crisis:
+                    return unanswered(self.safety, self.config, turn.detection, "too_long", chat)
+                return fail(too_long(turn, chat, self.backend.limit))
+            stream = await self.answer(chat, turn, lambda: self.admission.leave(time.monotonic() - started))
+            return stream
         except RequestError as err:
             return fail(err)
         finally:
-            if stream is None:
-                self.admission.leave()
+            if stream is None or not chat.stream:  # a stream gives its place back when it ends (see held_stream)
+                self.admission.leave(time.monotonic() - started)
+
+    def read(self, raw: bytes) -> ChatRequest:
+        config = self.config
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError(400, "请求体不是合法的 JSON") from None
+        return parse_request(body if isinstance(body, dict) else {}, model=config.model_name, system=config.system,
+                             defaults=config.settings, cap=config.max_tokens_cap)
+
+    def busy(self, why: str):
+        """429 with Retry-After: the queue is full, or the wait in it ran out."""
+        config = self.config
+        text = (f"服务繁忙：{config.max_concurrency} 个请求正在处理，排队的 {config.max_queue} 个位置也满了，请稍后重试"
+                if why == "full" else f"服务繁忙：排队 {config.queue_timeout:g} 秒仍没有轮到，请稍后重试")
+        return fail(RequestError(429, text, "rate_limit_exceeded", code="rate_limit_exceeded"),
+                    headers={"Retry-After": str(self.admission.retry_after())})
+
+    async def answer(self, chat: ChatRequest, turn, release):
+        """The reply, streamed (its place given back by `release` when the stream ends) or whole."""
+        from fastapi.responses import JSONResponse
+
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if chat.stream:
+            return held_stream(stream_events(self.backend, self.safety, self.config, turn, chat, rid, created), release)
+        try:
+            return JSONResponse(await complete(self.backend, self.safety, self.config, turn, chat, rid, created))
+        except Exception as err:  # the engine failed: say so, never a traceback to the client
+            return fail(RequestError(502, f"生成失败：{type(err).__name__}", "backend_error"))
 
     async def turn_for(self, chat: ChatRequest):
-        """The request's turn (history window, crisis detection, context), or RequestError when even its
-        last message cannot fit: refused before any generation."""
-        limit = getattr(self.backend, "limit", None)
+        """The request's turn: history window, crisis detection (both layers), context fitted (`overflow` when
+        even its last message cannot fit: refused before any generation)."""
         # rendering and the guard model are blocking work: off the event loop, so other streams keep flowing
-        turn = await asyncio.to_thread(
+        return await asyncio.to_thread(
             prepare_turn, chat.messages, safety=self.safety, history_turns=self.config.history_turns,
             tokenizer=getattr(self.backend, "tokenizer", None), max_new_tokens=chat.settings.max_new_tokens,
-            limit=limit, enable_thinking=chat.settings.enable_thinking)
-        if turn.overflow:
-            raise too_long(turn, chat, limit)
-        return turn
+            limit=getattr(self.backend, "limit", None), enable_thinking=chat.settings.enable_thinking)
 
 
 def create_app(backend, safety, config: ServeConfig):
@@ -372,9 +486,11 @@ def create_app(backend, safety, config: ServeConfig):
                 return fail(RequestError(401, "API key 不正确（Authorization: Bearer <key>）", code="invalid_api_key"))
         return await call_next(request)
 
+    completions = Completions(backend, safety, config)
+
     @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok"}
+    async def healthz():  # with the admission's counts: running, queued and their limits
+        return {"status": "ok", **completions.admission.state()}
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -397,8 +513,6 @@ def create_app(backend, safety, config: ServeConfig):
             return fail(RequestError(404, f"模型 {name!r} 不存在；本服务提供的模型是 {config.model_name!r}",
                                      code="model_not_found", param="model"))
         return card
-
-    completions = Completions(backend, safety, config)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -437,12 +551,18 @@ def render_page(config: ServeConfig, safety) -> str:
     return PAGE.read_text("utf-8").replace("__PSYDT_INFO__", blob)
 
 
-def serve(app, host: str, port: int, announce=print) -> None:
+def serve(app, host: str, port: int, announce=print) -> int:
     """Run until SIGINT/SIGTERM; in-flight streams are allowed to finish (up to 30 s). The socket is bound
-    first and `announce(port)` told the port it got, so `--port 0` takes a free one and says which."""
+    first and `announce(port)` told the port it got, so `--port 0` takes a free one and says which.
+    Returns 130 after Ctrl-C: uvicorn shuts down gracefully, then raises the signal again, and that
+    KeyboardInterrupt is the end of the run, not an error (SIGTERM's default action ends the process)."""
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
     sock = config.bind_socket()
     announce(sock.getsockname()[1])
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    return 0

@@ -59,6 +59,8 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     cors_origins: tuple = field(default_factory=tuple)
     help_in_content: bool = True
+    max_queue: int = 32  # requests waiting for a place (--max_queue; the CLI's default is 4 x --max_concurrency)
+    queue_timeout: float = 60.0  # seconds one may wait for a place before it is refused (--queue_timeout)
 
     @property
     def remote(self) -> bool:
