@@ -353,6 +353,8 @@ def test_each_reply_rule_matches_its_own_examples(rule):
         assert pattern.search(normalize(text)) and harmful_reply(text), (rule["id"], text)
     for text in rule["examples"]["no_match"]:
         assert not pattern.search(normalize(text)) and not harmful_reply(text), (rule["id"], text)
+    for text in rule["examples"].get("kept", []):  # the pattern is there, the rule's `unless` lets the reply through
+        assert rule.get("unless") and pattern.search(normalize(text)) and not harmful_reply(text), (rule["id"], text)
 
 
 def test_ids_are_unique():
@@ -371,7 +373,7 @@ def test_each_policy_entry_is_what_drops_its_examples(entry):
     without = {**rules, "policy": [p for p in rules["policy"] if p.id != entry["id"]]}
     for text in entry["examples"]["dropped"]:
         assert not detect(text).crisis, (entry["id"], text)
-        assert detect(text, without).crisis, (entry["id"], text)
+        assert detect(text, rules=without).crisis, (entry["id"], text)
 
 
 def test_not_joking_strengthens_and_never_cancels():
@@ -387,7 +389,7 @@ def test_each_benign_entry_is_what_silences_its_examples(entry):
     without = load_rules(without_benign=(entry["id"],))
     for text in entry["examples"]["silenced"]:
         assert not detect(text).crisis, (entry["id"], text)
-        assert detect(text, without).crisis, (entry["id"], text)
+        assert detect(text, rules=without).crisis, (entry["id"], text)
 
 
 def test_questions_and_particles_are_not_negations():

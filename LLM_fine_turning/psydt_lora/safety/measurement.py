@@ -1,7 +1,9 @@
 """Measuring the safety layers: recall and false alarms of each layer, and of any of them, on lists of texts.
 
 `--safety_eval FILE` reads one of three shapes:
-  * this project's lists: `{"positive", "negative", "harmful_replies", "safe_replies"}` (any subset);
+  * this project's lists: `{"positive", "negative", "harmful_replies", "safe_replies"}` (any subset); an item is a
+    string or an object `{"text", "kind"?, "context"? | "messages"?}`: `context` is the counsellor's turn before the
+    text, `messages` the turns before it; figures are given per list and, where items have kinds, per kind;
   * SOS-HL-1K (`[{"text", "risk": "high" | "low"}]`, Weibo posts): of its training split, only the part held
     back from rule development (the frozen split in `data/sos_hl_split.json`) is measured; its validation and
     test splits (no post of them in the frozen split) are measured whole; "high" posts must fire, "low"
@@ -27,6 +29,23 @@ LIST_NAMES = {"positive": "危机（应检出）", "negative": "非危机（不�
 MEASURE_NAMES = {"recall": "召回率", "false_alarm_rate": "误报率", "fired_rate": "触发率"}
 SOS_SPLIT = DATA / "sos_hl_split.json"
 UNRELATED = "与自杀/自伤/攻击行为无关"  # PsySUICIDE's "none of these" class
+
+
+ROLES = ("system", "user", "assistant")
+
+
+class Case(str):
+    """One text to check, with its kind and the turns before it; a str, so a check of a plain text takes it."""
+
+    def __new__(cls, text: str, kind: str | None = None, messages=()):
+        case = super().__new__(cls, text)
+        case.kind, case.messages = kind, list(messages)
+        return case
+
+    def asked(self) -> str | None:
+        """The counsellor's turn right before the text, if the turn before it is one."""
+        before = getattr(self, "messages", None)
+        return before[-1]["content"] if before and before[-1]["role"] == "assistant" else None
 
 
 def post_hash(text: str) -> str:
@@ -57,7 +76,9 @@ def sos_cases(posts: list, part: str = "heldout") -> dict:
 
 
 def psysuicide_cases(items: list) -> dict:
-    return {"positive": [i["text"] for i in items if set(i["labels"]) != {UNRELATED}],
+    """Every class but 'unrelated' must fire; each item's kind is its first such class (figures per class)."""
+    return {"positive": [Case(i["text"], next(lab for lab in i["labels"] if lab != UNRELATED))
+                         for i in items if set(i["labels"]) != {UNRELATED}],
             "negative": [i["text"] for i in items if set(i["labels"]) == {UNRELATED}]}
 
 
@@ -89,12 +110,33 @@ def read_eval_cases(path) -> dict:
         if items is None:
             continue
         if not isinstance(items, list):
-            raise PsyDTError(f"--safety_eval {path} 的字段 {name} 必须是字符串列表。")
-        for i, text in enumerate(items):
-            if not isinstance(text, str) or not text.strip():
-                raise PsyDTError(f"--safety_eval {path} 的 {name}[{i}] 必须是非空字符串。")
-        cases[name] = items
+            raise PsyDTError(f"--safety_eval {path} 的字段 {name} 必须是字符串列表（或对象列表）。")
+        cases[name] = [_read_case(path, f"{name}[{i}]", item) for i, item in enumerate(items)]
     return cases
+
+
+def _read_case(path: Path, where: str, item) -> str:
+    """A list item: a non-empty string, or {"text", "kind"?, "context"? | "messages"?}."""
+    if isinstance(item, str) and item.strip():
+        return item
+    if not isinstance(item, dict):
+        raise PsyDTError(f"--safety_eval {path} 的 {where} 必须是非空字符串，或含 \"text\" 的对象。")
+    text, kind, context, messages = (item.get(k) for k in ("text", "kind", "context", "messages"))
+    if not isinstance(text, str) or not text.strip():
+        raise PsyDTError(f"--safety_eval {path} 的 {where} 需要非空字符串字段 \"text\"。")
+    if kind is not None and not isinstance(kind, str):
+        raise PsyDTError(f"--safety_eval {path} 的 {where} 的字段 \"kind\" 必须是字符串。")
+    if context is not None and messages is not None:
+        raise PsyDTError(f"--safety_eval {path} 的 {where}：\"context\" 和 \"messages\" 只能给一个。")
+    if context is not None:
+        if not isinstance(context, str):
+            raise PsyDTError(f"--safety_eval {path} 的 {where} 的字段 \"context\"（前一轮咨询师的话）必须是字符串。")
+        messages = [{"role": "assistant", "content": context}]
+    for j, m in enumerate(messages or []):
+        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+            raise PsyDTError(f"--safety_eval {path} 的 {where}.messages[{j}] 必须是 "
+                             "{\"role\": system/user/assistant, \"content\": 字符串}。")
+    return Case(text, kind, messages or [])
 
 
 def evaluate_layers(cases: dict, layers: dict, progress=None) -> dict:
@@ -110,8 +152,23 @@ def evaluate_layers(cases: dict, layers: dict, progress=None) -> dict:
             fired[layer] = [check(t) for t in texts]
         if len(layers) > 1:
             fired["any"] = [any(f) for f in zip(*fired.values())]
-        out[name] = {layer: {"n": len(items), "fired": sum(f), measure: round(sum(f) / len(items), 4) if items else None}
-                     for layer, f in fired.items()}
+        out[name] = {layer: _figures(items, f, measure) for layer, f in fired.items()}
+    return out
+
+
+def _rate(fired: list, measure: str) -> dict:
+    return {"n": len(fired), "fired": sum(fired), measure: round(sum(fired) / len(fired), 4) if fired else None}
+
+
+def _figures(items: list, fired: list, measure: str) -> dict:
+    """A list's figures; `by_kind` beside them where its items have kinds."""
+    out = _rate(fired, measure)
+    kinds = [getattr(item, "kind", None) for item in items]
+    if any(kinds):
+        by_kind = {}
+        for k, f in zip(kinds, fired):
+            by_kind.setdefault(k or "（未标注）", []).append(f)
+        out["by_kind"] = {k: _rate(f, measure) for k, f in by_kind.items()}
     return out
 
 
@@ -122,21 +179,30 @@ def report_lines(results: dict) -> list[str]:
         for layer, r in per_layer.items():
             rate = "—" if r[measure] is None else f"{r[measure]:.3f}"
             lines.append(f"[安全评估] {LIST_NAMES[name]} · {layer}：{r['fired']}/{r['n']}，{MEASURE_NAMES[measure]} {rate}")
+            lines += [f"[安全评估]   · {kind}：{k['fired']}/{k['n']}，{MEASURE_NAMES[measure]} {k[measure]:.3f}"
+                      for kind, k in r.get("by_kind", {}).items()]
     return lines
 
 
+def _before(text) -> list:
+    return list(getattr(text, "messages", []))
+
+
 def lexicon_layer():
-    return lambda text: detect(text).crisis, harmful_reply
+    """The lexicon's checks: a user turn with the counsellor's turn before it (a Case's), a reply."""
+    return lambda text: detect(text, asked=Case.asked(text)).crisis, harmful_reply
 
 
 def guard_layer(guard):
-    """A guard's checks for `evaluate_layers`; a malformed verdict counts as not fired."""
+    """A guard's checks for `evaluate_layers` (a user turn with the turns before it); a malformed verdict
+    counts as not fired."""
     def user(text):
-        verdict = guard.check_user([{"role": "user", "content": text}])
+        verdict = guard.check_user(_before(text) + [{"role": "user", "content": str(text)}])
         return verdict is not None and bool(verdict.crisis_categories)
 
     def reply(text):
-        verdict = guard.check_reply("", text)
+        users = [m["content"] for m in _before(text) if m["role"] == "user"]
+        verdict = guard.check_reply(users[-1] if users else "", str(text))
         return verdict is not None and verdict.unsafe
 
     return user, reply

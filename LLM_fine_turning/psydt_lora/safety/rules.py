@@ -1,7 +1,9 @@
 """The lexicon: crisis language in a user's turn, harmful content in a reply, by rules kept as data.
 
-The rules, their examples and the policy that drops hits live in `data/lexicon.json`. Nothing here logs
-or uploads text.
+The rules, their examples and the policy that drops hits live in `data/lexicon.json`. Text is brought to one
+form first (NFKC, lower case, traditional -> simplified by OpenCC, the variant spellings of `variants`); the
+words around a hit are read as words (jieba), so a negation is a word (不想, 没有, 别) and never a character
+inside another word (特别, 告别). Nothing here logs or uploads text.
 """
 import json
 import re
@@ -10,9 +12,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import opencc
+
 DATA = Path(__file__).resolve().parent / "data"
 LEXICON = DATA / "lexicon.json"
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
+_CLAUSE = re.compile(r"[，。！？；,.!?;…\n]")
+_SENTENCE = re.compile(r"[。！？!?\n]")
 
 CATEGORY_NAMES = {"suicide": "自杀风险", "self_harm": "自伤", "harm_others": "伤害他人", "abuse": "正在遭受暴力或虐待"}
 
@@ -24,9 +30,11 @@ class Detection:
     level: str | None = None  # "concern" or "imminent"
     matches: list = field(default_factory=list)  # (category, level, matched text) -- kept local only
     layers: dict = field(default_factory=dict)  # what each layer said: {"lexicon": {...}, "qwen3guard": {...}}
+    check_in: bool = False  # crisis words told as a resolved past: no crisis notice, a gentle check-in instead
 
     def as_dict(self) -> dict:
-        return {"crisis": self.crisis, "categories": self.categories, "level": self.level, "layers": self.layers}
+        out = {"crisis": self.crisis, "categories": self.categories, "level": self.level, "layers": self.layers}
+        return {**out, "check_in": True} if self.check_in else out
 
 
 @dataclass
@@ -34,7 +42,7 @@ class _Rule:
     id: str
     category: str
     level: str
-    kind: str  # strong, mention, violence_word (see lexicon.json "policy")
+    kind: str  # strong, mention, violence_word, bare, disclosure (see lexicon.json "policy")
     regex: re.Pattern
 
 
@@ -52,33 +60,59 @@ class _Policy:
                 and (not self.categories or category in self.categories))
 
 
+def _alternation(patterns) -> re.Pattern:
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def _words(data: dict) -> dict:
+    words = data["negation_words"]
+    return {"negation_words": set(words["words"]), "negation_heads": words["heads"],
+            "not_negation_words": set(words["not_negation"]), "negation_chars": re.compile(f"[{words['heads']}]"),
+            "stop_words": set(words["stop"])}
+
+
 @lru_cache(maxsize=4)
 def load_rules(path=LEXICON, without_benign: tuple = ()):
     """The compiled lexicon; `without_benign` leaves those benign_rules ids out (tests prove each is needed)."""
     data = json.loads(Path(path).read_text("utf-8"))
     benign = [p for r in data.get("benign_rules", {}).get("rules", []) if r["id"] not in without_benign
               for p in r["patterns"]] + data["benign"]
-    rules = [_Rule(r["id"], r["category"], r["level"], r["kind"], re.compile("|".join(f"(?:{p})" for p in r["patterns"])))
+    rules = [_Rule(r["id"], r["category"], r["level"], r["kind"], _alternation(r["patterns"]))
              for r in data["rules"] + data.get("kinds", {}).get("rules", [])]
     policy = [_Policy(p["id"], p["when"], p["unless"], p["kinds"], p.get("levels", []), p.get("categories", []))
               for p in data["policy"]["rules"]]
     combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
+    reply = data["harmful_reply"]
+    harmful = [(_alternation(reply["patterns"]), None)] + [
+        (_alternation(rule["patterns"]), re.compile(rule["unless"]) if rule.get("unless") else None)
+        for rule in reply.get("rules", [])]
     return {
-        "benign": re.compile("|".join(f"(?:{p})" for p in benign)),
-        "negation": re.compile(data["negation"]),
+        "benign": _alternation(benign),
+        "variants": [(re.compile(v["pattern"]), v["to"]) for v in data["variants"]["rules"]],
         "not_negation": re.compile(data["negation_exceptions"]),
         "negation_en": re.compile(data["negation_en"]),
+        **_words(data),
         "context": {k: re.compile(v) for k, v in data["weak_context"].items()},
+        "frames": {k: re.compile(v) for k, v in data["frames"].items() if k != "about"},
+        "answers": {k: re.compile(v) for k, v in data["answers"]["patterns"].items()},
+        "answer_max": data["answers"]["max_chars"],
         "policy": policy,
         "rules": rules,
         "combos": combos,
-        "harmful": re.compile("|".join(f"(?:{p})" for p in data["harmful_reply"]["patterns"] + [
-            q for rule in data["harmful_reply"].get("rules", []) for q in rule["patterns"]])),
+        "harmful": harmful,
     }
 
 
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
+@lru_cache(maxsize=1)
+def _converter():
+    return opencc.OpenCC("t2s")
+
+
+def normalize(text: str, rules=None) -> str:
+    """One form for matching: NFKC, lower case, simplified characters, variant spellings, no gaps between CJK."""
+    text = _converter().convert(unicodedata.normalize("NFKC", text).lower())
+    for rx, to in (rules or load_rules())["variants"]:
+        text = rx.sub(to, text)
     return _CJK_GAP.sub("", text)
 
 
@@ -86,44 +120,144 @@ def _blank(match) -> str:
     return "□" * len(match.group(0))
 
 
-def _negated(text: str, start: int, rules) -> bool:
-    """A negation closes the clause right before the match ("不会", "从来没想过" ...); phrases like
-    "忍不住" / "控制不住" contain 不 but are not negations."""
-    before = rules["not_negation"].sub(_blank, text[:start])
-    return bool(rules["negation"].search(before) or rules["negation_en"].search(before))
+@lru_cache(maxsize=1)
+def _segmenter():
+    import jieba  # lazy: its dictionary takes about half a second to load, once, on the first negation read
+
+    jieba.setLogLevel(60)
+    jieba.initialize()
+    return jieba
 
 
-def detect(text: str, rules=None) -> Detection:
-    """Crisis signals in one user turn: rule hits, minus those a negation or an active policy entry drops."""
+def words(text: str) -> list[str]:
+    """The words of a short span (jieba, dictionary only: the same text always gives the same words)."""
+    return _segmenter().lcut(text, HMM=False)
+
+
+def _is_negation(word: str, r) -> bool:
+    if word in r["negation_words"]:
+        return True
+    return len(word) <= 3 and word[0] in r["negation_heads"] and word not in r["not_negation_words"]
+
+
+def _negated(text: str, start: int, r) -> bool:
+    """A negation word closes the clause right before the match (不会, 从来没, 别 ...), at most a few characters
+    and no pronoun or particle between; a character of another word (特别, 告别) is no negation, nor are
+    忍不住 / 控制不住 (negation_exceptions)."""
+    clause = _CLAUSE.split(text[:start])[-1]
+    if r["negation_en"].search(clause):
+        return True
+    before = r["not_negation"].sub(_blank, clause)[-8:]
+    if not r["negation_chars"].search(before):
+        return False
+    between = 0
+    for word in reversed(words(before)):
+        if _is_negation(word, r):
+            return True
+        between += len(word)
+        if word in r["stop_words"] or between > 3:
+            return False
+    return False
+
+
+def _clause_of(text: str, m) -> tuple[str, str]:
+    """The clause a match sits in, and the part of it before the match."""
+    head = _CLAUSE.split(text[:m.start()])[-1]
+    tail = _CLAUSE.split(text[m.start():])[0]
+    return head + tail, head
+
+
+def _self_directed(text: str, m, r) -> bool:
+    """A bare death word counts only about the speaker: nobody else named before it in its clause, and 'I' in
+    the clause or, the subject dropped as Chinese does, a wish or a question of how (怎么样可以慢慢死掉)."""
+    clause, head = _clause_of(text, m)
+    frames = r["frames"]
+    if frames["others"].search(head):
+        return False
+    return bool(frames["self"].search(clause) or frames["wish"].search(clause))
+
+
+def _rule_hits(t: str, r, dropped) -> list:
+    hits = []
+    for rule in r["rules"]:
+        if rule.kind != "disclosure" and dropped(rule.kind, rule.level, rule.category):
+            continue  # an attempt or a lethal-amount question is never dropped by a context word
+        hits += [(rule.category, rule.level, m.group(0)) for m in rule.regex.finditer(t) if not _negated(t, m.start(), r)
+                 and (rule.kind != "bare" or _self_directed(t, m, r))]
+    return hits
+
+
+def _combo_hits(t: str, r, dropped) -> list:
+    hits = []
+    for category, level, anchor, partner in r["combos"]:
+        if dropped("combo", level, category):
+            continue
+        found = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r)]
+        if found and partner.search(t.replace(found[0].group(0), "□" * len(found[0].group(0)), 1) if len(found) == 1 else t):
+            hits.append((category, level, found[0].group(0)))
+    return hits
+
+
+def _answer_hits(t: str, asked: str | None, r) -> list:
+    """A short answer to the counsellor's own question about suicide, self-harm, a plan or safety: yes is a
+    crisis (a plan or means: imminent), a clear no is not; 'am I safe? -- not really' is imminent."""
+    if not asked or len(t) > r["answer_max"]:
+        return []
+    q = normalize(asked, r)
+    a = r["answers"]
+    if not a["question"].search(q) or not a["topic"].search(q):
+        return []
+    if a["safety_topic"].search(q) and a["unsafe"].search(t):
+        return [("suicide", "imminent", t)]
+    for clause in (c for c in _CLAUSE.split(t) if c.strip()):
+        if a["no"].match(clause.strip()):
+            return []
+        if a["yes"].match(clause.strip()):
+            category = "self_harm" if a["self_harm_topic"].search(q) and not a["suicide_topic"].search(q) else "suicide"
+            return [(category, "imminent" if a["plan_topic"].search(q) else "concern", t)]
+    return []
+
+
+def _resolved(t: str, r) -> bool:
+    """A crisis told as over: a past marker and a present recovery, and nothing about it in the present tense."""
+    f = r["frames"]
+    if not (f["past"].search(t) and f["recovery"].search(t)):
+        return False
+    return not f["present"].search(f["recovery"].sub(_blank, t))
+
+
+def detect(text: str, asked: str | None = None, rules=None) -> Detection:
+    """Crisis signals in one user turn: rule hits, minus those a negation or an active policy entry drops;
+    `asked` is the counsellor's turn right before it (a two-word answer to 'have you thought of suicide?')."""
     r = rules or load_rules()
-    t = r["benign"].sub(_blank, normalize(text))
+    t = r["benign"].sub(_blank, normalize(text, r))
     present = {name for name, rx in r["context"].items() if rx.search(t)}
     active = [p for p in r["policy"] if all(w in present for w in p.when) and not any(u in present for u in p.unless)]
 
     def dropped(kind, level, category):
         return any(p.drops(kind, level, category) for p in active)
 
-    found = Detection()
-    for rule in r["rules"]:
-        if dropped(rule.kind, rule.level, rule.category):
-            continue
-        found.matches += [(rule.category, rule.level, m.group(0)) for m in rule.regex.finditer(t)
-                          if not _negated(t, m.start(), r)]
-    for category, level, anchor, partner in r["combos"]:
-        if dropped("combo", level, category):
-            continue
-        hits = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r)]
-        if hits and partner.search(t.replace(hits[0].group(0), "□" * len(hits[0].group(0)), 1) if len(hits) == 1 else t):
-            found.matches.append((category, level, hits[0].group(0)))
+    found = Detection(matches=_rule_hits(t, r, dropped) + _combo_hits(t, r, dropped) + _answer_hits(t, asked, r))
     if found.matches:
-        found.crisis = True
         found.categories = sorted({c for c, _, _ in found.matches})
-        found.level = "imminent" if any(level == "imminent" for _, level, _ in found.matches) else "concern"
+        if _resolved(t, r):
+            found.check_in = True  # lowered, never silenced: the front end asks gently how the person is now
+        else:
+            found.crisis = True
+            found.level = "imminent" if any(level == "imminent" for _, level, _ in found.matches) else "concern"
     return found
 
 
 def harmful_reply(text: str, rules=None) -> bool:
-    """A reply that gives means/methods of self-harm or suicide, or encourages it."""
+    """A reply that gives means/methods of self-harm or suicide, coaches an eating disorder, promises to keep a
+    plan secret, or encourages a death; a rule's `unless` (in the same sentence) lets a safe reply through."""
     r = rules or load_rules()
-    t = normalize(text)
-    return any(not _negated(t, m.start(), r) for m in r["harmful"].finditer(t))
+    t = normalize(text, r)
+    for rx, unless in r["harmful"]:
+        for m in rx.finditer(t):
+            if _negated(t, m.start(), r):
+                continue
+            sentence = _SENTENCE.split(t[:m.start()])[-1] + _SENTENCE.split(t[m.start():])[0]
+            if unless is None or not unless.search(sentence):
+                return True
+    return False
