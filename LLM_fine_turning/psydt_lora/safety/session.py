@@ -57,8 +57,10 @@ class Safety:
 
     def check_turn(self, messages) -> Detection:
         """The last user turn: the lexicon on its words, the guard (if any) on it with recent history.
-        A crisis when either layer says so; `layers` keeps what each said."""
-        found = detect(messages[-1]["content"])
+        A crisis when either layer says so; `layers` keeps what each said. The lexicon also reads the
+        counsellor's turn before it: a two-word answer to 'have you thought of suicide?' is a crisis."""
+        asked = messages[-2]["content"] if len(messages) > 1 and messages[-2]["role"] == "assistant" else None
+        found = detect(messages[-1]["content"], asked=asked)
         found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
         if self._guard is None:
             return found
