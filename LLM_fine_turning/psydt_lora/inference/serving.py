@@ -31,7 +31,7 @@ from psydt_lora.inference.generation import GenerationSettings, stream_reply
 from psydt_lora.inference.openai_api import (HELP_CLOSE, HELP_OPEN, UNANSWERED, ChatRequest, RequestError, StopCut, chunk,
                                              error_body, error_event, help_block, parse_request, usage_chunk)
 from psydt_lora.prompt import round_starts
-from psydt_lora.safety.rules import Detection, detect
+from psydt_lora.safety.rules import Detection, asked_before, detect
 
 PAGE = Path(__file__).with_name("web") / "chat.html"
 ICON = Path(__file__).with_name("web") / "favicon.svg"

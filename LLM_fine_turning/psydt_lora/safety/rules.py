@@ -226,6 +226,13 @@ def _resolved(t: str, r) -> bool:
     return not f["present"].search(f["recovery"].sub(_blank, t))
 
 
+def asked_before(messages) -> str | None:
+    """The counsellor's turn right before the last (user) turn of a conversation, if there is one."""
+    if len(messages) > 1 and messages[-2].get("role") == "assistant" and isinstance(messages[-2].get("content"), str):
+        return messages[-2]["content"]
+    return None
+
+
 def detect(text: str, asked: str | None = None, rules=None) -> Detection:
     """Crisis signals in one user turn: rule hits, minus those a negation or an active policy entry drops;
     `asked` is the counsellor's turn right before it (a two-word answer to 'have you thought of suicide?')."""

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from psydt_lora.safety import resources as res
 from psydt_lora.safety.measurement import batch_summary
-from psydt_lora.safety.rules import CATEGORY_NAMES, Detection, detect, harmful_reply
+from psydt_lora.safety.rules import CATEGORY_NAMES, Detection, asked_before, detect, harmful_reply
 from psydt_lora.safety.screen import PassThrough, ReplyScreen
 
 OFF_WARNING = "[警告] 安全层已关闭（--safety off）：不会检测危机语言、不会显示求助资源、不会过滤回复。"
