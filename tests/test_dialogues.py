@@ -26,9 +26,9 @@ def test_json_array_and_json_lines_read_the_same(tmp_path):
     "records, pattern",
     [
         (json.dumps({"messages": []}, indent=2), r"顶层必须是"),
-        ([{"id": 7}], r"第 0 条记录（id=7）：缺少字段 \"messages\""),
+        ([{"id": 7}], r"第 1 条记录（id=7）：缺少字段 \"messages\""),
         ([{"id": 1, "messages": "hi"}], r"字段 \"messages\" 必须是列表"),
-        ([DIALOGUES[0], {"id": "x", "messages": [{"role": "bot", "content": "a"}]}], r"第 1 条记录（id='x'）：messages\[0\]\.role 是 'bot'"),
+        ([DIALOGUES[0], {"id": "x", "messages": [{"role": "bot", "content": "a"}]}], r"第 2 条记录（id='x'）：messages\[0\]\.role 是 'bot'"),
         ([{"messages": [{"role": "user", "content": 3}]}], r"messages\[0\]\.content 必须是字符串（类型是 int）"),
         ([{"messages": [{"role": "user"}]}], r"messages\[0\]\.content 必须是字符串（缺失）"),
         ([{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}], r"system 只能是第一条"),
@@ -42,6 +42,43 @@ def test_bad_records_name_file_record_and_field(tmp_path, records, pattern):
     with pytest.raises(PsyDTError, match=pattern) as err:
         read_dialogues(path)
     assert str(path) in str(err.value)
+
+
+def test_records_are_counted_from_one(tmp_path):
+    bad = {"id": "c", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 5}]}
+    with pytest.raises(PsyDTError, match=r"第 3 条记录（id='c'）：messages\[1\]\.content") as err:
+        read_dialogues(write(tmp_path, [*DIALOGUES, bad]))
+    assert "第 2 条" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[\n {"messages": []}\n {"messages": []}\n]', ["第 3 行第 2 列", "缺少逗号"]),
+    ('[\n {"messages": [}\n]', ["第 2 行第 16 列", "应该是一个值"]),
+    ('[{"id": "d0, "messages": []}]', ["第 1 行", "缺少逗号"]),
+    ('[{"id": "d0}]', ["第 1 行第 9 列", "没有结束的双引号"]),
+    ('[{"id": 1,}]', ["第 1 行第 11 列", "双引号括起来的字段名"]),
+    ('[{"id": 1}] []', ["第 1 行第 13 列", "多余的内容"]),
+    ('[{"id": "a\tb"}]', ["第 1 行第 11 列", "控制字符"]),
+    ('[{"path": "C:\\data"}]', ["第 1 行第 14 列", "无效的转义"]),
+    ('{"id": 1}\n{"id": 2} x\n', ["第 2 行不是合法的 JSON", "第 11 列", "多余的内容"]),
+    ('{"id": 1}\n{"id" 2}\n', ["第 2 行不是合法的 JSON", "第 7 列", "缺少冒号"]),
+])
+def test_json_syntax_errors_are_said_in_chinese_with_line_and_column(tmp_path, text, words):
+    path = write(tmp_path, text, "data.jsonl" if text.startswith("{") else "data.json")
+    with pytest.raises(PsyDTError) as err:
+        read_dialogues(path)
+    message = str(err.value)
+    for word in words:
+        assert word in message, (word, message)
+    english = ("Expecting", "delimiter", "Unterminated", "Extra data", "Invalid", "property name")
+    assert not any(e in message for e in english), message
+
+
+def test_a_bad_byte_is_named_by_line_and_counted_from_one(tmp_path):
+    path = tmp_path / "gbk.json"
+    path.write_bytes(b'[\n{"id": "\xc4\xe3"}]')
+    with pytest.raises(PsyDTError, match=r"第 2 行、第 11 个字节处无法解码"):
+        read_dialogues(path)
 
 
 def test_broken_files_get_clear_errors(tmp_path):
@@ -76,7 +113,19 @@ def test_skippable_oddities_follow_the_stated_rules(tmp_path):
     assert d.messages[5]["content"] == "在的"
     assert len(d.messages) == 6
     assert stats.as_dict() == {"records": 1, "dropped_trailing_user_turns": 1, "empty_replies_not_trained": 1,
-                               "think_blocks_removed": 1}
+                               "think_blocks_removed": 1, "same_speaker_turns_merged": 0, "stage_directions_dropped": 0}
+
+
+def test_one_speaker_twice_in_a_row_is_one_turn_and_counted(tmp_path):
+    msgs = [{"role": "user", "content": "我睡不着"}, {"role": "user", "content": "已经一周了"},
+            {"role": "assistant", "content": "听起来很辛苦。"}, {"role": "assistant", "content": " "},
+            {"role": "assistant", "content": "能说说睡前在想什么吗？"}, {"role": "user", "content": "工作"},
+            {"role": "assistant", "content": "嗯。"}]
+    (d,), stats = read_dialogues(write(tmp_path, [{"id": 0, "messages": msgs}]))
+    assert d.messages == [{"role": "user", "content": "我睡不着\n已经一周了"},
+                          {"role": "assistant", "content": "听起来很辛苦。\n能说说睡前在想什么吗？"},
+                          {"role": "user", "content": "工作"}, {"role": "assistant", "content": "嗯。"}]
+    assert d.targets() == [1, 3] and stats.merged_turns == 3 and stats.empty_replies == 0
 
 
 def test_limit_takes_the_first_n(tmp_path):

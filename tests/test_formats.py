@@ -110,6 +110,73 @@ def test_cpsycound_text_continues_untagged_lines_and_takes_ascii_colons(tmp_path
     assert src.stats.dropped_trailing_user_turns == 1
 
 
+# A case written the way CPsyCounD publishes some of its 3,134 (e.g. its case_15.txt): blank lines between
+# utterances, no newline at the end, stage directions on lines of their own between two counsellor utterances
+# (and once between the client and the counsellor), a bracket inside an utterance that is speech.
+STAGED_CASE = """来访者：我一想到考试就心慌，手心全是汗。
+
+心理咨询师：谢谢你愿意说出来。我们先做一个放松练习，请慢慢闭上眼睛，跟着我的声音呼吸。
+
+（经过一段时间的放松引导）
+
+心理咨询师：现在感觉怎么样？
+
+来访者：好一些了（笑），心跳慢下来了。
+
+【来访者沉默了一会儿】
+
+来访者：其实我最怕的是让妈妈失望。
+
+心理咨询师：（点头）
+心理咨询师：听起来妈妈的期待对你很重要。
+
+来访者：是的。
+
+(后续反馈：来访者在下一次考试前情绪平稳。)
+
+心理咨询师：很高兴听到你的变化，下次我们继续练习。"""
+
+STAGED_TURNS = [
+    {"role": "user", "content": "我一想到考试就心慌，手心全是汗。"},
+    {"role": "assistant", "content": "谢谢你愿意说出来。我们先做一个放松练习，请慢慢闭上眼睛，跟着我的声音呼吸。\n现在感觉怎么样？"},
+    {"role": "user", "content": "好一些了（笑），心跳慢下来了。\n其实我最怕的是让妈妈失望。"},
+    {"role": "assistant", "content": "听起来妈妈的期待对你很重要。"},
+    {"role": "user", "content": "是的。"},
+    {"role": "assistant", "content": "很高兴听到你的变化，下次我们继续练习。"},
+]
+
+
+def test_cpsycound_stage_directions_are_dropped_and_one_speakers_run_is_one_turn(tmp_path):
+    folder = tmp_path / "CPsyCounD" / "Data"
+    folder.mkdir(parents=True)
+    (folder / "case_0.txt").write_text("来访者：你好。\n\n心理咨询师：你好，请坐。\n\n", "utf-8")
+    (folder / "case_1.txt").write_text(STAGED_CASE, "utf-8")
+    src = read_source(folder)
+    assert src.format == "cpsycound" and len(src.dialogues) == 2
+    assert src.dialogues[1].messages == STAGED_TURNS
+    assert (src.stats.stage_directions, src.stats.merged_turns) == (4, 2)
+
+
+def test_cpsycound_folder_with_stage_directions_trains_and_the_summary_counts_them(tiny_model_dir, tmp_path, capsys):
+    folder = write_format(tmp_path, "cpsycound", DIALOGUES)
+    (folder / "case_15.txt").write_text(STAGED_CASE, "utf-8")
+    rc = run_cli(train_psydt_lora.main, ["--model_local_dir", str(tiny_model_dir), "--train_file", str(folder),
+                                         "--dry_run", "--output_dir", str(tmp_path / "out"), "--no-do_eval"])
+    said = capsys.readouterr()
+    assert rc == 0, said.err
+    assert "格式 cpsycound（自动识别），读到 3 段对话" in said.out
+    assert "[训练] 数据整理：同一人连续的发言合并 2 处，去掉舞台说明（整行括号）4 行" in said.out
+
+
+def test_cpsycoune_list_drops_a_stage_direction_item(tmp_path):
+    path = write_json(tmp_path / "Topic" / "1.json", ["求助者：我很累。", "（长时间的沉默）", "支持者：我在听。",
+                                                      "支持者：慢慢说。"])
+    src = read_source(path)
+    assert src.dialogues[0].messages == [{"role": "user", "content": "我很累。"},
+                                         {"role": "assistant", "content": "我在听。\n慢慢说。"}]
+    assert (src.stats.stage_directions, src.stats.merged_turns) == (1, 1)
+
+
 def test_tables_read_like_json_lines(tmp_path):
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -221,8 +288,6 @@ def bad_cases(tmp_path):
     sg = [sharegpt(d) for d in DIALOGUES]
     unknown = write_json(tmp_path / "unknown.json", [sg[0], {**sg[1], "conversations": [
         {"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]}])
-    twice = write_json(tmp_path / "twice.json", [{**sg[0], "conversations": sg[0]["conversations"] + [
-        {"from": "gpt", "value": "再说一句"}]}])
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text(json.dumps(sg[0], ensure_ascii=False) + "\n" + json.dumps(
         {"instruction": "a", "output": "b"}, ensure_ascii=False) + "\n", "utf-8")
@@ -233,21 +298,23 @@ def bad_cases(tmp_path):
     yaml_bad = tmp_path / "bad.yaml"
     yaml_bad.write_text("datasets:\n  - path: [unclosed\n", "utf-8")
     key = write_json(tmp_path / "k.json", [{"paths": str(first)}])
-    number = write_json(tmp_path / "n.json", [{"path": 123}])
+    number = write_json(tmp_path / "n.json", [{"path": str(first)}, {"path": 123}])  # the second one is wrong
+    comma = tmp_path / "comma.json"
+    comma.write_text('{"datasets": [\n  {"path": "a.json"}\n  {"path": "b.json"}\n]}\n', "utf-8")
     tiny = write_json(tmp_path / "tiny.json", [{"path": str(first), "weight": 0.01}])
     where = write_json(tmp_path / "h.json", [{"hub": "a/b", "hub_name": "github"}])
     return [
-        (["--dataset_spec", str(number)], [str(number), "第 0 个数据集", "path 必须是字符串", "123"]),
+        (["--dataset_spec", str(number)], [str(number), "第 2 个数据集", "path 必须是字符串", "123"]),
+        (["--dataset_spec", str(comma)], [str(comma), "不是合法的 JSON", "第 3 行第 3 列", "缺少逗号"]),
         (["--dataset_spec", str(tiny)], [str(tiny), "weight 0.01", "一段也不会参与训练"]),
         (["--dataset_spec", str(where)], [str(where), "hub_name", "'github'", "modelscope"]),
-        (["--train_file", str(unknown)], [str(unknown), "第 1 条记录", "conversations[1].from", "'bot'"]),
-        (["--train_file", str(twice)], [str(twice), "第 0 条记录", "conversations[4].value", "紧跟在另一条咨询师回复之后"]),
-        (["--train_file", str(mixed)], [str(mixed), "第 1 条记录", "alpaca", "sharegpt", "不能混用"]),
+        (["--train_file", str(unknown)], [str(unknown), "第 2 条记录", "conversations[1].from", "'bot'"]),
+        (["--train_file", str(mixed)], [str(mixed), "第 2 条记录", "alpaca", "sharegpt", "不能混用"]),
         (["--train_file", f"{first},{again}"], [str(again), "没有剩下可训练的对话", "重复 2 条"]),
-        (["--dataset_spec", str(weight)], [str(weight), "第 0 个数据集", "weight 必须是正数", "0"]),
+        (["--dataset_spec", str(weight)], [str(weight), "第 1 个数据集", "weight 必须是正数", "0"]),
         (["--dataset_spec", str(text)], [str(text), "weight 必须是正数", "'2'"]),
-        (["--dataset_spec", str(yaml_bad)], [str(yaml_bad), "不是合法的 YAML"]),
-        (["--dataset_spec", str(key)], [str(key), "第 0 个数据集", "'paths'"]),
+        (["--dataset_spec", str(yaml_bad)], [str(yaml_bad), "不是合法的 YAML", "第 3 行第 1 列", "第 2 行第 11 列"]),
+        (["--dataset_spec", str(key)], [str(key), "第 1 个数据集", "'paths'"]),
         (["--train_file", "hub:no-owner"], ["--train_file hub:no-owner", "作者/名字"]),
     ]
 

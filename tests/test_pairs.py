@@ -187,7 +187,7 @@ def test_a_bad_pair_is_refused_naming_file_record_and_field(tmp_path, name, bad,
     with pytest.raises(PsyDTError) as err:
         read_preferences(path)
     message = str(err.value)
-    for word in [str(path), "第 2 条记录", *words]:
+    for word in [str(path), "第 3 条记录", *words]:
         assert word in message, (word, message)
 
 
@@ -212,16 +212,16 @@ def test_bad_pairs_of_the_other_layouts_are_refused_too(tmp_path, name, bad, wor
     path = write_jsonl(tmp_path / "pairs.jsonl", [bad])
     with pytest.raises(PsyDTError) as err:
         read_preferences(path)
-    for word in [str(path), "第 0 条记录", *words]:
+    for word in [str(path), "第 1 条记录", *words]:
         assert word in str(err.value), (word, str(err.value))
 
 
 def test_mixed_layouts_in_one_file_and_an_unknown_shape_are_named(tmp_path):
     data = real_pairs(2)
     path = write_jsonl(tmp_path / "mixed.jsonl", [swift(*data[0]), trl_conversational(*data[1])])
-    with pytest.raises(PsyDTError, match=r"第 1 条记录.*trl.*第 0 条记录.*swift"):
+    with pytest.raises(PsyDTError, match=r"第 2 条记录.*trl.*第 1 条记录.*swift"):
         read_preferences(path)
-    with pytest.raises(PsyDTError, match=r"第 0 条记录.*认不出.*'answer'"):
+    with pytest.raises(PsyDTError, match=r"第 1 条记录.*认不出.*'answer'"):
         read_preferences(write_jsonl(tmp_path / "odd.jsonl", [{"question": "a", "answer": "b"}]))
 
 

@@ -102,7 +102,7 @@ def test_the_base_as_reference_is_a_choice_when_continuing(tiny_model_dir, memor
     (["--stage", "dpo", "--train_file", "{pairs}", "--pref_reference", "adapter"], "--pref_reference adapter 需要 --adapter_path"),
     (["--stage", "dpo", "--train_file", "{pairs}", "--pref_beta", "0"], "--pref_beta 必须是正数"),
     (["--stage", "dpo", "--train_file", "{pairs}", "--packing"], "不支持 --sample_mode / --packing"),
-    (["--stage", "dpo", "--train_file", "{bad}"], "bad.jsonl 第 0 条记录"),
+    (["--stage", "dpo", "--train_file", "{bad}"], "bad.jsonl 第 1 条记录"),
     (["--pref_beta", "0.2"], "--pref_beta 只用于偏好训练"),
     (["--stage", "dpo", "--train_file", "{pairs}", "--adapter_path", "{adapter}", "--lora_r", "32"], "--lora_r 不会起作用"),
     (["--stage", "dpo", "--train_file", "{pairs}", "--eval_file", "{pairs}"], "不用 --eval_file"),

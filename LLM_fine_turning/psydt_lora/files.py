@@ -1,4 +1,10 @@
-"""Atomic file and folder writes (readers never see a half-written output), reading user JSON, local path checks."""
+"""Atomic file and folder writes (readers never see a half-written output), reading user JSON, local path checks.
+
+Everything written here gets the modes a plain `open()` / `mkdir()` would give under the process's umask
+(0644 / 0755 under umask 022, 0600 / 0700 under 077): the temporary files and folders an atomic write goes
+through are private (mkstemp 0600, mkdtemp 0700) and so are the files some writers make (safetensors 0600),
+which would otherwise keep a served or shared model folder from every other user. A caller asks for a
+private file with `mode=0o600` (the chat transcripts)."""
 import json
 import os
 import shutil
@@ -26,8 +32,29 @@ def read_json(path, label: str):
     text = read_user_text(path, label)
     try:
         return json.loads(text)
-    except ValueError as err:
-        raise PsyDTError(f"{label} {path} 不是合法的 JSON：{err}") from None
+    except json.JSONDecodeError as err:
+        raise PsyDTError(f"{label} {path} 不是合法的 JSON（{json_problem(err)}）。") from None
+
+
+JSON_PROBLEMS = {  # json.JSONDecodeError.msg -> the same in Chinese (the messages of Python's json module)
+    "Expecting value": "这里应该是一个值（可能多了一个逗号、少了内容，或文件被截断）",
+    "Expecting ',' delimiter": "这里缺少逗号 ,（或括号没有闭合）",
+    "Expecting ':' delimiter": "这里缺少冒号 :",
+    "Expecting property name enclosed in double quotes": "这里应该是双引号括起来的字段名（可能多了一个逗号，或用了单引号）",
+    "Unterminated string starting at": "从这里开始的字符串没有结束的双引号",
+    "Invalid control character at": "字符串里有未转义的控制字符（换行、制表符要写成 \\n、\\t）",
+    "Invalid \\escape": "无效的转义（反斜杠 \\ 后面的字符不合法；Windows 路径里的 \\ 要写成 \\\\ 或 /）",
+    "Invalid \\uXXXX escape": "无效的 \\uXXXX 转义",
+    "Extra data": "一个完整的 JSON 值之后还有多余的内容（JSON Lines 文件请每行一条记录）",
+    "Illegal trailing comma before end of object": "对象的最后一项后面多了一个逗号",
+    "Illegal trailing comma before end of array": "数组的最后一项后面多了一个逗号",
+}
+
+
+def json_problem(err: json.JSONDecodeError, line: bool = True) -> str:
+    """What is wrong with a JSON text, in Chinese, with the line (unless `line` is False) and the column."""
+    what = JSON_PROBLEMS.get(err.msg, f"JSON 语法错误（{err.msg}）")
+    return f"{f'第 {err.lineno} 行' if line else ''}第 {err.colno} 列：{what}"
 
 
 def check_files_exist(named: dict) -> None:
@@ -53,17 +80,50 @@ def check_can_write(path, flag: str) -> None:
         raise PsyDTError(f"{flag} {path} 无法写入（{probe} 不可写）。请换一个位置。")
 
 
+def current_umask() -> int:
+    """The process's umask, read from /proc where the system shows it (setting it to read it would briefly
+    change it for every thread), else set and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(folder: bool = False, executable: bool = False) -> int:
+    """The mode `open()` (or `mkdir()`, or a program's own executable) gets under the umask."""
+    return (0o777 if folder or executable else 0o666) & ~current_umask()
+
+
+def honour_umask(path) -> None:
+    """Give a written file, or a folder and everything under it, the modes the umask gives: files 0o666 & ~umask
+    (0o777 & ~umask where the writer made them executable), folders 0o777 & ~umask. Links are left alone."""
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if not path.is_dir():
+        os.chmod(path, umask_mode(executable=bool(path.stat().st_mode & 0o111)))
+        return
+    os.chmod(path, umask_mode(folder=True))
+    for child in path.iterdir():
+        honour_umask(child)
+
+
 def atomic_write_bytes(path, data: bytes, mode: int | None = None) -> None:
+    """`data` to `path` through a temporary file beside it; the file gets `mode`, else what the umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode() if mode is None else mode)  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,19 +139,24 @@ def atomic_write_json(path, obj, mode: int | None = None) -> None:
 
 
 def temp_dir_beside(path) -> Path:
-    """A fresh temporary folder next to `path` (same filesystem, so a rename is atomic)."""
+    """A fresh temporary folder next to `path` (same filesystem, so a rename is atomic), with the mode the
+    umask gives a folder (mkdtemp makes it 0700)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, umask_mode(folder=True))
+    return tmp
 
 
 def write_dir(final_dir, fill, tmp=None) -> None:
     """Write a folder atomically: `fill(tmp)` writes everything into a temporary folder beside it
     (`tmp` when given, e.g. one that several processes have already written into), which then replaces
-    `final_dir`; on any failure the temporary folder is removed."""
+    `final_dir`; on any failure the temporary folder is removed. Every file and folder in it gets the modes
+    the umask gives (`honour_umask`), whatever the writers made them."""
     tmp = temp_dir_beside(final_dir) if tmp is None else Path(tmp)
     try:
         fill(tmp)
+        honour_umask(tmp)
         replace_dir(tmp, final_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,6 +180,7 @@ def replace_dir(tmp_dir, final_dir) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
+
 def load_records(path: Path) -> list:
     """The records of a JSON array or JSON Lines file, or a PsyDTError naming the file and the line."""
     try:
@@ -126,8 +192,10 @@ def load_records(path: Path) -> list:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
         raise PsyDTError(
-            f"数据文件 {path} 不是 UTF-8 编码（第 {err.start} 个字节处无法解码）。请把文件另存为 UTF-8。"
+            f"数据文件 {path} 不是 UTF-8 编码（第 {line} 行、第 {err.start + 1} 个字节处"
+            "无法解码）。请把文件另存为 UTF-8。"
         ) from None
     stripped = text.lstrip()
     if not stripped:
@@ -136,10 +204,9 @@ def load_records(path: Path) -> list:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise PsyDTError(
-                f"数据文件 {path} 不是合法的 JSON（第 {err.lineno} 行第 {err.colno} 列：{err.msg}），"
-                "文件可能下载不完整或被截断。"
-            ) from None
+            ran_out = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+            cut = "，文件可能下载不完整或被截断" if ran_out else ""
+            raise PsyDTError(f"数据文件 {path} 不是合法的 JSON（{json_problem(err)}）{cut}。") from None
         return data
     if stripped[0] == "{":
         # JSON Lines: one record per non-empty line. A whole-file single object is not a dataset.
@@ -157,7 +224,7 @@ def load_records(path: Path) -> list:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise PsyDTError(
-                    f"数据文件 {path} 第 {lineno} 行不是合法的 JSON（第 {err.colno} 列：{err.msg}）。"
+                    f"数据文件 {path} 第 {lineno} 行不是合法的 JSON（{json_problem(err, line=False)}）。"
                     "JSON Lines 文件每行必须是一条完整的记录。"
                 ) from None
         return records

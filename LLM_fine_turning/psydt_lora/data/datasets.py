@@ -34,7 +34,7 @@ from pathlib import Path
 from psydt_lora.data.dialogues import Dialogue, ReadStats, check_format
 from psydt_lora.data.formats import FORMAT_NAMES, layout_for, read_source, source_files
 from psydt_lora.errors import PsyDTError
-from psydt_lora.files import read_user_text
+from psydt_lora.files import json_problem, read_user_text
 from psydt_lora.hub import HUBS
 
 HUB_PREFIX = "hub:"
@@ -113,15 +113,13 @@ def _name_of(value: str) -> str:
 def read_spec(path, check=None) -> list[DatasetEntry]:
     path = Path(path)
     text = read_user_text(path, "数据集说明 --dataset_spec")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = _yaml(path, text)
+    else:
+        try:
             data = json.loads(text)
-    except Exception as err:  # yaml and json raise different types; both are the user's syntax
-        raise PsyDTError(f"数据集说明 {path} 不是合法的 {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}：{err}") from None
+        except json.JSONDecodeError as err:
+            raise PsyDTError(f"数据集说明 {path} 不是合法的 JSON（{json_problem(err)}）。") from None
     items = data.get("datasets") if isinstance(data, dict) and "datasets" in data else data
     if isinstance(items, dict):
         items = [{"name": k, **v} if isinstance(v, dict) else v for k, v in items.items()]
@@ -130,8 +128,22 @@ def read_spec(path, check=None) -> list[DatasetEntry]:
     return [_entry(path, i, item, check or check_entry) for i, item in enumerate(items)]
 
 
+def _yaml(path: Path, text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:  # its words are English; the place is what the user needs
+        mark, start = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+        at = f"第 {mark.line + 1} 行第 {mark.column + 1} 列，" if mark is not None else ""
+        if start is not None and mark is not None and (start.line, start.column) != (mark.line, mark.column):
+            at += f"与第 {start.line + 1} 行第 {start.column + 1} 列开始的部分有关，"
+        raise PsyDTError(f"数据集说明 {path} 不是合法的 YAML（{at}YAML 的说明：{getattr(err, 'problem', None) or err}）。"
+                         "常见原因：缩进不一致、括号或引号没有闭合、冒号后面少了空格。") from None
+
+
 def _entry(spec: Path, i: int, item, check) -> DatasetEntry:
-    where = f"数据集说明 {spec} 的第 {i} 个数据集"
+    where = f"数据集说明 {spec} 的第 {i + 1} 个数据集"  # counted from 1, as the user counts
     if not isinstance(item, dict):
         raise PsyDTError(f"{where}：必须是对象（name、path 或 hub、format……），实际是 {type(item).__name__}。")
     unknown = sorted(set(item) - ENTRY_KEYS)

@@ -3,12 +3,15 @@
 A file is a JSON array (or JSON Lines) of records
     {"id": ..., "normalizedTag": ..., "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
 
-Rules for oddities that are not errors (counted in `ReadStats`):
+Rules for oddities that are not errors (counted in `ReadStats`, said in the run summary):
+  * consecutive turns of one speaker (two counsellor utterances in a row, as transcripts such as CPsyCounD
+    have them around a stage direction) are merged into one turn, joined by a line break;
   * trailing user turns (a dialogue that ends with the client speaking) are dropped: no reply to learn;
   * an assistant reply that is empty or only whitespace is kept as context but is never a target;
   * a `<think>...</think>` block inside an assistant reply is removed (the corpus has none; Qwen3 drops
     them from history anyway, and we train the non-thinking mode).
 Everything else that is malformed stops with a PsyDTError naming the file, the record and the field.
+Messages count records (and lines) from 1, as the user does; `Dialogue.index` stays 0-based.
 """
 import json
 from dataclasses import dataclass
@@ -47,6 +50,8 @@ class ReadStats:
     dropped_trailing_user_turns: int = 0
     empty_replies: int = 0
     think_blocks_removed: int = 0
+    merged_turns: int = 0  # turns joined to the one before them (the same speaker again)
+    stage_directions: int = 0  # transcript lines that are a stage direction, dropped (data/formats.py)
 
     def as_dict(self) -> dict:
         return {
@@ -54,16 +59,31 @@ class ReadStats:
             "dropped_trailing_user_turns": self.dropped_trailing_user_turns,
             "empty_replies_not_trained": self.empty_replies,
             "think_blocks_removed": self.think_blocks_removed,
+            "same_speaker_turns_merged": self.merged_turns,
+            "stage_directions_dropped": self.stage_directions,
         }
 
 
+TIDY_WORDS = {  # as_dict key -> how the run summary says it
+    "same_speaker_turns_merged": "同一人连续的发言合并 {} 处",
+    "stage_directions_dropped": "去掉舞台说明（整行括号）{} 行",
+    "dropped_trailing_user_turns": "去掉结尾的来访者发言 {} 条",
+    "empty_replies_not_trained": "空回复（不训练）{} 条",
+    "think_blocks_removed": "去掉 think 块 {} 处",
+}
+
+
+def tidy_summary(counts: dict) -> str:
+    """The clean-ups of a ReadStats.as_dict() (or a dataset row holding its keys) in words; "" when none."""
+    return "，".join(words.format(counts[key]) for key, words in TIDY_WORDS.items() if counts.get(key))
+
+
 def where_is(path, index, record=None) -> str:
+    """A record of a file for messages: `index` 0-based, said from 1."""
     rid = ""
     if isinstance(record, dict) and "id" in record:
         rid = f"（id={record['id']!r}）"
-    return f"文件 {path} 第 {index} 条记录{rid}"
-
-
+    return f"文件 {path} 第 {index + 1} 条记录{rid}"
 
 
 def _validate(path, index, record, stats: ReadStats) -> Dialogue:
@@ -102,13 +122,14 @@ def to_dialogue(where: str, index: int, rid, tag, turns, stats: ReadStats, sourc
             raise PsyDTError(f"{where}：{field_name} 必须是字符串（{what}）。")
         if role == "system" and j != 0:
             raise PsyDTError(f"{where}：{field_name} 是 system 消息，但 system 只能是第一条消息。")
-        if role == "assistant" and clean and clean[-1]["role"] == "assistant":
-            # inference always asks for a reply right after the client spoke: such a target has no prompt to match
-            raise PsyDTError(f"{where}：{field_name} 是咨询师的回复，紧跟在另一条咨询师回复之后——"
-                             "回复之间必须有来访者的发言（同一人连续的几段话请合并成一条）。")
         if role == "assistant" and ("<think>" in content or "</think>" in content):
             content = strip_think(content)
             stats.think_blocks_removed += 1
+        if clean and clean[-1]["role"] == role:
+            # inference always asks for a reply right after the client spoke: one speaker's run is one turn
+            clean[-1]["content"] = "\n".join(c for c in (clean[-1]["content"], content) if c.strip())
+            stats.merged_turns += 1
+            continue
         clean.append({"role": role, "content": content})
     while clean and clean[-1]["role"] == "user":
         clean.pop()

@@ -7,6 +7,11 @@
     cpsycoune  CPsyCounE: a dialogue is a list of strings "求助者：..." / "支持者：..."
     cpsycound  CPsyCounD raw text (.txt): turns "来访者：..." / "心理咨询师：...", one dialogue a file
 
+The two transcript formats (cpsycoune, cpsycound) are read as published: a line that is wholly a bracketed
+stage direction ("（一段时间后）", "【咨询结束】"; with or without a speaker tag) is dropped and counted, an
+untagged line continues the turn before it, and the same speaker twice in a row (as around a stage direction)
+is one turn (dialogues.to_dialogue merges and counts them). A bracket inside an utterance is kept.
+
 A source is a file or a folder (every .json/.jsonl/.txt/.parquet/.csv/.arrow file in it, in natural name
 order). JSON and JSON Lines are read here (their errors name the line); Parquet, CSV and Arrow through
 `datasets`. A JSON file whose top level is one dialogue (a list of strings or of turn objects, as
@@ -19,6 +24,7 @@ content, which role tags mean client, counsellor and system (the spirit of LLaMA
 import json
 import re
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from psydt_lora.data.dialogues import MISSING, ReadStats, to_dialogue, where_is
@@ -224,7 +230,7 @@ def read_source(path, fmt: str = "auto", layout: Layout | None = None, limit: in
         records = records[:limit]
     layout = layout or FORMATS[fmt]
     stats = ReadStats(records=len(records))
-    read = {"turns": turns_of, "alpaca": _from_alpaca, "prefixed": _from_prefixed}[layout.kind]
+    read = {"turns": turns_of, "alpaca": _from_alpaca, "prefixed": partial(_from_prefixed, stats=stats)}[layout.kind]
     dialogues = []
     for index, (record, where, file_id) in enumerate(records):
         rid, tag, turns = read(record, where, layout)
@@ -316,8 +322,14 @@ def _speaker(text: str, layout: Layout):
     return None
 
 
-def _from_prefixed(record, where, layout: Layout):
-    if isinstance(record, str):  # raw text: a tagged line starts a turn, untagged lines continue it
+# a whole line in one pair of brackets: a transcript's stage direction, not something anyone said
+STAGE_DIRECTION = re.compile(r"[（(][^（）()]*[）)]|【[^【】]*】|\[[^\[\]]*\]")
+
+
+def _from_prefixed(record, where, layout: Layout, stats: ReadStats | None = None):
+    """The turns of a transcript: raw text (a tagged line starts a turn, untagged lines continue it) or a list
+    of tagged strings; stage directions dropped (counted in `stats`)."""
+    if isinstance(record, str):
         units, name = [], "第 {} 行"
         for lineno, line in enumerate(record.splitlines(), start=1):
             if line.strip():
@@ -330,7 +342,11 @@ def _from_prefixed(record, where, layout: Layout):
     for pos, text in units:
         if not isinstance(text, str):
             raise PsyDTError(f"{where}：{name.format(pos)} 必须是字符串，实际是 {type(text).__name__}。")
-        said = _speaker(text, layout)
+        said = _speaker(text.strip(), layout)
+        if STAGE_DIRECTION.fullmatch(said[1] if said else text.strip()):
+            if stats is not None:
+                stats.stage_directions += 1
+            continue
         if said is None and isinstance(record, str) and turns:
             role, content, field_name = turns[-1]
             turns[-1] = (role, f"{content}\n{text}", field_name)

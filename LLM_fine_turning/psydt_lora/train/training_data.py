@@ -4,7 +4,7 @@ from pathlib import Path
 
 from psydt_lora.data.datasets import (HELDOUT_FILE, DatasetEntry, as_turn_items, build_mix, digest, entries_from_args,
                                       split_records)
-from psydt_lora.data.dialogues import ReadStats, check_format, read_dialogues, select_spread
+from psydt_lora.data.dialogues import ReadStats, check_format, read_dialogues, select_spread, tidy_summary
 from psydt_lora.data.pairs import build_pair_mix, pair_entries
 from psydt_lora.data.preference_samples import build_preference_samples
 from psydt_lora.data.sample_cache import cache_root, load_or_build
@@ -53,10 +53,9 @@ def print_stats(title, read_stats, sample_stats) -> None:
     if s.truncated_history_samples or s.truncated_reply_samples or s.dropped_too_long_samples:
         print(f"[{title}] 超长截断：{s.truncated_history_samples} 个样本丢弃了最早的 {s.dropped_rounds} 轮历史，"
               f"{s.truncated_reply_samples} 个样本截断了回复结尾，{s.dropped_too_long_samples} 个样本因上下文本身超长被丢弃")
-    r = read_stats.as_dict()
-    if r["dropped_trailing_user_turns"] or r["empty_replies_not_trained"] or r["think_blocks_removed"]:
-        print(f"[{title}] 数据整理：去掉结尾的 user 消息 {r['dropped_trailing_user_turns']} 条，"
-              f"空回复（不训练）{r['empty_replies_not_trained']} 条，去掉 think 块 {r['think_blocks_removed']} 处")
+    tidy = tidy_summary(read_stats.as_dict())
+    if tidy:
+        print(f"[{title}] 数据整理：{tidy}")
     for note in s.notes:
         print(f"[{title}] 注意：{note}")
 
