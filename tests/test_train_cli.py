@@ -215,7 +215,7 @@ def test_no_do_eval_needs_no_eval_file_and_no_network(tiny_model_dir, data_files
 @pytest.mark.parametrize(
     "content, args, pattern",
     [
-        ('[{"id": 3, "messages": [{"role": "user", "content": 1}]}]', [], r"第 0 条记录（id=3）：messages\[0\]\.content"),
+        ('[{"id": 3, "messages": [{"role": "user", "content": 1}]}]', [], r"第 1 条记录（id=3）：messages\[0\]\.content"),
         ('[{"id": 1, "messages": [', [], r"不是合法的 JSON"),
         (None, ["--max_length", "-5"], r"--max_length 必须是正数"),
         (None, ["--max_length", "20"], r"没有生成任何训练样本"),
