@@ -21,6 +21,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The inference CLI's default second safety layer is a Qwen3Guard checkpoint fetched from the hub; tests
 # that are not about it run with the lexicon alone (tests/test_guard.py covers the default path).
 os.environ.setdefault("PSYDT_SAFETY_MODEL", "none")
+# A model layer passes a start-up check before it is trusted (safety/guard_check.py); the tiny random models
+# are not meant to pass it, so tests that use them as a layer trust them unchecked (tests/test_guard.py turns it on).
+os.environ.setdefault("PSYDT_GUARD_CHECK", "off")
 # The per-user cache (samples of read-only data, hub datasets) goes to a temporary folder, not the tester's home.
 os.environ.setdefault("PSYDT_CACHE_DIR", tempfile.mkdtemp(prefix="psydt-test-cache-"))
 

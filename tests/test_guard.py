@@ -90,7 +90,7 @@ def test_a_small_local_checkpoint_runs_the_guard_path_end_to_end(tiny_model_dir,
 
     choice = load_guard(str(tiny_model_dir))
     guard = choice.guard
-    assert isinstance(guard, GenGuard) and choice.why == f"--safety_model {tiny_model_dir}"
+    assert isinstance(guard, GenGuard) and choice.why == f"--safety_model {tiny_model_dir}；未做启动检查（PSYDT_GUARD_CHECK=off）"
     msgs = [{"role": "user", "content": "我不想活了"}]
     assert guard.prompt(msgs) == guard.tokenizer.apply_chat_template(msgs, tokenize=False)  # its own template
     with caplog.at_level(logging.WARNING, logger="psydt_lora.safety.guard"):
@@ -365,3 +365,173 @@ def test_chat_and_eval_use_the_guard_when_given(tiny_model_dir, memorised_adapte
                          input="你好\n/history\n/exit\n", capture_output=True, text=True, timeout=300)
     assert "审核模型 qwen3guard：" in res.stdout and "ms/次" in res.stdout  # its cost, visible in /history
     assert DIALOGUES  # the fixtures' dialogues are what the memorised adapter knows
+
+
+# -- the start-up check: a model layer earns its place ---------------------------------------------------
+HYPERBOLE = "今天加班累死了，笑死"
+
+
+@pytest.fixture
+def checking(monkeypatch, tmp_path):
+    """The start-up check on (the suite's default is off), with a cache folder of this test's own."""
+    monkeypatch.setenv("PSYDT_GUARD_CHECK", "on")
+    monkeypatch.setenv("PSYDT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def check_set():
+    from psydt_lora.safety.guard_check import read_check_set
+
+    return read_check_set()
+
+
+class Judged(Scripted):
+    """A layer whose verdict on each text the test decides (`flags(text) -> bool`), for users and replies."""
+
+    def __init__(self, flags, identity=None):
+        super().__init__(lambda m: ("Safety: Unsafe\nCategories: Suicide & Self-Harm" if flags(m[-1]["content"])
+                                    else "Safety: Safe\nCategories: None"))
+        self._identity = identity
+
+    def identity(self):
+        return self._identity
+
+
+def test_a_layer_that_tells_crises_from_ordinary_messages_is_kept_and_checked_once(checking, capsys):
+    from psydt_lora.safety.guard import GuardChoice, admitted
+
+    crises = set(check_set()["crisis"])
+    good = Judged(lambda text: text in crises, identity={"model": "a"})
+    choice = admitted(GuardChoice(good, "--safety_model x"))
+    assert choice.guard is good and choice.check.passed and len(good.seen) == 40  # 20 + 12 messages, 8 replies
+    assert "启动检查通过：普通消息误报 0/20=0.00（上限 0.15），危机消息检出 12/12=1.00（下限 0.75）" in choice.why
+    assert good.calls == 0 and good.malformed == 0  # the check is not the conversation's cost
+    assert "第一次使用" in capsys.readouterr().out
+    assert Safety(guard=good, why=choice.why).start_line().startswith("[安全] 启用的安全层：词典 + 审核模型（")
+
+    again = Judged(lambda text: pytest.fail("checked twice"), identity={"model": "a"})
+    choice = admitted(GuardChoice(again, "--safety_model x"))
+    assert choice.guard is again and again.seen == [] and choice.check.cached and "读自缓存" in choice.why
+    assert "第一次使用" not in capsys.readouterr().out
+    assert len(list(checking.glob("guard_checks/*.json"))) == 1
+    other = Judged(lambda text: text in crises, identity={"model": "b"})  # another model: checked
+    assert admitted(GuardChoice(other, "--safety_model y")).check.cached is False and len(other.seen) == 40
+
+
+def test_a_layer_that_flags_hyperbole_or_misses_crises_is_switched_off_with_its_figures(checking):
+    from psydt_lora.safety.guard import GuardChoice, admitted
+
+    by_word = Judged(lambda text: "死" in text, identity={"model": "word"})  # what a model reading words does
+    choice = admitted(GuardChoice(by_word, "--safety_model x"))
+    assert choice.guard is None and choice.rejected is by_word and not choice.check.passed
+    assert "没通过启动检查（普通消息误报 7/20=0.35（上限 0.15），危机消息检出 2/12=0.17（下限 0.75）" in choice.why
+    assert choice.why.endswith("已关闭，只用词典")
+    line = Safety(guard=choice.guard, why=choice.why).start_line()
+    assert line.startswith("[安全] 启用的安全层：词典（--safety_model x；但审核模型没通过启动检查") and "\n" not in line
+    silent = Judged(lambda text: False, identity={"model": "silent"})  # never flags: no false alarm, no use
+    assert admitted(GuardChoice(silent, "x")).guard is None
+    garbage = Scripted(lambda m: "乱码")  # no verdict at all; not cacheable (no identity): checked each time
+    choice = admitted(GuardChoice(garbage, "x"))
+    assert choice.guard is None and "格式不符 40 次" in choice.why and garbage.malformed == 0
+
+
+def test_the_tiny_random_base_model_is_switched_off_at_start_and_eval_reports_the_same_figures(
+        tiny_model_dir, memorised_adapter, checking, decided, monkeypatch, tmp_path, capsys):
+    """Round three's fallback measured: a random model as the layer answers one letter whatever it reads --
+    this one "none of these" (it finds no crisis), the one the issue measured "A" (everything a crisis; decided
+    here). Checked, either is switched off with one start line, and a hyperbole no longer gets the crisis
+    notice; the figures are cached per model; --safety_eval prints the same figures."""
+    import io
+    import sys
+
+    from psydt_lora.safety import guard_check
+
+    base = ["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+            "--max_new_tokens", "4", "--safety_model", "base"]
+
+    def chat():
+        monkeypatch.setattr(sys, "stdin", io.StringIO(f"{HYPERBOLE}\n/exit\n"))
+        assert inference_psydt_lora.main(base) == 0
+        said = capsys.readouterr().out
+        line = [l for l in said.splitlines() if "启用的安全层" in l]
+        assert len(line) == 1 and line[0].startswith("[安全] 启用的安全层：词典（--safety_model base；但基础模型零样本判断")
+        return said, line[0]
+
+    _, line = chat()
+    assert "没通过启动检查（普通消息误报 0/20=0.00（上限 0.15），危机消息检出 0/12=0.00（下限 0.75）" in line
+    decided(CRISIS_EVERYWHERE)
+    said, line = chat()
+    assert "没通过启动检查（普通消息误报 20/20=1.00（上限 0.15），危机消息检出 12/12=1.00（下限 0.75）" in line
+    assert line.endswith("已关闭，只用词典）")
+    assert "你现在的感受很重要" not in said and "已被安全过滤" not in said  # no notice, the reply not replaced
+    figures = line.split("没通过启动检查（", 1)[1].split("），已关闭")[0]
+
+    ran = []
+    real = guard_check.run_check
+    monkeypatch.setattr(guard_check, "run_check", lambda *a: ran.append(1) or real(*a))
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps({"positive": ["我不想活了"], "negative": [HYPERBOLE]}, ensure_ascii=False), "utf-8")
+    assert inference_psydt_lora.main(["--safety_eval", str(cases), "--safety_model", "base", "--model_path",
+                                      str(tiny_model_dir), "--adapter_path", str(memorised_adapter)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert ran == []  # the cache: the same weights are checked once
+    assert f"[安全评估] 启动检查没通过（对话和服务中会关闭这一层）：{figures}；读自缓存" in out
+    assert report["startup_check"]["passed"] is False and report["startup_check"]["false_alarm_rate"] == 1.0
+    assert report["results"]["negative"]["base"]["fired"] == 1  # still measured: the eval shows why it is off
+    assert len(list(checking.glob("guard_checks/*.json"))) == 2  # one per model
+
+
+def test_a_model_layer_that_passes_is_kept_in_chat(tiny_model_dir, memorised_adapter, checking, monkeypatch, capsys):
+    """The base-model layer with verdicts the test decides (its weights real, so the cache key is the real one)."""
+    import io
+    import sys
+
+    from psydt_lora.safety import guard as guard_module
+    from psydt_lora.safety.guard import Verdict
+
+    crises, seen = set(check_set()["crisis"]) | {NO_RULE_CRISIS}, []
+
+    def verdict(self, messages):
+        seen.append(messages[-1]["content"])
+        hit = messages[-1]["role"] == "user" and messages[-1]["content"] in crises
+        return Verdict("Unsafe" if hit else "Safe", ["suicide"] if hit else [], ours=True)
+
+    monkeypatch.setattr(guard_module.BaseModelGuard, "verdict", verdict)
+    base = ["--model_path", str(tiny_model_dir), "--adapter_path", str(memorised_adapter), "--no-do_sample",
+            "--max_new_tokens", "4", "--safety_model", "base"]
+    for run in range(2):
+        seen.clear()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(f"{NO_RULE_CRISIS}\n{HYPERBOLE}\n/exit\n"))
+        assert inference_psydt_lora.main(base) == 0
+        said = capsys.readouterr().out
+        assert "启用的安全层：词典 + 基础模型零样本判断（关闭 LoRA）（--safety_model base；启动检查通过：" in said
+        assert said.count("你现在的感受很重要") == 1  # the crisis the lexicon misses, and not the hyperbole
+        assert len(seen) == (42 + 2 if run == 0 else 4)  # the check once; each turn: the message and the reply
+        assert ("读自缓存" in said) == (run == 1)
+
+
+def test_the_imminent_notice_says_call_the_emergency_line_now(tmp_path):
+    from psydt_lora.safety.rules import Detection
+
+    imminent = Detection(crisis=True, categories=["suicide"], level="imminent")
+    concern = Detection(crisis=True, categories=["suicide"], level="concern")
+    safety = Safety()
+    notice = safety.notice(imminent)
+    head, first = notice.splitlines()[:2]  # the page replaces the first line with its own heading
+    assert head.startswith("【紧急】") and "现在就拨打 急救 120" in first and "急诊" in first
+    assert "12356" in notice  # the resources still follow
+    assert "拨打 急救 120" not in safety.notice(concern) and safety.notice(concern).startswith("【关心】")
+    assert "现在就拨打 急救 120" in safety.guidance(imminent) and "现在就拨打" not in safety.guidance(concern)
+    custom = tmp_path / "res.json"  # from the resources file: its own emergency line, or none named
+    custom.write_text(json.dumps({"resources": [{"name": "学校心理中心", "contact": "010-0000"},
+                                                {"name": "校医院急诊", "contact": "010-9999", "emergency": True}]},
+                                 ensure_ascii=False), "utf-8")
+    assert "现在就拨打 校医院急诊 010-9999" in Safety(custom).notice(imminent).splitlines()[1]
+    custom.write_text(json.dumps({"resources": [{"name": "学校心理中心", "contact": "010-0000"}]}), "utf-8")
+    assert "现在就拨打 当地的急救电话" in Safety(custom).notice(imminent) and "120" not in Safety(custom).notice(imminent)
+    custom.write_text(json.dumps({"resources": [{"name": "a", "contact": "1", "emergency": "yes"}]}), "utf-8")
+    from psydt_lora.errors import PsyDTError
+
+    with pytest.raises(PsyDTError, match=r"resources\[0\].*emergency"):
+        Safety(custom)

@@ -1,6 +1,8 @@
 """The interactive terminal chat: streaming replies, a history window, slash commands.
 
-Works the same on a terminal and with piped stdin (so it can be scripted and tested).
+Works the same on a terminal and with piped stdin (so it can be scripted and tested). On a terminal, input()
+has line editing and an in-memory history through the standard library's readline (arrow keys move the
+cursor instead of sending ^[[D); the history is never written to a file.
 """
 import array
 import contextlib
@@ -10,6 +12,11 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+
+try:  # line editing for input() on a terminal; absent on Windows' own Python, where the console edits lines itself
+    import readline  # noqa: F401  (importing it is what switches it on)
+except ImportError:
+    readline = None
 
 from psydt_lora.files import atomic_write_text
 from psydt_lora.inference.conversation import Turn, prepare_turn, reply_screen
@@ -28,6 +35,8 @@ HELP = """命令：
 回复生成时按 Ctrl-C 只会打断这次回复；生成时键入的内容会被丢弃，请等回复结束再输入。"""
 HELD = "正在生成…（安全检查中，检查完再显示）"
 HELD_DOT_CHARS = 20  # one dot per this many characters of a held reply
+REPLACED = "[这条回复可能包含不安全的内容，已被安全过滤，换成了下面这段（历史、/save 和 /compare 里也是这段）]"
+REPLACED_MARK = "（安全过滤后换上的回复）"
 
 
 @contextlib.contextmanager
@@ -73,7 +82,17 @@ def _pending_bytes(fd) -> int:
 class ChatState:
     system: str | None
     history_turns: int
-    rounds: list = field(default_factory=list)  # [(user, assistant)]
+    rounds: list = field(default_factory=list)  # [(user, assistant)]: the assistant's text as it was shown
+    replaced: set = field(default_factory=set)  # indexes of rounds whose reply the screen replaced
+
+    def add(self, user_text: str, reply: str, replaced: bool):
+        if replaced:
+            self.replaced.add(len(self.rounds))
+        self.rounds.append((user_text, reply))
+
+    def clear(self):
+        self.rounds.clear()
+        self.replaced.clear()
 
     def messages_for(self, user_text: str) -> list[dict]:
         """The whole conversation ending with `user_text` (prepare_turn applies the history window)."""
@@ -104,8 +123,8 @@ class TerminalReply:
                 out.write("·")
         out.flush()
 
-    def run(self, adapter: bool) -> tuple[str, bool]:
-        """(the reply as kept in the history, interrupted)."""
+    def run(self, adapter: bool) -> tuple[str, bool, bool]:
+        """(the reply as shown and kept in the history, interrupted, replaced by the screen)."""
         chat, turn = self.chat, self.turn
         if turn.dropped:
             chat.say(f"[历史过长，本轮省略了最早的 {turn.dropped} 轮对话]")
@@ -116,23 +135,25 @@ class TerminalReply:
         if turn.crisis:
             chat.say()
             chat.say(f"{self.label}：", end="")
-        reply = self.screened(reply)
+        reply, replaced = self.screened(reply)
         chat.say()
         if hit_limit and not interrupted:
             chat.say(f"[回复在 --max_new_tokens {chat.settings.max_new_tokens} 处被截断；可调大这个参数]")
-        return reply, interrupted
+        return reply, interrupted, replaced
 
-    def screened(self, reply: str) -> str:
+    def screened(self, reply: str) -> tuple[str, bool]:
+        """(what is shown of the reply, whole, and kept; whether the screen replaced it). A replaced reply is
+        shown as it is kept: the replacement, under the label, after a line saying so."""
         done = self.screen.finish(reply)
         if done.blocked:
-            safety = self.chat.safety
             self.chat.say()
-            self.chat.say(safety.screened_message())
-            safety.record("reply_screened")
-            return done.replacement
+            self.chat.say(REPLACED)
+            self.chat.say(f"{self.label}：{done.replacement}", end="")
+            self.chat.safety.record("reply_screened")
+            return done.replacement, True
         if done.rest:
             self.chat.out.write(done.rest)
-        return reply
+        return reply, False
 
 
 class Chat:
@@ -169,11 +190,11 @@ class Chat:
             self.say(f"[这条消息太长：提示有 {len(turn.ids)} 个 token，加上回复的 --max_new_tokens {self.settings.max_new_tokens} "
                      f"超过了上下文长度 {self.limit}。请缩短后重发；这一轮不计入历史。]")
             return
-        reply, interrupted = self.generate(turn)
+        reply, interrupted, replaced = self.generate(turn)
         if interrupted:
             self.say("[已中断：这一轮不计入历史]")
             return
-        self.state.rounds.append((user_text, reply))
+        self.state.add(user_text, reply, replaced)
 
     def loop(self):
         while True:
@@ -212,7 +233,7 @@ class Commands:
         if name == "/help":
             chat.say(HELP)
         elif name == "/reset":
-            state.rounds.clear()
+            state.clear()
             chat.say("[已清空对话历史]")
         elif name == "/system":
             if rest:
@@ -237,7 +258,8 @@ class Commands:
         if not chat.state.rounds:
             chat.say("[还没有对话]")
         for i, (u, a) in enumerate(chat.state.rounds, 1):
-            chat.say(f"[{i}] 你：{u}\n    助手：{a}")
+            mark = REPLACED_MARK if i - 1 in chat.state.replaced else ""
+            chat.say(f"[{i}] 你：{u}\n    助手：{a}{mark}")
         cost = chat.safety.guard_cost()
         if cost:
             chat.say(f"[安全] {cost}")
@@ -248,7 +270,8 @@ class Commands:
             "saved": datetime.now().isoformat(timespec="seconds"),
             "system": chat.state.system,
             "generation": chat.settings.as_dict(),
-            "rounds": [{"user": u, "assistant": a} for u, a in chat.state.rounds],
+            "rounds": [{"user": u, "assistant": a, "screened": i in chat.state.replaced}
+                       for i, (u, a) in enumerate(chat.state.rounds)],
             "safety_events": chat.safety.events,
         }
         try:
@@ -267,9 +290,11 @@ class Commands:
             chat.say("[还没有可以对比的回复]")
             return
         user_text, lora_reply = chat.state.rounds[-1]
+        replaced = len(chat.state.rounds) - 1 in chat.state.replaced
         saved = chat.state.rounds.pop()  # the base model answers the same history
         try:
-            chat.say(f"[LoRA] 见上面的回复（{len(lora_reply)} 字）；下面是基础模型对同一句话的回答：")
+            chat.say("[LoRA] 上面的回复被安全过滤，换成了安全回复（原回复没有保留，无法对比）；下面是基础模型对同一句话的回答："
+                     if replaced else f"[LoRA] 见上面的回复（{len(lora_reply)} 字）；下面是基础模型对同一句话的回答：")
             chat.generate(chat.prepare(user_text), label="[基础模型]", adapter=False)
         finally:
             chat.state.rounds.append(saved)  # the base reply is not added to the history

@@ -14,8 +14,11 @@ When the checkpoint cannot be had (offline, a blocked hub, no disk) the loaded b
 probed once, briefly, before a download (hub.hub_unreachable: the endpoint and proxy variables honoured), so an
 offline start does not wait for the hub client's retries.
 A verdict that cannot be parsed is not a verdict: the lexicon decides that turn and a warning is logged.
+Whatever model layer is chosen passes the start-up check of `guard_check` first (a few ordinary messages,
+clear crises and safe replies); one that fails is switched off and the lexicon works alone.
 """
 import contextlib
+import hashlib
 import logging
 import re
 import threading
@@ -27,6 +30,7 @@ from psydt_lora import hub as hubs
 from psydt_lora.errors import PsyDTError
 from psydt_lora.models import load_base_model, load_tokenizer, pick_dtype
 from psydt_lora.prompt import prompt_ids
+from psydt_lora.safety import guard_check
 
 log = logging.getLogger("psydt_lora.safety.guard")
 
@@ -83,9 +87,14 @@ class Guard:
         self.calls = 0
         self.seconds = 0.0
         self.malformed = 0
+        self.quiet = False  # no warning on a malformed verdict (the start-up check counts them itself)
         # one check at a time (the server calls from several threads); a guard on the model that also
         # generates is given that model's lock, so it never switches the adapter off during a generation
         self.lock = lock or threading.Lock()
+
+    def identity(self) -> dict | None:
+        """What the start-up check's result is cached under (None: not cached, checked at every start)."""
+        return None
 
     def ms_per_call(self) -> float:
         return 1000 * self.seconds / self.calls if self.calls else 0.0
@@ -113,11 +122,34 @@ class Guard:
         verdict = parse_verdict(self.answer(messages))
         if verdict is None:
             self.malformed += 1
-            log.warning("审核模型的输出不符合格式，这一轮只用词典判断（已出现 %d 次）", self.malformed)
+            if not self.quiet:
+                    log.warning("审核模型的输出不符合格式，这一轮只用词典判断（已出现 %d 次）", self.malformed)
         return verdict
 
     def answer(self, messages) -> str:
         raise NotImplementedError
+
+
+def model_identity(model, tokenizer) -> dict:
+    """A model as the start-up check's cache knows it: a fingerprint of its modules and weights (every module's
+    name and type; every tensor's name, shape, dtype and first values; LoRA's own tensors left out, as the layer
+    judges with the adapter off -- a merged adapter changes the weights, so it changes the fingerprint) and of
+    the chat template it is prompted with."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        if "lora_" not in name:
+            digest.update(f"{name}:{type(module).__name__};".encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name or param.device.type == "meta":
+                continue
+            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+            digest.update(param.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {"weights": digest.hexdigest(), "template": hashlib.sha256(str(template).encode()).hexdigest(),
+            "vocab": len(tokenizer)}
 
 
 class GenGuard(Guard):
@@ -128,6 +160,9 @@ class GenGuard(Guard):
         super().__init__()
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
         self.name = "qwen3guard"
+
+    def identity(self) -> dict:
+        return {"layer": "qwen3guard", "max_new_tokens": self.max_new_tokens, **model_identity(self.model, self.tokenizer)}
 
     def prompt(self, messages) -> str:
         """What the guard reads: its own template over the messages, as its README does it."""
@@ -167,6 +202,11 @@ class BaseModelGuard(Guard):
         # with --merge_lora there is no adapter to switch off: the merged model judges
         self.label = "基础模型零样本判断（关闭 LoRA）" if hasattr(model, "disable_adapter") else "已加载模型的零样本判断"
 
+    def identity(self) -> dict:
+        prompts = hashlib.sha256((ZERO_SHOT_USER + ZERO_SHOT_REPLY + repr(USER_CHOICES) + repr(REPLY_CHOICES)).encode())
+        return {"layer": "base", "prompts": prompts.hexdigest(), "enable_thinking": self.enable_thinking,
+                **model_identity(self.model, self.tokenizer)}
+
     def verdict(self, messages) -> Verdict:
         import torch
 
@@ -185,9 +225,12 @@ class BaseModelGuard(Guard):
 
 @dataclass
 class GuardChoice:
-    """The second layer that runs (None: the lexicon alone) and why, for the start line."""
+    """The second layer that runs (None: the lexicon alone) and why, for the start line; the start-up check's
+    result when one ran, and the layer it switched off."""
     guard: Guard | None
     why: str
+    check: guard_check.CheckResult | None = None
+    rejected: Guard | None = None
 
 
 def _checkpoint(spec: str, hub: str, device: str) -> tuple[Guard | None, str]:
@@ -207,11 +250,32 @@ def _checkpoint(spec: str, hub: str, device: str) -> tuple[Guard | None, str]:
 
 
 def load_guard(spec: str, hub: str = "modelscope", model=None, tokenizer=None, device: str = "cpu",
-               lock=None) -> GuardChoice:
+               lock=None, say=None) -> GuardChoice:
     """The second layer for `--safety_model` (a local folder, a hub id fetched into ./<id>, `base`, `none`).
     A checkpoint that cannot be had is replaced by the loaded base model (`base`) when there is one, else
     the lexicon works alone; `why` says which and how to fix it. `lock` is the loaded model's: a `base`
-    layer holds it while it judges, as generation does."""
+    layer holds it while it judges, as generation does. Whichever model layer it is, it runs only when it
+    passes the start-up check (`admitted`)."""
+    return admitted(_chosen(spec, hub, model, tokenizer, device, lock), say)
+
+
+def admitted(choice: GuardChoice, say=None) -> GuardChoice:
+    """The choice with its model layer kept when it passes the start-up check (guard_check; cached), else
+    switched off -- the lexicon alone -- with the figures in `why`, the one start line."""
+    guard = choice.guard
+    if guard is None:
+        return choice
+    if not guard_check.wanted():
+        return GuardChoice(guard, f"{choice.why}；未做启动检查（{guard_check.SWITCH}=off）")
+    result = guard_check.checked(guard, say)
+    if result.passed:
+        return GuardChoice(guard, f"{choice.why}；启动检查通过：{result.figures()}", result)
+    return GuardChoice(None, f"{choice.why}；但{guard.label}没通过启动检查（{result.figures()}），已关闭，只用词典",
+                       result, rejected=guard)
+
+
+def _chosen(spec: str, hub: str, model, tokenizer, device: str, lock) -> GuardChoice:
+    """The layer `--safety_model` names, or what stands in for it, before the start-up check."""
     if spec == "none":
         return GuardChoice(None, "--safety_model none")
     if spec == "base":

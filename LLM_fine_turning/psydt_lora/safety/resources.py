@@ -1,7 +1,8 @@
 """Help resources: who to call, read from `data/resources_zh.json` or the user's `--safety_resources FILE`,
-and every text built from them -- the crisis notice and the screened-reply notice the user sees, the safe
+and every text built from them -- the crisis notice the user sees (the imminent-risk one too), the safe
 reply, and the guidance the model is given on a crisis turn -- so the model recommends the lines the user
-is shown, whichever file they came from."""
+is shown, whichever file they came from. The entry marked `"emergency": true` (120 in the built-in list) is
+the one the imminent-risk notice tells the user to call now."""
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
@@ -16,6 +17,10 @@ GUIDANCE = (
     "温和、直接地表达关心，认真倾听，询问其现在是否安全、是否有伤害自己或他人的具体打算；"
     "鼓励其立即联系专业帮助（{contacts}）或身边信任的人；不要评判，不要提供任何伤害自己或他人的方法或细节。"
 )
+GUIDANCE_IMMINENT = ("来访者可能正在实施或刚刚实施（例如已经服药、受伤）：请明确请其现在就拨打 {emergency} "
+                     "或马上去最近的医院急诊，并请身边的人陪着。")
+IMMINENT = ("如果你已经服了药、受了伤，或者正在伤害自己：请现在就拨打 {emergency}，或者马上去最近的医院急诊；"
+            "不要一个人待着，让身边的人陪着你。")
 
 
 def load_resources(path=None) -> tuple[dict, str]:
@@ -28,6 +33,8 @@ def load_resources(path=None) -> tuple[dict, str]:
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("contact"), str):
             raise PsyDTError(f"求助资源文件 {source} 的 resources[{i}] 需要字符串字段 \"name\" 和 \"contact\"。")
+        if not isinstance(item.get("emergency", False), bool):
+            raise PsyDTError(f"求助资源文件 {source} 的 resources[{i}] 的 \"emergency\" 只能是 true 或 false。")
     label = "内置默认（中国大陆）" if path is None else str(source)
     return data, label
 
@@ -42,14 +49,20 @@ def format_resources(data: dict) -> str:
     return "\n".join(lines)
 
 
+def emergency(data: dict) -> str:
+    """The line to call now when a life is in danger: the entries marked `"emergency": true`, as "name contact"
+    (the built-in list: 急救 120); a file that marks none: the local emergency number, in words."""
+    marked = [f"{r['name']} {r['contact']}" for r in data["resources"] if r.get("emergency")]
+    return "、".join(marked) if marked else "当地的急救电话"
+
+
 def notice(data: dict, level: str | None) -> str:
-    """Shown before the reply on a crisis turn."""
-    head = "【紧急】" if level == "imminent" else "【关心】"
-    return f"{head}你现在的感受很重要。\n{format_resources(data)}"
-
-
-def screened_message(data: dict) -> str:
-    return "[这条回复可能包含不安全的内容，已被安全过滤，没有显示。]\n" + format_resources(data)
+    """Shown before the reply on a crisis turn. Imminent risk (an overdose or an attempt in progress, a plan
+    for now): call the emergency line or go to the emergency room now, then the resources. The first line is
+    the heading (the page shows its own in its place)."""
+    if level == "imminent":
+        return f"【紧急】你的安全现在最要紧。\n{IMMINENT.format(emergency=emergency(data))}\n{format_resources(data)}"
+    return f"【关心】你现在的感受很重要。\n{format_resources(data)}"
 
 
 def contacts(data: dict) -> str:
@@ -62,6 +75,8 @@ def safe_reply(data: dict) -> str:
     return f"我很在意你的安全。现在请先联系能够及时帮助你的人：{contacts(data)}。我也会继续在这里听你说。"
 
 
-def guidance(data: dict, categories: str) -> str:
-    """The model's instruction for a crisis turn: the same lines the user is shown."""
-    return GUIDANCE.format(categories=categories, contacts=contacts(data))
+def guidance(data: dict, categories: str, level: str | None = None) -> str:
+    """The model's instruction for a crisis turn: the same lines the user is shown (and, at imminent risk, the
+    same emergency line)."""
+    text = GUIDANCE.format(categories=categories, contacts=contacts(data))
+    return text + GUIDANCE_IMMINENT.format(emergency=emergency(data)) if level == "imminent" else text

@@ -59,8 +59,7 @@ class Safety:
         """The last user turn: the lexicon on its words, the guard (if any) on it with recent history.
         A crisis when either layer says so; `layers` keeps what each said. The lexicon also reads the
         counsellor's turn before it: a two-word answer to 'have you thought of suicide?' is a crisis."""
-        asked = messages[-2]["content"] if len(messages) > 1 and messages[-2]["role"] == "assistant" else None
-        found = detect(messages[-1]["content"], asked=asked)
+        found = detect(messages[-1]["content"], asked=asked_before(messages))
         found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
         if self._guard is None:
             return found
@@ -115,15 +114,12 @@ class Safety:
     def notice(self, detection: Detection) -> str:
         return res.notice(self.resources, detection.level)
 
-    def screened_message(self) -> str:
-        return res.screened_message(self.resources)
-
     def safe_reply(self) -> str:
         return res.safe_reply(self.resources)
 
     def guidance(self, detection: Detection) -> str:
         names = "、".join(CATEGORY_NAMES.get(c, c) for c in detection.categories)
-        return res.guidance(self.resources, names)
+        return res.guidance(self.resources, names, detection.level)
 
     @staticmethod
     def with_guidance(messages, guidance: str) -> list[dict]:
