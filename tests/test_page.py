@@ -263,3 +263,30 @@ def test_the_typed_text_is_kept_on_any_error(loaded, browser):
         with held_busy(url, lock, generating):
             assert "服务繁忙" in kept_after_error(browser, wait, D0[1]["content"])
     assert "连接不上服务器" in kept_after_error(browser, wait, D0[1]["content"])  # the server has stopped
+
+
+@pytest.mark.parametrize("why", ["too_long", "busy"])
+def test_the_help_box_on_a_crisis_turn_that_cannot_be_answered(loaded, browser, why):
+    """A crisis message too long for the model, or sent while the one place is taken and no queue: the server
+    answers with the help and a line saying why (safety.unanswered); the page shows the help box with tel:
+    links under the header, that line, and gives the message back to the input."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    at_width(browser, 375, 740)
+    wait = WebDriverWait(browser, 90)
+    text = CRISIS + "。" + D0[1]["content"] * 40 if why == "too_long" else CRISIS
+    with page_app(loaded, limit=200) as (url, lock, generating):
+        browser.get(url + "/")
+        with held_busy(url, lock, generating) if why == "busy" else contextlib.nullcontext():
+            reply = say(browser, wait, text, typed=False)
+        wait.until(lambda b: reply.find_elements(By.CSS_SELECTOR, ".crisis"))
+        crisis = reply.find_element(By.CSS_SELECTOR, ".crisis")
+        assert links(crisis) == NUMBERS and "```" not in reply.text
+        assert ("太长" if why == "too_long" else "忙") in reply.text.replace(crisis.text, "")
+        assert browser.find_element(By.ID, "input").get_attribute("value") == text
+        assert browser.execute_script("return history.length") == 0
+        header, heading, footer = box(browser, "header"), box(browser, ".crisis strong"), box(browser, "footer")
+        assert header["bottom"] <= heading["top"] and heading["bottom"] <= footer["top"], (header, heading, footer)
+        no_horizontal_overflow(browser)
+        shoot(browser, f"page-crisis-{why}-375.png")
