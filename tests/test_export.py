@@ -109,7 +109,7 @@ def test_merged_model_with_its_plain_template_says_what_the_adapter_says(exporte
             assert merged_reply == adapter_reply == [d["messages"][end]["content"]]
 
 
-def test_merged_folder_carries_the_recommended_settings_and_a_card(exported, memorised_adapter):
+def test_merged_folder_carries_the_recommended_settings_and_a_card(exported, memorised_adapter, tiny_model_dir):
     gen = json.loads((exported / "generation_config.json").read_text("utf-8"))
     defaults = GenerationSettings()
     assert (gen["do_sample"], gen["temperature"], gen["top_p"], gen["repetition_penalty"]) == \
@@ -125,10 +125,23 @@ def test_merged_folder_carries_the_recommended_settings_and_a_card(exported, mem
 
     run = RunRecord.read(memorised_adapter)  # either record format
     front = card.split("---\n")[1]
-    assert "license: \"apache-2.0\"" in front and "datasets:" in front and "base_model:" in front
-    for must in ("12356", "400-161-9995", "不能替代", "lora_r", str(lora_rank(run)),
+    assert "license: \"apache-2.0\"" in front and "datasets:" in front
+    # trained on a local folder, not on weights fetched from the hub: no hub id is claimed for it
+    assert "base_model:" not in front and "Qwen/Qwen3-1.7B" not in card and f"本地文件夹 `{tiny_model_dir}`" in card
+    for must in ("12356", "400-161-9995", "不能替代", "lora_r", str(lora_rank(run)), "| 实际训练步数 | 120 |",
                  str(run.metrics["final_train_loss"]), "vllm serve", "--max-lora-rank 16", LEARNED):
         assert must in card, must
+
+
+def test_the_gguf_recipes_name_the_real_base_folder(tmp_path):
+    from psydt_lora.export.recipes import gguf_recipes
+
+    base = tmp_path / "models" / "my-base"
+    lines = gguf_recipes(tmp_path / "gguf", ["merged-f16.gguf"], "lora_adapter-f16.gguf", None, base)
+    text = "\n".join(lines)
+    assert f"convert_hf_to_gguf.py {base} --outtype f16 --outfile my-base-f16.gguf" in text
+    assert f"llama-server -m my-base-f16.gguf --lora {tmp_path / 'gguf' / 'lora_adapter-f16.gguf'}" in text
+    assert "Qwen" not in text
 
 
 def test_export_prints_the_serving_commands(tiny_model_dir, memorised_adapter, tmp_path, capsys):

@@ -175,6 +175,58 @@ def test_raising_max_steps_of_a_finished_run_continues_on_the_schedule_for_the_n
     assert all(rates[s] > 0 for s in range(11, 15))
 
 
+def test_the_record_and_the_card_name_the_base_that_was_loaded_and_what_was_trained(tiny_model_dir, data_files,
+                                                                                     tmp_path, monkeypatch, capsys):
+    """A local base folder is recorded as that folder -- not as the unused --model_repo default -- and the card
+    says so; the hub id only when the weights came from the hub. Steps and epochs are the ones trained."""
+    from psydt_lora import hub
+    from psydt_lora.export.card import model_card
+    from psydt_lora.inference.generation import GenerationSettings
+    from psydt_lora.run_record import RunRecord
+
+    train, _ = data_files
+
+    def trained(model_dir, out):
+        argv = ["--model_local_dir", str(model_dir), "--train_file", str(train), "--no-do_eval", "--output_dir",
+                str(out), "--report_to", "none", "--max_steps", "3", "--save_steps", "100",
+                "--gradient_accumulation_steps", "1"]
+        assert train_psydt_lora.main(argv) == 0
+        record = RunRecord.read(out / "lora_adapter")
+        card = model_card(record, base=str(model_dir), adapter="a", system_prompt=None, settings=GenerationSettings(),
+                          recipes=[])
+        return record, json.loads((out / "checkpoint-3" / "trainer_state.json").read_text("utf-8")), card
+
+    record, state, card = trained(tiny_model_dir, tmp_path / "local")
+    assert record.base_model.path == str(tiny_model_dir) and record.base_model.repo is None
+    assert record.trained == {"steps": 3, "epochs": round(state["epoch"], 4)} and record.trained["epochs"] > 1
+    front = card.split("---\n")[1]
+    assert "base_model" not in front and "Qwen/Qwen3-1.7B" not in card and f"本地文件夹 `{tiny_model_dir}`" in card
+    assert "| 实际训练步数 | 3 |" in card and f"| 实际训练轮数 | {record.trained['epochs']} |" in card
+    assert "| max_steps | 3 |" in card and "num_train_epochs" not in card  # --max_steps decided the length
+
+    def download(repo, local_dir):  # the hub, as far as this test goes: the tiny model's files arrive
+        shutil.copytree(tiny_model_dir, local_dir, dirs_exist_ok=True)
+
+    monkeypatch.setitem(hub.DOWNLOADERS, "modelscope", (download, hub.DOWNLOADERS["modelscope"][1]))
+    record, _, card = trained(tmp_path / "Qwen" / "Qwen3-1.7B", tmp_path / "fetched")
+    assert (record.base_model.repo, record.base_model.hub) == ("Qwen/Qwen3-1.7B", "modelscope")
+    assert 'base_model: "Qwen/Qwen3-1.7B"' in card.split("---\n")[1] and "从 modelscope 下载" in card
+
+
+def test_log_lines_show_the_loss_to_four_decimals():
+    from psydt_lora.train.progress import format_number
+
+    assert format_number(11.94123) == "11.9412" and format_number(0.5) == "0.5000"
+    assert format_number(2e-5) == "2.000e-05" and format_number(0.0) == "0.0000" and format_number(7) == "7"
+
+
+def test_a_dry_run_leaves_no_sample_cache_beside_the_data(tiny_model_dir, data_files):
+    train, _ = data_files
+    assert train_psydt_lora.main(["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--no-do_eval",
+                                  "--dry_run"]) == 0
+    assert sorted(p.name for p in train.parent.iterdir()) == ["test.json", "train.json"]
+
+
 def test_help_is_chinese_and_shows_each_default_once():
     import re
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from psydt_lora.errors import PsyDTError
-from psydt_lora.files import load_records, temp_dir_beside, user_cache_dir, write_dir
+from psydt_lora.files import atomic_write_json, load_records, temp_dir_beside, user_cache_dir, write_dir
 
 TRAIN_FILE = "PsyDTCorpus_train_mulit_turn_packing.json"  # sic: the dataset's own spelling
 TEST_FILE = "PsyDTCorpus_test_single_turn_split.json"
@@ -30,6 +30,7 @@ HUBS = ("modelscope", "huggingface")
 HUB_SITES = {"modelscope": "https://modelscope.cn", "huggingface": "https://huggingface.co"}
 PROBE_TIMEOUT_S = 3.0  # one connection attempt to the hub before an optional download (the guard model)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "original/*")
+SOURCE_FILE = "psydt_source.json"  # left in a model folder this module downloaded: {"hub", "repo"}
 
 
 # -- checking what is there --------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def shown(path) -> str:
 @contextlib.contextmanager
 def quiet_hub_logs():
     """The hubs' English retry warnings would come before our Chinese message; failures are reported by us."""
-    loggers = [logging.getLogger(n) for n in ("modelscope", "urllib3", "huggingface_hub", "filelock")]
+    loggers = [logging.getLogger(n) for n in ("modelscope", "modelscope_hub", "urllib3", "huggingface_hub", "filelock")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -178,6 +179,7 @@ def ensure_model(repo: str, local_dir, hub: str = "modelscope") -> Path:
     print(f"[下载] 模型文件夹 {shown(local_dir)} 不可用（{'；'.join(problems)}），"
           f"从 {hub} 下载模型 {repo} 到本地文件夹 {shown(local_dir)} ...", flush=True)
     hint = _manual_hint(hub, repo, shown(local_dir), "全部文件（config.json、*.safetensors、分词器文件）")
+    print(connecting_line(hub, "--model_local_dir 指向已经下载好的模型文件夹"), flush=True)
     with failing_download(local_dir, f"从 {hub} 下载模型 {repo} 到本地文件夹 {shown(local_dir)} 失败", hint):
         with quiet_hub_logs():
             _downloader(hub, 0)(repo, local_dir)
@@ -187,7 +189,32 @@ def ensure_model(repo: str, local_dir, hub: str = "modelscope") -> Path:
             f"下载后模型文件夹 {shown(local_dir)} 仍不可用：{'；'.join(problems)}。"
             + _manual_hint(hub, repo, shown(local_dir), "全部文件")
         )
+    atomic_write_json(local_dir / SOURCE_FILE, {"hub": hub, "repo": repo})
     return local_dir
+
+
+def model_source(folder) -> dict | None:
+    """{"hub", "repo"} of a model folder `ensure_model` downloaded; None for one put there by other means
+    (its hub id, if it has one, is not known here)."""
+    try:
+        source = json.loads((Path(folder) / SOURCE_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return source if isinstance(source, dict) and isinstance(source.get("repo"), str) else None
+
+
+def connecting_line(hub: str, local: str) -> str:
+    """Said before a download starts: offline, modelscope's client is silent for ~20 s before it gives up
+    (huggingface_hub stops at once under HF_HUB_OFFLINE=1)."""
+    if hub == "huggingface" and hub_offline():
+        return f"[下载] 已设置 HF_HUB_OFFLINE：huggingface_hub 不联网，只找本地文件（没有就立即报错）。离线时请用 {local}。"
+    skip = "" if hub == "huggingface" else "；用 --hub huggingface 时设置 HF_HUB_OFFLINE=1 会立即停止"
+    return (f"[下载] 正在连接 {hub}（{hub_endpoint(hub)}）；没有网络时要重试约 20 秒才会报错。"
+            f"不想等可以按 Ctrl-C，改用 {local}{skip}。")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _modelscope_model(repo: str, local_dir: Path) -> None:
@@ -235,6 +262,7 @@ def ensure_dataset_file(repo: str, dataset_dir, filename: str, hub: str = "model
     if problem is None:
         return target
     print(f"[下载] 数据文件 {shown(target)}：{problem}，从 {hub} 下载 {repo}/{filename} ...", flush=True)
+    print(connecting_line(hub, "--dataset_dir / --train_file 指向已经下载好的文件"), flush=True)
     made = created_folders(dataset_dir)
     tmp = temp_dir_beside(target)
     try:
@@ -308,6 +336,7 @@ def ensure_hub_dataset(repo: str, hub: str = "modelscope", filename: str | None 
 
     hint = (f"请检查网络，或在能上网的机器上从 {HUB_SITES[hub]} 下载它的数据文件，用 --train_file 指向本地文件或文件夹"
             "（也可以换一个 --hub）。")
+    print(connecting_line(hub, "--train_file 指向已经下载好的本地文件或文件夹"), flush=True)
     with failing_download(folder, f"从 {hub} 下载数据集 {repo} 失败", hint):
         write_dir(folder, fill)
     return target
@@ -330,7 +359,7 @@ def hub_unreachable(hub: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """Why the hub cannot be reached, or None when it (or the proxy in front of it) answers a TCP connection
     within `timeout` (one try). Offline, modelscope's own client retries for ~25 s before it gives up; this
     costs at most `timeout` and never raises: every failure is a reason in words."""
-    if hub == "huggingface" and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if hub == "huggingface" and hub_offline():
         return "已设置 HF_HUB_OFFLINE"
     url = urlparse(hub_endpoint(hub))
     if not url.hostname:

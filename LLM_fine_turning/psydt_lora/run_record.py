@@ -16,10 +16,12 @@ FORMAT = 2  # 1: the flat "args" of the first releases (no "format" key); 2: gro
 
 @dataclass(frozen=True)
 class BaseModel:
-    """The base model the adapter was trained on: what must match when it is loaded onto another."""
+    """The base model the adapter was trained on: the folder it was loaded from, what must match when it is
+    loaded onto another, and its hub id only when the weights came from that hub (hub.model_source)."""
     path: str | None = None
-    repo: str | None = None
+    repo: str | None = None  # None: a local folder of unknown origin (never the unused --model_repo default)
     signature: dict = field(default_factory=dict)
+    hub: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class RunRecord:
     system_prompts: dict = field(default_factory=dict)  # each dataset's
     data: dict = field(default_factory=dict)  # data statistics (counts only, never dialogue text)
     metrics: dict = field(default_factory=dict)
+    trained: dict = field(default_factory=dict)  # what was trained: {"steps", "epochs"} (the whole run, resumes included)
     versions: dict = field(default_factory=dict)
     created: str | None = None
 
@@ -65,6 +68,14 @@ class RunRecord:
         """The datasets the adapter learned from: its own run's, and those of the adapter it continued."""
         return {**((self.parent or {}).get("datasets") or {}), **self.datasets}
 
+    @property
+    def base_repo(self) -> str | None:
+        """The base model's hub id where the record knows it: format 2 only when the weights came from the hub;
+        format 1 recorded the --model_repo flag, whatever was loaded."""
+        if "flags" in self.settings:
+            return self.base_model.repo or self.settings["flags"].get("model_repo")
+        return self.base_model.repo
+
     def as_parent(self, adapter_dir) -> dict:
         return {"adapter": str(adapter_dir), "stage": self.stage, "datasets": self.all_datasets,
                 "system_prompt": self.system_prompt}
@@ -83,7 +94,7 @@ class RunRecord:
         if "settings" not in raw and isinstance(raw.get("args"), dict):  # format 1: the flags as they were
             values["settings"] = {"flags": dict(raw["args"])}
         base = values["base_model"] if isinstance(values["base_model"], dict) else {}
-        values["base_model"] = BaseModel(base.get("path"), base.get("repo"), base.get("signature") or {})
+        values["base_model"] = BaseModel(base.get("path"), base.get("repo"), base.get("signature") or {}, base.get("hub"))
         return cls(**values)
 
     @classmethod

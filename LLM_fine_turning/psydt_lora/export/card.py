@@ -1,6 +1,7 @@
 """The model card (README.md of the merged folder): where the model comes from, how it was trained,
 what the run measured, what it is for, and where to get help in a crisis."""
 import json
+from pathlib import Path
 
 from psydt_lora.safety.resources import load_resources
 
@@ -20,9 +21,10 @@ DATA_KEYS = ("dialogues", "samples", "tokens", "supervised_tokens")
 PSYDT = "YIRONGCHEN/PsyDTCorpus"
 
 
-def front_matter(base_repo: str, hub_datasets: list) -> str:
-    meta = {"license": "apache-2.0", "language": ["zh"], "base_model": base_repo, "datasets": hub_datasets,
-            "library_name": "transformers", "pipeline_tag": "text-generation",
+def front_matter(base_repo: str | None, hub_datasets: list) -> str:
+    """`base_model` only when the base's hub id is known (a hub id is what the key means; a folder is not one)."""
+    meta = {"license": "apache-2.0", "language": ["zh"], **({"base_model": base_repo} if base_repo else {}),
+            "datasets": hub_datasets, "library_name": "transformers", "pipeline_tag": "text-generation",
             "tags": ["qwen3", "lora", "psychological-counseling", "psydt-lora"]}
     # YAML is a superset of JSON: one JSON value per key is valid front matter
     return "---\n" + "".join(f"{k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in meta.items()) + "---\n"
@@ -51,32 +53,49 @@ def data_lines(record) -> tuple[list, list, str]:
 
 
 def settings_rows(record) -> list[tuple]:
-    """(flag, value) of the settings worth a reader's eye, whichever format the record is in."""
+    """(flag, value) of the settings worth a reader's eye, whichever format the record is in: what was trained
+    first (steps and epochs, where the record says), then the flags -- of --num_train_epochs and --max_steps
+    only the one that decided the length."""
     if record is None:
         return []
     flags = record.settings.get("flags", {})  # a format-1 record
-    rows = []
+    rows = [(f"实际训练{label}", record.trained[key]) for key, label in (("steps", "步数"), ("epochs", "轮数"))
+            if record.trained.get(key) is not None]
     for flag, group, name in TRAINING_SETTINGS:
         if group is None:
             value = record.stage if flags == {} else flags.get(flag)
         else:
             value = record.settings.get(group, {}).get(name, flags.get(flag))
-        if value is not None:
+        if value is not None and not unused_length_flag(flag, value, record.setting("max_steps")):
             rows.append((flag, ",".join(value) if isinstance(value, list) else value))
     return rows
 
 
+def unused_length_flag(flag: str, value, max_steps) -> bool:
+    """--num_train_epochs when --max_steps set the length; --max_steps -1 (the length came from the epochs)."""
+    steps_decide = isinstance(max_steps, (int, float)) and max_steps > 0
+    return (flag == "num_train_epochs" and steps_decide) or (flag == "max_steps" and not steps_decide)
+
+
+def base_line(base_repo, base: str, record) -> str:
+    """The base as loaded: its folder, and the hub id only where the record knows the weights came from there."""
+    if not base_repo:
+        return f"- 基础模型：本地文件夹 `{base}`（不是从模型库下载的，来源未记录）"
+    hub = f"，从 {record.base_model.hub} 下载" if record and record.base_model.hub else ""
+    return f"- 基础模型：`{base_repo}`{hub}，本地路径 `{base}`"
+
+
 def model_card(record, *, base: str, adapter: str, system_prompt, settings, recipes) -> str:
     """Markdown with YAML front matter. `record` is the adapter's RunRecord (None when it has none)."""
-    base_repo = (record.base_model.repo or record.setting("repo") or record.setting("model_repo") if record else None) or base
+    base_repo = record.base_repo if record else None
     hub_datasets, data, data_name = data_lines(record)
     train_data = (record.data.get("train") or {}) if record else {}
     metrics = (record.metrics or {}) if record else {}
-    out = [front_matter(base_repo, hub_datasets), f"# {base_repo} + {data_name} LoRA（已合并）", "",
+    out = [front_matter(base_repo, hub_datasets), f"# {base_repo or Path(base).name} + {data_name} LoRA（已合并）", "",
            "> **这不是心理咨询师。** 模型的回复不能替代专业心理咨询、诊断或治疗。如果你或身边的人正处于危机中，请立即求助：", ">"]
     out += [f"> {line}" for line in help_lines()] + ["",
             "## 来源", "",
-            f"- 基础模型：`{base_repo}`（Apache-2.0），本地路径 `{base}`",
+            base_line(base_repo, base, record),
             *data,
             f"- LoRA adapter：`{adapter}`，用 PsyDT-LoRA 训练后合并进权重（safetensors）", "",
             "## 训练设置", ""]

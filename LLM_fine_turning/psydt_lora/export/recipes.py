@@ -29,7 +29,8 @@ def vllm_recipes(merged_dir, base_dir, adapter_dir, lora_rank) -> list[str]:
     return lines
 
 
-def gguf_recipes(gguf_dir, full_files, lora_file, modelfile, converter="convert_hf_to_gguf.py") -> list[str]:
+def gguf_recipes(gguf_dir, full_files, lora_file, modelfile, base_dir, converter="convert_hf_to_gguf.py") -> list[str]:
+    """`base_dir`: the base model folder the adapter was merged into (the LoRA GGUF is applied to its GGUF)."""
     lines = []
     if full_files:
         main = Path(gguf_dir) / full_files[-1]
@@ -39,9 +40,10 @@ def gguf_recipes(gguf_dir, full_files, lora_file, modelfile, converter="convert_
             f"llama-cli -m {main} --jinja -cnv",
         ]
     if lora_file:
+        base_gguf = f"{Path(base_dir).resolve().name}-f16.gguf"
         lines += ["# llama.cpp，基础模型的 GGUF + LoRA GGUF（不合并；基础模型先转换一次，--lora 可以给多个）：",
-                  f"python {converter} ./Qwen/Qwen3-1.7B --outtype f16 --outfile Qwen3-1.7B-f16.gguf",
-                  f"llama-server -m Qwen3-1.7B-f16.gguf --lora {Path(gguf_dir) / lora_file} --jinja --host 127.0.0.1 --port 8080"]
+                  f"python {converter} {base_dir} --outtype f16 --outfile {base_gguf}",
+                  f"llama-server -m {base_gguf} --lora {Path(gguf_dir) / lora_file} --jinja --host 127.0.0.1 --port 8080"]
     if modelfile:
         lines += ["# Ollama：", f"cd {gguf_dir} && ollama create psydt -f {Path(modelfile).name} && ollama run psydt"]
     return lines

@@ -65,4 +65,4 @@ def export_gguf(config: ExportConfig, merged: Path, base, adapter, system_prompt
     if with_modelfile:
         modelfile = write_modelfile(out_dir, full[-1].name, system_prompt, merged)
         print(f"[导出] Ollama Modelfile：{modelfile}")
-    return gguf_recipes(out_dir, [f.name for f in full], lora.name, modelfile, tools / gguf.CONVERT_FULL)
+    return gguf_recipes(out_dir, [f.name for f in full], lora.name, modelfile, base, tools / gguf.CONVERT_FULL)

@@ -16,7 +16,7 @@ from psydt_lora.train.checkpoints import ResumePlan
 from psydt_lora.train.config import TrainConfig
 from psydt_lora.train.lora import build_model
 from psydt_lora.train.outputs import (ADAPTER_DIR, LOSS_PLOT, METRICS_FILE, final_metrics, loss_history, run_record,
-                                      save_adapter)
+                                      save_adapter, trained_amount)
 from psydt_lora.train.preference import cached_reference_logps, reference_identity, reference_logps
 from psydt_lora.train.progress import device_lines, run_summary
 from psydt_lora.train.ranks import finish_distributed, is_main_process
@@ -91,7 +91,7 @@ def save_outputs(job: TrainingRun, trainer, metrics, base_config, padding_share)
         names = " + ".join(job.data_stats.get("datasets") or {}) or "PsyDTCorpus"
         plot_losses(history, plot, f"{Path(config.model.local_dir).name} + LoRA on {names}")
     record = run_record(config, base_config, job.prompt_format, job.system_prompt, job.system_prompts, job.data_stats,
-                        {k: v for k, v in metrics.items() if k.startswith("final_")})
+                        {k: v for k, v in metrics.items() if k.startswith("final_")}, trained_amount(trainer.state))
     adapter_dir = output_dir / ADAPTER_DIR
     save_adapter(trainer, adapter_dir, record, extra_files=[plot])
     if main_rank:

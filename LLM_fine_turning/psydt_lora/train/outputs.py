@@ -8,6 +8,7 @@ from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
 from psydt_lora.files import atomic_write_json, write_dir
+from psydt_lora.hub import model_source
 from psydt_lora.models import base_model_signature
 from psydt_lora.run_record import RUN_FILE, BaseModel, RunRecord, settings_dict
 
@@ -51,19 +52,28 @@ def save_adapter(trainer, adapter_dir: Path, record: RunRecord, extra_files=()) 
 
 
 def run_record(config, base_config, prompt_fmt: dict, system_prompt, system_prompts: dict, data_stats: dict,
-               metrics: dict) -> RunRecord:
-    """The record a finished run leaves beside its adapter: the typed settings, never the command line."""
+               metrics: dict, trained: dict) -> RunRecord:
+    """The record a finished run leaves beside its adapter: the typed settings, never the command line. The base
+    is the folder loaded; its hub id only when the weights came from the hub (--model_repo is otherwise unused)."""
     pref = config.preference
+    source = model_source(config.model.local_dir) or {}
     return RunRecord(
         settings=settings_dict(*config.parts()),
-        base_model=BaseModel(str(config.model.local_dir), config.model.repo, base_model_signature(base_config)),
+        base_model=BaseModel(str(config.model.local_dir), source.get("repo"), base_model_signature(base_config),
+                             source.get("hub")),
         stage=config.stage,
         preference=None if pref is None else settings_dict(pref)[pref.group],
         parent=parent_of(config.model.adapter_path),
         prompt_format=prompt_fmt, system_prompt=system_prompt, system_prompts=system_prompts, data=data_stats,
-        metrics=metrics, versions=library_versions(),
+        metrics=metrics, trained=trained, versions=library_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def trained_amount(state) -> dict:
+    """The optimizer steps and epochs the whole run trained (a resumed or extended run's included), from the
+    Trainer's state."""
+    return {"steps": state.global_step, "epochs": round(state.epoch or 0.0, 4)}
 
 
 def parent_of(adapter_dir) -> dict | None:

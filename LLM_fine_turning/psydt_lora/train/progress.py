@@ -108,7 +108,9 @@ def make_progress_callback():
 
 
 def format_number(v) -> str:
+    """Floats to 4 decimals (a loss of 11.9412 moving in its third decimal shows it), tiny ones (learning rates)
+    in scientific notation."""
     if isinstance(v, float):
-        return f"{v:.3e}" if v != 0 and abs(v) < 1e-3 else f"{v:.4g}"
+        return f"{v:.3e}" if v != 0 and abs(v) < 1e-3 else f"{v:.4f}"
     return str(v)
 
