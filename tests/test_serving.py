@@ -385,8 +385,8 @@ def app_for(loaded, lock=None, limit=4096, **config):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_six_simultaneous_requests_admit_exactly_one(loaded, stream):
-    """--max_concurrency 1: while the admitted request runs (it waits for the model, whose lock this test
-    holds), the other five are answered 429 at once."""
+    """--max_concurrency 1 with no queue (--max_queue 0, app_for's default): while the admitted request runs (it
+    waits for the model, whose lock this test holds), the other five are answered 429 at once."""
     lock = threading.Lock()
     app, _ = app_for(loaded, lock=lock, max_concurrency=1)
     msgs = [{"role": "user", "content": D0[1]["content"]}]
@@ -537,8 +537,9 @@ def test_a_crisis_turn_the_busy_server_cannot_answer_still_gets_the_help(loaded,
             for shown in (llm.invoke([HumanMessage(CRISIS)]).content,
                           "".join(c.content for c in llm.stream([HumanMessage(CRISIS)]))):
                 assert shown.startswith(HELP_OPEN) and "12356" in shown and shown.endswith(UNANSWERED["busy"])
-            with pytest.raises(openai.RateLimitError):
+            with pytest.raises(openai.RateLimitError) as refused:
                 call(url, D0[1]["content"])
+            assert ("排队 0.2 秒" if queue.get("queue_timeout") else "位置也满了") in refused.value.body["message"]
         assert held.result(120)[0] == D0[2]["content"]
 
 

@@ -445,17 +445,14 @@ def batch_summary_lines(report, rt: runtime.Runtime, batch: BatchSettings) -> No
 
 
 def run_serve(inv: Invocation, record) -> int:
-    """The server; Ctrl-C, while loading or serving, ends it with one line and exit status 130."""
+    """The server; Ctrl-C, while loading or once uvicorn has shut down (it raises the signal again, see
+    serving.serve), ends it with one line and exit status 130, never a traceback."""
     try:
         return serve_until_stopped(inv, record)
     except KeyboardInterrupt:
-        return stopped()
-
-
-def stopped() -> int:
-    with contextlib.suppress(OSError):  # stderr may be gone already (`... | tee log` ended by the same Ctrl-C)
-        print("\n[服务] 已停止（Ctrl-C）。", file=sys.stderr, flush=True)
-    return serving.INTERRUPTED
+        with contextlib.suppress(OSError):  # stderr may be gone already (`... | tee log` ended by the same Ctrl-C)
+            print("\n[服务] 已停止（Ctrl-C）。", file=sys.stderr, flush=True)
+        return serving.INTERRUPTED
 
 
 def serve_until_stopped(inv: Invocation, record) -> int:
@@ -483,8 +480,7 @@ def serve_until_stopped(inv: Invocation, record) -> int:
               f"（模型名 {config.model_name}，最多同时处理 {config.max_concurrency} 个请求，另有 {config.max_queue} 个排队位置）。"
               "按 Ctrl-C 停止。", flush=True)
 
-    if serving.serve(serving.create_app(backend, rt.safety, config), srv.host, srv.port, bound):
-        return stopped()
+    serving.serve(serving.create_app(backend, rt.safety, config), srv.host, srv.port, bound)
     return 0
 
 

@@ -295,7 +295,7 @@ def words_only(safety, messages) -> Detection:
     there is one, still judges every admitted turn (prepare_turn)."""
     if not safety.enabled:
         return Detection()
-    found = detect(messages[-1]["content"])
+    found = detect(messages[-1]["content"], asked=asked_before(messages))
     found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
     return found
 
@@ -551,18 +551,14 @@ def render_page(config: ServeConfig, safety) -> str:
     return PAGE.read_text("utf-8").replace("__PSYDT_INFO__", blob)
 
 
-def serve(app, host: str, port: int, announce=print) -> int:
+def serve(app, host: str, port: int, announce=print) -> None:
     """Run until SIGINT/SIGTERM; in-flight streams are allowed to finish (up to 30 s). The socket is bound
     first and `announce(port)` told the port it got, so `--port 0` takes a free one and says which.
-    Returns 130 after Ctrl-C: uvicorn shuts down gracefully, then raises the signal again, and that
-    KeyboardInterrupt is the end of the run, not an error (SIGTERM's default action ends the process)."""
+    After a graceful shutdown uvicorn raises the signal again: SIGTERM's default action ends the process,
+    Ctrl-C comes out of here as KeyboardInterrupt (the program ends on it with status INTERRUPTED)."""
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
     sock = config.bind_socket()
     announce(sock.getsockname()[1])
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        return INTERRUPTED
-    return 0
+    uvicorn.Server(config).run(sockets=[sock])
