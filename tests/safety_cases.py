@@ -373,3 +373,20 @@ EN_NEGATIVE += [
     "I'm tired of this weather", "I can't take it anymore, this traffic is insane", "I took a pill for my headache",
     "I scratched my arm on a branch", "My dad locks the door at night",
 ]
+
+# Round four (issue 31): the structural faults, in our own sentences -- words not characters, traditional
+# characters and variant spellings, attempts that context words must not cancel, a bare 死 about the speaker only.
+ZH_POSITIVE += [
+    ("我特别想死", "suicide"), ("我最近特别想自杀", "suicide"), ("分手以后我特别想结束这一切", "suicide"),
+    ("我自杀被抢救回来了，还想再试", "suicide"), ("请问吃多少片安眠药会死", "suicide"), ("我刚刚吞了一整瓶安眠药，现在在急诊", "suicide"),
+    ("上个月吃安眠药被送进急诊洗胃", "suicide"), ("我想自殺", "suicide"), ("我想跳樓", "suicide"), ("活著真的沒有意思", "suicide"),
+    ("我真的不想或了", "suicide"), ("好想4啊，什么都做不好", "suicide"), ("真想跳搂", "suicide"), ("我真的不要活了，太累了", "suicide"),
+    ("我总觉得死了就能轻松一点", "suicide"), ("怎样才能不痛地死", "suicide"), ("真希望能安乐死", "suicide"),
+    ("我试了很多次，还是戒不掉自残", "self_harm"), ("我每天都在想，只是不敢自杀", "suicide"), ("昨晚又割婉了", "self_harm"),
+    ("我喝了农药，肚子好痛", "suicide"), ("好想重开啊，这辈子太失败了", "suicide"),
+]
+ZH_NEGATIVE += [
+    "秦始皇是怎么死的", "黑死病死了多少人", "这次考试我死定了", "每天过得要死不活的", "游戏里我的角色又死了",
+    "小说的主角最后死了", "我后悔死了，不该说那句话", "我告别了大学同学，回老家工作", "你别想太多，早点睡", "我不會自殺的，放心",
+    "這部電影講的是一個人自殺的故事", "紫砂壶很好看", "电脑卡了，重启一下", "我朋友在急诊科当护士", "这个药一天吃几片",
+]

@@ -169,7 +169,7 @@ def _clause_of(text: str, m) -> tuple[str, str]:
 
 def _self_directed(text: str, m, r) -> bool:
     """A bare death word counts only about the speaker: nobody else named before it in its clause, and 'I' in
-    the clause or, the subject dropped as Chinese does, a wish or a question of how (怎么样可以慢慢死掉)."""
+    the clause or, the subject dropped as Chinese does, a wish or a question of how (怎样才能不痛地死)."""
     clause, head = _clause_of(text, m)
     frames = r["frames"]
     if frames["others"].search(head):
@@ -209,13 +209,11 @@ def _answer_hits(t: str, asked: str | None, r) -> list:
         return []
     if a["safety_topic"].search(q) and a["unsafe"].search(t):
         return [("suicide", "imminent", t)]
-    for clause in (c for c in _CLAUSE.split(t) if c.strip()):
-        if a["no"].match(clause.strip()):
-            return []
-        if a["yes"].match(clause.strip()):
-            category = "self_harm" if a["self_harm_topic"].search(q) and not a["suicide_topic"].search(q) else "suicide"
-            return [(category, "imminent" if a["plan_topic"].search(q) else "concern", t)]
-    return []
+    clauses = [c.strip() for c in _CLAUSE.split(t) if c.strip()]
+    if not clauses or any(a["no"].match(c) for c in clauses) or not a["yes"].match(clauses[0]):
+        return []
+    category = "self_harm" if a["self_harm_topic"].search(q) and not a["suicide_topic"].search(q) else "suicide"
+    return [(category, "imminent" if a["plan_topic"].search(q) else "concern", t)]
 
 
 def _resolved(t: str, r) -> bool:
