@@ -27,6 +27,14 @@ from psydt_lora.infer_cli import cli
 sys.argv = ["psydt-chat", *sys.argv[1:]]
 sys.exit(cli())
 """
+# the tests' tiny random Qwen3, built by their own helper in a child process started in tests/ (its folder is
+# the child's first import path there), so this script's own imports stay the installed package's
+BUILD_TINY = """
+import sys
+from pathlib import Path
+from conftest import build_tiny_model
+build_tiny_model(Path(sys.argv[1]))
+"""
 
 
 def start(package: Path, model: Path, cwd: Path, safety_model: str) -> tuple[float, str]:
@@ -45,12 +53,11 @@ def main():
     p.add_argument("--package", default=str(ROOT / "LLM_fine_turning"), help="folder holding psydt_lora")
     p.add_argument("--runs", type=int, default=2)
     args = p.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import build_tiny_model
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = build_tiny_model(tmp / "tiny")
+        model = tmp / "tiny"
+        subprocess.run([sys.executable, "-c", BUILD_TINY, str(model)], cwd=ROOT / "tests", check=True,
+                       capture_output=True, timeout=600)
         (tmp / "cwd").mkdir()
         times = {"Qwen/Qwen3Guard-Gen-0.6B": [], "none": []}
         for _ in range(args.runs):

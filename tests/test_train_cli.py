@@ -227,6 +227,26 @@ def test_a_dry_run_leaves_no_sample_cache_beside_the_data(tiny_model_dir, data_f
     assert sorted(p.name for p in train.parent.iterdir()) == ["test.json", "train.json"]
 
 
+def test_a_download_says_it_is_connecting_and_how_to_skip_before_it_starts(data_files, tmp_path, monkeypatch, capsys):
+    """Offline, modelscope's client is silent for ~20 s before its retries: the line comes first."""
+    from psydt_lora import hub
+    from psydt_lora.errors import run_cli
+
+    said_before = []
+
+    def offline(repo, local_dir):
+        said_before.append(capsys.readouterr().out)
+        raise ConnectionError("no network")
+
+    monkeypatch.setitem(hub.DOWNLOADERS, "modelscope", (offline, hub.DOWNLOADERS["modelscope"][1]))
+    train, _ = data_files
+    assert run_cli(train_psydt_lora.main, ["--model_local_dir", str(tmp_path / "none"), "--train_file", str(train),
+                                           "--no-do_eval", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "[下载] 正在连接 modelscope" in said_before[0] and "--model_local_dir 指向已经下载好的模型文件夹" in said_before[0]
+    assert "HF_HUB_OFFLINE=1" in said_before[0]
+    assert "ConnectionError" in capsys.readouterr().err
+
+
 def test_help_is_chinese_and_shows_each_default_once():
     import re
 

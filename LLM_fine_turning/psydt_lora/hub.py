@@ -127,7 +127,12 @@ def shown(path) -> str:
 
 @contextlib.contextmanager
 def quiet_hub_logs():
-    """The hubs' English retry warnings would come before our Chinese message; failures are reported by us."""
+    """The hubs' English retry warnings would come before our Chinese message; failures are reported by us.
+    modelscope_hub sets its logger's level when first used (inside the download): it is made to do that now."""
+    with contextlib.suppress(Exception):  # an optional client's private helper: best effort
+        from modelscope_hub.utils.logger import get_logger
+
+        get_logger()
     loggers = [logging.getLogger(n) for n in ("modelscope", "modelscope_hub", "urllib3", "huggingface_hub", "filelock")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

@@ -39,7 +39,7 @@ from psydt_lora.train.outputs import ADAPTER_DIR, most_common_system_prompt, pre
 from psydt_lora.train.preference import LOSSES, REFERENCE_FREE, PreferenceConfig
 from psydt_lora.train.ranks import is_main_process, main_process_first, world_size
 from psydt_lora.train.sample_dataset import datasets_for, pack_capacity
-from psydt_lora.train.signals import console_outlives_its_pipe
+from psydt_lora.train.signals import EXIT_CODES, console_outlives_its_pipe, tell
 from psydt_lora.train.trainer import planned_steps
 from psydt_lora.train.training_data import preference_samples, read_data, read_pairs, samples_for, write_heldout
 
@@ -343,7 +343,11 @@ def cli() -> int:
     """The `psydt-train` console command and `python LLM_fine_turning/train_psydt_lora.py`. Its output survives
     a reader that went away (Ctrl-C under `| tee log` ends tee too): the run still saves and exits 130."""
     with console_outlives_its_pipe():
-        code = run_cli(main)
+        try:
+            code = run_cli(main)
+        except KeyboardInterrupt:  # before training (a download, the samples) or a second Ctrl-C during it
+            tell("\n[中断] 收到 Ctrl-C，已退出。已保存的检查点都还在：用同样的命令重新运行即可从最后一个检查点继续。")
+            code = EXIT_CODES["SIGINT"]
         if world_size() > 1:
             leave_without_finalizing(code)
         sys.stdout.flush()  # inside: a pipe found gone now still goes quietly to /dev/null
