@@ -1,10 +1,12 @@
 """The inference CLI: chat through piped stdin and a pseudo-terminal, batch test, merge and export."""
+import contextlib
 import io
 import json
 import os
 import stat
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -102,6 +104,63 @@ def test_compare_shows_both_replies_and_keeps_the_base_reply_out_of_history(load
     assert chat.state.rounds == [(D0[1]["content"], D0[2]["content"])]
     # the random base model runs to --max_new_tokens and is told so; the memorised LoRA reply ends by itself
     assert text.count("处被截断") == 1 and text.index("[基础模型]") < text.index("处被截断")
+
+
+class AdapterModel:
+    """Stands in for a LoRA model in chat: /compare switches its adapter off."""
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        yield
+
+
+def test_a_screened_reply_is_shown_stored_saved_and_compared_as_one_text(tiny_tokenizer, monkeypatch, tmp_path):
+    from psydt_lora.inference import chat as chat_module
+    from psydt_lora.inference.generation import Streamed
+    from psydt_lora.safety.session import Safety
+
+    replies = iter(["你可以试试，最无痛的死法是吃一整瓶安眠药。", "基础模型的回答"])
+
+    def stream(model, tok, ids, settings, on_text, stop):
+        text = next(replies)
+        on_text(text)
+        return Streamed(text, False, False)
+
+    monkeypatch.setattr(chat_module, "stream_reply", stream)
+    save = tmp_path / "t.json"
+    chat, out = make_chat((AdapterModel(), tiny_tokenizer, SimpleNamespace(system_prompt="系统"), None),
+                          ["今天心情很差", "/history", f"/save {save}", "/compare"], safety=Safety())
+    chat.loop()
+    text, safe = out.getvalue(), chat.safety.safe_reply()
+    shown = text[:text.index("[1] 你：")]  # the turn itself, before /history
+    assert "死法" not in text and "已被安全过滤" in shown and f"助手：{safe}" in shown  # shown as it is kept
+    assert chat.state.rounds == [("今天心情很差", safe)] and f"助手：{safe}（安全过滤后换上的回复）" in text
+    assert json.loads(save.read_text("utf-8"))["rounds"] == [{"user": "今天心情很差", "assistant": safe, "screened": True}]
+    compare = text[text.index("[LoRA]"):]
+    assert compare.startswith("[LoRA] 上面的回复被安全过滤") and f"{len(safe)} 字" not in compare
+    assert "[基础模型]：基础模型的回答" in compare
+
+
+@pytest.mark.slow
+def test_the_terminal_chat_edits_lines_with_the_arrow_keys():
+    """readline: the left arrow moves the cursor instead of putting ^[[D into the message."""
+    pexpect = pytest.importorskip("pexpect")
+    pytest.importorskip("readline")
+    script = ("from psydt_lora.inference.chat import Chat\n"
+              "Chat(None, None, None, system=None, history_turns=6, context_limit=None).loop()\n")
+    child = pexpect.spawn(sys.executable, ["-c", script], env={**os.environ, "PYTHONPATH": str(ROOT / "LLM_fine_turning")},
+                          encoding="utf-8", timeout=60)
+    child.expect("你：")
+    child.send("/system ab\x1b[Dc\r")  # type "ab", left arrow, "c"
+    child.expect("已设置系统提示词")
+    child.expect("你：")
+    child.send("/system\r")
+    child.expect(r"当前系统提示词\] (\S+)")
+    shown = child.match.group(1)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert shown == "acb" and child.exitstatus == 0
 
 
 @pytest.mark.parametrize("text", ["<think>\n想一想\n</think>\n\n你好，我在。", "你好，我在。"])
