@@ -280,7 +280,7 @@ def test_the_help_box_on_a_crisis_turn_that_cannot_be_answered(loaded, browser, 
         browser.get(url + "/")
         with held_busy(url, lock, generating) if why == "busy" else contextlib.nullcontext():
             reply = say(browser, wait, text, typed=False)
-        wait.until(lambda b: reply.find_elements(By.CSS_SELECTOR, ".crisis"))
+        assert reply.find_elements(By.CSS_SELECTOR, ".crisis"), reply.text  # there once the send button is back
         crisis = reply.find_element(By.CSS_SELECTOR, ".crisis")
         assert links(crisis) == NUMBERS and "```" not in reply.text
         assert ("太长" if why == "too_long" else "忙") in reply.text.replace(crisis.text, "")
