@@ -25,6 +25,7 @@ Wings, lowest first:
                 screen (the one reply screen chat, serve and test use), session (the Safety a front end holds, built
                 whole; DisabledSafety for --safety off),
                 guard (Qwen3Guard-Gen, or the loaded model with its adapter off, beside the lexicon),
+                guard_check (the start-up check a model layer passes before it is trusted; its cache),
                 measurement (recall and false alarms of each layer; the frozen SOS-HL-1K split)
     train/      config (the typed settings of a run), training_data (datasets read, samples built), job (one run,
                 step by step), lora (the model: LoRA, 4-bit), trainer (the Trainer, its arguments, loss wiring,
