@@ -51,6 +51,16 @@ def test_records_are_counted_from_one(tmp_path):
     assert "第 2 条" not in str(err.value)
 
 
+def test_the_questions_and_safety_eval_files_count_items_from_one_too(tmp_path):
+    from psydt_lora.evaluation.batch_run import read_questions
+    from psydt_lora.safety.measurement import read_eval_cases
+
+    with pytest.raises(PsyDTError, match=r"第 3 项必须是非空字符串"):
+        read_questions(write(tmp_path, ["第一问", "第二问", " "], "q.json"))
+    with pytest.raises(PsyDTError, match=r"的第 2 条需要非空字符串字段"):
+        read_eval_cases(write(tmp_path, [{"text": "a", "risk": "low"}, {"text": "", "risk": "high"}], "s.json"))
+
+
 @pytest.mark.parametrize("text, words", [
     ('[\n {"messages": []}\n {"messages": []}\n]', ["第 3 行第 2 列", "缺少逗号"]),
     ('[\n {"messages": [}\n]', ["第 2 行第 16 列", "应该是一个值"]),

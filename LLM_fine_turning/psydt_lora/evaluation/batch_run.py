@@ -35,7 +35,7 @@ def read_questions(path) -> list[str]:
             raise PsyDTError(f"问题文件 {path} 不是合法的 JSON（第 {err.lineno} 行）。") from None
         bad = [i for i, q in enumerate(data) if not isinstance(q, str) or not q.strip()]
         if bad:
-            raise PsyDTError(f"问题文件 {path} 第 {bad[0]} 项必须是非空字符串。")
+            raise PsyDTError(f"问题文件 {path} 第 {bad[0] + 1} 项必须是非空字符串。")
         questions = [q.strip() for q in data]
     else:
         questions = [line.strip() for line in text.splitlines() if line.strip()]
@@ -188,7 +188,7 @@ def _plan(items, done, tokenizer, settings, run: BatchRun) -> list[Planned]:
             continue
         msgs, reference = context_messages(item, run.system_override)
         if not msgs or msgs[-1]["role"] != "user":
-            raise PsyDTError(f"测试条目 {item.index}（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
+            raise PsyDTError(f"测试文件第 {item.index + 1} 条（id={item.id!r}）的历史不以 user 消息结尾，无法生成回复。")
         ids, dropped = prepare_context(tokenizer, msgs, settings.max_new_tokens, run.context_limit, settings.enable_thinking)
         todo.append(Planned(pos, item, msgs, reference, ids, dropped))
     return sorted(todo, key=lambda t: -len(t.ids))

@@ -86,7 +86,7 @@ def _real_set(path: Path, data: list) -> dict:
     """Which published set a JSON list is, by its fields, as evaluation lists."""
     for i, item in enumerate(data):
         if not isinstance(item.get("text"), str) or not item["text"].strip():
-            raise PsyDTError(f"--safety_eval {path} 的第 {i} 条需要非空字符串字段 \"text\"。")
+            raise PsyDTError(f"--safety_eval {path} 的第 {i + 1} 条需要非空字符串字段 \"text\"。")
     if all(item.get("risk") in ("high", "low") for item in data):
         return sos_cases(data)
     if all(isinstance(item.get("labels"), list) and item["labels"] for item in data):
