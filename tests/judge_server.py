@@ -6,7 +6,7 @@ prompts the reply holding `WIN` wins in whichever position it stands, and `BIAS`
 say "A". A test may pass its own `answer(body)` instead (a scripted client or counsellor). A prompt holding
 `RATE429` gets a 429 the first time it is seen, `SLOW` a reply that never comes within the client's timeout
 the first time; both succeed afterwards. `HTTP500` always gets a 500, `ALWAYS429` always a 429 with
-`Retry-After: 1`. With `models` set the server lists them at GET /v1/models and answers any other model 404;
+`Retry-After: 1`. With `health` set GET /healthz answers it. With `models` set the server lists them at GET /v1/models and answers any other model 404;
 with `limit` set it admits that many requests at a time (each answered after `delay` seconds) and answers
 the rest 429 at once with a 10 ms Retry-After, as a busy server does. Every request is recorded."""
 import hashlib
@@ -43,6 +43,7 @@ class JudgeServer:
         self.never = threading.Event()
         self.held = 0
         self.models = None  # model names listed at GET /v1/models (others 404); None: no such route
+        self.health = None  # the JSON of GET /healthz (this project's server reports its limits there); None: 404
         self.limit, self.delay, self.in_flight, self.peak = None, 0.0, 0, 0
         server = self
 
@@ -55,6 +56,8 @@ class JudgeServer:
                 server.handle(self, body)
 
             def do_GET(self):
+                if self.path == "/healthz" and server.health is not None:
+                    return server.send(self, 200, server.health)
                 if server.models is None or self.path.rstrip("/") != "/v1/models":
                     return server.send(self, 404, {"error": {"message": "not found"}})
                 server.send(self, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})

@@ -141,6 +141,16 @@ def test_a_server_admitting_fewer_than_the_concurrency_loses_no_item(tmp_path, j
     assert sum(1 for _, status in judge.requests if status == 429) < 16  # the first wave's 6 and a few probes
 
 
+def test_the_limit_a_server_reports_caps_the_requests_in_flight(tmp_path, judge, capsys):
+    judge.limit, judge.delay = 2, 0.05
+    judge.health = {"status": "ok", "running": 0, "queued": 0, "max_concurrency": 2, "max_queue": 0}
+    results = write_results(tmp_path / "res.json", [f"回复 {i} ANS<[1, 1, 1, 1]>" for i in range(8)])
+    assert judge_psydt_lora.main(["rubric", "--results", str(results), "--out_dir", str(tmp_path / "o"),
+                                  *judge_flags(judge.url, "--judge_concurrency", "8")]) == 0
+    assert [status for _, status in judge.requests] == [200] * 8  # never a 429: at most 2 in flight from the start
+    assert f"[接口] {judge.url} 说它同时处理 2 个请求" in capsys.readouterr().out
+
+
 def test_a_model_the_server_does_not_list_is_refused_before_any_request(tmp_path, judge, capsys):
     judge.models = ["psydt"]
     out = tmp_path / "o"

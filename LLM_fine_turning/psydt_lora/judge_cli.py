@@ -200,6 +200,10 @@ def endpoint(args, who: str, cache, url=None, model=None, **sampling):
                             extra_body=extra, **sampling)
     ep = Endpoint(config, cache)
     ep.check_model()  # a model the server does not list is refused now, not after a whole pass
+    limit = ep.fit_server()
+    if limit is not None:
+        print(f"[接口] {config.url} 说它同时处理 {limit} 个请求（GET /healthz）：发给它的请求最多 {limit} 个同时进行"
+              f"（--{who}_concurrency {config.concurrency}）")
     return ep
 
 

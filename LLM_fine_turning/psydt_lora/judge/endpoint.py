@@ -280,6 +280,28 @@ class Endpoint:
         except Exception:  # noqa: BLE001 -- any failure here only means we cannot tell
             return None
 
+    def server_limit(self) -> int | None:
+        """The requests the server says it handles at once: `max_concurrency` in GET <root>/healthz (this
+        project's server reports it there), or None when it does not say."""
+        import httpx
+
+        root = self.config.url.rstrip("/").removesuffix("/v1")
+        try:
+            state = httpx.get(f"{root}/healthz", timeout=min(10.0, self.config.timeout)).json()
+            limit = state.get("max_concurrency")
+            return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+        except Exception:  # noqa: BLE001 -- any failure here only means we cannot tell
+            return None
+
+    def fit_server(self) -> int | None:
+        """Never more in flight than the server says it handles: the Gate's ceiling lowered to its limit
+        (returned when it was lowered)."""
+        limit = self.server_limit()
+        if limit is not None and limit < self.gate.ceiling:
+            self.gate = Gate(limit)
+            return limit
+        return None
+
     def check_model(self) -> None:
         """Before any work: a server that lists its models and not ours is refused now, not after a whole pass."""
         served = self.served_models()
