@@ -19,7 +19,9 @@ import contextlib
 import hmac
 import html
 import json
+import logging
 import math
+import signal
 import threading
 import time
 import uuid
@@ -551,14 +553,43 @@ def render_page(config: ServeConfig, safety) -> str:
     return PAGE.read_text("utf-8").replace("__PSYDT_INFO__", blob)
 
 
+def quiet_cancel(record) -> bool:
+    """A request cancelled because the server is quitting (a second Ctrl-C) is not an error worth a traceback."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def serve(app, host: str, port: int, announce=print) -> None:
-    """Run until SIGINT/SIGTERM; in-flight streams are allowed to finish (up to 30 s). The socket is bound
-    first and `announce(port)` told the port it got, so `--port 0` takes a free one and says which.
-    After a graceful shutdown uvicorn raises the signal again: SIGTERM's default action ends the process,
-    Ctrl-C comes out of here as KeyboardInterrupt (the program ends on it with status INTERRUPTED)."""
+    """Run until SIGINT/SIGTERM; in-flight streams are allowed to finish (up to 30 s; a second Ctrl-C quits
+    at once). The socket is bound first and `announce(port)` told the port it got, so `--port 0` takes a
+    free one and says which. The signal that stopped the server is raised again once its loop is closed:
+    SIGTERM's default action ends the process, Ctrl-C comes out of here as KeyboardInterrupt (the program
+    ends on it with status INTERRUPTED)."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, but the signals it caught are raised again after its loop, not inside it (where a
+        second Ctrl-C cancelled the app's tasks with tracebacks), and the app's shutdown runs after a forced
+        quit too (uvicorn skips it, leaving a cancelled lifespan task to print one)."""
+        caught: list = []
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self.caught, self._captured_signals = list(self._captured_signals), []
+
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets=sockets)
+            if self.force_exit:
+                await self.lifespan.shutdown()
+
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    logging.getLogger("uvicorn.error").addFilter(quiet_cancel)
     sock = config.bind_socket()
     announce(sock.getsockname()[1])
-    uvicorn.Server(config).run(sockets=[sock])
+    server = Server(config)
+    server.run(sockets=[sock])
+    for sig in reversed(server.caught):
+        signal.raise_signal(sig)
