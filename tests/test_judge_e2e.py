@@ -54,7 +54,8 @@ def recipe_servers():
 def own_servers(tiny_model_dir, memorised_adapter):
     """LoRA and base as the README's recipe starts them (safety off, so the crisis check sees the models'
     own replies; the base one under its own name), on the tiny model. The LoRA one handles 4 requests at a
-    time and queues none (where the server has a queue), so the judge's default 8 meets 429s."""
+    time and queues none (where the server has a queue): the judge's default 8 must come down to it, from
+    the limit the server reports at /healthz where it does, else from its 429s."""
     servers = recipe_servers()
     assert len(servers) == 2
     test_only = ["--model_path", str(tiny_model_dir), "--no-do_sample"]

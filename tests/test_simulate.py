@@ -196,7 +196,8 @@ def test_unparseable_session_verdicts_are_counted_not_scored(tmp_path, servers):
     assert judge_psydt_lora.main(["simulate", "--profiles", write_profiles(tmp_path / "p.json", profiles),
                                   *flags(servers, out)]) == 0
     judged = json.loads((out / "simulate-counsellor.json").read_text("utf-8"))
-    assert judged["summary"]["counts"] == {"ok": 1, "unparseable": 1, "out_of_range": 0, "refused": 0, "failed": 0}
+    assert judged["summary"]["counts"] == {"ok": 1, "unparseable": 1, "out_of_range": 0, "refused": 0, "empty": 0,
+                                         "failed": 0}
     assert judged["summary"]["overall"]["total"]["mean"] == 18
     assert [v["raw"] for v in judged["items"] if v["status"] == "unparseable"] == ["我觉得这场会谈还不错。"]
 
@@ -216,7 +217,7 @@ def test_two_counsellors_meet_the_same_client_and_a_position_biased_judge_gives_
     outcomes = {o["key"]: o for o in pair["items"]}
     assert outcomes["0|fair"]["outcome"] == "win" and outcomes["0|fair"]["consistent"]
     assert outcomes["0|biased"]["outcome"] == "tie" and not outcomes["0|biased"]["consistent"]
-    assert pair["summary"]["counts"] == {"win": 1, "tie": 1, "loss": 0, "invalid": 0}
+    assert pair["summary"]["counts"] == {"win": 1, "tie": 1, "loss": 0, "invalid": 0, "failed": 0}
     judge_prompts = [r for r in servers["judge"].requests]
     assert len(judge_prompts) == 2 * 2 + 2 * 2  # session rubric for 2 x 2 sessions, then 2 pairs x both orders
     assert "## 整段会谈两两比较：good 对 plain" in (out / "report.md").read_text("utf-8")

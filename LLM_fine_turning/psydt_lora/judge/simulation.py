@@ -88,4 +88,5 @@ def pairwise_sessions(done, profiles, judge, out_dir, progress) -> str:
                                 "judge": judge.config.describe(), "usage": dict(vars(judge.usage))},
                        "items": outcomes, "summary": summary})
     n = summary["counts"]
-    return f"[整场两两比较] {a.label} 对 {b.label}：胜 {n['win']}，平 {n['tie']}，负 {n['loss']}，无效 {n['invalid']}"
+    return (f"[整场两两比较] {a.label} 对 {b.label}：胜 {n['win']}，平 {n['tie']}，负 {n['loss']}，无效 {n['invalid']}，"
+            f"请求失败 {n['failed']}")
