@@ -565,6 +565,31 @@ def test_a_crisis_turn_too_long_to_answer_still_gets_the_help(loaded):
         assert calls == [] and health(url)["running"] == 0
 
 
+def test_a_crisis_turn_gets_the_help_when_generation_fails(loaded):
+    """The engine fails (a remote engine's 429, a crash): a calm turn gets its 502 / error event, a crisis turn
+    the help and a line that no reply could be made (safety.unanswered "error"), streamed or not."""
+    app, backend = app_for(loaded)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("engine down")
+        yield  # an async generator, as a backend's stream is
+
+    backend.stream = broken
+    with in_process(app) as (url, _):
+        text, safety, finish = call(url, CRISIS)
+        assert safety["unanswered"] == "error" and finish == "stop"
+        assert text == HELP_OPEN + safety["notice"] + HELP_CLOSE + UNANSWERED["error"]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        chunks = list(client.chat.completions.create(model="psydt", messages=[{"role": "user", "content": CRISIS}], stream=True))
+        assert chunks[0].safety["crisis"] and chunks[-1].safety["unanswered"] == "error"  # known once it failed
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert http("POST", f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "你好"}]})[0] == 502
+        with pytest.raises(openai.APIError):
+            call(url, "你好", stream=True)
+        assert health(url)["running"] == 0
+
+
 def test_fields_the_server_cannot_honour_are_refused_by_name(server):
     client = server.client()
     hello = [{"role": "user", "content": "你好"}]

@@ -258,7 +258,13 @@ async def stream_events(backend, safety, config, turn, request: ChatRequest, rid
         async for shown in generate(backend, reply, turn, request, outcome):
             yield chunk(rid, model, created, {"content": shown})
     except Exception as err:
-        yield error_event(f"生成失败：{type(err).__name__}", "backend_error")
+        if not turn.crisis:
+            yield error_event(f"生成失败：{type(err).__name__}", "backend_error")
+            return
+        # the help went first and nothing of a crisis turn's reply is shown before it is whole: end as a reply
+        yield chunk(rid, model, created, {"content": UNANSWERED["error"]})
+        yield chunk(rid, model, created, {}, finish="stop", safety=unanswered_block(safety, turn.detection, "error"))
+        yield "data: [DONE]\n\n"
         return
     rest, screened = await asyncio.to_thread(reply.finish)  # the guard screens the whole reply
     if rest:
@@ -313,7 +319,7 @@ def unanswered_text(safety, detection, why: str, help_in_content: bool) -> tuple
 
 def unanswered(safety, config, detection, why: str, request: ChatRequest):
     """A normal completion (or stream) whose content is the help and a line saying why the counsellor does not
-    answer ("busy" | "too_long"): every client shows it. Status 200, finish_reason "stop", no tokens."""
+    answer ("busy" | "too_long" | "error"): every client shows it. Status 200, finish_reason "stop", no tokens."""
     from fastapi.responses import JSONResponse, StreamingResponse
 
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), config.model_name
@@ -460,7 +466,9 @@ class Completions:
             return held_stream(stream_events(self.backend, self.safety, self.config, turn, chat, rid, created), release)
         try:
             return JSONResponse(await complete(self.backend, self.safety, self.config, turn, chat, rid, created))
-        except Exception as err:  # the engine failed: say so, never a traceback to the client
+        except Exception as err:  # the engine failed: say so, never a traceback to the client (a crisis turn: the help)
+            if turn.crisis:
+                return unanswered(self.safety, self.config, turn.detection, "error", chat)
             return fail(RequestError(502, f"生成失败：{type(err).__name__}", "backend_error"))
 
     async def turn_for(self, chat: ChatRequest):
