@@ -127,7 +127,8 @@ class Usage:
 
 def failure_kind(error: str) -> str:
     """`connection`, `timeout`, `http` or `no_reply` for an Answer's error."""
-    return error.split()[0] if error.split()[0] in FAILURE_NAMES else error
+    first = (error.split() or [""])[0]
+    return first if first in FAILURE_NAMES else error
 
 
 def failure_counts(errors) -> dict:
@@ -303,9 +304,10 @@ class Endpoint:
         return None
 
     def check_model(self) -> None:
-        """Before any work: a server that lists its models and not ours is refused now, not after a whole pass."""
-        served = self.served_models()
-        if served and self.config.model not in served:
+        """Before any work: a server that lists its models and not ours is refused now, not after a whole pass.
+        A listed name that differs only as hosted APIs spell it (Gemini's `models/x`, Ollama's `x:latest`) counts."""
+        served, model = self.served_models(), self.config.model
+        if served and not any(m in (model, f"{model}:latest") or m.endswith(f"/{model}") for m in served):
             raise PsyDTError(self.not_found(served))
 
     def not_found(self, served: list[str] | None = None) -> str:
