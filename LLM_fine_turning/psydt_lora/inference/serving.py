@@ -410,7 +410,8 @@ def openai_errors(app) -> None:
 
 class Completions:
     """POST /v1/chat/completions: parse, screen the user's turn with the lexicon, admit (or queue), prepare the
-    turn, answer (whole or streamed). A crisis turn is never refused: busy or too long, it gets the help."""
+    turn, answer (whole or streamed). A crisis turn is never refused: busy, too long or failed, it gets the help
+    (the lexicon's crisis turns before admission; the guard's, which needs the model, once admitted)."""
 
     def __init__(self, backend, safety, config: ServeConfig):
         self.backend, self.safety, self.config = backend, safety, config
