@@ -2,20 +2,24 @@
 invalidates it."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 import train_psydt_lora
 from conftest import REAL_TOKENIZER, SHAPED_TRAIN, require
 from psydt_lora.data.dialogues import read_dialogues
-from psydt_lora.data.sample_cache import CachedSamples, load_or_build
+from psydt_lora.data.sample_cache import CachedSamples, cache_root, load_or_build
 from psydt_lora.data.samples import build_training_samples
 from psydt_lora.errors import run_cli
 
 
-def dry_run(model_dir, train, dump, *extra):
+def dry_run(model_dir, train, dump, *extra, cache=None):
+    """A dry run writes a sample cache only into a folder named with --sample_cache_dir: here `cache`, by default
+    a folder beside the dump."""
+    cache = ["--sample_cache_dir", str(cache or Path(dump).parent / "samples-cache")] if cache is not False else []
     return run_cli(train_psydt_lora.main, ["--model_local_dir", str(model_dir), "--train_file", str(train), "--no-do_eval",
-                                           "--dry_run", "--dump_samples", str(dump), *extra])
+                                           "--dry_run", "--dump_samples", str(dump), *cache, *extra])
 
 
 @pytest.mark.parametrize("mode", ["shared_prefix", "per_turn"])
@@ -61,16 +65,29 @@ def test_what_decides_the_samples_invalidates_the_cache(tiny_model_dir, data_fil
     assert "cache hit" not in capsys.readouterr().out
 
 
+def through_cache(tokenizer_dir, train):
+    """What a training run does with its samples (train_samples_for's cache step, the default location): the
+    lines it says, and whether the second time was a cache hit."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    dialogues, _ = read_dialogues(train)
+    said = []
+    for _ in range(2):
+        load_or_build(train, tokenizer, {"mode": "shared_prefix", "max_length": 200},
+                      lambda: build_training_samples(dialogues, tokenizer, 200, "shared_prefix"), say=said.append)
+    return said
+
+
 def test_an_unusable_cache_folder_beside_the_data_moves_the_cache_to_the_user_folder(tiny_model_dir, data_files,
-                                                                                      tmp_path, capsys, monkeypatch):
+                                                                                      tmp_path, monkeypatch):
     train, _ = data_files
     monkeypatch.setenv("PSYDT_CACHE_DIR", str(tmp_path / "user-cache"))
+    assert cache_root(train) == train.parent / ".psydt_cache"  # usable: beside the data
     (train.parent / ".psydt_cache").write_text("not a folder")  # as unusable as a read-only one, for root too
-    assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl") == 0
-    said = capsys.readouterr().out
-    assert f"样本缓存在 {tmp_path / 'user-cache' / 'samples'}" in said and (tmp_path / "d.jsonl").is_file()
-    assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl") == 0
-    assert "cache hit" in capsys.readouterr().out
+    assert cache_root(train) == tmp_path / "user-cache" / "samples"
+    first, second = through_cache(tiny_model_dir, train)
+    assert f"已缓存到 {tmp_path / 'user-cache' / 'samples'}" in first and "cache hit" in second
 
 
 def test_a_read_only_data_folder_gets_nothing_written_into_it(tiny_model_dir, data_files, tmp_path, capsys,
@@ -82,14 +99,14 @@ def test_a_read_only_data_folder_gets_nothing_written_into_it(tiny_model_dir, da
     shutil.copy(train, folder / "train.json")
     folder.chmod(0o555)  # a shared mount or a package's data (root ignores the bits: the code must not)
     try:
-        assert dry_run(tiny_model_dir, folder / "train.json", tmp_path / "d.jsonl") == 0
+        assert cache_root(folder / "train.json") == tmp_path / "user-cache" / "samples"
+        through_cache(tiny_model_dir, folder / "train.json")
         assert sorted(p.name for p in folder.iterdir()) == ["train.json"]
     finally:
         folder.chmod(0o755)
-    assert f"样本缓存在 {tmp_path / 'user-cache' / 'samples'}" in capsys.readouterr().out
     assert any((tmp_path / "user-cache" / "samples").iterdir())
-    chosen = tmp_path / "chosen"  # and the user's choice wins
-    assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl", "--sample_cache_dir", str(chosen)) == 0
+    chosen = tmp_path / "chosen"  # and the user's choice wins, a dry run's too
+    assert dry_run(tiny_model_dir, train, tmp_path / "d.jsonl", cache=chosen) == 0
     assert f"样本缓存在 {chosen}" in capsys.readouterr().out and any(chosen.iterdir())
     assert not (train.parent / ".psydt_cache").exists()
 

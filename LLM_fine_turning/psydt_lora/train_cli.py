@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto：已登录（swanlab login）时上传到云端，否则本地记录")
 
     g = p.add_argument_group("检查数据")
-    g.add_argument("--dry_run", action="store_true", help="只读取并切分数据、打印统计后退出，不加载权重，不写任何文件（也不写样本缓存）")
+    g.add_argument("--dry_run", action="store_true", help="只读取并切分数据、打印统计后退出，不加载权重，不在数据旁写任何文件（样本缓存只写进明确给出的 --sample_cache_dir）")
     g.add_argument("--dump_samples", default=None, metavar="PATH", help="把每个训练样本写成 JSON Lines")
     return p
 
@@ -157,7 +157,8 @@ def config_from_args(args) -> TrainConfig:
                         train_files=tuple(args.train_file or ()), dataset_spec=args.dataset_spec,
                         system_prompt=system_prompt(args), val_size=args.val_size, eval_file=args.eval_file,
                         max_train_items=args.max_train_items, max_eval_items=args.max_eval_items, do_eval=args.do_eval,
-                        sample_cache=args.sample_cache and not args.dry_run,  # a dry run writes nothing
+                        sample_cache=args.sample_cache and (not args.dry_run or args.sample_cache_dir is not None),
+                        # a dry run writes no cache beside the data; into a folder the user names, it does
                         sample_cache_dir=args.sample_cache_dir, seed=args.seed),
         samples=SampleSettings(max_length=args.max_length, mode=args.sample_mode, pack_length=args.pack_length),
         lora=continued_lora(args.adapter_path) if args.adapter_path else LoraSettings(
