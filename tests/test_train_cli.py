@@ -82,7 +82,13 @@ def test_full_run_writes_adapter_metrics_plot_and_honours_save_and_eval_steps(ti
     argv = ["--model_local_dir", str(tiny_model_dir), "--train_file", str(train), "--eval_file", str(test),
             "--output_dir", str(out), "--report_to", "none", "--max_steps", "4", "--save_steps", "2",
             "--eval_steps", "2", "--logging_steps", "1", "--gradient_accumulation_steps", "1"]
-    assert train_psydt_lora.main(argv) == 0
+    mask = os.umask(0o022)  # the usual umask: what we write is readable by others (serving from another user)
+    try:
+        assert train_psydt_lora.main(argv) == 0
+    finally:
+        os.umask(mask)
+    private = [str(p.relative_to(out)) for p in out.rglob("*") if not p.is_symlink() and not p.stat().st_mode & 0o004]
+    assert private == []  # checkpoints (the Trainer's and torch's 0600 files) included
     said = capsys.readouterr().out
     import torch
 

@@ -4,6 +4,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from psydt_lora.data.packing import SampleCollator
+from psydt_lora.files import honour_umask
 from psydt_lora.run_record import settings_dict
 from psydt_lora.train.checkpoints import ResumePlan, checkpoint_plan, checkpoint_step, load_checkpoint_adapter
 from psydt_lora.train.config import TrainConfig, TrainerConfig
@@ -123,7 +124,7 @@ def make_callbacks(config: TrainConfig, data_stats) -> tuple[list, list, object]
                                                    resolve_swanlab_mode(tracking.swanlab_mode),
                                                    config.trainer.output_path / "swanlog", swan_config))
     stop = make_stop_callback()
-    return reporters, callbacks + [make_schedule_callback(), stop], stop
+    return reporters, callbacks + [make_schedule_callback(), make_modes_callback(), stop], stop
 
 
 def make_schedule_callback():
@@ -139,6 +140,20 @@ def make_schedule_callback():
                 schedule_at_step(lr_scheduler)
 
     return ScheduleFromCheckpoint()
+
+
+def make_modes_callback():
+    """The Trainer's checkpoints get the modes the umask gives, like everything else we write (safetensors and
+    torch.save write some files 0600: another user or a container could not resume or serve from them)."""
+    from transformers import TrainerCallback
+
+    class CheckpointModes(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                honour_umask(folder)
+
+    return CheckpointModes()
 
 
 def schedule_at_step(scheduler) -> None:
