@@ -225,6 +225,22 @@ def test_bad_rubric_file_is_a_chinese_error_before_any_request(tmp_path, judge, 
     assert judge.requests == []
 
 
+def test_bad_input_is_counted_from_one_and_said_in_chinese(tmp_path, judge, capsys):
+    """Records are counted from 1 (as lines are), and a JSON flag's error carries no English parser text."""
+    from psydt_lora.errors import run_cli
+
+    results = write_results(tmp_path / "res.json", [result("d1", "x", index=0), {"id": "d2", "context": [], "response": 5}])
+    code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--out_dir", str(tmp_path / "o"),
+                                           *judge_flags(judge)])
+    assert code == 2 and "第 2 条缺少 response" in capsys.readouterr().err
+    results = write_results(tmp_path / "ok.json", [result("d1", "x", index=0)])
+    code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--out_dir", str(tmp_path / "o"),
+                                           *judge_flags(judge), "--judge_extra_body", '{"top_k": 1,}'])
+    err = capsys.readouterr().err
+    assert code == 2 and "--judge_extra_body 不是合法的 JSON" in err and "Expecting" not in err
+    assert judge.requests == []
+
+
 def test_a_rubric_added_as_a_file_needs_no_code(tmp_path, judge):
     mine = tmp_path / "warmth.json"
     mine.write_text(json.dumps({"id": "warmth", "version": 3, "name": "温暖度", "system": "你是督导。",

@@ -132,7 +132,7 @@ def test_a_bad_profiles_file_names_file_record_and_field(tmp_path, servers, caps
     bad = write_profiles(tmp_path / "p.json", [{"id": "a", "profile": "x"}, {"id": "b", "profile": "y", "attitude": "angry"}])
     code = run_cli(judge_psydt_lora.main, ["simulate", "--profiles", bad, *flags(servers, tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and bad in err and "第 1 条" in err and "attitude" in err and "Traceback" not in err
+    assert code == 2 and bad in err and "第 2 条" in err and "attitude" in err and "Traceback" not in err
     assert requests(servers) == {"client": 0, "counsellor": 0, "judge": 0}
 
 

@@ -29,7 +29,7 @@ from psydt_lora.cli import HelpFormatter, make_parser
 from psydt_lora.data.datasets import as_turn_items
 from psydt_lora.data.dialogues import check_format, read_dialogues, select_spread
 from psydt_lora.errors import PsyDTError, run_cli
-from psydt_lora.files import atomic_write_json, check_can_write
+from psydt_lora.files import atomic_write_json, check_can_write, json_problem
 from psydt_lora.judge import cpsycoune
 from psydt_lora.judge.crisis import CRISIS_SET, crisis_only, load_set, screen_sides
 from psydt_lora.judge.endpoint import Cache, Endpoint, EndpointConfig, describe_failures
@@ -189,7 +189,7 @@ def endpoint(args, who: str, cache, url=None, model=None, **sampling):
     try:
         extra = json.loads(getattr(args, f"{who}_extra_body"))
     except json.JSONDecodeError as err:
-        raise PsyDTError(f"--{who}_extra_body 不是合法的 JSON：{err}") from None
+        raise PsyDTError(f"--{who}_extra_body 不是合法的 JSON（{json_problem(err, line=False)}）。") from None
     for name in ("concurrency", "max_tokens"):
         if getattr(args, f"{who}_{name}") <= 0:
             raise PsyDTError(f"--{who}_{name} 必须是正数。")

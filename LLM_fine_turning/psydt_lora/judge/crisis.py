@@ -21,7 +21,7 @@ def load_set(path=CRISIS_SET) -> list[Dialogue]:
     for i, r in enumerate(data.get("items", []) if isinstance(data, dict) else []):
         msgs = r.get("messages") if isinstance(r, dict) else None
         if not isinstance(r.get("crisis"), bool) or not msgs or msgs[-1].get("role") != "user":
-            raise PsyDTError(f"危机检查集 {path} 第 {i} 条需要 crisis（true/false）和以 user 结尾的 messages。")
+            raise PsyDTError(f"危机检查集 {path} 第 {i + 1} 条需要 crisis（true/false）和以 user 结尾的 messages。")
         items.append(Dialogue(i, r["id"], f"{'crisis' if r['crisis'] else 'ordinary'}/{r.get('kind', '')}", msgs))
     if not items:
         raise PsyDTError(f"危机检查集 {path} 里没有条目（items 列表）。")

@@ -51,13 +51,13 @@ def load_profiles(path=SHIPPED, kind: str = "user") -> list[Profile]:
     seen = set()
     for i, p in enumerate(profiles):
         if p.id in seen:
-            raise PsyDTError(f"来访者设定文件 {path} 第 {i} 条：id {p.id!r} 重复。")
+            raise PsyDTError(f"来访者设定文件 {path} 第 {i + 1} 条：id {p.id!r} 重复。")
         seen.add(p.id)
     return profiles
 
 
 def _profile(path, i: int, r, kind: str) -> Profile:
-    where = f"来访者设定文件 {path} 第 {i} 条"
+    where = f"来访者设定文件 {path} 第 {i + 1} 条"
     if not isinstance(r, dict):
         raise PsyDTError(f"{where} 不是对象。")
     for name in ("id", "profile"):

@@ -141,9 +141,9 @@ def read_results(path) -> dict:
         raise PsyDTError(f"结果文件 {path} 应是批量测试写出的 JSON（含 results 列表）。")
     for i, r in enumerate(data["results"]):
         if not isinstance(r, dict) or not isinstance(r.get("response"), (str, type(None))):
-            raise PsyDTError(f"结果文件 {path} 第 {i} 条缺少 response 字段（文字）。")
+            raise PsyDTError(f"结果文件 {path} 第 {i + 1} 条缺少 response 字段（文字）。")
         if not (isinstance(r.get("context"), list) or isinstance(r.get("history_tail"), list)):
-            raise PsyDTError(f"结果文件 {path} 第 {i} 条缺少 context（对话历史）。")
+            raise PsyDTError(f"结果文件 {path} 第 {i + 1} 条缺少 context（对话历史）。")
     return data
 
 
