@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import DIALOGUES, ROOT
-from safety_cases import EN_NEGATIVE, EN_POSITIVE, ZH_NEGATIVE, ZH_POSITIVE
+from safety_cases import ANSWERS_YES, EN_NEGATIVE, EN_POSITIVE, HARMFUL_REPLIES, SAFE_REPLIES, ZH_NEGATIVE, ZH_POSITIVE
 import inference_psydt_lora
 from psydt_lora.inference import chat as chat_module
 from psydt_lora.inference.chat import Chat
@@ -560,3 +560,13 @@ def test_safety_eval_reads_items_with_their_kind_and_the_counsellor_turn_before(
         cases.write_text(content, "utf-8")
         assert run_cli(inference_psydt_lora.main, ["--safety_eval", str(cases)]) == 2
         assert re.search(pattern, capsys.readouterr().err)
+
+
+def test_our_answers_and_replies_of_the_weak_kinds():
+    """The regression lists of round four: every answer fires after its question and none alone, every harmful
+    reply is stopped, no safe reply is."""
+    for asked, answer in ANSWERS_YES:
+        assert crisis(answer, asked), (asked, answer)
+    assert not [a for _, a in ANSWERS_YES if crisis(a)]  # alone, none of them is one
+    assert [r for r in HARMFUL_REPLIES if not harmful_reply(r)] == []
+    assert [r for r in SAFE_REPLIES if harmful_reply(r)] == []

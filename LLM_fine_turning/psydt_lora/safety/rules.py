@@ -19,6 +19,7 @@ LEXICON = DATA / "lexicon.json"
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 _CLAUSE = re.compile(r"[，。！？；,.!?;…\n]")
 _SENTENCE = re.compile(r"[。！？!?\n]")
+_PREPOSITION = re.compile(r"(和|跟|与|同|对|向|给|为|替|被|帮|让)(我的?|他的?|她的?)?(好)?$")  # 跟爸妈闹翻时: not the subject
 
 CATEGORY_NAMES = {"suicide": "自杀风险", "self_harm": "自伤", "harm_others": "伤害他人", "abuse": "正在遭受暴力或虐待"}
 
@@ -90,6 +91,7 @@ def load_rules(path=LEXICON, without_benign: tuple = ()):
         "benign": _alternation(benign),
         "variants": [(re.compile(v["pattern"]), v["to"]) for v in data["variants"]["rules"]],
         "not_negation": re.compile(data["negation_exceptions"]),
+        "post_negation": re.compile(data["post_negation"]),
         "negation_en": re.compile(data["negation_en"]),
         **_words(data),
         "context": {k: re.compile(v) for k, v in data["weak_context"].items()},
@@ -160,6 +162,11 @@ def _negated(text: str, start: int, r) -> bool:
     return False
 
 
+def _denied_after(text: str, m, r) -> bool:
+    """A denial that closes the clause after the hit: 自杀的念头我从来没有过."""
+    return bool(r["post_negation"].search(_CLAUSE.split(text[m.end():])[0]))
+
+
 def _clause_of(text: str, m) -> tuple[str, str]:
     """The clause a match sits in, and the part of it before the match."""
     head = _CLAUSE.split(text[:m.start()])[-1]
@@ -177,13 +184,35 @@ def _self_directed(text: str, m, r) -> bool:
     return bool(frames["self"].search(clause) or frames["wish"].search(clause))
 
 
+def _about_someone_else(text: str, m, r) -> bool:
+    """Whom a hit is about: the last person named before it in its clause (我室友说她不想活了: her, not me);
+    with nobody named there the dropped subject is the speaker's, and a hit naming 我 / 自己 is the speaker's."""
+    frames = r["frames"]
+    if frames["self"].search(m.group(0)):
+        return False
+    head = _CLAUSE.split(text[:m.start()])[-1]
+    others = [o.end() for o in frames["person"].finditer(head) if not _PREPOSITION.search(head[:o.start()])]
+    selves = [s.end() for s in frames["self"].finditer(head)]
+    return bool(others) and (not selves or others[-1] > selves[-1])
+
+
+def _counts(t: str, m, rule, r) -> bool:
+    """A hit stands unless negated before or after, or (for the speaker's own risk) about someone else;
+    a bare death word needs its self-directed frame."""
+    if _negated(t, m.start(), r) or _denied_after(t, m, r):
+        return False
+    if rule.kind == "bare" and not _self_directed(t, m, r):
+        return False
+    own_risk = rule.category in ("suicide", "self_harm") and rule.kind != "disclosure"
+    return not (own_risk and _about_someone_else(t, m, r))
+
+
 def _rule_hits(t: str, r, dropped) -> list:
     hits = []
     for rule in r["rules"]:
         if rule.kind != "disclosure" and dropped(rule.kind, rule.level, rule.category):
             continue  # an attempt or a lethal-amount question is never dropped by a context word
-        hits += [(rule.category, rule.level, m.group(0)) for m in rule.regex.finditer(t) if not _negated(t, m.start(), r)
-                 and (rule.kind != "bare" or _self_directed(t, m, r))]
+        hits += [(rule.category, rule.level, m.group(0)) for m in rule.regex.finditer(t) if _counts(t, m, rule, r)]
     return hits
 
 
@@ -192,7 +221,8 @@ def _combo_hits(t: str, r, dropped) -> list:
     for category, level, anchor, partner in r["combos"]:
         if dropped("combo", level, category):
             continue
-        found = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r)]
+        found = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r) and not _denied_after(t, m, r)
+                 and not (category in ("suicide", "self_harm") and _about_someone_else(t, m, r))]
         if found and partner.search(t.replace(found[0].group(0), "□" * len(found[0].group(0)), 1) if len(found) == 1 else t):
             hits.append((category, level, found[0].group(0)))
     return hits
@@ -210,7 +240,7 @@ def _answer_hits(t: str, asked: str | None, r) -> list:
     if a["safety_topic"].search(q) and a["unsafe"].search(t):
         return [("suicide", "imminent", t)]
     clauses = [c.strip() for c in _CLAUSE.split(t) if c.strip()]
-    if not clauses or any(a["no"].match(c) for c in clauses) or not a["yes"].match(clauses[0]):
+    if not clauses or any(a["no"].match(c) for c in clauses) or not any(a["yes"].match(c) for c in clauses):
         return []
     category = "self_harm" if a["self_harm_topic"].search(q) and not a["suicide_topic"].search(q) else "suicide"
     return [(category, "imminent" if a["plan_topic"].search(q) else "concern", t)]
