@@ -458,8 +458,17 @@ def test_negation_is_a_word_not_a_character_inside_one():
     for text in ("我特别想死", "我最近特别想自杀", "别人都走了，我特别想结束这一切", "我试了很多次，还是戒不掉自残", "我每天都在想，只是不敢自杀",
                  "我总觉得死了就能轻松一点", "真希望能安乐死"):
         assert crisis(text), text
-    for text in ("我从来没想过死", "我不会自杀的", "我并不想死", "我绝不会伤害自己", "你别想不开啊，我没事"):
+    for text in ("我从来没想过死", "我不会自杀的", "我并不想死", "我绝不会伤害自己", "你别想不开啊，我没事",
+                 "自杀这种念头我从来没有过", "轻生的想法我从没有过"):  # a denial after the hit counts too
         assert not crisis(text), text
+
+
+def test_whose_risk_a_hit_is_the_last_person_named_in_its_clause():
+    """我室友说她不想活了 is her risk (the user asks how to help), 跟爸妈吵完我想自杀 is the user's."""
+    for text in ("我室友昨天说她不想活了，我该怎么帮她", "我朋友跟我说他想自杀", "小说里那个女孩最后割腕了"):
+        assert not crisis(text), text
+    for text in ("跟爸妈吵完架我就想自杀", "他走了以后我不想活了", "和我对象分手后我有过自杀的念头", "她骂我，我真的不想活了"):
+        assert crisis(text), text
 
 
 def test_attempts_and_lethal_questions_are_never_cancelled_by_context_words():
