@@ -155,6 +155,10 @@ def test_cpsycound_stage_directions_are_dropped_and_one_speakers_run_is_one_turn
     assert src.format == "cpsycound" and len(src.dialogues) == 2
     assert src.dialogues[1].messages == STAGED_TURNS
     assert (src.stats.stage_directions, src.stats.merged_turns) == (4, 2)
+    # a bracketed line after a speaker's tag is speech when it is said in the first person: kept, never dropped
+    (folder / "case_1.txt").write_text("来访者：（我不想活了）\n\n心理咨询师：（点头）\n心理咨询师：我在听。", "utf-8")
+    assert read_source(folder).dialogues[1].messages == [{"role": "user", "content": "（我不想活了）"},
+                                                         {"role": "assistant", "content": "我在听。"}]
 
 
 def test_cpsycound_folder_with_stage_directions_trains_and_the_summary_counts_them(tiny_model_dir, tmp_path, capsys):

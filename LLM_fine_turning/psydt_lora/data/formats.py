@@ -326,6 +326,14 @@ def _speaker(text: str, layout: Layout):
 STAGE_DIRECTION = re.compile(r"[（(][^（）()]*[）)]|【[^【】]*】|\[[^\[\]]*\]")
 
 
+def is_stage_direction(text: str, said) -> bool:
+    """A line wholly in brackets: untagged, a stage direction; after a speaker's tag only when it describes
+    (（点头）) rather than says -- a bracketed line in the first person (来访者：（我不想活了）) is speech, kept."""
+    if said is None:
+        return bool(STAGE_DIRECTION.fullmatch(text))
+    return bool(STAGE_DIRECTION.fullmatch(said[1])) and "我" not in said[1]
+
+
 def _from_prefixed(record, where, layout: Layout, stats: ReadStats | None = None):
     """The turns of a transcript: raw text (a tagged line starts a turn, untagged lines continue it) or a list
     of tagged strings; stage directions dropped (counted in `stats`)."""
@@ -343,7 +351,7 @@ def _from_prefixed(record, where, layout: Layout, stats: ReadStats | None = None
         if not isinstance(text, str):
             raise PsyDTError(f"{where}：{name.format(pos)} 必须是字符串，实际是 {type(text).__name__}。")
         said = _speaker(text.strip(), layout)
-        if STAGE_DIRECTION.fullmatch(said[1] if said else text.strip()):
+        if is_stage_direction(text.strip(), said):
             if stats is not None:
                 stats.stage_directions += 1
             continue
