@@ -82,9 +82,10 @@ def test_nothing_listening_is_a_connection_failure_and_exit_3_naming_the_url(tmp
     results = write_results(tmp_path / "res.json", ["回复一 ANS<[1, 1, 1, 1]>", "回复二"])
     out = tmp_path / "o"
     code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--out_dir", str(out),
-                                           *judge_flags(url, "--judge_retries", "1")])
+                                           *judge_flags(url)])  # the default 5 retries: none waited for
     printed = capsys.readouterr()
     assert code == 3
+    assert f"连不上 {url}" in printed.out and "请求 2 次（重试 0" in printed.out
     assert url in printed.err and "全部失败" in printed.err and "连接失败 2" in printed.err
     assert "请求失败 2（连接失败 2）" in printed.out and "无法解析 0" in printed.out and "解析失败" not in printed.out
     data = json.loads((out / "rubric-cpsycoune.json").read_text("utf-8"))

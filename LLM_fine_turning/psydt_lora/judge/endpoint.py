@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from psydt_lora.errors import PsyDTError
@@ -195,6 +195,7 @@ class Endpoint:
         self.usage = Usage()
         self.lock = threading.Lock()
         self.gate = Gate(config.concurrency)
+        self.unreachable = False  # the first probe found nothing listening at the URL (check_model)
 
     def sampling(self, seed: int | None = None) -> dict:
         """The config's sampling, with a per-request seed when one is given (a simulated client's per profile)."""
@@ -275,10 +276,17 @@ class Endpoint:
 
     def served_models(self) -> list[str] | None:
         """The model names GET <url>/models lists, or None when the server does not say."""
+        import openai
+
         try:
             listed = self.client.with_options(timeout=min(10.0, self.config.timeout)).models.list()
             return [m.id for m in listed.data]
-        except Exception:  # noqa: BLE001 -- any failure here only means we cannot tell
+        except openai.APITimeoutError:
+            return None
+        except openai.APIConnectionError:  # nothing listening (or no route): no server to wait for
+            self.unreachable = True
+            return None
+        except Exception:  # noqa: BLE001 -- any other failure here only means we cannot tell
             return None
 
     def server_limit(self) -> int | None:
@@ -307,6 +315,9 @@ class Endpoint:
         """Before any work: a server that lists its models and not ours is refused now, not after a whole pass.
         A listed name that differs only as hosted APIs spell it (Gemini's `models/x`, Ollama's `x:latest`) counts."""
         served, model = self.served_models(), self.config.model
+        if self.unreachable and self.config.retries:
+            print(f"[接口] 连不上 {self.config.url}（没有服务在听？）：每条只试一次、不再重试等待，这一轮会很快结束并报告失败")
+            self.config = replace(self.config, retries=0)
         if served and not any(m in (model, f"{model}:latest") or m.endswith(f"/{model}") for m in served):
             raise PsyDTError(self.not_found(served))
 
