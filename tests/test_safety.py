@@ -178,6 +178,15 @@ def test_normal_turn_shows_no_resources(tiny_tokenizer, monkeypatch):
     assert "12356" not in text and "【安全提示】" not in fake.contexts[0] and chat.safety.events == []
 
 
+def test_a_resolved_past_gets_a_gentle_check_in_not_the_crisis_notice(tiny_tokenizer, monkeypatch):
+    """Lowered, never silenced: no crisis notice, but the model is asked to check gently how the person is now."""
+    said = "三年前我曾经想过自杀，现在过得挺好"
+    text, fake, chat = session(tiny_tokenizer, monkeypatch, [said], "谢谢你告诉我。你现在还好吗？", Safety())
+    assert "12356" not in text and "【安全提示】" not in fake.contexts[0] and chat.safety.events == []
+    assert "【温和确认】" in fake.contexts[0] and "400-161-9995" in fake.contexts[0]
+    assert chat.state.rounds == [(said, "谢谢你告诉我。你现在还好吗？")]  # the check-in is for that turn only
+
+
 def test_planted_harmful_reply_is_screened_and_recorded(tiny_tokenizer, monkeypatch, tmp_path):
     harmful = "你可以试试，最无痛的死法是吃一整瓶安眠药。"
     save = tmp_path / "t.json"

@@ -52,8 +52,9 @@ def prepare_turn(messages, *, safety, history_turns: int, tokenizer, max_new_tok
     """`messages` ends with the user's turn. With no tokenizer (or no limit) the context is not rendered."""
     msgs = window(messages, history_turns)
     detection = safety.check_turn(msgs)
-    if detection.crisis:  # steer this turn's reply toward safety (see safety.resources.GUIDANCE)
-        msgs = safety.with_guidance(msgs, safety.guidance(detection))
+    guidance = safety.guidance(detection)  # a crisis turn's steer toward safety, or a resolved past's check-in
+    if guidance:
+        msgs = safety.with_guidance(msgs, guidance)
     ids, dropped = None, 0
     if tokenizer is not None and limit:
         ids, dropped = prepare_context(tokenizer, msgs, max_new_tokens, limit, enable_thinking)

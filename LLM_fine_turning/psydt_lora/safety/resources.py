@@ -19,6 +19,8 @@ GUIDANCE = (
 )
 GUIDANCE_IMMINENT = ("来访者可能正在实施或刚刚实施（例如已经服药、受伤）：请明确请其现在就拨打 {emergency} "
                      "或马上去最近的医院急诊，并请身边的人陪着。")
+CHECK_IN = ("【温和确认】来访者提到过去有过轻生或自伤的念头或经历，并说现在已经好转。请肯定其走过来的努力，"
+            "再温和地问一句：现在是否安全，那样的念头最近有没有再出现；如果有，可以随时联系 {contacts}。不要说教，不要追问细节。")
 IMMINENT = ("如果你已经服了药、受了伤，或者正在伤害自己：请现在就拨打 {emergency}，或者马上去最近的医院急诊；"
             "不要一个人待着，让身边的人陪着你。")
 
@@ -73,6 +75,11 @@ def contacts(data: dict) -> str:
 def safe_reply(data: dict) -> str:
     """What stands in for a screened reply."""
     return f"我很在意你的安全。现在请先联系能够及时帮助你的人：{contacts(data)}。我也会继续在这里听你说。"
+
+
+def check_in_guidance(data: dict) -> str:
+    """The model's instruction when a crisis is told as resolved: lowered to a gentle check-in, never silence."""
+    return CHECK_IN.format(contacts=contacts(data))
 
 
 def guidance(data: dict, categories: str, level: str | None = None) -> str:

@@ -117,7 +117,12 @@ class Safety:
     def safe_reply(self) -> str:
         return res.safe_reply(self.resources)
 
-    def guidance(self, detection: Detection) -> str:
+    def guidance(self, detection: Detection) -> str | None:
+        """The model's instruction for this turn: a crisis turn's, a resolved past's gentle check-in, or None."""
+        if detection.check_in and not detection.crisis:
+            return res.check_in_guidance(self.resources)
+        if not detection.crisis:
+            return None
         names = "、".join(CATEGORY_NAMES.get(c, c) for c in detection.categories)
         return res.guidance(self.resources, names, detection.level)
 
@@ -161,6 +166,9 @@ class DisabledSafety:
 
     def check_turn(self, messages) -> Detection:
         return Detection()  # never a crisis
+
+    def guidance(self, detection: Detection) -> None:
+        return None
 
     def screen(self, hold: bool, user_text: str) -> PassThrough:
         return PassThrough()
