@@ -241,6 +241,16 @@ def test_bad_input_is_counted_from_one_and_said_in_chinese(tmp_path, judge, caps
     assert judge.requests == []
 
 
+def test_results_with_no_reply_to_judge_are_refused_not_a_success(tmp_path, judge, capsys):
+    """Every generation failed: nothing to judge is an error (exit 2, before any request), never exit 0."""
+    from psydt_lora.errors import run_cli
+
+    results = write_results(tmp_path / "res.json", [result("d1", None, index=0), result("d2", None, index=1)])
+    code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--out_dir", str(tmp_path / "o"),
+                                           *judge_flags(judge)])
+    assert code == 2 and "没有一条可评的回复" in capsys.readouterr().err and judge.requests == []
+
+
 def test_a_rubric_added_as_a_file_needs_no_code(tmp_path, judge):
     mine = tmp_path / "warmth.json"
     mine.write_text(json.dumps({"id": "warmth", "version": 3, "name": "温暖度", "system": "你是督导。",

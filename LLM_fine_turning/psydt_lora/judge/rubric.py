@@ -181,6 +181,10 @@ def judge_sides(sides: list[Side], rubric: Rubric, endpoint, with_reference: boo
                 continue
             reference = r.get("reference") if with_reference else None
             jobs.append((rubric.purpose, rubric.messages(history(r), r[side.field], reference)))
+    if not jobs and any(side.results for side in sides):
+        names = "、".join(str(side.path) for side in sides)
+        raise PsyDTError(f"{names} 里没有一条可评的回复（每条的 response 都是空的：生成时请求全部失败）。"
+                         "先让生成的服务跑起来、重跑 generate（已生成的会从缓存补上），再评审。")
     answers = iter(endpoint.ask_all(jobs, desc=f"评分（{rubric.name}）", progress=progress))
     verdicts = []
     for side in sides:
