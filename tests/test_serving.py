@@ -478,7 +478,8 @@ def call(url, text, stream=False):
         return reply.choices[0].message.content, reply.safety, reply.choices[0].finish_reason
     chunks = list(client.chat.completions.create(model="psydt", messages=msgs, temperature=0, max_tokens=60, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    return text, chunks[0].safety, chunks[-1].choices[0].finish_reason
+    assert chunks[0].safety["crisis"] == chunks[-1].safety["crisis"]  # the first event says it before any text
+    return text, chunks[-1].safety, chunks[-1].choices[0].finish_reason  # the last has the turn's last word (unanswered)
 
 
 def test_requests_past_the_limit_wait_in_the_queue_crisis_first_and_a_full_queue_is_429(loaded):
@@ -588,6 +589,98 @@ def test_a_crisis_turn_gets_the_help_when_generation_fails(loaded):
         with pytest.raises(openai.APIError):
             call(url, "你好", stream=True)
         assert health(url)["running"] == 0
+
+
+def test_a_huge_message_is_screened_off_the_event_loop_and_only_in_part(loaded, monkeypatch):
+    """The lexicon's screen before admission runs in a thread on at most both ends of the message: while it
+    is held (a stub that waits for the test), /healthz still answers; a 60k-character message is not read whole."""
+    from psydt_lora.inference import serving
+
+    entered, go, read = threading.Event(), threading.Event(), []
+
+    def held_detect(text, asked=None):
+        read.append(len(text))
+        entered.set()
+        go.wait(60)
+        return serving.Detection()
+
+    monkeypatch.setattr(serving, "detect", held_detect)
+    app, _ = app_for(loaded, limit=200)
+    with in_process(app) as (url, _), ThreadPoolExecutor(1) as pool:
+        try:
+            huge = pool.submit(http, "POST", f"{url}/v1/chat/completions",
+                               {"messages": [{"role": "user", "content": "好" * 60000}]}, None, 120)
+            assert entered.wait(60), "the screen never ran"
+            assert http("GET", f"{url}/healthz", timeout=30)[0] == 200  # answered while the screen is held
+        finally:
+            go.set()
+        assert huge.result(120)[0] == 400  # too long for the context (a calm turn: the stub found nothing)
+    assert read == [2 * serving.SCREEN_CHARS + 1]  # both ends and the line break between them
+
+
+def test_a_crisis_turn_in_a_refused_request_still_gets_the_help(loaded):
+    """The user's turn is screened before the request's fields are checked: a crisis turn whose request is refused
+    (a field we cannot honour, max_tokens 0, stream "true", an unknown model) is a 200 with the help and a line
+    saying what was wrong (safety.unanswered "bad_request"); the same request with a calm turn keeps its 4xx."""
+    app, _ = app_for(loaded)
+    crisis = [{"role": "user", "content": CRISIS}]
+    with in_process(app) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        for stream in (False, True):
+            reply = client.chat.completions.create(model="psydt", messages=crisis, stream=stream,
+                                                   extra_body={"presence_penalty": 0.5})
+            chunks = list(reply) if stream else None
+            text = "".join(c.choices[0].delta.content or "" for c in chunks) if stream else reply.choices[0].message.content
+            safety = chunks[-1].safety if stream else reply.safety
+            assert safety["crisis"] and safety["unanswered"] == "bad_request" and "12356" in safety["notice"], stream
+            assert text.startswith(HELP_OPEN + safety["notice"] + HELP_CLOSE) and "presence_penalty" in text, stream
+        for body, why in (({"max_tokens": 0}, "max_tokens"), ({"stream": "true"}, "stream"), ({"model": "gpt-4o"}, "gpt-4o"),
+                          ({"response_format": {"type": "json_object"}}, "response_format")):
+            status, _, out = http("POST", f"{url}/v1/chat/completions", {"messages": crisis, **body})
+            assert status == 200 and out["safety"]["unanswered"] == "bad_request", body
+            assert out["choices"][0]["message"]["content"].startswith(HELP_OPEN) and why in out["choices"][0]["message"]["content"]
+            calm = http("POST", f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "你好"}], **body})
+            assert calm[0] in (400, 404) and "error" in calm[2], body
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="psydt", messages=[{"role": "user", "content": "你好"}],
+                                           extra_body={"presence_penalty": 0.5})
+
+
+def test_a_queued_crisis_stream_gets_the_help_at_once_and_the_reply_when_admitted(loaded):
+    """--max_concurrency 1 --max_queue 2: while the model is held, a streamed crisis turn waits in the queue but its
+    first event (safety and the help) arrives at once; the reply follows once a place is free. Refused after its
+    wait, it ends with the line that the counsellor is busy."""
+    lock = threading.Lock()
+    app, _ = app_for(loaded, lock=lock, max_concurrency=1, max_queue=2, queue_timeout=60)
+    with in_process(app) as (url, _), ThreadPoolExecutor(1) as pool:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30)
+        with lock:
+            held = pool.submit(call, url, D0[1]["content"])
+            wait_for(lambda: health(url)["running"] == 1, 30, "the first request admitted")
+            events = iter(client.chat.completions.create(model="psydt", messages=[{"role": "user", "content": CRISIS}],
+                                                         stream=True, max_tokens=20))
+            first = next(events)  # while the model is still held
+            assert health(url)["queued"] == 1  # it is waiting, and its help is out
+        rest = list(events)
+        assert held.result(120)[0] == D0[2]["content"]
+        assert health(url)["running"] == 0 and health(url)["queued"] == 0  # its place given back
+    assert first.safety["crisis"] and "12356" in first.safety["notice"]
+    assert first.choices[0].delta.content == HELP_OPEN + first.safety["notice"] + HELP_CLOSE
+    text = "".join(c.choices[0].delta.content or "" for c in rest)
+    assert HELP_OPEN not in text and UNANSWERED["busy"] not in text  # answered: the help came once, then the reply
+    assert rest[-1].choices[0].finish_reason in ("stop", "length") and "unanswered" not in rest[-1].safety
+    assert rest[-1].safety["crisis"]
+
+
+def test_a_resolved_past_is_told_to_the_client_as_a_check_in(loaded):
+    """A resolved past (the lexicon lowers it: no crisis, check_in true) reaches the client in `safety`, streamed
+    or not, without the crisis help."""
+    app, _ = app_for(loaded)
+    with in_process(app) as (url, _):
+        for stream in (False, True):
+            text, safety, _ = call(url, "以前我想过自杀，现在过得挺好", stream=stream)
+            assert safety["check_in"] is True and safety["crisis"] is False and HELP_OPEN not in text, stream
+        assert "check_in" not in call(url, D0[1]["content"])[1]
 
 
 def test_fields_the_server_cannot_honour_are_refused_by_name(server):

@@ -49,6 +49,8 @@ UNANSWERED = {
     "busy": "（咨询师现在忙不过来，暂时没法回复这条消息。请先联系上面的求助热线或身边信任的人，稍后再发一次。）",
     "too_long": "（这条消息太长，咨询师没法回复。请先联系上面的求助热线或身边信任的人，把话分成几条短一些的消息再发。）",
     "error": "（生成回复时出错了，咨询师暂时没法回复。请先联系上面的求助热线或身边信任的人，稍后再发一次。）",
+    # {detail}: what the server refused in the request (the error message a calm turn gets with its 4xx)
+    "bad_request": "（这条请求本服务没法照办，咨询师暂时没法回复。请先联系上面的求助热线或身边信任的人。请求的问题：{detail}）",
 }
 
 

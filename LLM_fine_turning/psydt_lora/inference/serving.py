@@ -31,7 +31,8 @@ from pathlib import Path
 from psydt_lora.inference.conversation import prepare_turn, reply_screen
 from psydt_lora.inference.generation import GenerationSettings, stream_reply
 from psydt_lora.inference.openai_api import (HELP_CLOSE, HELP_OPEN, UNANSWERED, ChatRequest, RequestError, StopCut, chunk,
-                                             error_body, error_event, help_block, parse_request, usage_chunk)
+                                             error_body, error_event, help_block, parse_request, usage_chunk,
+                                             without_help)
 from psydt_lora.prompt import round_starts
 from psydt_lora.safety.rules import Detection, asked_before, detect
 
@@ -176,6 +177,10 @@ class Admission:
                 self.leave()
             raise
 
+    def must_wait(self) -> bool:
+        """A request coming now would wait in the queue (neither admitted at once nor refused as "full")."""
+        return (self.taken >= self.limit or bool(self.waiting)) and len(self.waiting) < self.queue
+
     def _withdraw(self, place) -> bool:
         """Out of the queue; True when the place had been given to it in the meantime."""
         self.waiting = [w for w in self.waiting if w[1] is not place]
@@ -247,12 +252,14 @@ async def generate(backend, reply: Reply, turn, request: ChatRequest, outcome: O
         outcome.finish_reason = "stop"
 
 
-async def stream_events(backend, safety, config, turn, request: ChatRequest, rid, created):
+async def stream_events(backend, safety, config, turn, request: ChatRequest, rid, created, led: bool = False):
     """Server-sent events in OpenAI's chunk schema. The first carries `safety`, the effective max_tokens and,
-    on a crisis turn, the help block as the first content (resources before the reply)."""
+    on a crisis turn, the help block as the first content (resources before the reply); `led`: that event (role,
+    help) already went out while the turn waited for a place, this one only adds the admitted turn's safety."""
     model = config.model_name
     reply, outcome = Reply(safety, turn, request, config.help_in_content), Outcome()
-    yield chunk(rid, model, created, {"role": "assistant", "content": reply.lead}, safety=safety_block(safety, turn),
+    first = {"content": ""} if led else {"role": "assistant", "content": reply.lead}
+    yield chunk(rid, model, created, first, safety=safety_block(safety, turn),
                 max_tokens=request.settings.max_new_tokens, history=history_used(request, turn, config))
     try:
         async for shown in generate(backend, reply, turn, request, outcome):
@@ -298,13 +305,45 @@ def history_used(request: ChatRequest, turn, config) -> dict:
 
 
 # -- a crisis turn that cannot be answered still gets the help ------------------------------------------------
+# what the screen before admission reads of a long user turn: its first and last SCREEN_CHARS characters. A chat
+# message is a few hundred characters (the longest user turn in the shared real sets: 418 in the counselling
+# dialogues, 567 in the Weibo posts, 300 in PsySUICIDE), so any real message is read whole; a 60k-character paste
+# is read at both ends, a bounded cost. The admitted turn is still read whole (prepare_turn, off the loop).
+SCREEN_CHARS = 8000
+
+
+def screened_part(text: str) -> str:
+    """The text the screen before admission reads: all of it, or its two ends (a line break between them)."""
+    return text if len(text) <= 2 * SCREEN_CHARS else f"{text[:SCREEN_CHARS]}\n{text[-SCREEN_CHARS:]}"
+
+
 def words_only(safety, messages) -> Detection:
-    """The lexicon alone on the user's turn (no model: cheap enough to run before admission). The guard, when
-    there is one, still judges every admitted turn (prepare_turn)."""
-    if not safety.enabled:
+    """The lexicon alone on the user's turn (no model: cheap enough to run before admission; run off the event
+    loop all the same, on at most 2 * SCREEN_CHARS of it). The guard, when there is one, still judges every
+    admitted turn (prepare_turn)."""
+    if not safety.enabled or not messages:
         return Detection()
-    found = detect(messages[-1]["content"], asked=asked_before(messages))
+    asked = asked_before(messages)
+    found = detect(screened_part(messages[-1]["content"]), asked=asked and screened_part(asked))
     found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
+    return found
+
+
+def raw_user_turn(body) -> list[dict]:
+    """The request's messages up to its last user message, read as loosely as can be (text content only), so a
+    crisis turn is found before the request's fields are checked; [] when there is none."""
+    raw = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(raw, list):
+        return []
+    found = []
+    for m in raw:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        if isinstance(content, str) and m.get("role") in ("user", "assistant"):
+            found.append({"role": m["role"], "content": without_help(content) if m["role"] == "assistant" else content})
+    while found and found[-1]["role"] != "user":
+        found.pop()
     return found
 
 
@@ -312,18 +351,19 @@ def unanswered_block(safety, detection, why: str) -> dict:
     return {**safety.response_block(detection), "unanswered": why}
 
 
-def unanswered_text(safety, detection, why: str, help_in_content: bool) -> tuple[str, str]:
+def unanswered_text(safety, detection, why: str, help_in_content: bool, detail: str = "") -> tuple[str, str]:
     """(the help block, the line saying why there is no reply): the help leads as on any crisis turn."""
-    return help_block(safety.notice(detection)) if help_in_content else "", UNANSWERED[why]
+    return help_block(safety.notice(detection)) if help_in_content else "", UNANSWERED[why].format(detail=detail)
 
 
-def unanswered(safety, config, detection, why: str, request: ChatRequest):
+def unanswered(safety, config, detection, why: str, request: ChatRequest, detail: str = ""):
     """A normal completion (or stream) whose content is the help and a line saying why the counsellor does not
-    answer ("busy" | "too_long" | "error"): every client shows it. Status 200, finish_reason "stop", no tokens."""
+    answer ("busy" | "too_long" | "error" | "bad_request", with `detail`): every client shows it. Status 200,
+    finish_reason "stop", no tokens."""
     from fastapi.responses import JSONResponse, StreamingResponse
 
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), config.model_name
-    lead, line = unanswered_text(safety, detection, why, config.help_in_content)
+    lead, line = unanswered_text(safety, detection, why, config.help_in_content, detail)
     block, nothing = unanswered_block(safety, detection, why), usage(Outcome())
     if not request.stream:
         return JSONResponse({
@@ -338,6 +378,13 @@ def unanswered(safety, config, detection, why: str, request: ChatRequest):
         events.append(usage_chunk(rid, model, created, nothing))
     return StreamingResponse(iter([*events, "data: [DONE]\n\n"]), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store"})
+
+
+def as_refused(body: dict, config) -> ChatRequest:
+    """What a refused request's help is answered as: streamed when it asked for a stream (stream: true exactly)."""
+    options = body.get("stream_options")
+    usage_too = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatRequest([], config.settings, stream=body.get("stream") is True, include_usage=usage_too)
 
 
 def too_long(turn, request: ChatRequest, limit: int) -> RequestError:
@@ -419,10 +466,21 @@ class Completions:
 
     async def __call__(self, request):
         try:
-            chat = self.read(await request.body())
+            body = self.body(await request.body())
         except RequestError as err:
             return fail(err)
-        seen = words_only(self.safety, chat.messages)  # before admission: a crisis turn waits first, and is never refused
+        # the lexicon first, on the raw body's last user message: before the fields are checked (a crisis turn in a
+        # refused request still gets the help) and before admission (it waits first and is never refused); off the
+        # event loop, so a long message never holds up other streams or /healthz
+        seen = await asyncio.to_thread(words_only, self.safety, raw_user_turn(body))
+        try:
+            chat = self.read(body)
+        except RequestError as err:
+            if not seen.crisis:
+                return fail(err)
+            return unanswered(self.safety, self.config, seen, "bad_request", as_refused(body, self.config), err.message)
+        if seen.crisis and chat.stream and self.admission.must_wait():
+            return self.help_while_waiting(chat, seen)
         refused = await self.admission.enter(urgent=seen.crisis)
         if refused:
             return unanswered(self.safety, self.config, seen, "busy", chat) if seen.crisis else self.busy(refused)
@@ -441,14 +499,54 @@ class Completions:
             if stream is None or not chat.stream:  # a stream gives its place back when it ends (see held_stream)
                 self.admission.leave(time.monotonic() - started)
 
-    def read(self, raw: bytes) -> ChatRequest:
-        config = self.config
+    @staticmethod
+    def body(raw: bytes) -> dict:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise RequestError(400, "请求体不是合法的 JSON") from None
-        return parse_request(body if isinstance(body, dict) else {}, model=config.model_name, system=config.system,
-                             defaults=config.settings, cap=config.max_tokens_cap)
+        return body if isinstance(body, dict) else {}
+
+    def read(self, body: dict) -> ChatRequest:
+        config = self.config
+        return parse_request(body, model=config.model_name, system=config.system, defaults=config.settings,
+                             cap=config.max_tokens_cap)
+
+    def help_while_waiting(self, chat: ChatRequest, seen: Detection):
+        """A streamed crisis turn that must wait in the queue: its first event (the lexicon's safety object and the
+        help block) goes out at once, the reply once a place is free (or, refused after all, the line saying why)."""
+        held = {"since": None}
+
+        def release():
+            if held["since"] is not None:
+                self.admission.leave(time.monotonic() - held["since"])
+
+        return held_stream(self.waited_events(chat, seen, held), release)
+
+    async def waited_events(self, chat: ChatRequest, seen: Detection, held: dict):
+        safety, config = self.safety, self.config
+        rid, created, model, turn = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), config.model_name, None
+        lead = help_block(safety.notice(seen)) if config.help_in_content else ""
+        yield chunk(rid, model, created, {"role": "assistant", "content": lead}, safety=safety.response_block(seen),
+                    max_tokens=chat.settings.max_new_tokens)
+        why = "busy" if await self.admission.enter(urgent=True) else None
+        if why is None:
+            held["since"] = time.monotonic()  # from here the place is this stream's: release() gives it back
+            try:
+                turn = await self.turn_for(chat)
+                why = "too_long" if turn.overflow else None
+            except Exception:  # a crisis turn's help is out: end as a reply, never as a broken stream
+                why = "error"
+        if why is None:
+            async for event in stream_events(self.backend, safety, config, turn, chat, rid, created, led=True):
+                yield event
+            return
+        nothing = usage(Outcome())
+        yield chunk(rid, model, created, {"content": UNANSWERED[why]})
+        yield chunk(rid, model, created, {}, finish="stop", safety=unanswered_block(safety, turn.detection if turn else seen, why))
+        if chat.include_usage:
+            yield usage_chunk(rid, model, created, nothing)
+        yield "data: [DONE]\n\n"
 
     def busy(self, why: str):
         """429 with Retry-After: the queue is full, or the wait in it ran out."""
