@@ -6,6 +6,9 @@ negation read.
 
     python bench/lexicon.py [--old /work/before/LLM_fine_turning] [--rounds 5]
 
+It also times one 100,000-character message (the turns joined): the clause marks are found once per text,
+so this grows linearly with length (it was quadratic: a 300k-character message took about 150 s).
+
 Texts: the user and counsellor turns of the real dialogues in ../shared/assets (psydt-sample, psydt-shaped)
 and this project's own labelled sentences (tests/safety_cases.py); nothing is printed of them."""
 import argparse
@@ -37,8 +40,13 @@ for _ in range(rounds):
     t0 = time.perf_counter()
     for t in replies: rules.harmful_reply(t)
     best_reply = min(best_reply, (time.perf_counter() - t0) / len(replies))
+joined = "\n".join(users)
+long = (joined * (100_000 // max(len(joined), 1) + 1))[:100_000]  # one 100k-character message: linear, not quadratic
+t0 = time.perf_counter(); rules.detect(long); t_long = time.perf_counter() - t0
+t0 = time.perf_counter(); rules.harmful_reply(long); t_long_reply = time.perf_counter() - t0
 print(json.dumps({"import_s": t_import, "first_detect_s": t_first, "jieba_s": t_jieba,
-                  "detect_ms": best_user * 1e3, "harmful_reply_ms": best_reply * 1e3}))
+                  "detect_ms": best_user * 1e3, "harmful_reply_ms": best_reply * 1e3,
+                  "long_detect_s": t_long, "long_harmful_reply_s": t_long_reply}))
 """
 
 
@@ -84,6 +92,9 @@ def main(argv=None) -> int:
         jieba = f"，jieba 词典首次加载 {r['jieba_s'] * 1e3:.0f} ms" if r["jieba_s"] is not None else ""
         print(f"[词典基准] {name}：detect {r['detect_ms']:.3f} ms/条，harmful_reply {r['harmful_reply_ms']:.3f} ms/条；"
               f"导入 {r['import_s'] * 1e3:.0f} ms，首次 detect {r['first_detect_s'] * 1e3:.0f} ms{jieba}")
+        if "long_detect_s" in r:
+            print(f"[词典基准] {name}：一条 10 万字的消息 detect {r['long_detect_s']:.2f} s，"
+                  f"harmful_reply {r['long_harmful_reply_s']:.2f} s")
     if old:
         print(f"[词典基准] 新/旧：detect ×{new['detect_ms'] / old['detect_ms']:.2f}，"
               f"harmful_reply ×{new['harmful_reply_ms'] / old['harmful_reply_ms']:.2f}")

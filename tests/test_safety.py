@@ -1,5 +1,6 @@
 """Counselling safety: detection quality on a labelled set, resources, steering, screening, both modes."""
 import io
+from collections import Counter
 import json
 import os
 import re
@@ -588,3 +589,26 @@ def test_our_answers_and_replies_of_the_weak_kinds():
     assert not [a for _, a in ANSWERS_YES if crisis(a)]  # alone, none of them is one
     assert [r for r in HARMFUL_REPLIES if not harmful_reply(r)] == []
     assert [r for r in SAFE_REPLIES if harmful_reply(r)] == []
+
+
+def test_clause_marks_found_once_give_the_same_clause_as_a_re_split():
+    from psydt_lora.safety.rules import _CLAUSE, _SENTENCE, _Marks
+
+    text = "我很难过，不想活了。\n他说：没事！真的?好吧…我明白;"
+    for rx in (_CLAUSE, _SENTENCE):
+        marks = _Marks(text, rx)
+        for i in range(len(text) + 1):
+            assert marks.head(i) == rx.split(text[:i])[-1], (rx.pattern, i)
+            assert marks.tail(i) == rx.split(text[i:])[0], (rx.pattern, i)
+
+
+def test_a_long_message_reads_as_its_parts_do():
+    """One pass over a long text (the clause marks found once) gives each part the hits it has alone: the
+    rule hits add up, negation and whose risk it is stay per clause (a 300k-character message took minutes)."""
+    parts = ["我朋友说她想自杀，我很担心她。", "真的不想活了。", "我从来没有想过自杀。", "今天加班累死了。"]
+    alone = [detect(p) for p in parts]
+    whole = detect("".join(parts) * 300)
+    assert Counter(whole.matches) == Counter({m: 300 for d in alone for m in d.matches})
+    assert (whole.crisis, whole.level, whole.categories) == (True, alone[1].level, alone[1].categories)
+    reply = "你可以拨打心理援助热线，我们一起想办法。" * 2000
+    assert harmful_reply(reply) is False

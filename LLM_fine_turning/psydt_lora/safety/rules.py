@@ -8,6 +8,7 @@ inside another word (特别, 告别). Nothing here logs or uploads text.
 import json
 import re
 import unicodedata
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,7 @@ LEXICON = DATA / "lexicon.json"
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 _CLAUSE = re.compile(r"[，。！？；,.!?;…\n]")
 _SENTENCE = re.compile(r"[。！？!?\n]")
+_SPAN_MAX = 200  # a clause read around a hit goes back / forward at most this far: no clause of real text is longer
 _PREPOSITION = re.compile(r"(和|跟|与|同|对|向|给|为|替|被|帮|让)(我的?|他的?|她的?)?(好)?$")  # 跟爸妈闹翻时: not the subject
 
 CATEGORY_NAMES = {"suicide": "自杀风险", "self_harm": "自伤", "harm_others": "伤害他人", "abuse": "正在遭受暴力或虐待"}
@@ -118,6 +120,25 @@ def normalize(text: str, rules=None) -> str:
     return _CJK_GAP.sub("", text)
 
 
+class _Marks:
+    """Where one text's clause (or sentence) marks are, found once per call: the clause around each hit is a
+    lookup, not a re-split of the whole text, so a long message costs time in proportion to its length."""
+
+    def __init__(self, text: str, rx: re.Pattern = _CLAUSE):
+        self.text = text
+        self.at = [m.start() for m in rx.finditer(text)]
+
+    def head(self, start: int) -> str:
+        """The clause's part before `start` (as rx.split(text[:start])[-1], at most _SPAN_MAX characters)."""
+        i = bisect_left(self.at, start)
+        return self.text[max(self.at[i - 1] + 1 if i else 0, start - _SPAN_MAX):start]
+
+    def tail(self, end: int) -> str:
+        """The clause's part from `end` on (as rx.split(text[end:])[0], at most _SPAN_MAX characters)."""
+        i = bisect_left(self.at, end)
+        return self.text[end:min(self.at[i] if i < len(self.at) else len(self.text), end + _SPAN_MAX)]
+
+
 def _blank(match) -> str:
     return "□" * len(match.group(0))
 
@@ -142,11 +163,11 @@ def _is_negation(word: str, r) -> bool:
     return len(word) <= 3 and word[0] in r["negation_heads"] and word not in r["not_negation_words"]
 
 
-def _negated(text: str, start: int, r) -> bool:
+def _negated(c: _Marks, start: int, r) -> bool:
     """A negation word closes the clause right before the match (不会, 从来没, 别 ...), at most a few characters
     and no pronoun or particle between; a character of another word (特别, 告别) is no negation, nor are
     忍不住 / 控制不住 (negation_exceptions)."""
-    clause = _CLAUSE.split(text[:start])[-1]
+    clause = c.head(start)
     if r["negation_en"].search(clause):
         return True
     before = r["not_negation"].sub(_blank, clause)[-8:]
@@ -162,67 +183,66 @@ def _negated(text: str, start: int, r) -> bool:
     return False
 
 
-def _denied_after(text: str, m, r) -> bool:
+def _denied_after(c: _Marks, m, r) -> bool:
     """A denial that closes the clause after the hit: 自杀的念头我从来没有过."""
-    return bool(r["post_negation"].search(_CLAUSE.split(text[m.end():])[0]))
+    return bool(r["post_negation"].search(c.tail(m.end())))
 
 
-def _clause_of(text: str, m) -> tuple[str, str]:
+def _clause_of(c: _Marks, m) -> tuple[str, str]:
     """The clause a match sits in, and the part of it before the match."""
-    head = _CLAUSE.split(text[:m.start()])[-1]
-    tail = _CLAUSE.split(text[m.start():])[0]
-    return head + tail, head
+    head = c.head(m.start())
+    return head + c.tail(m.start()), head
 
 
-def _self_directed(text: str, m, r) -> bool:
+def _self_directed(c: _Marks, m, r) -> bool:
     """A bare death word counts only about the speaker: nobody else named before it in its clause, and 'I' in
     the clause or, the subject dropped as Chinese does, a wish or a question of how (怎样才能不痛地死)."""
-    clause, head = _clause_of(text, m)
+    clause, head = _clause_of(c, m)
     frames = r["frames"]
     if frames["others"].search(head):
         return False
     return bool(frames["self"].search(clause) or frames["wish"].search(clause))
 
 
-def _about_someone_else(text: str, m, r) -> bool:
+def _about_someone_else(c: _Marks, m, r) -> bool:
     """Whom a hit is about: the last person named before it in its clause (我室友说她不想活了: her, not me);
     with nobody named there the dropped subject is the speaker's, and a hit naming 我 / 自己 is the speaker's."""
     frames = r["frames"]
     if frames["self"].search(m.group(0)):
         return False
-    head = _CLAUSE.split(text[:m.start()])[-1]
+    head = c.head(m.start())
     others = [o.end() for o in frames["person"].finditer(head) if not _PREPOSITION.search(head[:o.start()])]
     selves = [s.end() for s in frames["self"].finditer(head)]
     return bool(others) and (not selves or others[-1] > selves[-1])
 
 
-def _counts(t: str, m, rule, r) -> bool:
+def _counts(c: _Marks, m, rule, r) -> bool:
     """A hit stands unless negated before or after, or (for the speaker's own risk) about someone else;
     a bare death word needs its self-directed frame."""
-    if _negated(t, m.start(), r) or _denied_after(t, m, r):
+    if _negated(c, m.start(), r) or _denied_after(c, m, r):
         return False
-    if rule.kind == "bare" and not _self_directed(t, m, r):
+    if rule.kind == "bare" and not _self_directed(c, m, r):
         return False
     own_risk = rule.category in ("suicide", "self_harm") and rule.kind != "disclosure"
-    return not (own_risk and _about_someone_else(t, m, r))
+    return not (own_risk and _about_someone_else(c, m, r))
 
 
-def _rule_hits(t: str, r, dropped) -> list:
+def _rule_hits(c: _Marks, r, dropped) -> list:
     hits = []
     for rule in r["rules"]:
         if rule.kind != "disclosure" and dropped(rule.kind, rule.level, rule.category):
             continue  # an attempt or a lethal-amount question is never dropped by a context word
-        hits += [(rule.category, rule.level, m.group(0)) for m in rule.regex.finditer(t) if _counts(t, m, rule, r)]
+        hits += [(rule.category, rule.level, m.group(0)) for m in rule.regex.finditer(c.text) if _counts(c, m, rule, r)]
     return hits
 
 
-def _combo_hits(t: str, r, dropped) -> list:
-    hits = []
+def _combo_hits(c: _Marks, r, dropped) -> list:
+    hits, t = [], c.text
     for category, level, anchor, partner in r["combos"]:
         if dropped("combo", level, category):
             continue
-        found = [m for m in anchor.finditer(t) if not _negated(t, m.start(), r) and not _denied_after(t, m, r)
-                 and not (category in ("suicide", "self_harm") and _about_someone_else(t, m, r))]
+        found = [m for m in anchor.finditer(t) if not _negated(c, m.start(), r) and not _denied_after(c, m, r)
+                 and not (category in ("suicide", "self_harm") and _about_someone_else(c, m, r))]
         if found and partner.search(t.replace(found[0].group(0), "□" * len(found[0].group(0)), 1) if len(found) == 1 else t):
             hits.append((category, level, found[0].group(0)))
     return hits
@@ -272,7 +292,8 @@ def detect(text: str, asked: str | None = None, rules=None) -> Detection:
     def dropped(kind, level, category):
         return any(p.drops(kind, level, category) for p in active)
 
-    found = Detection(matches=_rule_hits(t, r, dropped) + _combo_hits(t, r, dropped) + _answer_hits(t, asked, r))
+    c = _Marks(t)
+    found = Detection(matches=_rule_hits(c, r, dropped) + _combo_hits(c, r, dropped) + _answer_hits(t, asked, r))
     if found.matches:
         found.categories = sorted({c for c, _, _ in found.matches})
         if _resolved(t, r):
@@ -288,11 +309,12 @@ def harmful_reply(text: str, rules=None) -> bool:
     plan secret, or encourages a death; a rule's `unless` (in the same sentence) lets a safe reply through."""
     r = rules or load_rules()
     t = normalize(text, r)
+    clauses, sentences = _Marks(t), _Marks(t, _SENTENCE)
     for rx, unless in r["harmful"]:
         for m in rx.finditer(t):
-            if _negated(t, m.start(), r):
+            if _negated(clauses, m.start(), r):
                 continue
-            sentence = _SENTENCE.split(t[:m.start()])[-1] + _SENTENCE.split(t[m.start():])[0]
+            sentence = sentences.head(m.start()) + sentences.tail(m.start())
             if unless is None or not unless.search(sentence):
                 return True
     return False
