@@ -5,8 +5,9 @@ Backends: `hf` generates in this process (one reply at a time on the model); `op
 to any OpenAI-compatible engine (vLLM, SGLang, another instance of this server) while this process stays
 the safety gateway. Either way at most `max_concurrency` requests are admitted, up to `max_queue` more wait
 for a place (`queue_timeout` seconds at most, crisis turns first), and the rest are answered 429 with a
-Retry-After -- except a crisis turn, which the lexicon finds before admission: refused or too long, it is
-answered 200 with the help and a line saying why there is no reply (`safety.unanswered`).
+Retry-After -- except a crisis turn, which the lexicon finds in the raw body before its fields are checked
+and before admission: refused (busy, a bad request) or too long, it is answered 200 with the help and a line
+saying why there is no reply (`safety.unanswered`); streamed and queued, its help goes out before the wait.
 
 Every request goes through `conversation.prepare_turn` -- the same history window, crisis detection,
 safety instruction and context fitting as the terminal chat -- and its reply through the same reply
@@ -456,8 +457,8 @@ def openai_errors(app) -> None:
 
 
 class Completions:
-    """POST /v1/chat/completions: parse, screen the user's turn with the lexicon, admit (or queue), prepare the
-    turn, answer (whole or streamed). A crisis turn is never refused: busy, too long or failed, it gets the help
+    """POST /v1/chat/completions: screen the raw body's user turn with the lexicon, parse, admit (or queue),
+    prepare the turn, answer (whole or streamed). A crisis turn is never refused: busy, too long or failed, it gets the help
     (the lexicon's crisis turns before admission; the guard's, which needs the model, once admitted)."""
 
     def __init__(self, backend, safety, config: ServeConfig):
