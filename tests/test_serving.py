@@ -672,6 +672,25 @@ def test_a_queued_crisis_stream_gets_the_help_at_once_and_the_reply_when_admitte
     assert rest[-1].safety["crisis"]
 
 
+def test_a_queued_crisis_stream_whose_client_leaves_gives_up_its_place(loaded):
+    """The client reads the help and goes away while its stream waits in the queue: it leaves the queue (no place
+    held for nobody), and once the model is free nothing is left running."""
+    lock = threading.Lock()
+    app, _ = app_for(loaded, lock=lock, max_concurrency=1, max_queue=2, queue_timeout=60)
+    with in_process(app) as (url, _), ThreadPoolExecutor(1) as pool:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30)
+        with lock:
+            held = pool.submit(call, url, D0[1]["content"])
+            wait_for(lambda: health(url)["running"] == 1, 30, "the first request admitted")
+            stream = client.chat.completions.create(model="psydt", messages=[{"role": "user", "content": CRISIS}],
+                                                    stream=True, max_tokens=20)
+            assert next(iter(stream)).safety["crisis"] and health(url)["queued"] == 1
+            stream.close()
+            wait_for(lambda: health(url)["queued"] == 0, 30, "the gone client's stream to leave the queue")
+        assert held.result(120)[0] == D0[2]["content"]
+        wait_for(lambda: health(url)["running"] == 0, 30, "every place given back")
+
+
 def test_a_resolved_past_is_told_to_the_client_as_a_check_in(loaded):
     """A resolved past (the lexicon lowers it: no crisis, check_in true) reaches the client in `safety`, streamed
     or not, without the crisis help."""
