@@ -265,7 +265,7 @@ def test_the_typed_text_is_kept_on_any_error(loaded, browser):
     assert "连接不上服务器" in kept_after_error(browser, wait, D0[1]["content"])  # the server has stopped
 
 
-@pytest.mark.parametrize("why", ["too_long", "busy"])
+@pytest.mark.parametrize("why", ["too_long", "busy", "queued"])
 def test_the_help_box_on_a_crisis_turn_that_cannot_be_answered(loaded, browser, why):
     """A crisis message too long for the model, or sent while the one place is taken and no queue: the server
     answers with the help and a line saying why (safety.unanswered); the page shows the help box with tel:
@@ -276,9 +276,12 @@ def test_the_help_box_on_a_crisis_turn_that_cannot_be_answered(loaded, browser, 
     at_width(browser, 375, 740)
     wait = WebDriverWait(browser, 90)
     text = CRISIS + "。" + D0[1]["content"] * 40 if why == "too_long" else CRISIS
-    with page_app(loaded, limit=200) as (url, lock, generating):
+    # queued: it waits in the queue (the help streamed at once) until the wait runs out; only the stream's last
+    # event says it was not answered
+    queue = {"max_queue": 1, "queue_timeout": 1.0} if why == "queued" else {}
+    with page_app(loaded, limit=200, **queue) as (url, lock, generating):
         browser.get(url + "/")
-        with held_busy(url, lock, generating) if why == "busy" else contextlib.nullcontext():
+        with held_busy(url, lock, generating) if why != "too_long" else contextlib.nullcontext():
             reply = say(browser, wait, text, typed=False)
         assert reply.find_elements(By.CSS_SELECTOR, ".crisis"), reply.text  # there once the send button is back
         crisis = reply.find_element(By.CSS_SELECTOR, ".crisis")
