@@ -566,6 +566,20 @@ def test_a_crisis_turn_too_long_to_answer_still_gets_the_help(loaded):
         assert calls == [] and health(url)["running"] == 0
 
 
+def test_a_calm_turn_too_long_for_the_model_is_a_400_even_when_busy(loaded):
+    """Found before it queues: a full server would answer 429 ("retry later") to a request that can never fit."""
+    lock = threading.Lock()
+    app, _ = app_for(loaded, lock=lock, limit=200, max_concurrency=1, max_queue=0)
+    with in_process(app) as (url, _), ThreadPoolExecutor(1) as pool:
+        with lock:
+            held = pool.submit(call, url, D0[1]["content"])
+            wait_for(lambda: health(url)["running"] == 1, 30, "the first request admitted")
+            status, headers, body = http("POST", f"{url}/v1/chat/completions",
+                                         {"messages": [{"role": "user", "content": "好" * 500}]})
+            assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+        held.result(120)
+
+
 def test_a_crisis_turn_gets_the_help_when_generation_fails(loaded):
     """The engine fails (a remote engine's 429, a crash): a calm turn gets its 502 / error event, a crisis turn
     the help and a line that no reply could be made (safety.unanswered "error"), streamed or not."""

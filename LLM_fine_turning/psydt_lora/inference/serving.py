@@ -36,6 +36,7 @@ from psydt_lora.inference.openai_api import (HELP_CLOSE, HELP_OPEN, UNANSWERED, 
                                              without_help)
 from psydt_lora.prompt import round_starts
 from psydt_lora.safety.rules import Detection, asked_before, detect
+from psydt_lora.safety.session import DisabledSafety
 
 PAGE = Path(__file__).with_name("web") / "chat.html"
 ICON = Path(__file__).with_name("web") / "favicon.svg"
@@ -480,6 +481,8 @@ class Completions:
             if not seen.crisis:
                 return fail(err)
             return unanswered(self.safety, self.config, seen, "bad_request", as_refused(body, self.config), err.message)
+        if not seen.crisis and (err := await self.too_long_alone(chat)):
+            return fail(err)  # before it queues: a 429 would tell it to retry a request that can never fit
         if seen.crisis and chat.stream and self.admission.must_wait():
             return self.help_while_waiting(chat, seen)
         refused = await self.admission.enter(urgent=seen.crisis)
@@ -570,6 +573,18 @@ class Completions:
             if turn.crisis:
                 return unanswered(self.safety, self.config, turn.detection, "error", chat)
             return fail(RequestError(502, f"生成失败：{type(err).__name__}", "backend_error"))
+
+    async def too_long_alone(self, chat: ChatRequest) -> RequestError | None:
+        """The 400 for a turn that cannot fit even with its history dropped, found before admission (rendering
+        only: no safety layer, no model); None when it fits or the backend does not say its context length."""
+        tokenizer, limit = getattr(self.backend, "tokenizer", None), getattr(self.backend, "limit", None)
+        if tokenizer is None or not limit:
+            return None
+        turn = await asyncio.to_thread(
+            prepare_turn, chat.messages, safety=DisabledSafety(), history_turns=self.config.history_turns,
+            tokenizer=tokenizer, max_new_tokens=chat.settings.max_new_tokens, limit=limit,
+            enable_thinking=chat.settings.enable_thinking)
+        return too_long(turn, chat, limit) if turn.overflow else None
 
     async def turn_for(self, chat: ChatRequest):
         """The request's turn: history window, crisis detection (both layers), context fitted (`overflow` when
