@@ -410,19 +410,21 @@ ZH_NEGATIVE += [
 ]
 # round four, second pass (H2b): goodbyes / settling affairs, indirect plans, resolved pasts and look-alikes; ours, written
 # before the rules that catch them (10 of 18 missed, 4 of 11 fired)
-ZH_POSITIVE += [
+SECOND_PASS_CRISIS = [
     ("我把存款密码写在纸上留给我妹妹了", "suicide"), ("我的猫以后就拜托你照顾了", "suicide"), ("游戏账号和装备都送给你吧，我以后用不上了", "suicide"), ("保险受益人我已经改成我妈了", "suicide"), ("替我跟爸妈说一声对不起", "suicide"), ("这是我最后一次跟你聊天了", "suicide"), ("我把房间收拾干净了，东西也都分好了", "suicide"), ("以后的生日你们不用再给我过了", "suicide"), ("我已经给每个人都写好了信", "suicide"), ("谢谢你陪我走了这么久，以后不会再麻烦你了", "suicide"), ("我查好了去那座桥的末班车", "suicide"), ("药我已经攒了两个月，够了", "suicide"), ("我在网上买了炭和胶带", "suicide"), ("周五晚上室友都回家，那天就是最好的机会", "suicide"), ("我去天台看过了，门没有锁", "suicide"), ("绳子已经放在衣柜里了", "suicide"), ("等考试成绩一出来我就去做那件事", "suicide"), ("我算过了，从我家阳台下去足够高", "suicide"),
 ]
-ZH_NEGATIVE += [
+SECOND_PASS_ORDINARY = [
     "高三那年我曾经想过结束生命，现在回头看已经很平静了", "过去有段时间每天都想死，这两年慢慢好起来了", "我以前割过自己，疤还在，但我现在不会再那样做了", "几年前吞过药，那之后我一直在接受治疗，现在状态很稳定", "以前我觉得活着没意思，后来遇到了现在的爱人", "那段想自杀的日子已经过去了，我现在在做志愿者帮助别人", "十几岁的时候站在楼顶想跳，现在我三十了，生活挺好", "曾经写过遗书，后来撕掉了，现在偶尔想起来只觉得庆幸", "我把旧书都送给了图书馆，腾出地方放新书架", "我把猫托付给朋友照顾一周，因为我要出差", "保险受益人我改成了我老婆，刚结婚嘛",
 ]
 # resolved pasts in more wordings, and a present relapse after a past (H2b; 6 of 10 fired, 2 of 3 missed before)
-ZH_POSITIVE += [
+SECOND_PASS_CRISIS += [
     ("以前想过自杀，现在好多了，可是这几天又开始想了", "suicide"), ("我曾经割过手，最近又忍不住了", "self_harm"), ("两年前吞过药，现在还是常常想再试一次", "suicide"),
 ]
-ZH_NEGATIVE += [
+SECOND_PASS_ORDINARY += [
     "大二那年我吃过一次药，住了一周院，这几年一直按时复诊，情况很平稳", "我年轻时想过跳河，幸好被人劝住了，现在儿女都成家了", "产后那阵子我真的不想活了，现在宝宝三岁了，我也早就走出来了", "初中被霸凌的时候我割过手，现在想起来已经不痛了", "有过一段很黑暗的日子，天天想着怎么死，如今我已经能平静地讲出来了", "我曾经在遗书里写了很多话，后来在医生的帮助下慢慢恢复", "失业那年想过一了百了，后来找到了新工作，一切都在变好", "前几年抑郁最重的时候想过自杀，治疗一年后基本痊愈了", "很久以前我也有过轻生的念头，但那已经是很多年前的事了", "当时站在桥上想跳下去，是一个陌生人拉住了我，我现在很感激他",
 ]
+ZH_POSITIVE += SECOND_PASS_CRISIS
+ZH_NEGATIVE += SECOND_PASS_ORDINARY
 # (the counsellor's question, the answer): a crisis; the same answers alone are none
 ANSWERS_YES = [
     ("你最近有没有想过结束自己的生命？", "有时候会"),

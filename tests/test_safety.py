@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from conftest import DIALOGUES, ROOT
-from safety_cases import ANSWERS_YES, EN_NEGATIVE, EN_POSITIVE, HARMFUL_REPLIES, SAFE_REPLIES, ZH_NEGATIVE, ZH_POSITIVE
+from safety_cases import (ANSWERS_YES, EN_NEGATIVE, EN_POSITIVE, HARMFUL_REPLIES, SAFE_REPLIES, SECOND_PASS_CRISIS,
+                          SECOND_PASS_ORDINARY, ZH_NEGATIVE, ZH_POSITIVE)
 import inference_psydt_lora
 from psydt_lora.inference import chat as chat_module
 from psydt_lora.inference.chat import Chat
@@ -612,3 +613,10 @@ def test_a_long_message_reads_as_its_parts_do():
     assert (whole.crisis, whole.level, whole.categories) == (True, alone[1].level, alone[1].categories)
     reply = "你可以拨打心理援助热线，我们一起想办法。" * 2000
     assert harmful_reply(reply) is False
+
+
+def test_goodbyes_indirect_plans_relapses_fire_and_resolved_pasts_do_not():
+    """Ours, written before their rules: settling affairs, a plan told indirectly and a relapse after a past are
+    crises of their category; a past told as over (and a pet left for a week) is none."""
+    assert [(t, c) for t, c in SECOND_PASS_CRISIS if c not in detect(t).categories or not detect(t).crisis] == []
+    assert [t for t in SECOND_PASS_ORDINARY if detect(t).crisis] == []
