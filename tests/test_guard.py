@@ -418,6 +418,20 @@ def test_a_layer_that_tells_crises_from_ordinary_messages_is_kept_and_checked_on
     assert admitted(GuardChoice(other, "--safety_model y")).check.cached is False and len(other.seen) == 40
 
 
+def test_the_check_is_cached_per_verdict_reader_too(checking, tmp_path, monkeypatch):
+    """A changed guard.py (its prompts, category map or verdict parser) must not reuse verdicts read by the old one."""
+    from psydt_lora.safety import guard_check
+    from psydt_lora.safety.guard import GuardChoice, admitted
+
+    crises = set(check_set()["crisis"])
+    admitted(GuardChoice(Judged(lambda text: text in crises, identity={"model": "a"}), "--safety_model x"))
+    changed = tmp_path / "guard.py"
+    changed.write_bytes(guard_check.GUARD_CODE.read_bytes() + b"\n# the category map changed\n")
+    monkeypatch.setattr(guard_check, "GUARD_CODE", changed)
+    again = Judged(lambda text: text in crises, identity={"model": "a"})
+    assert admitted(GuardChoice(again, "--safety_model x")).check.cached is False and len(again.seen) == 40
+
+
 def test_a_layer_that_flags_hyperbole_or_misses_crises_is_switched_off_with_its_figures(checking):
     from psydt_lora.safety.guard import GuardChoice, admitted
 
