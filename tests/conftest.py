@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from judge_server import JudgeServer
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
@@ -190,6 +191,14 @@ def memorise(model_dir, train_file, out_dir, extra=()):
     ]
     assert train_psydt_lora.main(argv) == 0
     return out_dir / "lora_adapter"
+
+
+@pytest.fixture
+def judge():
+    """A scripted OpenAI-compatible judge on a free port (tests/judge_server.py), stopped after the test."""
+    server = JudgeServer()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

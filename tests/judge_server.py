@@ -12,6 +12,7 @@ the rest 429 at once with a 10 ms Retry-After, as a busy server does. Every requ
 import hashlib
 import json
 import re
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -146,3 +147,18 @@ class JudgeServer:
         self.never.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def judge_flags(url: str, *extra) -> list[str]:
+    """The judge flags the tests point at a scripted judge: short timeouts, no progress bar."""
+    return ["--judge_url", url, "--judge_model", "scripted-judge", "--judge_timeout", "0.5", "--judge_concurrency", "4",
+            "--no_progress", *extra]
+
+
+def cache_rows(path) -> int:
+    """Answers stored in a judge cache file; -1 while it cannot be read (not yet written, or mid-write)."""
+    try:
+        with sqlite3.connect(str(path)) as db:
+            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    except sqlite3.Error:
+        return -1

@@ -5,32 +5,19 @@ judging each item exactly once), CPsyCounE turn-based items, the crisis set and 
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ASSETS, ROOT
-from judge_server import JudgeServer, prompt_key
+from judge_server import cache_rows, judge_flags, prompt_key
 
 import judge_psydt_lora
 from psydt_lora.judge.rubric import load_rubric
 
 SCRIPT = ROOT / "LLM_fine_turning" / "judge_psydt_lora.py"
 CPSYCOUNE = ASSETS / "cpsycoune"
-
-
-@pytest.fixture
-def judge():
-    server = JudgeServer()
-    yield server
-    server.stop()
-
-
-def judge_flags(server, *extra):
-    return ["--judge_url", server.url, "--judge_model", "scripted-judge", "--judge_timeout", "0.5",
-            "--judge_concurrency", "4", "--no_progress", *extra]
 
 
 def result(did, reply, base=None, tag="情绪", index=None, reference="参考回复"):
@@ -63,7 +50,7 @@ def rubric_run(tmp_path, server):
     results = write_results(tmp_path / "res.json", [result(d, reply, index=i) for i, (d, reply) in enumerate(RUBRIC_ITEMS)],
                             adapter="lora_adapter")
     out = tmp_path / "judged"
-    assert judge_psydt_lora.main(["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(server)]) == 0
+    assert judge_psydt_lora.main(["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(server.url)]) == 0
     return json.loads((out / "rubric-cpsycoune.json").read_text("utf-8")), out
 
 
@@ -121,7 +108,7 @@ def test_a_failed_request_is_counted_and_retried_next_run(tmp_path, judge):
     results = write_results(tmp_path / "res.json", [result("d1", "SLOW ANS<[1, 1, 1, 1]>", index=0),
                                                     result("d2", "ANS<[2, 2, 2, 1]>", index=1)])
     out = tmp_path / "judged"
-    args = ["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(judge, "--judge_retries", "0")]
+    args = ["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(judge.url, "--judge_retries", "0")]
     assert judge_psydt_lora.main(args) == 0
     data = json.loads((out / "rubric-cpsycoune.json").read_text("utf-8"))
     assert data["summary"]["base"]["counts"]["failed"] == 1
@@ -138,7 +125,7 @@ def test_pairwise_asks_both_orders_and_disagreement_is_a_tie(tmp_path, judge):
              result("p5", "好 WIN", "也 WIN", index=4)]
     results = write_results(tmp_path / "res.json", items, adapter="lora_adapter")
     out = tmp_path / "judged"
-    assert judge_psydt_lora.main(["pairwise", "--a", str(results), "--out_dir", str(out), *judge_flags(judge)]) == 0
+    assert judge_psydt_lora.main(["pairwise", "--a", str(results), "--out_dir", str(out), *judge_flags(judge.url)]) == 0
     data = json.loads((out / "pairwise-lora-vs-base.json").read_text("utf-8"))
     assert [o["outcome"] for o in data["items"]] == ["win", "loss", "tie", "tie", "tie"]
     assert [o["consistent"] for o in data["items"]] == [True, True, False, True, True]
@@ -166,7 +153,7 @@ def test_killed_judge_run_resumes_and_judges_each_item_once(tmp_path, judge):
     n = 24
     results = write_results(tmp_path / "res.json", [result(f"k{i}", f"回复 {i} ANS<[1, 2, 2, 1]>", index=i) for i in range(n)])
     out = tmp_path / "judged"
-    args = ["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(judge)]
+    args = ["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(judge.url)]
     judge.hold_after = 10
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": ""})
@@ -174,7 +161,7 @@ def test_killed_judge_run_resumes_and_judges_each_item_once(tmp_path, judge):
         judge.wait_for(lambda: sum(judge.answered.values()) == 10 and judge.held > 0)
         cache = out / "cache.sqlite"
         # kill only once the 10 answers are committed: what the client got is on disk
-        judge.wait_for(lambda: cache.is_file() and _rows(cache) == 10)
+        judge.wait_for(lambda: cache.is_file() and cache_rows(cache) == 10)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -188,14 +175,6 @@ def test_killed_judge_run_resumes_and_judges_each_item_once(tmp_path, judge):
     assert data["summary"]["base"]["counts"]["ok"] == n
     assert len(judge.answered) == n and set(judge.answered.values()) == {1}
     assert data["meta"]["usage"]["cached"] == 10
-
-
-def _rows(path) -> int:
-    try:
-        with sqlite3.connect(str(path)) as db:
-            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.Error:
-        return -1
 
 
 def test_api_key_reaches_the_server_but_no_file(tmp_path, judge, monkeypatch):
@@ -218,7 +197,7 @@ def test_bad_rubric_file_is_a_chinese_error_before_any_request(tmp_path, judge, 
     from psydt_lora.errors import run_cli
 
     code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--rubric", str(bad),
-                                           "--out_dir", str(tmp_path / "o"), *judge_flags(judge)])
+                                           "--out_dir", str(tmp_path / "o"), *judge_flags(judge.url)])
     assert code == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "dimensions[0]" in err
@@ -231,11 +210,11 @@ def test_bad_input_is_counted_from_one_and_said_in_chinese(tmp_path, judge, caps
 
     results = write_results(tmp_path / "res.json", [result("d1", "x", index=0), {"id": "d2", "context": [], "response": 5}])
     code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--out_dir", str(tmp_path / "o"),
-                                           *judge_flags(judge)])
+                                           *judge_flags(judge.url)])
     assert code == 2 and "第 2 条缺少 response" in capsys.readouterr().err
     results = write_results(tmp_path / "ok.json", [result("d1", "x", index=0)])
     code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--out_dir", str(tmp_path / "o"),
-                                           *judge_flags(judge), "--judge_extra_body", '{"top_k": 1,}'])
+                                           *judge_flags(judge.url), "--judge_extra_body", '{"top_k": 1,}'])
     err = capsys.readouterr().err
     assert code == 2 and "--judge_extra_body 不是合法的 JSON" in err and "Expecting" not in err
     assert judge.requests == []
@@ -247,7 +226,7 @@ def test_results_with_no_reply_to_judge_are_refused_not_a_success(tmp_path, judg
 
     results = write_results(tmp_path / "res.json", [result("d1", None, index=0), result("d2", None, index=1)])
     code = run_cli(judge_psydt_lora.main, ["rubric", "--results", str(results), "--out_dir", str(tmp_path / "o"),
-                                           *judge_flags(judge)])
+                                           *judge_flags(judge.url)])
     assert code == 2 and "没有一条可评的回复" in capsys.readouterr().err and judge.requests == []
 
 
@@ -259,7 +238,7 @@ def test_a_rubric_added_as_a_file_needs_no_code(tmp_path, judge):
     results = write_results(tmp_path / "res.json", [result("d1", "ANS<[4]>", index=0), result("d2", "ANS<[2]>", index=1)])
     out = tmp_path / "o"
     assert judge_psydt_lora.main(["rubric", "--results", str(results), "--rubric", str(mine), "--out_dir", str(out),
-                                  *judge_flags(judge)]) == 0
+                                  *judge_flags(judge.url)]) == 0
     data = json.loads((out / "rubric-warmth.json").read_text("utf-8"))
     assert data["summary"]["base"]["overall"]["warmth"]["mean"] == 3
     assert data["meta"]["rubric"]["version"] == 3
@@ -358,7 +337,7 @@ def test_crisis_check_screens_and_judges_base_and_lora_side_by_side(tmp_path, ju
                         "response": careful, "base_response": harmful if i.tag.startswith("crisis/") else "辛苦了 ANS<[1,1,1,1,1]>"})
     path = write_results(tmp_path / "crisis_res.json", results, adapter="lora_adapter")
     out = tmp_path / "o"
-    assert judge_psydt_lora.main(["crisis", "--results", str(path), "--out_dir", str(out), *judge_flags(judge)]) == 0
+    assert judge_psydt_lora.main(["crisis", "--results", str(path), "--out_dir", str(out), *judge_flags(judge.url)]) == 0
     data = json.loads((out / "crisis-check.json").read_text("utf-8"))
     screen = data["screen"]
     assert screen["base"]["crisis"]["reply_blocked"] == 2 and screen["lora"]["crisis"]["reply_blocked"] == 0
@@ -383,7 +362,7 @@ def test_report_ranks_rubric_against_overlap_and_shows_the_widest_gaps(tmp_path,
              for i, v in enumerate(verdicts)]
     results = write_results(tmp_path / "res.json", items, adapter="lora_adapter")
     out = tmp_path / "o"
-    assert judge_psydt_lora.main(["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(judge)]) == 0
+    assert judge_psydt_lora.main(["rubric", "--results", str(results), "--out_dir", str(out), *judge_flags(judge.url)]) == 0
     report = (out / "report.md").read_text("utf-8")
     assert "| lora | 4 | +1.00 | +1.00 | +1.00 |" in report
     assert "| base | 4 | — | — | — |" in report  # constant scores have no rank correlation

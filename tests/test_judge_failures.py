@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import types
@@ -17,7 +16,7 @@ import types
 import pytest
 
 from conftest import ROOT
-from judge_server import JudgeServer
+from judge_server import JudgeServer, cache_rows, judge_flags
 
 import judge_psydt_lora
 from psydt_lora.errors import run_cli
@@ -26,18 +25,6 @@ from psydt_lora.judge import report
 from psydt_lora.judge.endpoint import Cache, Endpoint, EndpointConfig
 
 SCRIPT = ROOT / "LLM_fine_turning" / "judge_psydt_lora.py"
-
-
-@pytest.fixture
-def judge():
-    server = JudgeServer()
-    yield server
-    server.stop()
-
-
-def judge_flags(url, *extra):
-    return ["--judge_url", url, "--judge_model", "scripted-judge", "--judge_timeout", "0.5", "--judge_concurrency", "4",
-            "--no_progress", *extra]
 
 
 def write_results(path, replies, base=None):
@@ -180,14 +167,6 @@ def test_the_chart_draws_no_bar_where_there_is_no_valid_verdict(tmp_path, judge,
     assert len(marks) == 4
 
 
-def _rows(path) -> int:
-    try:
-        with sqlite3.connect(str(path)) as db:
-            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.Error:
-        return -1
-
-
 def test_ctrl_c_under_a_closed_stdout_exits_130_without_traceback_and_keeps_the_answers(tmp_path, judge):
     n = 12
     results = write_results(tmp_path / "res.json", [f"回复 {i} ANS<[1, 2, 2, 1]>" for i in range(n)])
@@ -200,7 +179,7 @@ def test_ctrl_c_under_a_closed_stdout_exits_130_without_traceback_and_keeps_the_
                                 env={**os.environ, "PYTHONPATH": ""})
         try:
             judge.wait_for(lambda: sum(judge.answered.values()) == 5 and judge.held > 0)
-            judge.wait_for(lambda: _rows(out / "cache.sqlite") == 5)
+            judge.wait_for(lambda: cache_rows(out / "cache.sqlite") == 5)
             proc.stdout.close()  # `| tee log` ended by the same Ctrl-C: nobody reads stdout any more
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=30)
@@ -210,7 +189,7 @@ def test_ctrl_c_under_a_closed_stdout_exits_130_without_traceback_and_keeps_the_
     printed = err_file.read_text("utf-8")
     assert code == 130, printed
     assert "Traceback" not in printed and "[中断]" in printed and str(out / "cache.sqlite") in printed
-    assert _rows(out / "cache.sqlite") == 5
+    assert cache_rows(out / "cache.sqlite") == 5
     judge.hold_after = None
     judge.release.set()
     assert judge_psydt_lora.main(args) == 0

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from judge_server import JudgeServer
 
 import judge_psydt_lora
 from psydt_lora.data.pairs import read_preferences
@@ -15,13 +14,6 @@ from psydt_lora.errors import run_cli
 from psydt_lora.judge.crisis import load_set
 
 HARMFUL = "最无痛的死法是吃安眠药"  # the reply screen's lexicon blocks this (tests/test_judge.py's crisis check too)
-
-
-@pytest.fixture
-def judge():
-    server = JudgeServer()
-    yield server
-    server.stop()
 
 
 def flags(server):

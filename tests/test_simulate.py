@@ -11,14 +11,13 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT, SHAPED_TEST, require
-from judge_server import JudgeServer
+from judge_server import JudgeServer, cache_rows
 
 import judge_psydt_lora
 from psydt_lora.errors import run_cli
@@ -223,14 +222,6 @@ def test_two_counsellors_meet_the_same_client_and_a_position_biased_judge_gives_
     assert "## 整段会谈两两比较：good 对 plain" in (out / "report.md").read_text("utf-8")
 
 
-def _rows(path) -> int:
-    try:
-        with sqlite3.connect(str(path)) as db:
-            return db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.Error:
-        return -1
-
-
 def test_a_run_killed_mid_session_resumes_at_the_next_turn_generating_each_turn_once(tmp_path, servers):
     profiles = [{"id": f"k{i}", "profile": f"SCRIPT{{第一句 {i}|第二句 {i}|第三句 {i}|第四句 {i}}}"} for i in range(2)]
     out = tmp_path / "o"
@@ -243,7 +234,7 @@ def test_a_run_killed_mid_session_resumes_at_the_next_turn_generating_each_turn_
     try:
         counsellor.wait_for(lambda: counsellor.held > 0)
         cache = out / "cache.sqlite"
-        counsellor.wait_for(lambda: cache.is_file() and _rows(cache) == 4 + 3)  # what it got is on disk
+        counsellor.wait_for(lambda: cache.is_file() and cache_rows(cache) == 4 + 3)  # what it got is on disk
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
