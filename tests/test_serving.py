@@ -609,6 +609,7 @@ def test_a_huge_message_is_screened_off_the_event_loop_and_only_in_part(loaded, 
     """The lexicon's screen before admission runs in a thread on at most both ends of the message: while it
     is held (a stub that waits for the test), /healthz still answers; a 60k-character message is not read whole."""
     from psydt_lora.inference import serving
+    from psydt_lora.safety import session
 
     entered, go, read = threading.Event(), threading.Event(), []
 
@@ -618,7 +619,7 @@ def test_a_huge_message_is_screened_off_the_event_loop_and_only_in_part(loaded, 
         go.wait(60)
         return serving.Detection()
 
-    monkeypatch.setattr(serving, "detect", held_detect)
+    monkeypatch.setattr(session, "detect", held_detect)  # the lexicon, as Safety.lexicon_check calls it
     app, _ = app_for(loaded, limit=200)
     with in_process(app) as (url, _), ThreadPoolExecutor(1) as pool:
         try:

@@ -35,7 +35,7 @@ from psydt_lora.inference.openai_api import (HELP_CLOSE, HELP_OPEN, UNANSWERED, 
                                              error_body, error_event, help_block, parse_request, usage_chunk,
                                              without_help)
 from psydt_lora.prompt import round_starts
-from psydt_lora.safety.rules import Detection, asked_before, detect
+from psydt_lora.safety.rules import Detection
 from psydt_lora.safety.session import DisabledSafety
 
 PAGE = Path(__file__).with_name("web") / "chat.html"
@@ -323,12 +323,7 @@ def words_only(safety, messages) -> Detection:
     """The lexicon alone on the user's turn (no model: cheap enough to run before admission; run off the event
     loop all the same, on at most 2 * SCREEN_CHARS of it). The guard, when there is one, still judges every
     admitted turn (prepare_turn)."""
-    if not safety.enabled or not messages:
-        return Detection()
-    asked = asked_before(messages)
-    found = detect(screened_part(messages[-1]["content"]), asked=asked and screened_part(asked))
-    found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
-    return found
+    return safety.lexicon_check(messages, screened_part) if messages else Detection()
 
 
 def raw_user_turn(body) -> list[dict]:

@@ -59,8 +59,7 @@ class Safety:
         """The last user turn: the lexicon on its words, the guard (if any) on it with recent history.
         A crisis when either layer says so; `layers` keeps what each said. The lexicon also reads the
         counsellor's turn before it: a two-word answer to 'have you thought of suicide?' is a crisis."""
-        found = detect(messages[-1]["content"], asked=asked_before(messages))
-        found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
+        found = self.lexicon_check(messages)
         if self._guard is None:
             return found
         verdict = self._guard.check_user(messages)
@@ -73,6 +72,16 @@ class Safety:
             found.crisis = True
             found.categories = sorted(set(found.categories) | set(cats))
             found.level = found.level or "concern"
+        return found
+
+    @staticmethod
+    def lexicon_check(messages, part=None) -> Detection:
+        """The lexicon alone on the last user turn, reading the counsellor's turn before it; `part` picks what of
+        each text is read (the server's cap before admission), the whole text by default."""
+        part = part or (lambda text: text)
+        asked = asked_before(messages)
+        found = detect(part(messages[-1]["content"]), asked=asked and part(asked))
+        found.layers = {"lexicon": {"crisis": found.crisis, "categories": list(found.categories), "level": found.level}}
         return found
 
     def reply_layers(self, user_text: str, reply: str) -> dict:
@@ -166,6 +175,9 @@ class DisabledSafety:
 
     def check_turn(self, messages) -> Detection:
         return Detection()  # never a crisis
+
+    def lexicon_check(self, messages, part=None) -> Detection:
+        return Detection()
 
     def guidance(self, detection: Detection) -> None:
         return None
