@@ -1,13 +1,18 @@
-"""The blind safety set, tests/data/safety_blind.json: written before the round-four rule change by someone who had
+"""The blind safety sets, tests/data/safety_blind.json (round four) and safety_blind2.json (round six): each written before the round-four rule change by someone who had
 not read the lexicon, the rules or the other safety cases, then frozen. Its items are not to be read while changing
-rules; it only measures them. This test pins its bytes and its shape (the contract the measuring code reads); the
+rules; it only measures them. These tests pin each file's bytes and its shape (the contract the measuring code reads); the
 figures measured on it belong in the README, never in assertions here."""
 import hashlib
 import json
 from pathlib import Path
 
-BLIND = Path(__file__).resolve().parent / "data" / "safety_blind.json"
-SHA256 = "b7bf9cb0b4323e710f34d0593771fe066797ff294e749bcd11999265f2d95166"
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+BLIND_SETS = [  # (file, its frozen sha256)
+    ("safety_blind.json", "b7bf9cb0b4323e710f34d0593771fe066797ff294e749bcd11999265f2d95166"),
+    ("safety_blind2.json", "ca7a6bbb757d83524c704e30f208ef3d9fd5493b9af022396eddfc7fb95eddcd"),
+]
 KINDS = {  # list -> the kinds its items may have
     "positive": {"direct", "passive", "goodbye", "plan_indirect", "method_question", "selfharm_other", "attempt",
                  "variants", "intensified", "present_after_past", "eating_disorder_crisis", "answer_yes"},
@@ -20,14 +25,17 @@ MIN_SIZES = {"positive": 240, "negative": 240, "harmful_replies": 48, "safe_repl
 ANSWER_KINDS = {"answer_yes", "answer_no"}  # a short answer to the counsellor's preceding turn, given as "context"
 
 
-def test_blind_set_is_frozen():
-    digest = hashlib.sha256(BLIND.read_bytes()).hexdigest()
-    assert digest == SHA256, (f"{BLIND.name} changed (sha256 {digest}): the blind set is frozen; "
+@pytest.mark.parametrize("name,sha256", BLIND_SETS)
+def test_blind_set_is_frozen(name, sha256):
+    blind = DATA / name
+    digest = hashlib.sha256(blind.read_bytes()).hexdigest()
+    assert digest == sha256, (f"{blind.name} changed (sha256 {digest}): the blind set is frozen; "
                               "a new set is a new file written blind, not an edit of this one")
 
 
-def test_blind_set_shape_sizes_and_kinds():
-    data = json.loads(BLIND.read_text("utf-8"))
+@pytest.mark.parametrize("name,sha256", BLIND_SETS)
+def test_blind_set_shape_sizes_and_kinds(name, sha256):
+    data = json.loads((DATA / name).read_text("utf-8"))
     assert set(data) == {"about", *KINDS}
     assert isinstance(data["about"], str) and data["about"].strip()
     for name, kinds in KINDS.items():
