@@ -21,7 +21,7 @@ _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 _CLAUSE = re.compile(r"[，。！？；,.!?;…\n]")
 _SENTENCE = re.compile(r"[。！？!?\n]")
 _SPAN_MAX = 200  # a clause read around a hit goes back / forward at most this far: no clause of real text is longer
-_PREPOSITION = re.compile(r"(和|跟|与|同|对|向|给|为|替|被|帮|让)(我的?|他的?|她的?)?(好)?$")  # 跟爸妈闹翻时: not the subject
+_PREPOSITION = re.compile(r"(和|跟|与|同|对|向|给|为|替|被|帮|让)(我的?|他的?|她的?)?(好)?(每个|每一个|所有|各位|几个)?$")  # 跟爸妈闹翻时, 给每个朋友: not the subject
 
 CATEGORY_NAMES = {"suicide": "自杀风险", "self_harm": "自伤", "harm_others": "伤害他人", "abuse": "正在遭受暴力或虐待"}
 
@@ -70,7 +70,7 @@ def _alternation(patterns) -> re.Pattern:
 def _words(data: dict) -> dict:
     words = data["negation_words"]
     return {"negation_words": set(words["words"]), "negation_heads": words["heads"],
-            "not_negation_words": set(words["not_negation"]), "negation_chars": re.compile(f"[{words['heads']}]"),
+            "not_negation_words": set(words["not_negation"]), "negation_chars": re.compile(f"[{words['heads']}{''.join(w[0] for w in words['words'])}]"),
             "stop_words": set(words["stop"])}
 
 
@@ -216,15 +216,21 @@ def _about_someone_else(c: _Marks, m, r) -> bool:
     return bool(others) and (not selves or others[-1] > selves[-1])
 
 
+def _told_of_others(c: _Marks, m, r) -> bool:
+    """A death told as a fact or a story about someone else (梵高是自杀的吗, 书里她最后自杀了): no 我 in the clause."""
+    clause, _ = _clause_of(c, m)
+    return bool(r["frames"]["told_of_others"].search(clause)) and not r["frames"]["self"].search(clause)
+
+
 def _counts(c: _Marks, m, rule, r) -> bool:
-    """A hit stands unless negated before or after, or (for the speaker's own risk) about someone else;
-    a bare death word needs its self-directed frame."""
+    """A hit stands unless negated before or after, or (for the speaker's own risk) about someone else or told
+    as someone else's story; a bare death word needs its self-directed frame."""
     if _negated(c, m.start(), r) or _denied_after(c, m, r):
         return False
     if rule.kind == "bare" and not _self_directed(c, m, r):
         return False
     own_risk = rule.category in ("suicide", "self_harm") and rule.kind != "disclosure"
-    return not (own_risk and _about_someone_else(c, m, r))
+    return not (own_risk and (_about_someone_else(c, m, r) or _told_of_others(c, m, r)))
 
 
 def _rule_hits(c: _Marks, r, dropped) -> list:
@@ -242,7 +248,8 @@ def _combo_hits(c: _Marks, r, dropped) -> list:
         if dropped("combo", level, category):
             continue
         found = [m for m in anchor.finditer(t) if not _negated(c, m.start(), r) and not _denied_after(c, m, r)
-                 and not (category in ("suicide", "self_harm") and _about_someone_else(c, m, r))]
+                 and not (category in ("suicide", "self_harm")
+                          and (_about_someone_else(c, m, r) or _told_of_others(c, m, r)))]
         if found and partner.search(t.replace(found[0].group(0), "□" * len(found[0].group(0)), 1) if len(found) == 1 else t):
             hits.append((category, level, found[0].group(0)))
     return hits
@@ -250,7 +257,8 @@ def _combo_hits(c: _Marks, r, dropped) -> list:
 
 def _answer_hits(t: str, asked: str | None, r) -> list:
     """A short answer to the counsellor's own question about suicide, self-harm, a plan or safety: yes is a
-    crisis (a plan or means: imminent), a clear no is not; 'am I safe? -- not really' is imminent."""
+    crisis (a plan or means: imminent), a clear no is not; 'am I safe? -- not really' is imminent; to a question
+    about a plan, means or timing any answer that is no denial is a yes (这周末, 攒了一些)."""
     if not asked or len(t) > r["answer_max"]:
         return []
     q = normalize(asked, r)
@@ -260,16 +268,37 @@ def _answer_hits(t: str, asked: str | None, r) -> list:
     if a["safety_topic"].search(q) and a["unsafe"].search(t):
         return [("suicide", "imminent", t)]
     clauses = [c.strip() for c in _CLAUSE.split(t) if c.strip()]
-    if not clauses or any(a["no"].match(c) for c in clauses) or not any(a["yes"].match(c) for c in clauses):
+    plan = bool(a["plan_topic"].search(q))
+    if not clauses or any(a["no"].match(c) for c in clauses) or not (plan or any(a["yes"].match(c) for c in clauses)):
         return []
     category = "self_harm" if a["self_harm_topic"].search(q) and not a["suicide_topic"].search(q) else "suicide"
-    return [(category, "imminent" if a["plan_topic"].search(q) else "concern", t)]
+    return [(category, "imminent" if plan else "concern", t)]
 
 
-def _resolved(t: str, r) -> bool:
-    """A crisis told as over: a past marker and a present recovery, and nothing about it in the present tense."""
+def _calm_after(t: str, hits: list, r) -> bool:
+    """A clause that starts with a present marker (现在, 后来, 长大以后 ...), after a past marker and after every
+    hit, holding no hit and nothing worse: 小时候想过死，长大以后就没有了."""
     f = r["frames"]
-    if not (f["past"].search(t) and f["recovery"].search(t)):
+    past = f["past"].search(t)
+    if not past:
+        return False
+    last_hit = max(t.rfind(text) + len(text) for _, _, text in hits)
+    start = 0
+    for clause in _CLAUSE.split(t):
+        begins = start
+        start += len(clause) + 1
+        clause = clause.strip()
+        if begins < max(past.end(), last_hit) or not f["calm_present"].search(clause):
+            continue
+        return not f["worse"].search(clause)
+    return False
+
+
+def _resolved(t: str, hits: list, r) -> bool:
+    """A crisis told as over: a past marker and a present recovery (a recovery phrase, or a calm present clause
+    after it), and nothing about it in the present tense."""
+    f = r["frames"]
+    if not (f["past"].search(t) and (f["recovery"].search(t) or _calm_after(t, hits, r))):
         return False
     return not f["present"].search(f["recovery"].sub(_blank, t))
 
@@ -296,7 +325,7 @@ def detect(text: str, asked: str | None = None, rules=None) -> Detection:
     found = Detection(matches=_rule_hits(c, r, dropped) + _combo_hits(c, r, dropped) + _answer_hits(t, asked, r))
     if found.matches:
         found.categories = sorted({c for c, _, _ in found.matches})
-        if _resolved(t, r):
+        if _resolved(t, found.matches, r):
             found.check_in = True  # lowered, never silenced: the front end asks gently how the person is now
         else:
             found.crisis = True
