@@ -620,3 +620,34 @@ def test_goodbyes_indirect_plans_relapses_fire_and_resolved_pasts_do_not():
     crises of their category; a past told as over (and a pet left for a week) is none."""
     assert [(t, c) for t, c in SECOND_PASS_CRISIS if c not in detect(t).categories or not detect(t).crisis] == []
     assert [t for t in SECOND_PASS_ORDINARY if detect(t).crisis] == []
+
+
+def test_round_six_structures_fire_on_our_own_sentences():
+    """Issue 31, round six: plans, attempts, farewells, passive wishes and self-harm acts by structure (our own
+    sentences, none from a blind set); each is missed by the lexicon before it (79f733d)."""
+    for text in ("安眠药我偷偷攒了半年，够了", "那座桥我去看过了，晚上不会有人发现", "布洛芬吃多少会致命",
+                 "农药我刚刚全喝下去了", "等你们看到这段话，我大概已经不在了", "每天醒来都想：怎么又醒了",
+                 "我会把手背抠到出血才停", "我这样的人不配活在世上", "有一起的吗", "我现在就站在楼顶边上",
+                 "我唔想活落去", "想zs"):
+        assert detect(text).crisis, text
+
+
+def test_round_six_calm_present_and_told_of_others_are_not_crises():
+    """A past crisis followed by a calm present clause is a check-in, not a crisis; a death told as someone
+    else's fact, suicide as a topic and devotion hyperbole are no crisis; a worse present still is one."""
+    for text in ("高中时想过跳楼，后来换了学校，交了新朋友", "我十几岁的时候想死，长大以后就没有了"):
+        found = detect(text)
+        assert not found.crisis and found.check_in, text
+    for text in ("以前想过自杀，现在更严重了", "以前想死，现在几乎天天都想", "当年挺过来了，这次我挺不过去了，想走了"):
+        assert detect(text).crisis, text
+    for text in ("鲁迅笔下的人物是自杀的吗", "为什么有的国家自杀率这么高", "这碗面太好吃了，为了这一口去死都行",
+                 "报告又写错了，导师肯定会杀了我", "自杀这种事我想都没想过"):
+        assert not detect(text).crisis, text
+
+
+def test_any_answer_but_a_denial_to_a_plan_question_is_a_crisis():
+    asked = "你有没有想过具体什么时候去做？"
+    for answer in ("下个月", "攒了一些", "月底吧"):
+        assert detect(answer, asked=asked).crisis, answer
+    for answer in ("没有", "不会的，放心", "为什么这么问"):
+        assert not detect(answer, asked=asked).crisis, answer
