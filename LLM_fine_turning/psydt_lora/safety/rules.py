@@ -217,7 +217,7 @@ def _about_someone_else(c: _Marks, m, r) -> bool:
 
 
 def _told_of_others(c: _Marks, m, r) -> bool:
-    """A death told as a fact or a story about someone else (梵高是自杀的吗, 书里她最后自杀了): no 我 in the clause."""
+    """A death told as a fact or a story about someone else (梵高是自杀的吗, 他们都是自杀的): no 我 in the clause."""
     clause, _ = _clause_of(c, m)
     return bool(r["frames"]["told_of_others"].search(clause)) and not r["frames"]["self"].search(clause)
 
