@@ -1,4 +1,5 @@
-"""The blind safety sets, tests/data/safety_blind.json (round four) and safety_blind2.json (round six): each written before the round-four rule change by someone who had
+"""The blind safety sets, tests/data/safety_blind.json (round four), safety_blind2.json (round six) and safety_blind3.json
+(round seven): each written before its round's rule change was measured, by someone who had
 not read the lexicon, the rules or the other safety cases, then frozen. Its items are not to be read while changing
 rules; it only measures them. These tests pin each file's bytes and its shape (the contract the measuring code reads); the
 figures measured on it belong in the README, never in assertions here."""
@@ -12,6 +13,7 @@ DATA = Path(__file__).resolve().parent / "data"
 BLIND_SETS = [  # (file, its frozen sha256)
     ("safety_blind.json", "b7bf9cb0b4323e710f34d0593771fe066797ff294e749bcd11999265f2d95166"),
     ("safety_blind2.json", "ca7a6bbb757d83524c704e30f208ef3d9fd5493b9af022396eddfc7fb95eddcd"),
+    ("safety_blind3.json", "49f26d64339000d47059333776526588b7edc4112246a817f12219cff6517dfe"),
 ]
 KINDS = {  # list -> the kinds its items may have
     "positive": {"direct", "passive", "goodbye", "plan_indirect", "method_question", "selfharm_other", "attempt",
