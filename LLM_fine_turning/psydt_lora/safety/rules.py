@@ -20,6 +20,7 @@ LEXICON = DATA / "lexicon.json"
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 _CLAUSE = re.compile(r"[，。！？；,.!?;…\n]")
 _SENTENCE = re.compile(r"[。！？!?\n]")
+_SENTENCE_SPAN = re.compile(r"[^。！？!?\n]+[。！？!?\n]*")  # a sentence with the marks that end it
 _SPAN_MAX = 200  # a clause read around a hit goes back / forward at most this far: no clause of real text is longer
 _PREPOSITION = re.compile(r"(和|跟|与|同|对|向|给|为|替|被|帮|让)(我的?|他的?|她的?)?(好)?(每个|每一个|所有|各位|几个)?$")  # 跟爸妈闹翻时, 给每个朋友: not the subject
 
@@ -104,7 +105,17 @@ def load_rules(path=LEXICON, without_benign: tuple = ()):
         "rules": rules,
         "combos": combos,
         "harmful": harmful,
+        "reply_structures": _reply_structures(reply),
     }
+
+
+def _reply_structures(reply: dict) -> list:
+    """(id, the features that must all be in one sentence, the safe frames any one of which lets it through)."""
+    features = {k: re.compile(v) for k, v in reply["features"].items() if k != "about"}
+    frames = {k: re.compile(v) for k, v in reply["safe_frames"].items() if k not in ("about", "clause_scoped")}
+    in_clause = set(reply["safe_frames"]["clause_scoped"])
+    return [(s["id"], [features[f] for f in s["all"]], [frames[f] for f in s["unless"] if f not in in_clause],
+             [frames[f] for f in s["unless"] if f in in_clause]) for s in reply["structures"]]
 
 
 @lru_cache(maxsize=1)
@@ -333,11 +344,36 @@ def detect(text: str, asked: str | None = None, rules=None) -> Detection:
     return found
 
 
+_NEXT_HEAD = 6  # a safe frame may open the next sentence: 离开也没什么不好。但我更想你留下
+
+
+def _structure_hit(t: str, r) -> str | None:
+    """The id of the first reply structure whose features are all in one sentence with none of its safe frames
+    there (or at the start of the next sentence) -- a reflection of the person's words or a third person only in
+    the clause of a feature: a means with how deadly it is, a promise of silence ..."""
+    sentences = [m.group(0) for m in _SENTENCE_SPAN.finditer(t)]
+    for i, sentence in enumerate(sentences):
+        window = sentence + (sentences[i + 1][:_NEXT_HEAD] if i + 1 < len(sentences) else "")
+        marks = None
+        for sid, features, frames, clause_frames in r["reply_structures"]:
+            found = [f.search(sentence) for f in features]
+            if not all(found) or any(f.search(window) for f in frames):
+                continue
+            marks = marks or _Marks(sentence)
+            clauses = [marks.head(m.start()) + marks.tail(m.start()) for m in found]
+            if not any(f.search(c) for f in clause_frames for c in clauses):
+                return sid
+    return None
+
+
 def harmful_reply(text: str, rules=None) -> bool:
     """A reply that gives means/methods of self-harm or suicide, coaches an eating disorder, promises to keep a
-    plan secret, or encourages a death; a rule's `unless` (in the same sentence) lets a safe reply through."""
+    plan secret, or encourages a death: a phrase rule (its `unless` in the same sentence lets a safe reply
+    through) or a structure of word classes in one sentence (lexicon.json harmful_reply.structures)."""
     r = rules or load_rules()
     t = normalize(text, r)
+    if _structure_hit(t, r):
+        return True
     clauses, sentences = _Marks(t), _Marks(t, _SENTENCE)
     for rx, unless in r["harmful"]:
         for m in rx.finditer(t):

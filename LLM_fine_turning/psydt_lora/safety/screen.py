@@ -2,9 +2,10 @@
 `inference.conversation.reply_screen`, test mode through `Safety.screened`).
 
 While a reply streams, text is released `holdback` characters behind the model so a harmful phrase (the
-lexicon's check) is caught before it is shown; on a crisis turn (`hold`) nothing is shown until the reply
-is complete. When it is complete the whole reply is judged once by every layer (the guard or the base
-model too, when there is one); a blocked reply is replaced by the safe reply. With the safety layer off
+lexicon's check) is caught before it is shown, and held -- not yet blocked -- while the sentence may still
+turn it safe; on a crisis turn (`hold`) nothing is shown until the reply is complete. When it is complete
+the whole reply is judged once by every layer (the guard or the base model too, when there is one); a
+blocked reply is replaced by the safe reply. With the safety layer off
 the reply passes through the same interface unchanged (`PassThrough`)."""
 from dataclasses import dataclass
 
@@ -33,12 +34,11 @@ class ReplyScreen:
         self.blocked = False
 
     def feed(self, piece: str) -> str:
-        """The part of the reply that may be shown now."""
+        """The part of the reply that may be shown now. While the text so far reads as harmful nothing more is
+        shown, but nothing is decided either: the rest of the sentence may clear it (我会替你保密，但如果你有危险……);
+        `finish` judges the whole reply."""
         self.text += piece
-        if self.blocked or harmful_reply(self.text):
-            self.blocked = True
-            return ""
-        if self.hold:
+        if self.blocked or self.hold or harmful_reply(self.text):
             return ""
         upto = max(self.shown, len(self.text) - self.holdback)
         out, self.shown = self.text[self.shown:upto], upto
