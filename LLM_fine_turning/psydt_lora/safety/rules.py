@@ -18,6 +18,7 @@ import opencc
 DATA = Path(__file__).resolve().parent / "data"
 LEXICON = DATA / "lexicon.json"
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
+_CLAUSE_GAP = re.compile(r"(?<=[\u3400-\u9fff]{3})\s+(?=[\u3400-\u9fff]{3})")  # 药吃下去了 别找我: a space between clauses
 _CLAUSE = re.compile(r"[，。！？；,.!?;…\n]")
 _SENTENCE = re.compile(r"[。！？!?\n]")
 _SENTENCE_SPAN = re.compile(r"[^。！？!?\n]+[。！？!?\n]*")  # a sentence with the marks that end it
@@ -124,11 +125,12 @@ def _converter():
 
 
 def normalize(text: str, rules=None) -> str:
-    """One form for matching: NFKC, lower case, simplified characters, variant spellings, no gaps between CJK."""
+    """One form for matching: NFKC, lower case, simplified characters, variant spellings; a space between runs of
+    three or more CJK characters is a clause mark (chat writes clauses that way), other gaps between CJK go (自 杀)."""
     text = _converter().convert(unicodedata.normalize("NFKC", text).lower())
     for rx, to in (rules or load_rules())["variants"]:
         text = rx.sub(to, text)
-    return _CJK_GAP.sub("", text)
+    return _CJK_GAP.sub("", _CLAUSE_GAP.sub(",", text))
 
 
 class _Marks:
