@@ -582,6 +582,24 @@ def test_the_reply_screen_stops_method_details_eating_disorder_coaching_secrecy_
         assert not harmful_reply(reply), reply
 
 
+def test_round_seven_structures_fire_on_our_own_sentences_and_their_look_alikes_do_not():
+    """Round seven (items 1-6, our own sentences): an attempt told by its state or set up, a method asked by its
+    means, a means delivered, a roof door tried, a goodbye by a thing given away, a passive wish, a burn, fainting
+    from starving, an internet form of dying, a relapse after a recovery, and a chat message whose clauses are
+    split by spaces; their look-alikes (a big dinner, a barbecue, a delivered prescription, a denial, exercise
+    hyperbole, a past told with a calm present after a space) are not crises. Most fired not on round six."""
+    for text in ("我刚吞了一大把安眠药，现在头好晕", "我坐在车库里，发动机一直开着", "布洛芬一次吃一整盒会怎么样", "木炭昨天到货了",
+                 "那栋楼的天台门我试过，能推开", "吉他我都送给别人了，以后用不着了", "希望哪天出门被车撞了就好了",
+                 "我拿烟头烫自己的手臂", "三天没吃饭了，刚才在地铁上晕倒了", "想永久下线",
+                 "去年想过死，后来好了，可这几天又特别想死", "药吃下去了 别找我"):
+        assert detect(text).crisis, text
+    for text in ("今晚吃了很多好吃的菜", "周末用木炭烤肉", "药到了，按医嘱吃", "这次考试不会再失败了", "我没有任何想法要伤害自己",
+                 "爬完泰山感觉要死了", "好像一段回忆被打碎了"):
+        assert not detect(text).crisis, text
+    spaced = detect("以前会划自己 现在难过了会去打球")
+    assert not spaced.crisis and spaced.check_in  # the space is a clause mark: a calm present clause after the past
+
+
 def test_the_reply_screen_reads_structures_not_phrases():
     """Round seven (item 7, our own sentences, none of them in a rule's examples): a means with how deadly or how
     unseen, all at once or mixed with alcohol; a story to tell the teacher; a helper dismissed; silence promised
