@@ -390,8 +390,9 @@ def test_every_reply_feature_and_safe_frame_is_used_by_a_structure():
     used = {f for s in reply["structures"] for f in s["all"]}
     framed = {f for s in reply["structures"] for f in s["unless"]}
     assert used == set(reply["features"]) - {"about"}
-    assert framed == set(reply["safe_frames"]) - {"about", "clause_scoped"}
-    assert set(reply["safe_frames"]["clause_scoped"]) <= framed
+    everywhere = {"reflection", "own_voice"}  # read for every structure and phrase rule: the person's words given back
+    assert framed | everywhere == set(reply["safe_frames"]) - {"about", "clause_scoped", "reply_scoped"}
+    assert set(reply["safe_frames"]["clause_scoped"]) | set(reply["safe_frames"]["reply_scoped"]) <= framed
 
 
 def test_ids_are_unique():

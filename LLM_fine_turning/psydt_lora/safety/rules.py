@@ -88,9 +88,10 @@ def load_rules(path=LEXICON, without_benign: tuple = ()):
               for p in data["policy"]["rules"]]
     combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
     reply = data["harmful_reply"]
-    harmful = [(_alternation(reply["patterns"]), None)] + [
-        (_alternation(rule["patterns"]), re.compile(rule["unless"]) if rule.get("unless") else None)
-        for rule in reply.get("rules", [])]
+    limits = re.compile(reply["safe_frames"]["reply_limits"])
+    harmful = [(_alternation(reply["patterns"]), None, None)] + [
+        (_alternation(rule["patterns"]), re.compile(rule["unless"]) if rule.get("unless") else None,
+         limits if rule.get("unless_reply_limits") else None) for rule in reply.get("rules", [])]
     return {
         "benign": _alternation(benign),
         "variants": [(re.compile(v["pattern"]), v["to"]) for v in data["variants"]["rules"]],
@@ -107,16 +108,24 @@ def load_rules(path=LEXICON, without_benign: tuple = ()):
         "combos": combos,
         "harmful": harmful,
         "reply_structures": _reply_structures(reply),
+        "reply_reflection": re.compile(reply["safe_frames"]["reflection"]),
+        "reply_voice": re.compile(reply["safe_frames"]["own_voice"]),
+        "reply_quoted": re.compile(reply["quoted"]),
     }
 
 
 def _reply_structures(reply: dict) -> list:
-    """(id, the features that must all be in one sentence, the safe frames any one of which lets it through)."""
+    """(id, the features that must all be in one sentence, and the safe frames any one of which lets it through:
+    those read in the sentence, those read in the clause of its last feature, those read in the whole reply)."""
     features = {k: re.compile(v) for k, v in reply["features"].items() if k != "about"}
-    frames = {k: re.compile(v) for k, v in reply["safe_frames"].items() if k not in ("about", "clause_scoped")}
-    in_clause = set(reply["safe_frames"]["clause_scoped"])
-    return [(s["id"], [features[f] for f in s["all"]], [frames[f] for f in s["unless"] if f not in in_clause],
-             [frames[f] for f in s["unless"] if f in in_clause]) for s in reply["structures"]]
+    frames = {k: re.compile(v) for k, v in reply["safe_frames"].items() if isinstance(v, str) and k != "about"}
+    scope = {**{f: "clause" for f in reply["safe_frames"]["clause_scoped"]},
+             **{f: "reply" for f in reply["safe_frames"]["reply_scoped"]}}
+
+    def read_in(s, where):
+        return [frames[f] for f in s["unless"] if scope.get(f, "sentence") == where]
+    return [(s["id"], [features[f] for f in s["all"]], read_in(s, "sentence"), read_in(s, "clause"), read_in(s, "reply"))
+            for s in reply["structures"]]
 
 
 @lru_cache(maxsize=1)
@@ -347,41 +356,59 @@ def detect(text: str, asked: str | None = None, rules=None) -> Detection:
 
 
 _NEXT_HEAD = 6  # a safe frame may open the next sentence: 离开也没什么不好。但我更想你留下
+_VOICE_MAX = 4  # the reply's own voice opens a clause within this many characters: 我也这么觉得, 其实, 说实话
 
 
 def _structure_hit(t: str, r) -> str | None:
     """The id of the first reply structure whose features are all in one sentence with none of its safe frames
-    there (or at the start of the next sentence) -- a reflection of the person's words or a third person only in
-    the clause of a feature: a means with how deadly it is, a promise of silence ..."""
+    there (or at the start of the next sentence), none of its clause frames (a third person) in the clause of its
+    last feature, that feature neither negated (不会替你保密) nor in the person's words given back, and none of its
+    reply frames in the reply."""
     sentences = [m.group(0) for m in _SENTENCE_SPAN.finditer(t)]
     for i, sentence in enumerate(sentences):
         window = sentence + (sentences[i + 1][:_NEXT_HEAD] if i + 1 < len(sentences) else "")
         marks = None
-        for sid, features, frames, clause_frames in r["reply_structures"]:
+        for sid, features, frames, clause_frames, reply_frames in r["reply_structures"]:
             found = [f.search(sentence) for f in features]
             if not all(found) or any(f.search(window) for f in frames):
                 continue
             marks = marks or _Marks(sentence)
-            clauses = [marks.head(m.start()) + marks.tail(m.start()) for m in found]
-            if not any(f.search(c) for f in clause_frames for c in clauses):
+            last = max(m.start() for m in found)  # the reply's own predicate comes last: 你说……，我也这么觉得
+            clause = marks.head(last) + marks.tail(last)
+            if (not any(f.search(clause) for f in clause_frames) and not any(f.search(t) for f in reply_frames)
+                    and not _reflected(sentence, last, r) and not _negated(marks, last, r)):
                 return sid
     return None
 
 
+def _reflected(sentence: str, at: int, r) -> bool:
+    """Whether `at` lies in the person's words given back: from a reflection (你说, 你觉得, 听起来 ...) up to the
+    first later clause in the reply's own voice (我…, 这…, 其实…, 可以…): 你提到体检前会偷偷多喝水，怕医生发现。"""
+    for m in r["reply_reflection"].finditer(sentence[:at]):
+        parts = _CLAUSE.split(sentence[m.end():at])  # the clauses after the reflection, the last one `at`'s own
+        opened = parts[1:-1] + [parts[-1] + sentence[at:at + _VOICE_MAX]] if len(parts) > 1 else []
+        if not any(r["reply_voice"].match(part) for part in opened):
+            return True
+    return False
+
+
 def harmful_reply(text: str, rules=None) -> bool:
     """A reply that gives means/methods of self-harm or suicide, coaches an eating disorder, promises to keep a
-    plan secret, or encourages a death: a phrase rule (its `unless` in the same sentence lets a safe reply
-    through) or a structure of word classes in one sentence (lexicon.json harmful_reply.structures)."""
+    plan secret, or encourages a death: a structure of word classes in one sentence (lexicon.json
+    harmful_reply.structures) or a phrase rule (its `unless` in the same sentence lets a safe reply through).
+    The person's own words quoted back (你说：“……”) and a phrase in a reflected clause (你觉得……) are theirs."""
     r = rules or load_rules()
-    t = normalize(text, r)
+    t = r["reply_quoted"].sub(_blank, normalize(text, r))
     if _structure_hit(t, r):
         return True
     clauses, sentences = _Marks(t), _Marks(t, _SENTENCE)
-    for rx, unless in r["harmful"]:
+    for rx, unless, unless_reply in r["harmful"]:
+        if unless_reply is not None and unless_reply.search(t):
+            continue  # a promise of secrecy in a reply that states where confidentiality ends
         for m in rx.finditer(t):
-            if _negated(clauses, m.start(), r):
+            head = sentences.head(m.start())
+            if _negated(clauses, m.start(), r) or _reflected(head, len(head), r):
                 continue
-            sentence = sentences.head(m.start()) + sentences.tail(m.start())
-            if unless is None or not unless.search(sentence):
+            if unless is None or not unless.search(head + sentences.tail(m.start())):
                 return True
     return False
