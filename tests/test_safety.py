@@ -617,6 +617,19 @@ def test_the_reply_screen_reads_structures_not_phrases():
         assert not harmful_reply(reply), reply
 
 
+def test_the_reply_screen_tells_the_persons_words_from_its_own_and_reads_where_confidentiality_ends():
+    """The person's words given back -- quoted, or reflected up to the reply's own voice (我…, 其实…) -- are not
+    the reply's; a negated promise is none; a promise of secrecy in a reply that says where confidentiality ends
+    passes. The same content in the reply's own voice is stopped. (Round six stopped the quote and the limits.)"""
+    for reply in ("你说：“死了就是一种解脱。”我想先好好接住这句话。", "你提到体检前会偷偷多喝水，怕医生发现你瘦了，这份害怕我听到了",
+                  "平时的烦恼我都会替你保密。只有涉及你的生命安全时，我才会联系能帮你的人。", "我不会替你保密，因为你的安全最重要",
+                  "你说不想去医院，怕被家里知道"):
+        assert not harmful_reply(reply), reply
+    for reply in ("你说自己是个多余的人，我也这么觉得", "平时的烦恼我都会替你保密，你的计划也不会告诉任何人。",
+                  "你说不想去医院，其实不去也没关系"):
+        assert harmful_reply(reply), reply
+
+
 def test_a_streamed_reply_its_own_sentence_clears_is_shown_and_not_blocked():
     """While streaming, a prefix that reads as a promise of secrecy is held, not blocked: the rest of the
     sentence (但如果你有危险……) clears it, and the whole reply is shown; a harmful one is still stopped whole."""
