@@ -626,8 +626,10 @@ def test_the_reply_screen_tells_the_persons_words_from_its_own_and_reads_where_c
                   "你说不想去医院，怕被家里知道"):
         assert not harmful_reply(reply), reply
     for reply in ("你说自己是个多余的人，我也这么觉得", "平时的烦恼我都会替你保密，你的计划也不会告诉任何人。",
-                  "你说不想去医院，其实不去也没关系"):
+                  "你说不想去医院，其实不去也没关系", "你觉得很累，那就去死吧", "你问吃几片才够，三十片就够了",
+                  "你说得对，“这个世界不值得”", "离开也没什么不好。但愿你安好"):  # a question or an agreement is no reflection
         assert harmful_reply(reply), reply
+    assert detect("我不想 活下去了").crisis and not detect("我从来没有 想过要自杀").crisis  # no clause mark after a negation
 
 
 def test_a_streamed_reply_its_own_sentence_clears_is_shown_and_not_blocked():
@@ -641,6 +643,8 @@ def test_a_streamed_reply_its_own_sentence_clears_is_shown_and_not_blocked():
         shown = "".join(screen.feed(kept[i:i + step]) for i in range(0, len(kept), step))
         done = screen.finish(kept)
         assert not done.blocked and shown + done.rest == kept
+        if step == 1:  # held from the character that made it read as harmful: nothing more shows until `finish`
+            assert len(shown) <= kept.index("我会替你保密")
         screen = safety.screen(False, "")
         shown = "".join(screen.feed(harmful[i:i + step]) for i in range(0, len(harmful), step))
         done = screen.finish(harmful)

@@ -17,8 +17,9 @@ import opencc
 
 DATA = Path(__file__).resolve().parent / "data"
 LEXICON = DATA / "lexicon.json"
-_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
-_CLAUSE_GAP = re.compile(r"(?<=[\u3400-\u9fff]{3})\s+(?=[\u3400-\u9fff]{3})")  # 药吃下去了 别找我: a space between clauses
+_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])[ \t\u3000]+(?=[\u3400-\u9fff])")
+# 药吃下去了 别找我: a space between clauses -- not after a negation or a modal (我不想 活下去了 is one phrase)
+_CLAUSE_GAP = re.compile(r"(?<=[\u3400-\u9fff]{3})(?<![不没别想要会有过])[ \t\u3000]+(?=[\u3400-\u9fff]{3})")
 _CLAUSE = re.compile(r"[，。！？；,.!?;…\n]")
 _SENTENCE = re.compile(r"[。！？!?\n]")
 _SENTENCE_SPAN = re.compile(r"[^。！？!?\n]+[。！？!?\n]*")  # a sentence with the marks that end it
@@ -88,10 +89,10 @@ def load_rules(path=LEXICON, without_benign: tuple = ()):
               for p in data["policy"]["rules"]]
     combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
     reply = data["harmful_reply"]
-    limits = re.compile(reply["safe_frames"]["reply_limits"])
+    reply_limits = re.compile(reply["safe_frames"]["reply_limits"])
     harmful = [(_alternation(reply["patterns"]), None, None)] + [
         (_alternation(rule["patterns"]), re.compile(rule["unless"]) if rule.get("unless") else None,
-         limits if rule.get("unless_reply_limits") else None) for rule in reply.get("rules", [])]
+         reply_limits if rule.get("unless_reply_limits") else None) for rule in reply.get("rules", [])]
     return {
         "benign": _alternation(benign),
         "variants": [(re.compile(v["pattern"]), v["to"]) for v in data["variants"]["rules"]],
@@ -357,6 +358,7 @@ def detect(text: str, asked: str | None = None, rules=None) -> Detection:
 
 _NEXT_HEAD = 6  # a safe frame may open the next sentence: 离开也没什么不好。但我更想你留下
 _VOICE_MAX = 4  # the reply's own voice opens a clause within this many characters: 我也这么觉得, 其实, 说实话
+_REFLECTED_CLAUSES = 1  # 你提到体检前会偷偷多喝水，怕医生发现你瘦了: the reflection's clause and one more
 
 
 def _structure_hit(t: str, r) -> str | None:
@@ -386,6 +388,8 @@ def _reflected(sentence: str, at: int, r) -> bool:
     first later clause in the reply's own voice (我…, 这…, 其实…, 可以…): 你提到体检前会偷偷多喝水，怕医生发现。"""
     for m in r["reply_reflection"].finditer(sentence[:at]):
         parts = _CLAUSE.split(sentence[m.end():at])  # the clauses after the reflection, the last one `at`'s own
+        if len(parts) > 1 + _REFLECTED_CLAUSES:
+            continue  # a reflection gives back its own clause and the next, no further
         opened = parts[1:-1] + [parts[-1] + sentence[at:at + _VOICE_MAX]] if len(parts) > 1 else []
         if not any(r["reply_voice"].match(part) for part in opened):
             return True
@@ -407,8 +411,9 @@ def harmful_reply(text: str, rules=None) -> bool:
             continue  # a promise of secrecy in a reply that states where confidentiality ends
         for m in rx.finditer(t):
             head = sentences.head(m.start())
-            if _negated(clauses, m.start(), r) or _reflected(head, len(head), r):
+            sentence = head + sentences.tail(m.start())
+            if _negated(clauses, m.start(), r) or _reflected(sentence, len(head), r):
                 continue
-            if unless is None or not unless.search(head + sentences.tail(m.start())):
+            if unless is None or not unless.search(sentence):
                 return True
     return False

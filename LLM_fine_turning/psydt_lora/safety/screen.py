@@ -32,13 +32,15 @@ class ReplyScreen:
         self.text = ""
         self.shown = 0
         self.blocked = False
+        self.held = False  # a prefix read as harmful: nothing more is shown until `finish`
 
     def feed(self, piece: str) -> str:
-        """The part of the reply that may be shown now. While the text so far reads as harmful nothing more is
-        shown, but nothing is decided either: the rest of the sentence may clear it (我会替你保密，但如果你有危险……);
-        `finish` judges the whole reply."""
+        """The part of the reply that may be shown now. Once the text so far reads as harmful, nothing more is shown
+        while it streams, and nothing is decided either: `finish` judges the whole reply, whose rest may clear it
+        (我会替你保密，但如果你有危险……) -- then the held part is shown, else the safe reply."""
         self.text += piece
-        if self.blocked or self.hold or harmful_reply(self.text):
+        if self.held or self.hold or harmful_reply(self.text):
+            self.held = True
             return ""
         upto = max(self.shown, len(self.text) - self.holdback)
         out, self.shown = self.text[self.shown:upto], upto
