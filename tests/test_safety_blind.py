@@ -1,5 +1,6 @@
-"""The blind safety sets, tests/data/safety_blind.json (round four), safety_blind2.json (round six) and safety_blind3.json
-(round seven): each written before its round's rule change was measured, by someone who had
+"""The blind safety sets, tests/data/safety_blind.json (round four), safety_blind2.json (round six), safety_blind3.json
+(round seven) and safety_blind4.json (written after round seven, for the next): each written before its round's rule
+change was measured, by someone who had
 not read the lexicon, the rules or the other safety cases, then frozen. Its items are not to be read while changing
 rules; it only measures them. These tests pin each file's bytes and its shape (the contract the measuring code reads); the
 figures measured on it belong in the README, never in assertions here."""
@@ -14,6 +15,7 @@ BLIND_SETS = [  # (file, its frozen sha256)
     ("safety_blind.json", "b7bf9cb0b4323e710f34d0593771fe066797ff294e749bcd11999265f2d95166"),
     ("safety_blind2.json", "ca7a6bbb757d83524c704e30f208ef3d9fd5493b9af022396eddfc7fb95eddcd"),
     ("safety_blind3.json", "49f26d64339000d47059333776526588b7edc4112246a817f12219cff6517dfe"),
+    ("safety_blind4.json", "6491994b6c06b67a2897c41f55ab6b63cc39317f15afdeeccc449020ce1fda83"),  # written blind after round seven, not yet measured: the next round's
 ]
 KINDS = {  # list -> the kinds its items may have
     "positive": {"direct", "passive", "goodbye", "plan_indirect", "method_question", "selfharm_other", "attempt",
