@@ -395,6 +395,19 @@ def test_every_reply_feature_and_safe_frame_is_used_by_a_structure():
     assert set(reply["safe_frames"]["clause_scoped"]) | set(reply["safe_frames"]["reply_scoped"]) <= framed
 
 
+@pytest.mark.parametrize("variant", _lexicon()["variants"]["rules"], ids=lambda v: v["pattern"][:20])
+def test_each_variant_rewrites_its_own_examples(variant):
+    """A variant is applied after NFKC, lower case and OpenCC's traditional -> simplified (so 係 is already 系): each
+    example must hold the pattern at that point and come out of normalize() rewritten."""
+    import unicodedata
+    from psydt_lora.safety.rules import _converter, normalize
+
+    assert variant["examples"]
+    for text in variant["examples"]:
+        converted = _converter().convert(unicodedata.normalize("NFKC", text).lower())
+        assert re.search(variant["pattern"], converted) and variant["to"] in normalize(text), (variant["pattern"], text)
+
+
 def test_ids_are_unique():
     lex = _lexicon()
     rules = lex["rules"] + lex["kinds"]["rules"] + lex["harmful_reply"]["rules"] + lex["harmful_reply"]["structures"]
