@@ -89,10 +89,10 @@ def load_rules(path=LEXICON, without_benign: tuple = ()):
               for p in data["policy"]["rules"]]
     combos = [(c["category"], c["level"], re.compile(c["anchor"]), re.compile(c["with"])) for c in data["combos"]["rules"]]
     reply = data["harmful_reply"]
-    reply_limits = re.compile(reply["safe_frames"]["reply_limits"])
-    harmful = [(_alternation(reply["patterns"]), None, None)] + [
+    frames = {k: re.compile(v) for k, v in reply["safe_frames"].items() if isinstance(v, str) and k != "about"}
+    harmful = [(_alternation(reply["patterns"]), None, False)] + [
         (_alternation(rule["patterns"]), re.compile(rule["unless"]) if rule.get("unless") else None,
-         reply_limits if rule.get("unless_reply_limits") else None) for rule in reply.get("rules", [])]
+         bool(rule.get("unless_reply_limits"))) for rule in reply.get("rules", [])]
     return {
         "benign": _alternation(benign),
         "variants": [(re.compile(v["pattern"]), v["to"]) for v in data["variants"]["rules"]],
@@ -108,18 +108,18 @@ def load_rules(path=LEXICON, without_benign: tuple = ()):
         "rules": rules,
         "combos": combos,
         "harmful": harmful,
-        "reply_structures": _reply_structures(reply),
-        "reply_reflection": re.compile(reply["safe_frames"]["reflection"]),
-        "reply_voice": re.compile(reply["safe_frames"]["own_voice"]),
+        "reply_structures": _reply_structures(reply, frames),
+        "reply_reflection": frames["reflection"],
+        "reply_voice": frames["own_voice"],
+        "reply_limits": frames["reply_limits"],
         "reply_quoted": re.compile(reply["quoted"]),
     }
 
 
-def _reply_structures(reply: dict) -> list:
+def _reply_structures(reply: dict, frames: dict) -> list:
     """(id, the features that must all be in one sentence, and the safe frames any one of which lets it through:
     those read in the sentence, those read in the clause of its last feature, those read in the whole reply)."""
     features = {k: re.compile(v) for k, v in reply["features"].items() if k != "about"}
-    frames = {k: re.compile(v) for k, v in reply["safe_frames"].items() if isinstance(v, str) and k != "about"}
     scope = {**{f: "clause" for f in reply["safe_frames"]["clause_scoped"]},
              **{f: "reply" for f in reply["safe_frames"]["reply_scoped"]}}
 
@@ -406,9 +406,10 @@ def harmful_reply(text: str, rules=None) -> bool:
     if _structure_hit(t, r):
         return True
     clauses, sentences = _Marks(t), _Marks(t, _SENTENCE)
-    for rx, unless, unless_reply in r["harmful"]:
-        if unless_reply is not None and unless_reply.search(t):
-            continue  # a promise of secrecy in a reply that states where confidentiality ends
+    limited = bool(r["reply_limits"].search(t))  # the reply states where confidentiality ends
+    for rx, unless, unless_limited in r["harmful"]:
+        if unless_limited and limited:
+            continue  # a promise of secrecy qualified by those limits
         for m in rx.finditer(t):
             head = sentences.head(m.start())
             sentence = head + sentences.tail(m.start())
